@@ -1,0 +1,106 @@
+"""The faust app of ``wacrm worker``: one app, one agent per stage, settings safe on Kafka and tansu.
+
+Faust settings and why:
+- ``value_serializer="raw"``: agents decode values themselves, so a malformed value is a
+  dead letter with a reason, not a crash inside faust.
+- ``topic_allow_declare=False``: topics are created by ``wacrm topics`` with their final
+  partition count; faust must not create them with its own.
+- no tables, no ``exactly_once``: PostgreSQL is the authority; the embedded broker has no
+  transactions and its changelog recovery is unreliable.
+- ``broker_session_timeout`` a few seconds and ``broker_heartbeat_interval`` 1 s: group joins
+  wait half the session timeout on tansu.
+- agents at ``concurrency=1``: per-partition order, and commits never pass an event in flight.
+- the consumer's fetch wait (faust fixes it at 1500 ms) is set from ``CONSUMER_FETCH_WAIT_MS``:
+  on tansu a waiting fetch is not woken by new data, so each hop would add up to that much.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from agents import runner
+from agents.context import Resources
+from agents.inbound import Inbound
+from agents.ingest import Ingest
+from agents.sender import Sender
+from agents.status import Status
+from topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS
+from wacrm import metrics
+from wacrm.settings import Settings
+
+_fetch_wait_ms = 100
+_original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self: Any, transport: Any) -> Any:
+    consumer = _original_create_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = _fetch_wait_ms  # read by aiokafka when the consumer starts
+    return consumer
+
+
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+def build(settings: Settings) -> tuple[faust.App, Resources]:
+    """The worker's app with its agents, and the resources service to start beside it."""
+    global _fetch_wait_ms
+    _fetch_wait_ms = settings.consumer_fetch_wait_ms
+    assert settings.kafka_bootstrap_servers is not None
+    brokers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
+    app = faust.App(
+        settings.kafka_group_id,
+        broker=brokers,
+        value_serializer="raw",
+        key_serializer="raw",
+        topic_partitions=settings.topic_partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        web_enabled=False,
+        broker_session_timeout=settings.broker_session_timeout_s,
+        broker_heartbeat_interval=1.0,
+        broker_request_timeout=max(40.0, settings.broker_session_timeout_s * 2),
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+        producer_linger_ms=1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        processing_guarantee="at_least_once",
+        store="memory://",
+    )
+    resources = Resources(settings)
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(name, value_type=bytes, key_type=bytes, internal=False)
+
+    raw, inbound, status, outbound, dlq = (topic(n) for n in (RAW, INBOUND, STATUS, OUTBOUND, DLQ))
+
+    ingest = Ingest({INBOUND: inbound, STATUS: status}, dlq)
+    stages: list[tuple[str, faust.TopicT, runner.Handler]] = [
+        ("ingest", raw, ingest.handle),
+        ("inbound", inbound, Inbound(settings, resources, outbound).handle),
+        ("sender", outbound, Sender(resources, dlq).handle),
+        ("status", status, Status(resources).handle),
+    ]
+    for name, source, handler in stages:
+        app.agent(source, name=f"wacrm.{name}", concurrency=1)(_agent(name, handler, resources, dlq))
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+        metrics.WORKER_PARTITIONS.set(len(assigned))
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+        metrics.WORKER_PARTITIONS.set(0)
+
+    return app, resources
+
+
+def _agent(name: str, handler: runner.Handler, resources: Resources, dlq: faust.TopicT) -> Any:
+    async def agent(stream: faust.StreamT) -> None:
+        await runner.run(name, stream, handler, resources.ready, dlq)
+
+    agent.__name__ = agent.__qualname__ = f"{name}_agent"
+    return agent

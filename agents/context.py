@@ -1,0 +1,62 @@
+"""Resources the agents share, owned by one service with a managed lifetime.
+
+:class:`Resources` opens the database pool, the HTTP session and the Graph API client
+when the worker starts and closes them, in reverse order, when it stops. Agents wait on
+``ready`` before their first event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import asyncpg
+import faust
+from mode import Service
+
+from storage.db import create_pool
+from wacrm.settings import Settings
+from whatsapp.graph import GraphClient
+
+log = logging.getLogger("wacrm.worker")
+
+
+class Resources(Service):
+    """Database pool, HTTP session and Graph API client of one worker process."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.ready = asyncio.Event()
+        self._pool: asyncpg.Pool | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._graph: GraphClient | None = None
+        self.topics: dict[str, faust.TopicT] = {}
+
+    async def on_start(self) -> None:
+        s = self.settings
+        assert s.database_url is not None
+        self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+        self._graph = GraphClient(self._session, s.graph_messages_url_base, s.whatsapp_access_token,
+                                  timeout=s.graph_timeout_s, default_region=s.default_phone_region)
+        self.ready.set()
+
+    async def on_stop(self) -> None:
+        self.ready.clear()
+        if self._session is not None:
+            await self._session.close()
+        if self._pool is not None:
+            await asyncio.wait_for(self._pool.close(), timeout=10)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "Resources not started"
+        return self._pool
+
+    @property
+    def graph(self) -> GraphClient:
+        assert self._graph is not None, "Resources not started"
+        return self._graph

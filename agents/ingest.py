@@ -1,0 +1,85 @@
+"""Ingest agent: ``wa.webhook.raw`` → one event per message (``wa.inbound``) and status (``wa.status``).
+
+Input: raw webhook bodies, unkeyed, as Meta signed them. Output key: the conversation key,
+so one partition sees a conversation in order; within a body, items go out in timestamp
+order. Each event carries a reference to the raw body (topic, partition, offset).
+Commit: after every output of the body is acknowledged by the broker. Idempotency: none
+needed here (a replayed body yields the same events, deduplicated downstream).
+Failures: a body that is not a JSON object, and every broken item, go to ``wa.dlq``; the
+other items of the body are still processed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import orjson
+
+from agents.errors import Poison
+from agents.runner import dead_letter
+from topics import INBOUND, STATUS
+from topics.records import Customer, InboundMessage, RawRef, StatusUpdate, conversation_key, encode
+from wacrm import metrics
+from whatsapp import webhook
+
+log = logging.getLogger("wacrm.ingest")
+
+
+def _customer(sender: webhook.Sender) -> Customer:
+    return Customer(wa_id=sender.wa_id, user_id=sender.user_id, profile_name=sender.profile_name,
+                    username=sender.username, parent_user_id=sender.parent_user_id)
+
+
+def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str, str, bytes]], webhook.Parsed]:
+    """The (topic, key, value) records for one raw body, and what the parser found."""
+    try:
+        parsed = webhook.parse(webhook.loads(body))
+    except webhook.BodyError as exc:
+        raise Poison(str(exc)) from None
+    out: list[tuple[str, str, bytes]] = []
+    for m in parsed.messages:
+        customer = _customer(m.sender)
+        key = conversation_key(m.phone_number_id, customer)
+        out.append((INBOUND, key, encode(InboundMessage(
+            conversation_key=key, phone_number_id=m.phone_number_id, display_phone_number=m.display_phone_number,
+            customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
+            payload=m.payload, raw_ref=ref, received_at=received_at))))
+    for s in parsed.statuses:
+        key = conversation_key(s.phone_number_id, _customer(s.recipient))
+        out.append((STATUS, key, encode(StatusUpdate(
+            conversation_key=key, phone_number_id=s.phone_number_id, message_id=s.id, status=s.status,
+            timestamp=s.timestamp, recipient_id=s.recipient.wa_id or s.recipient.user_id, errors=s.errors,
+            biz_opaque_callback_data=s.biz_opaque_callback_data, payload=s.payload, raw_ref=ref))))
+    return out, parsed
+
+
+class Ingest:
+    def __init__(self, topics: dict[str, faust.TopicT], dlq: faust.TopicT) -> None:
+        self._topics = topics
+        self._dlq = dlq
+
+    async def handle(self, value: bytes, ref: RawRef, received_at: float) -> str:
+        records, parsed = split(value, ref, received_at)
+        futures = [await self._topics[topic].send(key=key.encode(), value=data) for topic, key, data in records]
+        for problem in parsed.problems:
+            metrics.PARSE_PROBLEMS.labels(problem.reason[:60]).inc()
+            await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
+                              problem.reason, {"where": problem.where})
+        for kind in parsed.ignored_fields:
+            metrics.IGNORED_SHAPES.labels(kind.split(":", 1)[0]).inc()
+        for error in parsed.errors:
+            log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition, ref.offset,
+                        orjson.dumps(error).decode()[:500])
+        await asyncio.gather(*futures)
+        return "processed" if records else ("ignored" if not parsed.problems else "dead_lettered")
+
+
+def _jsonable(item: Any) -> Any:
+    try:
+        orjson.dumps(item)
+        return item
+    except TypeError:
+        return repr(item)

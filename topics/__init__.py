@@ -1,0 +1,68 @@
+"""The bus contract: every topic's name, key, partitioning and record type, in one place.
+
+All values on the bus are JSON (orjson) bytes; :mod:`topics.records` defines them and
+their codecs. Topics are created by ``wacrm topics`` with their final partition count
+before any client touches them (the embedded broker auto-creates unknown topics with the
+wrong count, and Kafka cannot shrink one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RAW = "wa.webhook.raw"
+INBOUND = "wa.inbound"
+STATUS = "wa.status"
+OUTBOUND = "wa.outbound"
+DLQ = "wa.dlq"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    why: str
+    partitioned: bool = True  # False: a single partition (low volume, order matters more than scale)
+    config: tuple[tuple[str, str], ...] = ()
+
+
+# Seven days of raw bodies: long enough to replay a week, the span Meta itself retries.
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(
+        RAW,
+        key="none (the webhook does not parse for a key)",
+        why="the source of truth for replay: exact bytes Meta signed",
+        config=(("retention.ms", _WEEK_MS), ("max.message.bytes", str(8 * 1024 * 1024))),
+    ),
+    TopicSpec(
+        INBOUND,
+        key="conversation key",
+        why="one partition sees a conversation's messages in order",
+        config=(("retention.ms", _WEEK_MS),),
+    ),
+    TopicSpec(
+        STATUS,
+        key="conversation key",
+        why="statuses of one conversation are applied in order",
+        config=(("retention.ms", _WEEK_MS),),
+    ),
+    TopicSpec(
+        OUTBOUND,
+        key="conversation key",
+        why="replies of one conversation are sent in order",
+        config=(("retention.ms", _WEEK_MS),),
+    ),
+    TopicSpec(
+        DLQ,
+        key="source topic",
+        why="poison events with the reason and the raw reference, kept for a human",
+        partitioned=False,
+        config=(("retention.ms", str(30 * 24 * 3600 * 1000)),),
+    ),
+)
+
+
+def partitions_for(spec: TopicSpec, configured: int) -> int:
+    return configured if spec.partitioned else 1

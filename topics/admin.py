@@ -1,0 +1,56 @@
+"""Create every topic of the catalogue with its final partition count (``wacrm topics``).
+
+Idempotent: existing topics are left as they are; one whose partition count differs from
+the configured count is reported (Kafka cannot shrink a topic, and growing one moves keys
+to other partitions, breaking per-conversation order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from topics import CATALOGUE, partitions_for
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    name: str
+    partitions: int
+    created: bool
+    problem: str | None = None
+
+
+async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1,
+                        timeout: float = 30.0) -> list[TopicReport]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    await asyncio.wait_for(admin.start(), timeout)
+    try:
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout))
+        wanted = {spec.name: partitions_for(spec, partitions) for spec in CATALOGUE}
+        new = [NewTopic(spec.name, wanted[spec.name], replication_factor, topic_configs=dict(spec.config))
+               for spec in CATALOGUE if spec.name not in existing]
+        created: set[str] = set()
+        for topic in new:  # one at a time: a rejected one must not hide the others' result
+            try:
+                await asyncio.wait_for(admin.create_topics([topic]), timeout)
+                created.add(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        described = await asyncio.wait_for(admin.describe_topics(list(wanted)), timeout)
+        reports = []
+        for d in described:
+            name = d["topic"]
+            count = len(d.get("partitions") or [])
+            problem = None
+            if d.get("error_code"):
+                problem = f"broker error {d['error_code']} describing the topic"
+            elif count != wanted[name]:
+                problem = f"has {count} partitions, configured {wanted[name]} (TOPIC_PARTITIONS)"
+            reports.append(TopicReport(name, count, name in created, problem))
+        return sorted(reports, key=lambda r: [s.name for s in CATALOGUE].index(r.name))
+    finally:
+        await admin.close()

@@ -1,0 +1,178 @@
+"""Event records carried on the bus, and their JSON codecs.
+
+Every record is a frozen dataclass; ``encode`` gives orjson bytes and ``decode_*``
+validates a value read from a topic, raising :class:`RecordError` (a poison event:
+dead-letter it) when it does not fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+
+class RecordError(ValueError):
+    """A value on a topic is not the record it should be; retrying cannot fix it."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawRef:
+    """Where a parsed event came from: the raw webhook body at topic/partition/offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer as Meta identifies them: ``wa_id`` (phone) and/or business-scoped ``user_id``."""
+
+    wa_id: str | None = None
+    user_id: str | None = None
+    profile_name: str | None = None
+    username: str | None = None
+    parent_user_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The customer part of the conversation key: ``wa_id`` when present, else ``user_id``."""
+        return self.wa_id or self.user_id or ""
+
+
+def conversation_key(phone_number_id: str, customer: Customer) -> str:
+    """Contract: ``"{phone_number_id}:{customer id}"`` keys every conversation topic."""
+    return f"{phone_number_id}:{customer.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One customer message, split out of a webhook body (topic ``wa.inbound``)."""
+
+    conversation_key: str
+    phone_number_id: str
+    display_phone_number: str | None
+    customer: Customer
+    message_id: str
+    timestamp: int  # epoch seconds, from Meta
+    type: str
+    text: str | None
+    payload: dict[str, Any]  # the message object exactly as Meta sent it
+    raw_ref: RawRef
+    received_at: float  # epoch seconds when the webhook accepted the body (broker timestamp)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusUpdate:
+    """A delivery status of a message we sent (topic ``wa.status``)."""
+
+    conversation_key: str
+    phone_number_id: str
+    message_id: str
+    status: str
+    timestamp: int
+    recipient_id: str | None
+    errors: list[dict[str, Any]]
+    biz_opaque_callback_data: str | None
+    payload: dict[str, Any]
+    raw_ref: RawRef
+
+
+@dataclass(frozen=True, slots=True)
+class SendIntent:
+    """A reply to send (topic ``wa.outbound``); ``dedupe_key`` names its row in ``outbound_log``."""
+
+    dedupe_key: str
+    conversation_key: str
+    conversation_id: int
+    phone_number_id: str
+    to: str  # wa_id / phone, or a business-scoped user id
+    text: str
+    reply_to: str | None = None  # the inbound message id this answers
+    ownership_version: int = 0
+    customer_timestamp: float | None = None  # when the customer wrote (Meta's timestamp, 1 s resolution)
+    accepted_at: float | None = None  # when our webhook accepted the customer's body (pipeline latency)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A poison event kept for a human (topic ``wa.dlq``)."""
+
+    reason: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    error: str
+    value: str  # the original value, decoded as UTF-8 with replacement
+    attempts: int = 1
+    at: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def encode(record: Any) -> bytes:
+    return orjson.dumps(dataclasses.asdict(record))
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any) -> T:
+    if not isinstance(data, dict):
+        raise RecordError(f"{cls.__name__}: expected a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise RecordError(f"{cls.__name__}: {exc}") from None
+
+
+def _loads(value: bytes | None) -> Any:
+    if value is None:
+        raise RecordError("empty value")
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"not JSON: {exc}") from None
+
+
+def _require(obj: Any, name: str, kind: type | tuple[type, ...]) -> None:
+    if not isinstance(getattr(obj, name), kind):
+        raise RecordError(f"{type(obj).__name__}.{name}: wrong type {type(getattr(obj, name)).__name__}")
+
+
+def decode_inbound(value: bytes | None) -> InboundMessage:
+    data = _loads(value)
+    msg = _build(InboundMessage, data)
+    customer = _build(Customer, data.get("customer"))
+    ref = _build(RawRef, data.get("raw_ref"))
+    msg = dataclasses.replace(msg, customer=customer, raw_ref=ref)
+    for name, kind in (("conversation_key", str), ("phone_number_id", str), ("message_id", str),
+                       ("timestamp", int), ("type", str), ("payload", dict)):
+        _require(msg, name, kind)
+    if not customer.key:
+        raise RecordError("InboundMessage: customer has neither wa_id nor user_id")
+    return msg
+
+
+def decode_status(value: bytes | None) -> StatusUpdate:
+    data = _loads(value)
+    st = _build(StatusUpdate, data)
+    st = dataclasses.replace(st, raw_ref=_build(RawRef, data.get("raw_ref")))
+    for name, kind in (("message_id", str), ("status", str), ("timestamp", int), ("errors", list)):
+        _require(st, name, kind)
+    return st
+
+
+def decode_intent(value: bytes | None) -> SendIntent:
+    return intent_from_dict(_loads(value))
+
+
+def intent_from_dict(data: Any) -> SendIntent:
+    intent = _build(SendIntent, data)
+    for name, kind in (("dedupe_key", str), ("conversation_id", int), ("phone_number_id", str),
+                       ("to", str), ("text", str)):
+        _require(intent, name, kind)
+    return intent

@@ -1,0 +1,293 @@
+"""The ``wacrm`` command. Each subcommand loads the settings once and reports problems plainly:
+a message on stderr and a non-zero exit, never a traceback for a configuration or input error.
+
+Exit codes: 0 ok, 1 failure (a service unreachable, a request refused), 2 bad configuration
+or usage, 3 the database schema is behind (run ``wacrm migrate``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from wacrm.settings import Settings, SettingsError, load
+
+EXIT_FAIL, EXIT_CONFIG, EXIT_SCHEMA = 1, 2, 3
+
+
+class CommandError(Exception):
+    """A failure to report on stderr with an exit code, without a traceback."""
+
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _settings(profile: str, needs: set[str] | None = None) -> Settings:
+    try:
+        return load(os.environ, profile, needs=frozenset(needs or ()))  # type: ignore[arg-type]
+    except SettingsError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def _check_schema(database_url: str, timeout: float) -> None:
+    from storage.db import connect
+    from storage.migrate import MigrationError, require_current
+
+    try:
+        conn = await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        await require_current(conn)
+    except MigrationError as exc:
+        raise CommandError(str(exc), EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+
+
+# --- migrate -------------------------------------------------------------------------------
+
+async def run_migrations(database_url: str, timeout: float, out: Any = print) -> int:
+    from storage.db import connect
+    from storage.migrate import MigrationError, discover, migrate
+
+    try:
+        conn = await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        done = await migrate(conn, log=out)
+    except MigrationError as exc:
+        raise CommandError(str(exc), EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+    if not done:
+        out(f"schema is up to date ({len(discover())} migrations applied)")
+    return len(done)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    s = _settings("prod", {"DATABASE_URL"})
+    assert s.database_url
+    asyncio.run(run_migrations(s.database_url, s.db_timeout_s))
+    return 0
+
+
+# --- topics --------------------------------------------------------------------------------
+
+async def create_topics(s: Settings, out: Any = print) -> None:
+    from topics.admin import ensure_topics
+
+    assert s.kafka_bootstrap_servers
+    try:
+        reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor)
+    except Exception as exc:
+        raise CommandError(f"cannot reach the broker at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
+                           f"{type(exc).__name__}: {exc}") from None
+    bad = False
+    for r in reports:
+        what = "created" if r.created else "exists"
+        out(f"  {r.name:<16} {r.partitions:>4} partitions  {what}" + (f"  PROBLEM: {r.problem}" if r.problem else ""))
+        bad = bad or r.problem is not None
+    if bad:
+        raise CommandError("some topics do not match the configuration (see above)")
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    s = _settings("prod", {"KAFKA_BOOTSTRAP_SERVERS"})
+    asyncio.run(create_topics(s))
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from webhook.app import make_app
+
+    s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET",
+                           "WHATSAPP_VERIFY_TOKEN"})
+    _logging(s.log_level)
+    assert s.database_url
+    asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
+    logging.getLogger("wacrm").info("webhook listening on http://%s:%d", s.host, s.port)
+    web.run_app(make_app(s), host=s.host, port=s.port, print=None, access_log=None,
+                shutdown_timeout=10, handle_signals=True)
+    return 0
+
+
+# --- worker --------------------------------------------------------------------------------
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from agents.app import build
+
+    s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
+    assert s.database_url
+    asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
+    if s.worker_metrics_port:
+        start_http_server(s.worker_metrics_port, addr=s.host)
+    app, resources = build(s)
+    worker = faust.Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()  # returns by SystemExit when the worker stops
+    return 0
+
+
+# --- fake-meta -----------------------------------------------------------------------------
+
+def cmd_fake_meta(args: argparse.Namespace) -> int:
+    from whatsapp.fake_meta import serve
+
+    _logging("WARNING")
+    print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent)", flush=True)
+    try:
+        asyncio.run(serve(args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
+    return 0
+
+
+def _install_sigterm_as_interrupt() -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# --- simulate ------------------------------------------------------------------------------
+
+async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: str | None) -> int:
+    import aiohttp
+    import orjson
+
+    from whatsapp import signature, simulate
+
+    body = simulate.dumps(simulate.text_body(
+        text=args.text, wa_id=args.from_ or None, name=args.name, user_id=args.user_id,
+        phone_number_id=args.phone_number_id, message_id=args.message_id))
+    message_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature.sign(secret, body)}
+    timeout = aiohttp.ClientTimeout(total=15)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            async with session.post(url, data=body, headers=headers) as resp:
+                text = await resp.text()
+                print(f"POST {url} -> {resp.status} {text}")
+                print(f"message id: {message_id}")
+                if resp.status != 200:
+                    return EXIT_FAIL
+        except aiohttp.ClientError as exc:
+            raise CommandError(f"cannot reach the webhook at {url}: {exc} (is `wacrm dev` or `wacrm serve` running?)")
+        if not fake_meta or args.no_wait:
+            return 0
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline:
+            async with session.get(f"{fake_meta}/__sent") as resp:
+                sent = await resp.json()
+            for item in sent:
+                body_sent = item.get("body") or {}
+                if (body_sent.get("context") or {}).get("message_id") == message_id:
+                    reply = (body_sent.get("text") or {}).get("body")
+                    print(f"reply sent to {body_sent.get('to') or body_sent.get('recipient')}: {reply!r}")
+                    return 0
+            await asyncio.sleep(0.1)
+        print(f"no reply recorded by {fake_meta} within {args.wait:.0f}s", file=sys.stderr)
+        return EXIT_FAIL
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from wacrm.dev import read_state
+
+    s = _settings("dev")
+    state = read_state(Path(args.state_dir))
+    secret = os.environ.get("WHATSAPP_APP_SECRET") or (state or {}).get("app_secret")
+    if not secret:
+        raise CommandError("no app secret: set WHATSAPP_APP_SECRET, or start `wacrm dev` first", EXIT_CONFIG)
+    url = args.url or (state or {}).get("webhook_url") or f"http://127.0.0.1:{s.port}/webhooks/whatsapp"
+    fake_meta = args.fake_meta or (state or {}).get("fake_meta_url")
+    return asyncio.run(_simulate(args, secret, url, fake_meta))
+
+
+# --- dev -----------------------------------------------------------------------------------
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from wacrm.dev import run_dev
+
+    return run_dev(Path(args.state_dir))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="wacrm", description="WhatsApp CRM pipeline. Configuration comes from environment variables "
+        "(see the README); `wacrm dev` needs none.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("dev", help="run the whole system on this machine (embedded PostgreSQL and broker)",
+                       description="Start the embedded PostgreSQL (data under STATE_DIR), migrate, start the "
+                       "embedded broker, create the topics, start the fake Graph API (unless "
+                       "WHATSAPP_API_BASE_URL is set), the webhook server and the worker. Ctrl-C stops all.")
+    d.add_argument("--state-dir", default=".wacrm", help="where data, logs and the dev state live (default .wacrm)")
+    d.set_defaults(func=cmd_dev)
+
+    sub.add_parser("serve", help="webhook, health and /metrics (needs DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, "
+                   "WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)").set_defaults(func=cmd_serve)
+    sub.add_parser("worker", help="the agents: ingest, inbound, sender, status (needs DATABASE_URL, "
+                   "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)").set_defaults(func=cmd_worker)
+    sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)").set_defaults(
+        func=cmd_migrate)
+    sub.add_parser("topics", help="create every topic with its final partition count "
+                   "(needs KAFKA_BOOTSTRAP_SERVERS)").set_defaults(func=cmd_topics)
+
+    f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives")
+    f.add_argument("--port", type=int, default=8090)
+    f.add_argument("--host", default="127.0.0.1")
+    f.set_defaults(func=cmd_fake_meta)
+
+    sm = sub.add_parser("simulate", help="sign and POST a realistic inbound text message to a running webhook",
+                        description="Builds a Cloud API `messages` webhook body, signs it with the app secret "
+                        "(WHATSAPP_APP_SECRET, or the one `wacrm dev` generated) and POSTs it. With the fake "
+                        "Graph API, waits for the reply and prints it.")
+    sm.add_argument("--text", required=True, help="the customer's message")
+    sm.add_argument("--from", dest="from_", default="15550002222", help="customer phone (wa_id); '' for none")
+    sm.add_argument("--name", default="Alice Test", help="customer profile name")
+    sm.add_argument("--user-id", default=None, help="business-scoped user id, e.g. US.1000000000000000001")
+    sm.add_argument("--phone-number-id", default="200000000000001", help="the business number's id")
+    sm.add_argument("--message-id", default=None, help="wamid to use (default: a new unique one)")
+    sm.add_argument("--url", default=None, help="webhook URL (default: the running `wacrm dev`, else PORT)")
+    sm.add_argument("--fake-meta", default=None, help="fake Graph API base URL to watch for the reply")
+    sm.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the reply (default 15)")
+    sm.add_argument("--no-wait", action="store_true", help="do not wait for the reply")
+    sm.add_argument("--state-dir", default=".wacrm", help=argparse.SUPPRESS)
+    sm.set_defaults(func=cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "fake-meta":
+        _install_sigterm_as_interrupt()
+    try:
+        return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(f"wacrm {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130

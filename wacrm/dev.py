@@ -1,0 +1,253 @@
+"""``wacrm dev``: the whole system as one process tree on one machine.
+
+Order of start: lock, embedded PostgreSQL (data under the state dir, kept across runs),
+migrations, embedded broker, topics, fake Graph API (unless ``WHATSAPP_API_BASE_URL`` is set),
+webhook server, worker. Then it supervises: a child that dies is restarted; when the
+embedded broker dies (it keeps everything in memory) it is restarted, the topics are
+created again and the worker restarted with it. Ctrl-C or SIGTERM stops everything in
+reverse order. A second ``wacrm dev`` on the same state dir refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wacrm import procs
+from wacrm.cli import CommandError, create_topics, run_migrations
+from wacrm.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port
+from wacrm.settings import SettingsError, load
+
+STATE_FILE = "dev.json"
+RESTARTS_PER_MINUTE = 5
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """What a running ``wacrm dev`` published about itself (URLs, secrets), or None."""
+    try:
+        return json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _persistent_secrets(state_dir: Path) -> dict[str, str]:
+    """Generated once per state dir so the webhook's secrets survive restarts."""
+    path = state_dir / "secrets.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        values = {"WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_VERIFY_TOKEN": secrets.token_urlsafe(12),
+                  "WHATSAPP_ACCESS_TOKEN": "dev-" + secrets.token_hex(8)}
+        path.write_text(json.dumps(values))
+        path.chmod(0o600)
+        return values
+
+
+@dataclass
+class Child:
+    name: str
+    cmd: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.proc = procs.spawn(self.cmd, log_path=self.log, env=self.env)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        procs.stop(self.proc, signal.SIGTERM, timeout)
+
+    def died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+
+class _Stop(Exception):
+    pass
+
+
+def worker_joined(metrics_text: str) -> bool:
+    """Whether a worker's /metrics says it holds partitions (it joined its consumer group)."""
+    for line in metrics_text.splitlines():
+        if line.startswith("wacrm_worker_assigned_partitions "):
+            return float(line.split()[1]) > 0
+    return False
+
+
+def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: float) -> None:
+    """Wait for the webhook's /readyz and for the worker to hold its partitions."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        for c in children:
+            if c.died():
+                raise CommandError(f"{c.name} exited with code {c.proc.returncode} during start; see {c.log}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp, \
+                    urllib.request.urlopen(worker_metrics, timeout=2) as wm:
+                if resp.status == 200 and worker_joined(wm.read().decode()):
+                    return
+                last = "the worker has not joined its consumer group yet"
+        except urllib.error.HTTPError as exc:
+            last = exc.read().decode(errors="replace")
+        except OSError as exc:
+            last = str(exc)
+        time.sleep(0.2)
+    raise CommandError(f"the system did not become ready within {timeout:.0f}s: {last}")
+
+
+def run_dev(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock_file = open(state_dir / "dev.lock", "a+")
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        pid = lock_file.read().strip() or "?"
+        print(f"wacrm dev: another `wacrm dev` (pid {pid}) is already running on {state_dir}/; "
+              "stop it first (Ctrl-C in its terminal).", file=sys.stderr)
+        return 1
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(str(os.getpid()))
+    lock_file.flush()
+
+    env = dict(os.environ)
+    for key, value in _persistent_secrets(state_dir).items():
+        env.setdefault(key, value)
+    try:
+        settings = load(env, "dev")
+    except SettingsError as exc:
+        print(f"wacrm dev: {exc}", file=sys.stderr)
+        return 2
+
+    stopping = False
+
+    def on_signal(signum: int, frame: Any) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise _Stop
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    logs = state_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    pg: EmbeddedPostgres | None = None
+    broker: EmbeddedBroker | None = None
+    children: list[Child] = []
+    started = time.monotonic()
+    try:
+        database_url = settings.database_url
+        if database_url is None:
+            pg = EmbeddedPostgres(state_dir / "pg" / "data")
+            print(f"starting embedded PostgreSQL (data in {pg.data_dir}) …", flush=True)
+            pg.start()
+            database_url = pg.url
+        asyncio.run(run_migrations(database_url, settings.db_timeout_s, out=lambda m: print(f"  migrate: {m}")))
+        bootstrap = settings.kafka_bootstrap_servers
+        if bootstrap is None:
+            broker = EmbeddedBroker(log_path=logs / "tansu.log")
+            print("starting embedded broker (tansu, in memory) …", flush=True)
+            broker.start()
+            bootstrap = broker.bootstrap
+        settings = settings.replace(database_url=database_url, kafka_bootstrap_servers=bootstrap)
+        print("creating topics …", flush=True)
+        asyncio.run(create_topics(settings, out=print))
+
+        env.update(DATABASE_URL=database_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, PORT=str(settings.port),
+                   HOST=settings.host, PYTHONUNBUFFERED="1")
+        fake_meta_url = None
+        if "WHATSAPP_API_BASE_URL" not in os.environ:
+            fake_port = free_port()
+            fake_meta_url = f"http://127.0.0.1:{fake_port}"
+            env["WHATSAPP_API_BASE_URL"] = fake_meta_url
+            children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port)),
+                                  env, logs / "fake-meta.log"))
+        env.setdefault("WORKER_METRICS_PORT", str(free_port()))
+        children.append(Child("serve", procs.python_cmd("serve"), env, logs / "serve.log"))
+        children.append(Child("worker", procs.python_cmd("worker"), env, logs / "worker.log"))
+        for c in children:
+            c.start()
+        base = f"http://{settings.host}:{settings.port}"
+        worker_metrics = f"http://{settings.host}:{env['WORKER_METRICS_PORT']}/metrics"
+        _wait_ready(f"{base}/readyz", worker_metrics, children, timeout=90)
+        state = {"pid": os.getpid(), "webhook_url": f"{base}/webhooks/whatsapp", "base_url": base,
+                 "app_secret": env["WHATSAPP_APP_SECRET"], "verify_token": env["WHATSAPP_VERIFY_TOKEN"],
+                 "fake_meta_url": fake_meta_url, "database_url": database_url, "kafka": bootstrap,
+                 "worker_metrics_url": worker_metrics}
+        (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        _banner(state, logs, time.monotonic() - started)
+        _supervise(children, broker, settings)
+    except _Stop:
+        print("\nstopping …", flush=True)
+    except (CommandError, EmbeddedError) as exc:
+        print(f"wacrm dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        (state_dir / STATE_FILE).unlink(missing_ok=True)
+        for c in reversed(children):
+            c.stop()
+        if broker is not None:
+            broker.stop()
+        if pg is not None:
+            pg.stop()
+        lock_file.close()
+    print("stopped.", flush=True)
+    return 0
+
+
+def _banner(state: dict[str, Any], logs: Path, took: float) -> None:
+    lines = [
+        "",
+        f"wacrm is running (ready in {took:.1f}s). Ctrl-C stops everything.",
+        f"  webhook        {state['webhook_url']}",
+        f"  health         {state['base_url']}/healthz   {state['base_url']}/readyz",
+        f"  metrics        {state['base_url']}/metrics   {state['worker_metrics_url']} (worker)",
+        f"  verify token   {state['verify_token']}",
+        f"  app secret     {state['app_secret']}",
+        f"  database       {state['database_url']}",
+        f"  broker         {state['kafka']}",
+    ]
+    if state["fake_meta_url"]:
+        lines.append(f"  fake Graph API {state['fake_meta_url']}   (what was sent: {state['fake_meta_url']}/__sent)")
+    lines += [f"  logs           {logs}/", "",
+              "Send a test message from another terminal:",
+              "  .venv/bin/wacrm simulate --text \"hi\"", ""]
+    print("\n".join(lines), flush=True)
+
+
+def _supervise(children: list[Child], broker: EmbeddedBroker | None, settings: Any) -> None:
+    worker = next(c for c in children if c.name == "worker")
+    while True:
+        time.sleep(0.5)
+        if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
+            print("embedded broker exited; restarting it, re-creating topics and restarting the worker "
+                  "(its in-memory data is gone)", flush=True)
+            broker.start()
+            asyncio.run(create_topics(settings, out=lambda m: None))
+            worker.stop()
+            worker.start()
+        for c in children:
+            if c.died():
+                now = time.monotonic()
+                c.restarts = [t for t in c.restarts if now - t < 60] + [now]
+                if len(c.restarts) > RESTARTS_PER_MINUTE:
+                    raise CommandError(f"{c.name} keeps exiting (code {c.proc.returncode}); see {c.log}")
+                print(f"{c.name} exited with code {c.proc.returncode}; restarting (log: {c.log})", flush=True)
+                c.start()

@@ -1,0 +1,46 @@
+"""The metric catalogue: every Prometheus metric wacrm exports, in one place.
+
+Names carry unit suffixes; labels are small closed sets (outcome, agent, topic) — never a
+phone number or a message id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+WEBHOOK_REQUESTS = Counter(
+    "wacrm_webhook_requests_total", "Webhook requests by outcome", ["outcome"])
+WEBHOOK_DURATION = Histogram(
+    "wacrm_webhook_request_duration_seconds", "Time to answer a webhook request", ["outcome"], buckets=_FAST)
+PUBLISH_DURATION = Histogram(
+    "wacrm_publish_duration_seconds", "Time for the broker to acknowledge a produce (acks=all)", ["topic"],
+    buckets=_FAST)
+EVENTS = Counter(
+    "wacrm_events_total", "Events handled by each agent, by outcome", ["agent", "outcome"])
+EVENT_DURATION = Histogram(
+    "wacrm_event_duration_seconds", "Time an agent spent on one event", ["agent"], buckets=_FAST)
+DUPLICATES = Counter(
+    "wacrm_duplicates_total", "Redelivered items recognised and dropped", ["kind"])
+PARSE_PROBLEMS = Counter(
+    "wacrm_parse_problems_total", "Webhook items that could not be understood (sent to the DLQ)", ["reason"])
+IGNORED_SHAPES = Counter(
+    "wacrm_ignored_shapes_total", "Webhook objects or fields we acknowledge but do not process", ["kind"])
+SENDS = Counter(
+    "wacrm_sends_total", "Graph API send attempts by outcome", ["outcome"])
+SEND_DURATION = Histogram(
+    "wacrm_send_duration_seconds", "Graph API send call duration", ["outcome"], buckets=_FAST)
+REPLY_LATENCY = Histogram(
+    "wacrm_reply_latency_seconds",
+    "From the customer's message timestamp (Meta, 1 s resolution) to the reply accepted by the Graph API",
+    buckets=_SLOW)
+PIPELINE_LATENCY = Histogram(
+    "wacrm_pipeline_latency_seconds",
+    "From the webhook accepting the body to the reply accepted by the Graph API", buckets=_SLOW)
+STATUSES = Counter(
+    "wacrm_statuses_total", "Delivery statuses received, by state and whether they changed the message",
+    ["status", "outcome"])
+WORKER_PARTITIONS = Gauge(
+    "wacrm_worker_assigned_partitions", "Partitions currently assigned to this worker (0 until it joined its group)")

@@ -1,0 +1,73 @@
+"""Child processes with a managed lifetime: started in their own session, told to stop when
+their parent dies (Linux ``PR_SET_PDEATHSIG``), stopped with a signal and a bounded wait.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def preexec() -> None:
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
+        except OSError:
+            pass
+
+    return preexec
+
+
+def spawn(cmd: list[str], *, log_path: Path | None = None, env: dict[str, str] | None = None,
+          death_signal: int = signal.SIGTERM, **kwargs: Any) -> subprocess.Popen:
+    """Start ``cmd`` in a new session, output appended to ``log_path`` (or discarded)."""
+    out: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, start_new_session=True, preexec_fn=_die_with_parent(death_signal),
+                                **kwargs)
+    finally:
+        if log_path:
+            out.close()
+
+
+def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+    """Signal ``proc``, wait up to ``timeout`` seconds, then kill it; returns its exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        except ProcessLookupError:
+            pass
+    return proc.returncode
+
+
+def python_cmd(*args: str) -> list[str]:
+    """Run a ``wacrm`` subcommand with this interpreter (works without the console script on PATH)."""
+    return [sys.executable, "-m", "wacrm", *args]
+
+
+def env_with(**values: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in values.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env

@@ -1,0 +1,164 @@
+"""The Graph API send call and its errors, classified by Meta's error code.
+
+Exception tree (catch at the level you need)::
+
+    GraphError                 the send did not produce a message id
+    ├── RetryableGraphError    try the same request again later (throttling, 5xx, transport)
+    ├── PermanentGraphError    do not retry this intent (bad request, window closed, undeliverable)
+    │   └── InvalidRecipient   the recipient cannot be normalised; raised before any request
+    └── PausingGraphError      stop sending for this business number and alert (token, spam rate)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+import phonenumbers
+
+
+class GraphError(Exception):
+    retryable = False
+
+    def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
+                 details: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.http_status = http_status
+        self.details = details
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": str(self), "code": self.code, "http_status": self.http_status,
+                "details": self.details, "kind": type(self).__name__}
+
+
+class RetryableGraphError(GraphError):
+    retryable = True
+
+
+class PermanentGraphError(GraphError):
+    pass
+
+
+class InvalidRecipient(PermanentGraphError):
+    pass
+
+
+class PausingGraphError(GraphError):
+    pass
+
+
+# Meta error code → what to do. Codes not listed: 5xx without a code is retryable,
+# anything else permanent (an unknown 4xx must not burn retries).
+RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004})
+PAUSING_CODES = frozenset({190, 131048})
+
+
+def classify(http_status: int, body: Any) -> GraphError:
+    """Turn an error response into the exception that says what happens next."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict) or not isinstance(err.get("code"), int):
+        message = f"Graph API answered HTTP {http_status} without an error code"
+        cls = RetryableGraphError if http_status >= 500 or http_status == 429 else PermanentGraphError
+        return cls(message, http_status=http_status)
+    code = err["code"]
+    data = err.get("error_data") if isinstance(err.get("error_data"), dict) else {}
+    details = data.get("details") if isinstance(data.get("details"), str) else None
+    message = str(err.get("message") or f"Graph API error {code}")
+    if code in PAUSING_CODES:
+        cls2: type[GraphError] = PausingGraphError
+    elif code in RETRYABLE_CODES:
+        cls2 = RetryableGraphError
+    else:
+        cls2 = PermanentGraphError
+    return cls2(message, code=code, http_status=http_status, details=details)
+
+
+def recipient_field(to: str, default_region: str | None) -> tuple[str, str]:
+    """``("to", "+E164")`` for a phone number or ``("recipient", id)`` for a business-scoped user id.
+
+    ``wa_id`` values are international digits without ``+``; national formats use
+    ``default_region``. Raises :class:`InvalidRecipient`.
+    """
+    to = to.strip()
+    if to[:1].isalpha():  # business-scoped user id, e.g. US.13491208655302741918
+        return "recipient", to
+    candidates: list[tuple[str, str | None]] = [(to if to.startswith("+") else "+" + to, None)]
+    if default_region and not to.startswith("+"):
+        candidates.append((to, default_region))  # a national format typed by a person
+    number = None
+    for text, region in candidates:
+        try:
+            parsed = phonenumbers.parse(text, region)
+        except phonenumbers.NumberParseException:
+            continue
+        if phonenumbers.is_valid_number(parsed) or (number is None and phonenumbers.is_possible_number(parsed)):
+            number = parsed
+            if phonenumbers.is_valid_number(parsed):
+                break
+    if number is None:
+        raise InvalidRecipient(f"recipient {to!r} is not a phone number")
+    return "to", phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message_id: str
+    wa_id: str | None
+    message_status: str | None
+
+
+class GraphClient:
+    """Sends messages through ``{base}/{version}/{phone_number_id}/messages``.
+
+    Owns no session: the caller passes one in and closes it. Every call is bounded by
+    ``timeout`` seconds.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, access_token: str, *,
+                 timeout: float, default_region: str | None = None) -> None:
+        self._session = session
+        self._base = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._region = default_region
+
+    def text_payload(self, to: str, text: str, *, reply_to: str | None = None,
+                     callback_data: str | None = None) -> dict[str, Any]:
+        field, value = recipient_field(to, self._region)
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
+                                   field: value, "type": "text", "text": {"body": text}}
+        if reply_to:
+            payload["context"] = {"message_id": reply_to}
+        if callback_data:
+            payload["biz_opaque_callback_data"] = callback_data
+        return payload
+
+    async def send(self, phone_number_id: str, payload: dict[str, Any]) -> Sent:
+        url = f"{self._base}/{phone_number_id}/messages"
+        try:
+            async with self._session.post(url, data=orjson.dumps(payload), headers=self._headers,
+                                          timeout=self._timeout) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except asyncio.TimeoutError:
+            raise RetryableGraphError(f"Graph API did not answer within {self._timeout.total}s") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableGraphError(f"Graph API unreachable: {exc}") from None
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if status != 200:
+            raise classify(status, body)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict) \
+                or not isinstance(messages[0].get("id"), str):
+            # Meta accepted something: sending again could duplicate it, so this is not retried.
+            raise PermanentGraphError("Graph API answered 200 without a message id", http_status=status)
+        contacts = body.get("contacts") if isinstance(body.get("contacts"), list) else []
+        wa_id = contacts[0].get("wa_id") if contacts and isinstance(contacts[0], dict) else None
+        return Sent(messages[0]["id"], wa_id, messages[0].get("message_status"))

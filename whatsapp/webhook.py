@@ -1,0 +1,249 @@
+"""Split a WhatsApp Cloud API webhook body into one item per message, status and error.
+
+Pure functions, no I/O. :func:`parse` iterates every ``entry`` × ``change`` × item
+(Meta batches up to 1000 updates in a body); a broken item becomes a :class:`Problem`
+while the other items of the body are still returned. Only a body that is not a JSON
+object at all raises :class:`BodyError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+
+class BodyError(ValueError):
+    """The body is not a webhook envelope at all (not JSON, or not an object)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    wa_id: str | None
+    user_id: str | None
+    profile_name: str | None = None
+    username: str | None = None
+    parent_user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    phone_number_id: str
+    display_phone_number: str | None
+    sender: Sender
+    id: str
+    timestamp: int
+    type: str
+    text: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    phone_number_id: str
+    id: str
+    status: str
+    timestamp: int
+    recipient: Sender
+    errors: list[dict[str, Any]]
+    biz_opaque_callback_data: str | None
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """An item that could not be understood, with where it was and why."""
+
+    reason: str
+    where: str
+    item: Any
+
+
+@dataclass(slots=True)
+class Parsed:
+    messages: list[Message] = field(default_factory=list)
+    statuses: list[Status] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # value.errors (account level)
+    problems: list[Problem] = field(default_factory=list)
+    ignored_fields: list[str] = field(default_factory=list)
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError(f"{key} must be a string")
+
+
+def _timestamp(obj: dict[str, Any]) -> int:
+    raw = obj.get("timestamp")
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+        raise ValueError("timestamp missing or not a string of epoch seconds")
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"timestamp {raw!r} is not epoch seconds") from None
+
+
+def _text_of(msg: dict[str, Any]) -> str | None:
+    """The human-readable text of a message, for the inbox and the reply engines."""
+    kind = msg.get("type")
+    body = msg.get(kind) if isinstance(kind, str) else None
+    if not isinstance(body, dict):
+        return None
+    if kind == "text":
+        return body.get("body") if isinstance(body.get("body"), str) else None
+    if kind in ("image", "video", "document"):
+        caption = body.get("caption")
+        return caption if isinstance(caption, str) else None
+    if kind == "button":
+        text = body.get("text")
+        return text if isinstance(text, str) else None
+    if kind == "interactive":
+        for reply_kind in ("button_reply", "list_reply"):
+            reply = body.get(reply_kind)
+            if isinstance(reply, dict) and isinstance(reply.get("title"), str):
+                return reply["title"]
+    return None
+
+
+def _senders(value: dict[str, Any]) -> list[Sender]:
+    contacts = value.get("contacts")
+    out: list[Sender] = []
+    if not isinstance(contacts, list):
+        return out
+    for c in contacts:
+        if not isinstance(c, dict):
+            continue
+        profile = c.get("profile") if isinstance(c.get("profile"), dict) else {}
+        try:
+            out.append(Sender(
+                wa_id=_opt_str(c, "wa_id"),
+                user_id=_opt_str(c, "user_id"),
+                profile_name=_opt_str(profile, "name"),
+                username=_opt_str(profile, "username"),
+                parent_user_id=_opt_str(c, "parent_user_id"),
+            ))
+        except ValueError:
+            continue
+    return out
+
+
+def _sender_for(msg: dict[str, Any], contacts: list[Sender]) -> Sender:
+    wa_id = _opt_str(msg, "from")
+    user_id = _opt_str(msg, "from_user_id")
+    for c in contacts:
+        if (wa_id and c.wa_id == wa_id) or (user_id and c.user_id == user_id):
+            return Sender(wa_id or c.wa_id, user_id or c.user_id, c.profile_name, c.username, c.parent_user_id)
+    if len(contacts) == 1 and not (wa_id or user_id):
+        return contacts[0]
+    if not (wa_id or user_id):
+        raise ValueError("message has no sender: no from, from_user_id or contact")
+    return Sender(wa_id, user_id)
+
+
+def _message(meta: tuple[str, str | None], msg: Any, contacts: list[Sender]) -> Message:
+    if not isinstance(msg, dict):
+        raise ValueError("message is not an object")
+    msg_id = _opt_str(msg, "id")
+    if not msg_id:
+        raise ValueError("message has no id")
+    kind = msg.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ValueError("message has no type")
+    return Message(
+        phone_number_id=meta[0], display_phone_number=meta[1], sender=_sender_for(msg, contacts),
+        id=msg_id, timestamp=_timestamp(msg), type=kind, text=_text_of(msg), payload=msg,
+    )
+
+
+def _status(meta: tuple[str, str | None], st: Any, contacts: list[Sender]) -> Status:
+    if not isinstance(st, dict):
+        raise ValueError("status is not an object")
+    st_id = _opt_str(st, "id")
+    state = st.get("status")
+    if not st_id or not isinstance(state, str):
+        raise ValueError("status has no id or status")
+    wa_id = _opt_str(st, "recipient_id")
+    user_id = _opt_str(st, "recipient_user_id")
+    if not (wa_id or user_id) and len(contacts) == 1:
+        wa_id, user_id = contacts[0].wa_id, contacts[0].user_id
+    errors = st.get("errors") if isinstance(st.get("errors"), list) else []
+    return Status(
+        phone_number_id=meta[0], id=st_id, status=state, timestamp=_timestamp(st),
+        recipient=Sender(wa_id, user_id), errors=[e for e in errors if isinstance(e, dict)],
+        biz_opaque_callback_data=_opt_str(st, "biz_opaque_callback_data"), payload=st,
+    )
+
+
+def loads(body: bytes) -> dict[str, Any]:
+    """Decode a body; raise :class:`BodyError` unless it is a JSON object."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BodyError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse(data: dict[str, Any]) -> Parsed:
+    """Every item of a decoded body; never raises for a broken item (it becomes a Problem)."""
+    out = Parsed()
+    if data.get("object") != "whatsapp_business_account":
+        out.ignored_fields.append(f"object:{data.get('object')!s:.40}")
+        return out
+    entries = data.get("entry")
+    if not isinstance(entries, list):
+        out.problems.append(Problem("entry is not a list", "entry", entries))
+        return out
+    for ei, entry in enumerate(entries):
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        if not isinstance(changes, list):
+            out.problems.append(Problem("entry has no changes list", f"entry[{ei}]", entry))
+            continue
+        for ci, change in enumerate(changes):
+            where = f"entry[{ei}].changes[{ci}]"
+            if not isinstance(change, dict):
+                out.problems.append(Problem("change is not an object", where, change))
+                continue
+            if change.get("field") != "messages":
+                out.ignored_fields.append(f"field:{change.get('field')!s:.40}")
+                continue
+            _parse_value(change.get("value"), where, out)
+    # Within a body, a conversation's events are handled in the order the customer made them.
+    out.messages.sort(key=lambda m: m.timestamp)
+    out.statuses.sort(key=lambda s: s.timestamp)
+    return out
+
+
+def _parse_value(value: Any, where: str, out: Parsed) -> None:
+    if not isinstance(value, dict):
+        out.problems.append(Problem("value is not an object", where, value))
+        return
+    metadata = value.get("metadata")
+    pnid = metadata.get("phone_number_id") if isinstance(metadata, dict) else None
+    if not isinstance(pnid, (str, int)) or isinstance(pnid, bool) or not str(pnid):
+        out.problems.append(Problem("value has no metadata.phone_number_id", where, value))
+        return
+    display = metadata.get("display_phone_number") if isinstance(metadata, dict) else None
+    meta = (str(pnid), display if isinstance(display, str) else None)
+    contacts = _senders(value)
+    for key, build, sink in (("messages", _message, out.messages), ("statuses", _status, out.statuses)):
+        items = value.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            out.problems.append(Problem(f"{key} is not a list", where, items))
+            continue
+        for i, item in enumerate(items):
+            try:
+                sink.append(build(meta, item, contacts))  # type: ignore[operator]
+            except ValueError as exc:
+                out.problems.append(Problem(str(exc), f"{where}.value.{key}[{i}]", item))
+    errors = value.get("errors")
+    if isinstance(errors, list):
+        out.errors.extend(e for e in errors if isinstance(e, dict))
