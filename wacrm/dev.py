@@ -239,9 +239,11 @@ def _supervise(children: list[Child], broker: EmbeddedBroker | None, settings: A
         if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
             print("embedded broker exited; restarting it, re-creating topics and restarting the worker "
                   "(its in-memory data is gone)", flush=True)
+            # Stop the worker first: one that rejoins the new broker while being stopped leaves a
+            # ghost member holding partitions that tansu never reassigns.
+            worker.stop()
             broker.start()
             asyncio.run(create_topics(settings, out=lambda m: None))
-            worker.stop()
             worker.start()
         for c in children:
             if c.died():

