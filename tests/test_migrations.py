@@ -99,3 +99,13 @@ def test_cli_reports_configuration_errors_without_a_traceback() -> None:
     assert "KAFKA_BOOTSTRAP_SERVERS: required" in result.stderr
     assert "WHATSAPP_APP_SECRET: required" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_topics_is_idempotent(broker: str) -> None:
+    env = procs.env_with(KAFKA_BOOTSTRAP_SERVERS=broker)
+    for _ in range(2):
+        result = subprocess.run(procs.python_cmd("topics"), env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        for name in ("wa.webhook.raw", "wa.inbound", "wa.status", "wa.outbound", "wa.dlq"):
+            assert name in result.stdout
+        assert "PROBLEM" not in result.stdout

@@ -44,7 +44,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
     raise EmbeddedError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
-def _pg_bin() -> Path:
+def pg_bin_dir() -> Path:
     try:
         with warnings.catch_warnings():  # its package import warns about XDG_RUNTIME_DIR, which we do not use
             warnings.simplefilter("ignore")
@@ -89,7 +89,7 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self, timeout: float = 60.0) -> None:
-        bin_dir = _pg_bin()
+        bin_dir = pg_bin_dir()
         user = _as_user_kwargs()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if user:

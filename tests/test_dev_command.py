@@ -1,0 +1,111 @@
+"""``wacrm dev`` as a user runs it: one command brings everything up, ``simulate`` gets a reply,
+a second ``dev`` refuses, Ctrl-C leaves no process behind, and the data survives a restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from wacrm import procs
+from wacrm.embedded import free_port, pg_bin_dir
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("DATABASE_URL") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                                reason="exercises the embedded defaults")
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start_dev(state_dir: Path, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(procs.python_cmd("dev", "--state-dir", str(state_dir)), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    lines = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError("wacrm dev exited:\n" + "".join(lines))
+        lines.append(line)
+        if "Send a test message" in line:
+            return proc
+    proc.kill()
+    raise AssertionError("no banner within 120s:\n" + "".join(lines))
+
+
+def _simulate(state_dir: Path, text: str) -> subprocess.CompletedProcess:
+    env = procs.env_with(WHATSAPP_APP_SECRET=None)  # the secret comes from the running dev's state
+    return subprocess.run(procs.python_cmd("simulate", "--text", text, "--state-dir", str(state_dir)),
+                          env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    env = procs.env_with(PORT=str(free_port()), WORKER_METRICS_PORT=str(free_port()), BROKER_SESSION_TIMEOUT="6",
+                         DATABASE_URL=None, KAFKA_BOOTSTRAP_SERVERS=None, WHATSAPP_APP_SECRET=None,
+                         WHATSAPP_API_BASE_URL=None)
+    dev = _start_dev(state_dir, env)
+    try:
+        family = _descendants(dev.pid)
+        assert len(family) >= 5  # postgres, tansu, fake-meta, serve, worker (and postgres' own children)
+        state = json.loads((state_dir / "dev.json").read_text())
+
+        result = _simulate(state_dir, "hello from the dev test")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "reply sent to +15550002222" in result.stdout
+
+        second = subprocess.run(procs.python_cmd("dev", "--state-dir", str(state_dir)), env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "already running" in second.stderr
+
+        dev.send_signal(signal.SIGINT)
+        dev.wait(90)
+        assert dev.returncode == 0
+        time.sleep(0.5)
+        assert [p for p in family if _alive(p)] == []
+        assert not (state_dir / "dev.json").exists()
+
+        # The data survives: a new dev on the same state dir still knows the conversation.
+        dev = _start_dev(state_dir, env)
+        state2 = json.loads((state_dir / "dev.json").read_text())
+        assert state2["app_secret"] == state["app_secret"]  # the generated secrets are kept too
+        check = subprocess.run(
+            [str(pg_bin_dir() / "psql"),
+             state2["database_url"], "-tAc", "SELECT count(*) FROM messages WHERE body = 'hello from the dev test'"],
+            capture_output=True, text=True, timeout=30)
+        assert check.stdout.strip() == "1", check.stderr
+    finally:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGINT)
+            try:
+                dev.wait(90)
+            except subprocess.TimeoutExpired:
+                dev.kill()
