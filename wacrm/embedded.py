@@ -119,10 +119,24 @@ class EmbeddedPostgres:
             log_path=log_path, death_signal=signal.SIGINT, **user)
         try:
             wait_for_port(self.port, timeout, self.proc)
+            self._wait_accepting(bin_dir, timeout)
         except EmbeddedError as exc:
             self.stop()
             tail = log_path.read_text(errors="replace")[-2000:]
             raise EmbeddedError(f"PostgreSQL did not start: {exc}\n--- {log_path} ---\n{tail}") from None
+
+    def _wait_accepting(self, bin_dir: Path, timeout: float) -> None:
+        """The port opens before recovery ends ("the database system is starting up"): wait for real."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
+                                    "-U", "postgres"], capture_output=True)
+            if ready.returncode == 0:
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EmbeddedError(f"postgres exited with code {self.proc.returncode}")
+            time.sleep(0.1)
+        raise EmbeddedError(f"PostgreSQL not accepting connections after {timeout:.0f}s")
 
     def stop(self, timeout: float = 30.0) -> None:
         procs.stop(self.proc, signal.SIGINT, timeout)  # fast shutdown: roll back clients, checkpoint, exit
