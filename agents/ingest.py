@@ -12,6 +12,7 @@ other items of the body are still processed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ from agents.runner import dead_letter
 from topics import INBOUND, STATUS
 from topics.records import Customer, InboundMessage, RawRef, StatusUpdate, conversation_key, encode
 from wacrm import metrics
-from whatsapp import webhook
+from whatsapp import model, webhook
 
 log = logging.getLogger("wacrm.ingest")
 
@@ -46,13 +47,17 @@ def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str,
         out.append((INBOUND, key, encode(InboundMessage(
             conversation_key=key, phone_number_id=m.phone_number_id, display_phone_number=m.display_phone_number,
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
-            payload=m.payload, raw_ref=ref, received_at=received_at))))
+            payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
+            context=dataclasses.asdict(m.context) if m.context else None,
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors))))
+        metrics.MESSAGES.labels(m.type if m.type in model.KNOWN_TYPES else "other").inc()
     for s in parsed.statuses:
         key = conversation_key(s.phone_number_id, _customer(s.recipient))
         out.append((STATUS, key, encode(StatusUpdate(
             conversation_key=key, phone_number_id=s.phone_number_id, message_id=s.id, status=s.status,
             timestamp=s.timestamp, recipient_id=s.recipient.wa_id or s.recipient.user_id, errors=s.errors,
-            biz_opaque_callback_data=s.biz_opaque_callback_data, payload=s.payload, raw_ref=ref))))
+            biz_opaque_callback_data=s.biz_opaque_callback_data, payload=s.payload, raw_ref=ref,
+            recipient_user_id=s.recipient.user_id))))
     return out, parsed
 
 
@@ -71,6 +76,7 @@ class Ingest:
         for kind in parsed.ignored_fields:
             metrics.IGNORED_SHAPES.labels(kind.split(":", 1)[0]).inc()
         for error in parsed.errors:
+            metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
             log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition, ref.offset,
                         orjson.dumps(error).decode()[:500])
         await asyncio.gather(*futures)

@@ -37,26 +37,77 @@ class ConversationState:
     last_inbound_at: datetime | None
 
 
+async def _merge_contacts(conn: asyncpg.Connection, primary: int, secondary: int) -> None:
+    """Fold ``secondary`` into ``primary``: one customer seen under two identities becomes one contact.
+
+    Its conversations and messages move over (an open conversation of its own is closed when
+    the primary has one open, to keep one open conversation per customer); its lead goes
+    unless the primary has none.
+    """
+    await conn.execute(
+        """UPDATE conversations s SET status = 'closed'
+           WHERE s.contact_id = $2 AND s.status = 'open'
+             AND EXISTS (SELECT 1 FROM conversations p WHERE p.contact_id = $1 AND p.status = 'open'
+                         AND p.phone_number_id = s.phone_number_id)""", primary, secondary)
+    await conn.execute("UPDATE conversations SET contact_id = $1 WHERE contact_id = $2", primary, secondary)
+    await conn.execute("UPDATE messages SET contact_id = $1 WHERE contact_id = $2", primary, secondary)
+    await conn.execute(
+        """UPDATE leads SET contact_id = $1 WHERE contact_id = $2
+           AND NOT EXISTS (SELECT 1 FROM leads WHERE contact_id = $1)""", primary, secondary)
+    await conn.execute("DELETE FROM leads WHERE contact_id = $1", secondary)
+    merged = await conn.fetchrow(
+        "DELETE FROM contacts WHERE id = $1 RETURNING wa_id, user_id, parent_user_id, username, profile_name, "
+        "opted_out, previous_wa_ids", secondary)
+    await conn.execute(
+        """UPDATE contacts SET wa_id = COALESCE(wa_id, $2), user_id = COALESCE(user_id, $3),
+               parent_user_id = COALESCE(parent_user_id, $4), username = COALESCE(username, $5),
+               profile_name = COALESCE(profile_name, $6), opted_out = opted_out OR $7,
+               previous_wa_ids = previous_wa_ids || $8, updated_at = now()
+           WHERE id = $1""",
+        primary, merged["wa_id"], merged["user_id"], merged["parent_user_id"], merged["username"],
+        merged["profile_name"], merged["opted_out"], merged["previous_wa_ids"])
+
+
 async def _upsert_contact(conn: asyncpg.Connection, msg: InboundMessage) -> tuple[int, bool, bool]:
+    """Find the customer by phone or business-scoped id (linking the two), or create them.
+
+    Returns (contact id, created, opted out).
+    """
     c = msg.customer
-    row = await conn.fetchrow(
-        """SELECT id, opted_out FROM contacts
-           WHERE phone_number_id = $1 AND (wa_id = $2 OR user_id = $3)
-           ORDER BY (wa_id = $2) DESC NULLS LAST, id LIMIT 1 FOR UPDATE""",
+    rows = await conn.fetch(
+        """SELECT id FROM contacts WHERE phone_number_id = $1 AND (wa_id = $2 OR user_id = $3)
+           ORDER BY id FOR UPDATE""",
         msg.phone_number_id, c.wa_id, c.user_id)
-    if row is not None:
-        await conn.execute(
-            """UPDATE contacts SET wa_id = COALESCE(wa_id, $2), user_id = COALESCE(user_id, $3),
-                   profile_name = COALESCE($4, profile_name), username = COALESCE($5, username),
-                   parent_user_id = COALESCE($6, parent_user_id), updated_at = now()
-               WHERE id = $1""",
-            row["id"], c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
-        return row["id"], False, row["opted_out"]
-    contact_id = await conn.fetchval(
-        """INSERT INTO contacts (phone_number_id, wa_id, user_id, profile_name, username, parent_user_id)
-           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
-        msg.phone_number_id, c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
-    return contact_id, True, False
+    if not rows:
+        contact_id = await conn.fetchval(
+            """INSERT INTO contacts (phone_number_id, wa_id, user_id, profile_name, username, parent_user_id)
+               VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+            msg.phone_number_id, c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
+        return contact_id, True, False
+    contact_id = rows[0]["id"]
+    for other in rows[1:]:  # the phone and the user id were two contacts until this message linked them
+        await _merge_contacts(conn, contact_id, other["id"])
+    opted_out = await conn.fetchval(
+        """UPDATE contacts SET wa_id = COALESCE($2, wa_id), user_id = COALESCE(user_id, $3),
+               profile_name = COALESCE($4, profile_name), username = COALESCE($5, username),
+               parent_user_id = COALESCE($6, parent_user_id), updated_at = now()
+           WHERE id = $1 RETURNING opted_out""",
+        contact_id, c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
+    return contact_id, False, opted_out
+
+
+async def change_number(conn: asyncpg.Connection, contact_id: int, phone_number_id: str, new_wa_id: str) -> None:
+    """A customer moved to a new phone number (system ``user_changed_number``): keep one contact."""
+    other = await conn.fetchval(
+        "SELECT id FROM contacts WHERE phone_number_id = $1 AND wa_id = $2 AND id <> $3 FOR UPDATE",
+        phone_number_id, new_wa_id, contact_id)
+    if other is not None:
+        await _merge_contacts(conn, contact_id, other)
+    await conn.execute(
+        """UPDATE contacts SET previous_wa_ids = CASE WHEN wa_id IS NULL OR wa_id = $2 OR wa_id = ANY(previous_wa_ids)
+                                                     THEN previous_wa_ids ELSE previous_wa_ids || wa_id END,
+               wa_id = $2, updated_at = now()
+           WHERE id = $1""", contact_id, new_wa_id)
 
 
 async def _open_conversation(conn: asyncpg.Connection, msg: InboundMessage, contact_id: int) -> asyncpg.Record:
@@ -85,19 +136,23 @@ async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> Conver
     conv = await _open_conversation(conn, msg, contact_id)
     message_id = await conn.fetchval(
         """INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type,
-                                 body, payload, status, status_at, provider_timestamp, raw_ref)
-           VALUES ($1, $2, $3, $4, 'inbound', $5, $6, $7, 'received', now(), $8, $9)
+                                 body, payload, status, status_at, provider_timestamp, raw_ref, content, context,
+                                 referral, error)
+           VALUES ($1, $2, $3, $4, 'inbound', $5, $6, $7, 'received', now(), $8, $9, $10, $11, $12, $13)
            ON CONFLICT (channel, provider_message_id) DO NOTHING RETURNING id""",
         CHANNEL, msg.message_id, conv["id"], contact_id, msg.type, msg.text, msg.payload,
-        _ts(msg.timestamp), dataclasses.asdict(msg.raw_ref))
+        _ts(msg.timestamp), dataclasses.asdict(msg.raw_ref), msg.content or None, msg.context, msg.referral,
+        msg.errors or None)
     if message_id is None:
         return None
     if created:
-        referral = msg.payload.get("referral") if isinstance(msg.payload.get("referral"), dict) else None
         await conn.execute(
-            """INSERT INTO leads (contact_id, source, referral) VALUES ($1, $2, $3)
+            """INSERT INTO leads (contact_id, source, referral, first_message_id) VALUES ($1, $2, $3, $4)
                ON CONFLICT (contact_id) DO NOTHING""",
-            contact_id, "referral" if referral else "organic", referral)
+            contact_id, "referral" if msg.referral else "organic", msg.referral, msg.message_id)
+    if msg.type == "system" and msg.content.get("system_type") == "user_changed_number" \
+            and msg.content.get("new_wa_id"):
+        await change_number(conn, contact_id, msg.phone_number_id, msg.content["new_wa_id"])
     await conn.execute(
         """UPDATE conversations SET last_inbound_at = GREATEST(last_inbound_at, $2),
                last_message_at = GREATEST(last_message_at, $2), unread_count = unread_count + 1

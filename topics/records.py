@@ -59,10 +59,14 @@ class InboundMessage:
     message_id: str
     timestamp: int  # epoch seconds, from Meta
     type: str
-    text: str | None
+    text: str | None  # one-line rendition for the inbox and the reply engines
     payload: dict[str, Any]  # the message object exactly as Meta sent it
     raw_ref: RawRef
     received_at: float  # epoch seconds when the webhook accepted the body (broker timestamp)
+    content: dict[str, Any] = field(default_factory=dict)  # the typed content (whatsapp.model), as a dict
+    context: dict[str, Any] | None = None
+    referral: dict[str, Any] | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,7 @@ class StatusUpdate:
     biz_opaque_callback_data: str | None
     payload: dict[str, Any]
     raw_ref: RawRef
+    recipient_user_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

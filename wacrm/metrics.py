@@ -44,3 +44,7 @@ STATUSES = Counter(
     ["status", "outcome"])
 WORKER_PARTITIONS = Gauge(
     "wacrm_worker_assigned_partitions", "Partitions currently assigned to this worker (0 until it joined its group)")
+MESSAGES = Counter(
+    "wacrm_inbound_messages_total", "Customer messages split out of webhooks, by type (before dedupe)", ["type"])
+ACCOUNT_ERRORS = Counter(
+    "wacrm_account_errors_total", "value.errors items (system, app or account level) from Meta, by code", ["code"])

@@ -7,6 +7,9 @@ like the Cloud API's, error envelopes with Meta's codes) and records every reque
 - ``DELETE /__sent``: forget them.
 - ``POST /__fail``: ``{"count": N, "code": 130429, "http_status": 400}`` makes the next N sends
   fail with that Meta error (still recorded), for tests of retries and error handling.
+- ``POST /__script``: ``[{"id": "wamid.X", "delay_ms": 1500}, {"code": 131000, "http_status": 500}]``
+  decides the next sends' answers in order: a success with that message id after that delay, or
+  an error.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class FakeMeta:
     def __init__(self) -> None:
         self.sent: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
-        self._failures: list[tuple[int, int]] = []
+        self._script: list[dict[str, Any]] = []
 
     async def send(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -66,10 +69,12 @@ class FakeMeta:
         auth = record["authorization"] or ""
         if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
             return _error(190, 401, "Missing or malformed access token")
-        if self._failures:
-            code, status = self._failures.pop(0)
-            record["answered"] = {"error": code}
-            return _error(code, status)
+        step = self._script.pop(0) if self._script else {}
+        if step.get("delay_ms"):
+            await asyncio.sleep(step["delay_ms"] / 1000)
+        if "code" in step:
+            record["answered"] = {"error": step["code"]}
+            return _error(step["code"], step.get("http_status", 400))
         if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
             return _error(100, 400, "messaging_product must be whatsapp")
         if body.get("status") == "read":
@@ -79,7 +84,7 @@ class FakeMeta:
                                                                      "document", "audio", "video", "reaction",
                                                                      "location", "contacts", "sticker"}:
             return _error(100, 400, "to/recipient and a supported type are required")
-        wamid = f"wamid.FAKE_OUT_{next(self._ids):08d}"
+        wamid = step.get("id") or f"wamid.FAKE_OUT_{next(self._ids):08d}"
         record["answered"] = {"id": wamid}
         answer: dict[str, Any] = {"messaging_product": "whatsapp", "messages": [{"id": wamid}]}
         if "to" in body:
@@ -102,8 +107,21 @@ class FakeMeta:
             status = int(spec.get("http_status", 400))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             return _json({"error": 'expected {"count": N, "code": C, "http_status": S}'}, 400)
-        self._failures.extend([(code, status)] * count)
-        return _json({"queued_failures": len(self._failures)})
+        self._script.extend([{"code": code, "http_status": status}] * count)
+        return _json({"scripted": len(self._script)})
+
+    async def script(self, request: web.Request) -> web.Response:
+        try:
+            steps = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            steps = None
+        if not isinstance(steps, list) or not all(
+                isinstance(x, dict) and (isinstance(x.get("id", ""), str) and isinstance(x.get("code", 0), int)
+                                         and isinstance(x.get("delay_ms", 0), (int, float))) for x in steps):
+            return _json({"error": 'expected a list of {"id"?: str, "delay_ms"?: n, "code"?: int, '
+                                   '"http_status"?: int}'}, 400)
+        self._script.extend(steps)
+        return _json({"scripted": len(self._script)})
 
 
 def make_app() -> web.Application:
@@ -113,6 +131,7 @@ def make_app() -> web.Application:
     app.router.add_get("/__sent", fake.list_sent)
     app.router.add_delete("/__sent", fake.clear_sent)
     app.router.add_post("/__fail", fake.fail)
+    app.router.add_post("/__script", fake.script)
     return app
 
 

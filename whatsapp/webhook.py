@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from whatsapp import model
+
 
 class BodyError(ValueError):
     """The body is not a webhook envelope at all (not JSON, or not an object)."""
@@ -35,8 +37,12 @@ class Message:
     id: str
     timestamp: int
     type: str
-    text: str | None
-    payload: dict[str, Any]
+    text: str | None  # a one-line rendition for the inbox (model.render)
+    content: model.Content
+    context: model.Context | None
+    referral: model.Referral | None
+    errors: list[dict[str, Any]]
+    payload: dict[str, Any]  # the message object exactly as Meta sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +54,8 @@ class Status:
     recipient: Sender
     errors: list[dict[str, Any]]
     biz_opaque_callback_data: str | None
+    conversation: dict[str, Any] | None
+    pricing: dict[str, Any] | None
     payload: dict[str, Any]
 
 
@@ -86,28 +94,6 @@ def _timestamp(obj: dict[str, Any]) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"timestamp {raw!r} is not epoch seconds") from None
-
-
-def _text_of(msg: dict[str, Any]) -> str | None:
-    """The human-readable text of a message, for the inbox and the reply engines."""
-    kind = msg.get("type")
-    body = msg.get(kind) if isinstance(kind, str) else None
-    if not isinstance(body, dict):
-        return None
-    if kind == "text":
-        return body.get("body") if isinstance(body.get("body"), str) else None
-    if kind in ("image", "video", "document"):
-        caption = body.get("caption")
-        return caption if isinstance(caption, str) else None
-    if kind == "button":
-        text = body.get("text")
-        return text if isinstance(text, str) else None
-    if kind == "interactive":
-        for reply_kind in ("button_reply", "list_reply"):
-            reply = body.get(reply_kind)
-            if isinstance(reply, dict) and isinstance(reply.get("title"), str):
-                return reply["title"]
-    return None
 
 
 def _senders(value: dict[str, Any]) -> list[Sender]:
@@ -154,9 +140,11 @@ def _message(meta: tuple[str, str | None], msg: Any, contacts: list[Sender]) -> 
     kind = msg.get("type")
     if not isinstance(kind, str) or not kind:
         raise ValueError("message has no type")
+    content = model.content_of(msg)
     return Message(
         phone_number_id=meta[0], display_phone_number=meta[1], sender=_sender_for(msg, contacts),
-        id=msg_id, timestamp=_timestamp(msg), type=kind, text=_text_of(msg), payload=msg,
+        id=msg_id, timestamp=_timestamp(msg), type=kind, text=model.render(content), content=content,
+        context=model.context_of(msg), referral=model.referral_of(msg), errors=model.errors_of(msg), payload=msg,
     )
 
 
@@ -171,11 +159,13 @@ def _status(meta: tuple[str, str | None], st: Any, contacts: list[Sender]) -> St
     user_id = _opt_str(st, "recipient_user_id")
     if not (wa_id or user_id) and len(contacts) == 1:
         wa_id, user_id = contacts[0].wa_id, contacts[0].user_id
-    errors = st.get("errors") if isinstance(st.get("errors"), list) else []
+    conversation, pricing = st.get("conversation"), st.get("pricing")
     return Status(
         phone_number_id=meta[0], id=st_id, status=state, timestamp=_timestamp(st),
-        recipient=Sender(wa_id, user_id), errors=[e for e in errors if isinstance(e, dict)],
-        biz_opaque_callback_data=_opt_str(st, "biz_opaque_callback_data"), payload=st,
+        recipient=Sender(wa_id, user_id), errors=model.errors_of(st),
+        biz_opaque_callback_data=_opt_str(st, "biz_opaque_callback_data"),
+        conversation=conversation if isinstance(conversation, dict) else None,
+        pricing=pricing if isinstance(pricing, dict) else None, payload=st,
     )
 
 
