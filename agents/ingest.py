@@ -41,23 +41,30 @@ def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str,
     except webhook.BodyError as exc:
         raise Poison(str(exc)) from None
     out: list[tuple[str, str, bytes]] = []
+
+    def emit(topic: str, key: str, record: Any, item: dict[str, Any]) -> None:
+        try:
+            out.append((topic, key, encode(record)))
+        except (TypeError, RecursionError) as exc:  # orjson refuses >254 levels of nesting; keep it for a human
+            parsed.problems.append(webhook.Problem(f"cannot re-encode the item: {exc}", topic, repr(item)[:2000]))
+
     for m in parsed.messages:
         customer = _customer(m.sender)
         key = conversation_key(m.phone_number_id, customer)
-        out.append((INBOUND, key, encode(InboundMessage(
+        emit(INBOUND, key, InboundMessage(
             conversation_key=key, phone_number_id=m.phone_number_id, display_phone_number=m.display_phone_number,
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
-            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors))))
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors), m.payload)
         metrics.MESSAGES.labels(m.type if m.type in model.KNOWN_TYPES else "other").inc()
     for s in parsed.statuses:
         key = conversation_key(s.phone_number_id, _customer(s.recipient))
-        out.append((STATUS, key, encode(StatusUpdate(
+        emit(STATUS, key, StatusUpdate(
             conversation_key=key, phone_number_id=s.phone_number_id, message_id=s.id, status=s.status,
             timestamp=s.timestamp, recipient_id=s.recipient.wa_id or s.recipient.user_id, errors=s.errors,
             biz_opaque_callback_data=s.biz_opaque_callback_data, payload=s.payload, raw_ref=ref,
-            recipient_user_id=s.recipient.user_id))))
+            recipient_user_id=s.recipient.user_id), s.payload)
     return out, parsed
 
 

@@ -178,8 +178,11 @@ class Stack:
         commands = {"fake-meta": ["fake-meta", "--port", str(self.fake_port)], "serve": ["serve"],
                     "worker": ["worker"]}
         for name in names or ("fake-meta", "serve", "worker"):
-            self.procs[name] = procs.spawn(procs.python_cmd(*commands[name]), log_path=self.logs / f"{name}.log",
-                                           env=self.env())
+            env = self.env()
+            if name.startswith("worker") and name != "worker":  # more workers of the same group, no metrics port
+                env["WORKER_METRICS_PORT"] = "0"
+            self.procs[name] = procs.spawn(procs.python_cmd(*commands[name.rstrip("0123456789")]),
+                                           log_path=self.logs / f"{name}.log", env=env)
         for name, port in (("fake-meta", self.fake_port), ("serve", self.port)):
             if name in (names or ("fake-meta", "serve")):
                 wait_for_port(port, 30, self.procs[name])

@@ -32,8 +32,9 @@ _WEEK_MS = str(7 * 24 * 3600 * 1000)
 CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         RAW,
-        key="none (the webhook does not parse for a key)",
-        why="the source of truth for replay: exact bytes Meta signed",
+        key="conversation key of the body's first item (none when it has none)",
+        why="the source of truth for replay: exact bytes Meta signed; keyed so successive bodies of a "
+            "conversation are ingested in order",
         config=(("retention.ms", _WEEK_MS), ("max.message.bytes", str(8 * 1024 * 1024))),
     ),
     TopicSpec(

@@ -118,7 +118,8 @@ class DeadLetter:
 
 
 def encode(record: Any) -> bytes:
-    return orjson.dumps(dataclasses.asdict(record))
+    """JSON bytes of a record (orjson serialises dataclasses natively, without copying)."""
+    return orjson.dumps(record)
 
 
 T = TypeVar("T")

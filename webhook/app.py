@@ -22,7 +22,7 @@ from topics import CATALOGUE, RAW
 from wacrm import metrics
 from wacrm.settings import Settings
 from webhook.publisher import PublishError, RawPublisher
-from whatsapp import signature
+from whatsapp import signature, webhook
 
 log = logging.getLogger("wacrm.webhook")
 
@@ -81,11 +81,12 @@ async def _receive(request: web.Request) -> web.Response:
         return _tagged(_error(403, "bad_signature", f"{SIGNATURE_HEADER} does not match the body"),
                        "bad_signature")
     try:
-        orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         return _tagged(_error(400, "bad_json", f"body is not JSON: {exc}"), "bad_json")
+    key = webhook.routing_key(data) if isinstance(data, dict) else None
     try:
-        await request.app[PUBLISHER].publish(RAW, body)
+        await request.app[PUBLISHER].publish(RAW, body, key.encode() if key else None)
     except PublishError as exc:
         return _tagged(_error(503, "broker_unavailable", f"{exc}; retry later"), "broker_unavailable")
     return _tagged(web.Response(status=200, body=b'{"status":"accepted"}', content_type="application/json"),

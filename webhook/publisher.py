@@ -48,12 +48,12 @@ class RawPublisher:
                 self._producer = producer
         return self._producer
 
-    async def publish(self, topic: str, value: bytes) -> None:
+    async def publish(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout):
                 producer = await self._ensure()
-                await producer.send_and_wait(topic, value)
+                await producer.send_and_wait(topic, value, key=key)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.warning("publish to %s failed: %r", topic, exc)
             raise PublishError(f"broker did not acknowledge within {self._timeout}s: {type(exc).__name__}") from exc

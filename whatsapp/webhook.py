@@ -237,3 +237,23 @@ def _parse_value(value: Any, where: str, out: Parsed) -> None:
     errors = value.get("errors")
     if isinstance(errors, list):
         out.errors.extend(e for e in errors if isinstance(e, dict))
+
+
+def routing_key(data: dict[str, Any]) -> str | None:
+    """The conversation key of a body's first message or status, without a full parse.
+
+    The webhook keys the raw topic by it, so successive bodies of one conversation are
+    ingested in order by one consumer. ``None`` when the body has no such item.
+    """
+    try:
+        value = data["entry"][0]["changes"][0]["value"]
+        pnid = value["metadata"]["phone_number_id"]
+        items = value.get("messages") or value.get("statuses")
+        first = items[0]
+        customer = (first.get("from") or first.get("from_user_id") or first.get("recipient_id")
+                    or first.get("recipient_user_id"))
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return None
+    if not isinstance(customer, str) or not isinstance(pnid, (str, int)):
+        return None
+    return f"{pnid}:{customer}"
