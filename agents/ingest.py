@@ -57,7 +57,7 @@ def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
             referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors), m.payload)
-        metrics.MESSAGES.labels(m.type if m.type in model.KNOWN_TYPES else "other").inc()
+        metrics.MESSAGES.labels(m.type if m.type in model.KNOWN_TYPES else "other", m.phone_number_id).inc()
     for s in parsed.statuses:
         key = conversation_key(s.phone_number_id, _customer(s.recipient))
         emit(STATUS, key, StatusUpdate(
@@ -77,7 +77,7 @@ class Ingest:
         records, parsed = split(value, ref, received_at)
         futures = [await self._topics[topic].send(key=key.encode(), value=data) for topic, key, data in records]
         for problem in parsed.problems:
-            metrics.PARSE_PROBLEMS.labels(problem.reason[:60]).inc()
+            metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
             await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
                               problem.reason, {"where": problem.where})
         for kind in parsed.ignored_fields:
@@ -96,3 +96,9 @@ def _jsonable(item: Any) -> Any:
         return item
     except TypeError:
         return repr(item)
+
+
+def _part(where: str) -> str:
+    """``entry[0].changes[1].value.messages[2]`` -> ``messages``: a closed set of metric labels."""
+    last = where.rsplit(".", 1)[-1].split("[", 1)[0]
+    return last if last in {"entry", "changes", "value", "messages", "statuses", INBOUND, STATUS} else "other"

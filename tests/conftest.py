@@ -171,7 +171,7 @@ class Stack:
             WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
             LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **self.extra_env)
 
-    def start(self, *names: str) -> None:
+    def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:
             self.port, self.fake_port, self.worker_metrics_port = free_port(), free_port(), free_port()
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -181,6 +181,7 @@ class Stack:
             env = self.env()
             if name.startswith("worker") and name != "worker":  # more workers of the same group, no metrics port
                 env["WORKER_METRICS_PORT"] = "0"
+            env.update(env_overrides or {})
             self.procs[name] = procs.spawn(procs.python_cmd(*commands[name.rstrip("0123456789")]),
                                            log_path=self.logs / f"{name}.log", env=env)
         for name, port in (("fake-meta", self.fake_port), ("serve", self.port)):
@@ -229,8 +230,9 @@ class Stack:
     async def worker_metric(self, name: str, labels: str = "") -> float:
         async with aiohttp.ClientSession() as s, s.get(self.worker_metrics) as r:
             text = await r.text()
-        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+        # Without labels: the sum over every series of the metric.
+        prefixes = (f"{name}{{{labels}}} ",) if labels else (f"{name} ", f"{name}{{")
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefixes))
 
 
 @pytest.fixture(scope="session")

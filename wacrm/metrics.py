@@ -25,7 +25,8 @@ EVENT_DURATION = Histogram(
 DUPLICATES = Counter(
     "wacrm_duplicates_total", "Redelivered items recognised and dropped", ["kind"])
 PARSE_PROBLEMS = Counter(
-    "wacrm_parse_problems_total", "Webhook items that could not be understood (sent to the DLQ)", ["reason"])
+    "wacrm_parse_problems_total", "Webhook items that could not be understood (sent to the DLQ), by where they were",
+    ["part"])
 IGNORED_SHAPES = Counter(
     "wacrm_ignored_shapes_total", "Webhook objects or fields we acknowledge but do not process", ["kind"])
 SENDS = Counter(
@@ -45,6 +46,7 @@ STATUSES = Counter(
 WORKER_PARTITIONS = Gauge(
     "wacrm_worker_assigned_partitions", "Partitions currently assigned to this worker (0 until it joined its group)")
 MESSAGES = Counter(
-    "wacrm_inbound_messages_total", "Customer messages split out of webhooks, by type (before dedupe)", ["type"])
+    "wacrm_inbound_messages_total", "Customer messages split out of webhooks, by type and business number "
+    "(before dedupe)", ["type", "phone_number_id"])
 ACCOUNT_ERRORS = Counter(
     "wacrm_account_errors_total", "value.errors items (system, app or account level) from Meta, by code", ["code"])
