@@ -98,3 +98,33 @@ def test_unknown_object_and_field_are_ignored_not_errors() -> None:
     parsed = webhook.parse({"object": "whatsapp_business_account",
                             "entry": [{"changes": [{"field": "account_update", "value": {}}]}]})
     assert parsed.ignored_fields == ["field:account_update"] and not parsed.problems
+
+
+def _content(msg: dict) -> object:
+    from whatsapp import model
+    return model.content_of(msg)
+
+
+def test_typed_content_edge_cases() -> None:
+    from whatsapp import model
+    removed = _content({"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": ""}})
+    assert isinstance(removed, model.Reaction) and removed.removed
+    omitted = _content({"type": "reaction", "reaction": {"message_id": "wamid.X"}})
+    assert isinstance(omitted, model.Reaction) and omitted.removed and model.render(omitted) == "[reaction removed]"
+    voice = _content({"type": "audio", "audio": {"id": "1", "voice": True}})
+    assert isinstance(voice, model.Media) and voice.voice and model.render(voice) == "[voice note]"
+    new = {"type": "poll_vote", "poll_vote": {"option": 2}, "id": "wamid.P"}
+    unknown = _content(new)
+    assert isinstance(unknown, model.Unknown) and unknown.raw == new
+    # An interactive message without its interactive object (Meta sends that with a 131000 error).
+    bare = _content({"type": "interactive"})
+    assert isinstance(bare, model.InteractiveReply) and bare.reply_id is None
+    assert model.context_of({"context": {"forwarded": True}}).forwarded  # type: ignore[union-attr]
+
+
+def test_status_parts_are_kept() -> None:
+    body = (FIXTURES / "webhooks" / "25_status_failed_131047.json").read_bytes()
+    (st,) = webhook.parse(webhook.loads(body)).statuses
+    assert st.status == "failed" and st.errors[0]["code"] == 131047
+    sent = webhook.parse(webhook.loads((FIXTURES / "webhooks" / "22_status_sent.json").read_bytes())).statuses[0]
+    assert sent.conversation and sent.pricing and sent.pricing["category"] == "service"
