@@ -16,6 +16,8 @@ Faust settings and why:
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -69,6 +71,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         stream_wait_empty=False,
         processing_guarantee="at_least_once",
         store="memory://",
+        # faust makes a data directory even without tables; keep it out of the working directory.
+        datadir=str(Path(tempfile.gettempdir()) / f"wacrm-faust-{settings.kafka_group_id}"),
     )
     resources = Resources(settings)
 

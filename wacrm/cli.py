@@ -277,6 +277,19 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--no-wait", action="store_true", help="do not wait for the reply")
     sm.add_argument("--state-dir", default=".wacrm", help=argparse.SUPPRESS)
     sm.set_defaults(func=cmd_simulate)
+
+    def cmd_bench(args: argparse.Namespace) -> int:
+        from bench.run import run
+
+        return run(args.quick, Path(args.out), " ".join(["wacrm", *sys.argv[1:]]))
+
+    b = sub.add_parser("bench", help="measure webhook, end-to-end throughput/latency and memory; writes BENCHMARKS.md",
+                       description="Runs the system on this machine (embedded PostgreSQL and broker, serve, worker, "
+                       "fake-meta) against a load generator, next to the machine's ceilings, and writes a report. "
+                       "Loopback only; bounded in time; stops everything it started.")
+    b.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
+    b.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

@@ -1,0 +1,155 @@
+"""Ceilings of this machine, measured in the same run as the system: each stage's figure is
+read as a fraction of them.
+
+- ``produce``: raw aiokafka produce to the same broker with the webhook's producer settings
+  (``acks=all``, ``linger_ms=1``), realistic body sizes: pipelined (as fast as the client
+  can batch) and webhook-shaped (``concurrency`` tasks, each awaiting its ack).
+- ``postgres``: the inbound path's statements (``storage.repo.store_inbound`` and
+  ``queue_intent``, one transaction per message) on one connection — how the inbound agent
+  runs today — and on several.
+
+Run as its own process: ``python -m bench.ceilings produce|postgres …``; prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from bench import stats
+from bench.bodies import BodyFactory
+
+
+async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    from aiokafka import AIOKafkaProducer
+
+    factory = BodyFactory("ceiling")
+    bodies = [factory.next().raw for _ in range(2000)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=1,
+                                max_request_size=16 * 1024 * 1024)
+    await asyncio.wait_for(producer.start(), 15)
+    try:
+        await producer.send_and_wait(topic, bodies[0])
+        # pipelined: keep up to 5,000 sends outstanding
+        sent = 0
+        pending: list[asyncio.Future] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            pending.append(await producer.send(topic, bodies[sent % len(bodies)]))
+            sent += 1
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+        pipelined = sent / (time.perf_counter() - started)
+
+        # webhook-shaped: each task awaits its ack before the next send
+        lat: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def one(k: int) -> None:
+            i = k
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                await producer.send_and_wait(topic, bodies[i % len(bodies)])
+                lat.append(time.perf_counter() - t)
+                i += concurrency
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(k) for k in range(concurrency)))
+        shaped = len(lat) / (time.perf_counter() - started)
+        s = stats.summarize(lat)
+        return {"pipelined_msgs_per_s": pipelined, "awaited_msgs_per_s": shaped, "concurrency": concurrency,
+                "ack_latency_s": {"p50": s.p50, "p95": s.p95, "p99": s.p99, "max": s.max},
+                "body_bytes_mean": sum(map(len, bodies)) / len(bodies)}
+    finally:
+        await producer.stop()
+
+
+async def postgres(database_url: str, seconds: float, connections: int, customers: int) -> dict[str, Any]:
+    from storage import repo
+    from storage.db import create_pool
+    from topics.records import Customer, InboundMessage, RawRef, SendIntent, conversation_key
+
+    pool = await create_pool(database_url, timeout=10, min_size=connections, max_size=connections)
+    rng = random.Random(7)
+    counter = 0
+
+    def message() -> InboundMessage:
+        nonlocal counter
+        counter += 1
+        n = rng.randrange(customers)
+        customer = Customer(wa_id=f"4916{n:08d}", profile_name=f"Customer {n}")
+        mid = f"wamid.CEILING_{counter:09d}"
+        payload = {"from": customer.wa_id, "id": mid, "timestamp": str(int(time.time())), "type": "text",
+                   "text": {"body": "hello"}}
+        return InboundMessage(conversation_key=conversation_key("200000000000009", customer),
+                              phone_number_id="200000000000009", display_phone_number="15550009999",
+                              customer=customer, message_id=mid, timestamp=int(time.time()), type="text",
+                              text="hello", payload=payload, raw_ref=RawRef("wa.inbound", 0, counter),
+                              received_at=time.time())
+
+    async def one_tx() -> float:
+        msg = message()
+        t = time.perf_counter()
+        async with pool.acquire() as conn, conn.transaction():
+            state = await repo.store_inbound(conn, msg)
+            assert state is not None
+            await repo.queue_intent(conn, SendIntent(
+                dedupe_key=f"auto:{msg.message_id}", conversation_key=msg.conversation_key,
+                conversation_id=state.conversation_id, phone_number_id=msg.phone_number_id,
+                to=msg.customer.key, text="Hi!", reply_to=msg.message_id))
+        return time.perf_counter() - t
+
+    async def run(concurrency: int) -> dict[str, Any]:
+        lat: list[float] = []
+        stop_at = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < stop_at:
+                lat.append(await one_tx())
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        s = stats.summarize(lat)
+        return {"tx_per_s": len(lat) / (time.perf_counter() - started), "concurrency": concurrency,
+                "tx_latency_s": {"p50": s.p50, "p99": s.p99}}
+
+    try:
+        for _ in range(200):  # warm up: plans cached, some contacts exist
+            await one_tx()
+        return {"sequential": await run(1), "parallel": await run(connections)}
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.ceilings")
+    sub = p.add_subparsers(dest="what", required=True)
+    pr = sub.add_parser("produce")
+    pr.add_argument("--bootstrap", required=True)
+    pr.add_argument("--topic", required=True)
+    pr.add_argument("--seconds", type=float, default=5)
+    pr.add_argument("--concurrency", type=int, default=64)
+    pg = sub.add_parser("postgres")
+    pg.add_argument("--database-url", required=True)
+    pg.add_argument("--seconds", type=float, default=5)
+    pg.add_argument("--connections", type=int, default=8)
+    pg.add_argument("--customers", type=int, default=5000)
+    args = p.parse_args(argv)
+    if args.what == "produce":
+        result = asyncio.run(produce(args.bootstrap, args.topic, args.seconds, args.concurrency))
+    else:
+        result = asyncio.run(postgres(args.database_url, args.seconds, args.connections, args.customers))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""What the benchmark watches while the system runs: memory of each process, consumer lag,
+and a short py-spy profile of the worker. Read-only: nothing here changes the system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from wacrm import procs
+
+
+def parse_kb(status_text: str, field: str) -> int | None:
+    """The value in bytes of a ``Field:   123 kB`` line of /proc/PID/status or smaps_rollup."""
+    for line in status_text.splitlines():
+        if line.startswith(field + ":"):
+            parts = line.split()
+            return int(parts[1]) * 1024 if len(parts) > 1 and parts[1].isdigit() else None
+    return None
+
+
+def rss(pid: int) -> int | None:
+    try:
+        return parse_kb(Path(f"/proc/{pid}/status").read_text(), "VmRSS")
+    except OSError:
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # the command name may contain spaces; fields after the closing parenthesis are fixed
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def pss_tree(pid: int) -> int | None:
+    """Proportional memory of a process and its children (PostgreSQL: shared buffers counted once)."""
+    total = 0
+    found = False
+    for p in [pid, *_children(pid)]:
+        try:
+            value = parse_kb(Path(f"/proc/{p}/smaps_rollup").read_text(), "Pss")
+        except OSError:
+            continue
+        if value is not None:
+            total += value
+            found = True
+    return total if found else None
+
+
+def cpu_seconds(pid: int, tree: bool = False) -> float:
+    """User + system CPU time of a process (and, with ``tree``, of its children) so far."""
+    total = 0.0
+    for p in [pid, *(_children(pid) if tree else [])]:
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+class LagProbe:
+    """Consumer lag of a group: high-water mark minus committed offset, summed per topic.
+
+    The high-water marks come from a fetch (``end_offsets`` is wrong on the embedded broker);
+    the probe reads at most a few bytes per partition from the committed offset.
+    """
+
+    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
+        self.bootstrap, self.group, self.topics = bootstrap, group, topics
+        self._consumer: Any = None
+        self._admin: Any = None
+        self._tps: list[Any] = []
+
+    async def start(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                          max_partition_fetch_bytes=1024, fetch_max_wait_ms=50,
+                                          auto_offset_reset="earliest")
+        await self._consumer.start()
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await self._admin.start()
+        for topic in self.topics:
+            for p in sorted(self._consumer.partitions_for_topic(topic) or ()):
+                self._tps.append(TopicPartition(topic, p))
+        self._consumer.assign(self._tps)
+
+    async def sample(self) -> dict[str, int]:
+        committed_raw = await self._admin.list_consumer_group_offsets(self.group, partitions=self._tps)
+        committed = {tp: (om.offset if om is not None and om.offset >= 0 else 0)
+                     for tp, om in committed_raw.items()}
+        for tp in self._tps:
+            self._consumer.seek(tp, committed.get(tp, 0))
+        await self._consumer.getmany(*self._tps, timeout_ms=300, max_records=1)
+        lag: dict[str, int] = {t: 0 for t in self.topics}
+        for tp in self._tps:
+            hw = self._consumer.highwater(tp)
+            if hw is not None:
+                lag[tp.topic] += max(0, hw - committed.get(tp, 0))
+        return lag
+
+    async def stop(self) -> None:
+        for client in (self._consumer, self._admin):
+            if client is not None:
+                try:
+                    await asyncio.wait_for(client.stop() if client is self._consumer else client.close(), 5)
+                except Exception:  # shutting down a probe: nothing to do about it
+                    pass
+
+
+def ensure_py_spy() -> str | None:
+    """The py-spy binary next to this interpreter, installed with pip if missing; None if impossible."""
+    here = Path(sys.executable).parent / "py-spy"
+    if here.exists():
+        return str(here)
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "py-spy==0.4.3"],
+                            capture_output=True, text=True, timeout=300)
+    return str(here) if result.returncode == 0 and here.exists() else None
+
+
+def start_profile(pid: int, seconds: float, out: Path, log: Path) -> subprocess.Popen | None:
+    """``py-spy record`` of ``pid`` for ``seconds`` into collapsed stacks at ``out``."""
+    binary = ensure_py_spy()
+    if binary is None:
+        return None
+    return procs.spawn([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
+                        "--format", "raw", "--output", str(out), "--nonblocking"], log_path=log)

@@ -1,0 +1,522 @@
+"""``wacrm bench``: run the system in its production shape on this machine and measure it.
+
+Order: embedded PostgreSQL (fresh, in a temporary directory) and broker; the ceilings (raw
+produce, PostgreSQL statements of the inbound path, a bare aiohttp handler); the webhook
+alone (``wacrm serve``, durable publish in the path) at fixed offered rates and in a search
+for the highest rate with p99 within the bound; then a fresh broker and the whole pipeline
+(``serve``, ``worker``, ``fake-meta``) end to end: fixed rates, the latency a customer sees
+at low load, and a soak at the highest clean rate with memory, consumer lag and a py-spy
+profile of the worker. Everything started here is stopped here (and dies with this
+process); traffic goes to 127.0.0.1 only; every phase is bounded in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from bench import probes, report, stats
+from wacrm import procs
+from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+
+WEBHOOK_P99_BOUND_S = 0.020
+E2E_P99_BOUND_S = 1.0
+OWN_CODE = ("(agents/", "(storage/", "(whatsapp/", "(topics/", "(orchestrator/", "(webhook/")
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    ceiling_s: float
+    ingest_rates: tuple[int, ...]
+    ingest_step_s: float
+    search_steps: int
+    search_step_s: float
+    e2e_rates: tuple[int, ...]
+    e2e_step_s: float
+    drain_s: float
+    customer_rate: int
+    customer_s: float
+    soak_s: float
+    profile_s: float
+    deadline_s: float
+
+
+QUICK = Plan("quick", ceiling_s=2, ingest_rates=(1000, 5000, 10000), ingest_step_s=2, search_steps=4,
+             search_step_s=2, e2e_rates=(40, 120), e2e_step_s=6, drain_s=20, customer_rate=5, customer_s=4,
+             soak_s=20, profile_s=6, deadline_s=420)
+FULL = Plan("full", ceiling_s=6, ingest_rates=(1000, 5000, 10000, 15000), ingest_step_s=6, search_steps=7,
+            search_step_s=5, e2e_rates=(50, 100, 200, 400, 800, 1200, 2000), e2e_step_s=20, drain_s=60,
+            customer_rate=10, customer_s=20, soak_s=600, profile_s=20, deadline_s=1800)
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a process did not start, a phase overran its bound)."""
+
+
+class _Deadline(BaseException):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Bench:
+    def __init__(self, plan: Plan, work: Path) -> None:
+        self.plan = plan
+        self.work = work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.secret = secrets.token_hex(16)
+        self.pg: EmbeddedPostgres | None = None
+        self.broker: EmbeddedBroker | None = None
+        self.children: dict[str, subprocess.Popen] = {}
+        self.ports = {"serve": free_port(), "fake-meta": free_port(), "worker-metrics": free_port(),
+                      "bare": free_port()}
+        self.db_url = ""
+        self.group = f"wacrm-bench-{os.getpid()}"
+        self.results: dict[str, Any] = {"plan": plan.name}
+        self._step = 0
+
+    # --- processes -----------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        assert self.broker is not None
+        return procs.env_with(
+            DATABASE_URL=self.db_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
+            WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="bench-verify",
+            WHATSAPP_ACCESS_TOKEN="bench-access-token",
+            WHATSAPP_API_BASE_URL=f"http://127.0.0.1:{self.ports['fake-meta']}",
+            PORT=str(self.ports["serve"]), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.ports["worker-metrics"]),
+            KAFKA_GROUP_ID=self.group, BROKER_SESSION_TIMEOUT="6", PYTHONUNBUFFERED="1")
+
+    def start(self, name: str, cmd: list[str], port: int | None = None) -> subprocess.Popen:
+        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env())
+        self.children[name] = proc
+        if port is not None:
+            wait_for_port(port, 60, proc)
+        return proc
+
+    def stop(self, name: str) -> None:
+        procs.stop(self.children.pop(name, None), signal.SIGTERM, 20)
+
+    def stop_all(self) -> None:
+        for name in list(self.children)[::-1]:
+            self.stop(name)
+        if self.broker is not None:
+            self.broker.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+    async def new_broker(self) -> None:
+        """A fresh embedded broker with every topic (the previous phase's data gone with the old one)."""
+        if self.broker is not None:
+            self.broker.stop()
+        self._step += 1
+        self.broker = EmbeddedBroker(log_path=self.logs / f"tansu-{self._step}.log")
+        self.broker.start()
+        from wacrm.cli import create_topics
+        from wacrm.settings import load
+
+        settings = load({"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}, "dev")
+        await create_topics(settings, out=lambda m: None)
+
+    async def _wait_worker(self, timeout: float = 90) -> None:
+        from wacrm.dev import worker_joined
+
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.ports['worker-metrics']}/metrics"
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                worker = self.children.get("worker")
+                if worker is None or worker.poll() is not None:
+                    raise BenchError(f"the worker exited; see {self.logs / 'worker.log'}")
+                try:
+                    async with s.get(url) as r:
+                        if worker_joined(await r.text()):
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.2)
+        raise BenchError(f"the worker did not join its group within {timeout:.0f}s")
+
+    async def _metric(self, name: str, labels: str = "") -> float:
+        url = f"http://127.0.0.1:{self.ports['worker-metrics']}/metrics"
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            text = await r.text()
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefix))
+
+    # --- the load generator --------------------------------------------------------------
+
+    async def load(self, url_port: int, rate: float, seconds: float, *, tag: str, connections: int = 64,
+                   ids: bool = False, during: Any = None) -> tuple[dict[str, Any], Path | None]:
+        out = self.work / f"load-{tag}.json"
+        ids_out = self.work / f"ids-{tag}.tsv" if ids else None
+        cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{url_port}/webhooks/whatsapp",
+               "--secret", self.secret, "--rate", str(rate), "--duration", str(seconds), "--tag", tag,
+               "--connections", str(connections), "--out", str(out)]
+        if ids_out:
+            cmd += ["--ids-out", str(ids_out)]
+        proc = procs.spawn(cmd, log_path=self.logs / "loadgen.log")
+        self.children["loadgen"] = proc
+        limit = time.monotonic() + seconds + 90
+        try:
+            while proc.poll() is None:
+                if time.monotonic() > limit:
+                    raise BenchError(f"the load generator overran its bound at {rate}/s")
+                if during is not None:
+                    await during()
+                await asyncio.sleep(0.25)
+        finally:
+            self.stop("loadgen")
+        if proc.returncode != 0 or not out.exists():
+            raise BenchError(f"the load generator failed (code {proc.returncode}); see {self.logs / 'loadgen.log'}")
+        return orjson.loads(out.read_bytes()), ids_out
+
+    async def fixed_and_search(self, port: int, label: str) -> dict[str, Any]:
+        p = self.plan
+        fixed = []
+        for rate in p.ingest_rates:
+            result, _ = await self.load(port, rate, p.ingest_step_s, tag=f"{label}{rate}")
+            _log(f"{label} {rate}/s: {_brief(result)}")
+            fixed.append(result)
+        search = stats.RateSearch(start=2000, ceiling=40000, max_steps=p.search_steps, resolution=0.08)
+        trials = []
+        while (rate := search.next_rate()) is not None:
+            result, _ = await self.load(port, rate, p.search_step_s, tag=f"{label}s{int(rate)}")
+            passed = _ingest_passes(result)
+            search.record(rate, passed)
+            trials.append(result)
+            _log(f"{label} search {rate:.0f}/s: {'pass' if passed else 'fail'} {_brief(result)}")
+        best = max((t for t in trials if _ingest_passes(t)), key=lambda t: t["offered_rate"], default=None)
+        return {"fixed": fixed, "search": trials, "best": best}
+
+    # --- phases --------------------------------------------------------------------------
+
+    def start_storage(self) -> None:
+        _log("starting embedded PostgreSQL and broker")
+        self.pg = EmbeddedPostgres(self.work / "pg" / "data")
+        self.pg.start()
+        asyncio.run(self.new_broker())
+
+        async def prepare() -> str:
+            conn = await asyncpg.connect(self.pg.url)  # type: ignore[union-attr]
+            try:
+                for db in ("wacrm_bench", "wacrm_bench_ceiling"):
+                    await conn.execute(f'CREATE DATABASE "{db}"')
+                return await conn.fetchval("SELECT version()")
+            finally:
+                await conn.close()
+
+        self.results["postgres_version"] = asyncio.run(prepare()).split(",")[0]
+        from wacrm.cli import run_migrations
+
+        base = self.pg.url.rsplit("/", 1)[0]
+        self.db_url = f"{base}/wacrm_bench"
+        self.ceiling_db = f"{base}/wacrm_bench_ceiling"
+        for url in (self.db_url, self.ceiling_db):
+            asyncio.run(run_migrations(url, 10, out=lambda m: None))
+
+    def ceilings(self) -> None:
+        assert self.broker is not None
+        p = self.plan
+        _log("ceiling: raw produce")
+        self.results["produce"] = self._json_child(
+            "ceiling-produce", [sys.executable, "-m", "bench.ceilings", "produce", "--bootstrap", self.broker.bootstrap,
+                                "--topic", "bench.ceiling", "--seconds", str(p.ceiling_s)], p.ceiling_s * 2 + 60)
+        _log(f"  {self.results['produce']}")
+        _log("ceiling: PostgreSQL, inbound statements")
+        self.results["postgres"] = self._json_child(
+            "ceiling-postgres", [sys.executable, "-m", "bench.ceilings", "postgres", "--database-url",
+                                 self.ceiling_db, "--seconds", str(p.ceiling_s)], p.ceiling_s * 2 + 60)
+        _log(f"  {self.results['postgres']}")
+
+    def _json_child(self, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
+        """Run a measuring child to completion (bounded); its last output line is its JSON result."""
+        log = self.logs / f"{name}.log"
+        proc = procs.spawn(cmd, log_path=log, env=self.env())
+        self.children[name] = proc
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{name} overran its bound of {timeout:.0f}s; see {log}") from None
+        finally:
+            self.stop(name)
+        lines = log.read_text(errors="replace").strip().splitlines()
+        if proc.returncode != 0 or not lines:
+            raise BenchError(f"{name} failed (code {proc.returncode}); see {log}")
+        return orjson.loads(lines[-1])
+
+    async def http_ceiling(self) -> None:
+        _log("ceiling: bare aiohttp handler")
+        self.start("bare", [sys.executable, "-m", "bench.bare", "--port", str(self.ports["bare"])],
+                   self.ports["bare"])
+        try:
+            self.results["bare"] = await self.fixed_and_search(self.ports["bare"], "bare")
+        finally:
+            self.stop("bare")
+
+    async def webhook(self) -> None:
+        _log("webhook ingest: wacrm serve alone, acks=all publish in the path")
+        self.start("serve", procs.python_cmd("serve"), self.ports["serve"])
+        await _wait_ready(f"http://127.0.0.1:{self.ports['serve']}/readyz")
+        try:
+            self.results["webhook"] = await self.fixed_and_search(self.ports["serve"], "webhook")
+        finally:
+            self.stop("serve")
+
+    async def pipeline(self) -> None:
+        p = self.plan
+        _log("end to end: fresh broker; serve, worker, fake-meta")
+        await self.new_broker()
+        self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
+                   self.ports["fake-meta"])
+        self.start("serve", procs.python_cmd("serve"), self.ports["serve"])
+        self.start("worker", procs.python_cmd("worker"))
+        await _wait_ready(f"http://127.0.0.1:{self.ports['serve']}/readyz")
+        await self._wait_worker()
+        # warm up (first contacts, plans, connections), not measured
+        await self.e2e_step(20, 3, "warm")
+
+        self.results["customer"] = await self.e2e_step(p.customer_rate, p.customer_s, "cust", connections=8)
+        _log(f"customer view at {p.customer_rate}/s: {_brief_e2e(self.results['customer'])}")
+        steps = []
+        best = None
+        for rate in p.e2e_rates:
+            step = await self.e2e_step(rate, p.e2e_step_s, f"e{rate}")
+            steps.append(step)
+            _log(f"e2e {rate}/s: {_brief_e2e(step)}")
+            if _e2e_passes(step):
+                best = rate
+            else:
+                break
+        self.results["e2e"] = steps
+        soak_rate = best or max(10, p.e2e_rates[0] // 4)
+        await self.soak(soak_rate)
+
+    async def e2e_step(self, rate: float, seconds: float, tag: str, connections: int = 32,
+                       during: Any = None) -> dict[str, Any]:
+        fake = f"http://127.0.0.1:{self.ports['fake-meta']}"
+        async with aiohttp.ClientSession() as s:
+            async with s.delete(f"{fake}/__sent") as r:
+                r.raise_for_status()
+        sent_before = await self._metric("wacrm_sends_total", 'outcome="sent"')
+        load, ids_path = await self.load(self.ports["serve"], rate, seconds, tag=tag, connections=connections,
+                                         ids=True, during=during)
+        assert ids_path is not None
+        sent_at: dict[str, float] = {}
+        for line in ids_path.read_text().splitlines():
+            mid, _, at = line.partition("\t")
+            sent_at[mid] = float(at)
+        expected = len(sent_at)
+        drain_started = time.monotonic()
+        while time.monotonic() - drain_started < self.plan.drain_s:
+            done = await self._metric("wacrm_sends_total", 'outcome="sent"') - sent_before
+            if done >= expected:
+                break
+            await asyncio.sleep(0.25)
+        drain = time.monotonic() - drain_started
+        await asyncio.sleep(0.5)  # a duplicate would come right behind
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+            async with s.get(f"{fake}/__sent") as r:
+                sent = orjson.loads(await r.read())
+        replies = [(((x.get("body") or {}).get("context") or {}).get("message_id"), x["received_at"])
+                   for x in sent]
+        replies = [(m, at) for m, at in replies if isinstance(m, str)]
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            rows = await conn.fetch(
+                """SELECT provider_message_id, count(*) AS n FROM messages
+                   WHERE direction = 'inbound' AND provider_message_id LIKE $1 GROUP BY 1""",
+                f"wamid.BENCH_{tag}_%")
+        finally:
+            await conn.close()
+        delivery = stats.count_delivery(sent_at, (m for m, _ in replies), {r[0]: r[1] for r in rows})
+        summary = stats.summarize(stats.latencies(sent_at, replies))
+        first = min(sent_at.values(), default=0.0)
+        last_reply = max((at for m, at in replies if m in sent_at), default=first)
+        return {"offered_rate": rate, "duration_s": seconds, "load": load, "messages": expected,
+                "delivery": _asdict(delivery), "lost": delivery.lost, "duplicated": delivery.duplicated,
+                "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
+                "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain}
+
+    async def soak(self, rate: float) -> None:
+        p = self.plan
+        _log(f"soak: {rate}/s for {p.soak_s:.0f}s (memory, lag, profile)")
+        assert self.broker is not None and self.pg is not None and self.broker.proc and self.pg.proc
+        pids = {"serve": self.children["serve"].pid, "worker": self.children["worker"].pid,
+                "fake-meta": self.children["fake-meta"].pid, "broker": self.broker.proc.pid}
+        tracked = {**pids, "postgres": self.pg.proc.pid}
+        cpu0 = {name: probes.cpu_seconds(pid, tree=name == "postgres") for name, pid in tracked.items()}
+        cpu_started = time.monotonic()
+        lag = probes.LagProbe(self.broker.bootstrap, self.group,
+                              ["wa.webhook.raw", "wa.inbound", "wa.outbound", "wa.status"])
+        await lag.start()
+        samples: list[dict[str, Any]] = []
+        interval = max(1.0, p.soak_s / 60)
+        started = time.monotonic()
+        next_sample = started
+        profile_at = started + min(p.soak_s * 0.25, 60)
+        profile_out = self.work / "worker-profile.txt"
+        profiler: subprocess.Popen | None = None
+        pg_pid = self.pg.proc.pid
+
+        async def during() -> None:
+            nonlocal next_sample, profiler
+            now = time.monotonic()
+            if profiler is None and now >= profile_at:
+                profiler = probes.start_profile(pids["worker"], p.profile_s, profile_out, self.logs / "py-spy.log")
+                if profiler is not None:
+                    self.children["py-spy"] = profiler
+            if now >= next_sample:
+                next_sample += interval
+                row: dict[str, Any] = {"t": now - started}
+                for name, pid in pids.items():
+                    row[name] = probes.rss(pid)
+                row["postgres"] = probes.pss_tree(pg_pid)
+                try:
+                    row["lag"] = await asyncio.wait_for(lag.sample(), 3)
+                except Exception as exc:  # a missed sample is reported as missing, the soak goes on
+                    row["lag"] = {"error": repr(exc)}
+                samples.append(row)
+
+        try:
+            step = await self.e2e_step(rate, p.soak_s, "soak", during=during)
+        finally:
+            await lag.stop()
+            if profiler is not None:
+                try:
+                    profiler.wait(p.profile_s + 30)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.stop("py-spy")
+        span = time.monotonic() - cpu_started
+        self.results["cpu"] = {name: (probes.cpu_seconds(pid, tree=name == "postgres") - cpu0[name]) / span
+                               for name, pid in tracked.items()}
+        _log(f"soak: {_brief_e2e(step)}; CPU (cores): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in self.results["cpu"].items()))
+        self.results["soak"] = step
+        self.results["samples"] = samples
+        memory = {}
+        for name in ("serve", "worker", "fake-meta", "broker", "postgres"):
+            series = [r[name] for r in samples if r.get(name)]
+            g = stats.growth(series)
+            memory[name] = {"start": g.start, "end": g.end, "peak": g.peak, "growth": g.ratio}
+        self.results["memory"] = memory
+        if profile_out.exists():
+            lines = profile_out.read_text(errors="replace").splitlines()
+            self.results["profile"] = {
+                "seconds": p.profile_s, "samples": sum(int(x.rsplit(" ", 1)[1]) for x in lines
+                                                       if x.rsplit(" ", 1)[-1].isdigit()),
+                "leaf": stats.top_costs(lines, 8), "packages": stats.costs_by_package(lines, 8),
+                "own": stats.inclusive_costs(lines, OWN_CODE, 10)}
+        else:
+            self.results["profile"] = None
+
+
+def _asdict(d: stats.Delivery) -> dict[str, int]:
+    return {k: getattr(d, k) for k in d.__slots__}  # type: ignore[attr-defined]
+
+
+def _ingest_passes(result: dict[str, Any]) -> bool:
+    lat = result["latency_s"]
+    return (result["errors"] == 0 and result["ok"] > 0 and lat["p99"] <= WEBHOOK_P99_BOUND_S
+            and result["achieved_rps"] >= 0.95 * result["offered_rate"])
+
+
+def _e2e_passes(step: dict[str, Any]) -> bool:
+    p99 = step["latency_s"]["p99"]
+    return (step["lost"] == 0 and step["duplicated"] == 0 and step["load"]["errors"] == 0
+            and not math.isnan(p99) and p99 <= E2E_P99_BOUND_S)
+
+
+def _brief(r: dict[str, Any]) -> str:
+    lat = r["latency_s"]
+    return (f"{r['achieved_rps']:.0f} rps, p50 {lat['p50'] * 1000:.1f} ms, p99 {lat['p99'] * 1000:.1f} ms, "
+            f"errors {r['errors']}, generator behind {r['generator_behind_s'] * 1000:.0f} ms")
+
+
+def _brief_e2e(s: dict[str, Any]) -> str:
+    lat = s["latency_s"]
+    return (f"{s['messages']} msgs, replies {s['replies_per_s']:.0f}/s, p50 {lat['p50'] * 1000:.0f} ms, "
+            f"p99 {lat['p99'] * 1000:.0f} ms, lost {s['lost']}, dup {s['duplicated']}, "
+            f"webhook errors {s['load']['errors']}")
+
+
+async def _wait_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError as exc:
+            last = str(exc)
+        await asyncio.sleep(0.2)
+    raise BenchError(f"{url} not ready within {timeout:.0f}s: {last}")
+
+
+def run(quick: bool, out: Path, command: str) -> int:
+    """Run the whole benchmark and write the report to ``out``; 0 on success."""
+    plan = QUICK if quick else FULL
+    work = Path(tempfile.mkdtemp(prefix="wacrm-bench-"))
+    bench = Bench(plan, work)
+    started = time.time()
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _Deadline
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(int(plan.deadline_s))
+    ok = False
+    try:
+        bench.start_storage()
+        bench.ceilings()
+        asyncio.run(bench.http_ceiling())
+        asyncio.run(bench.webhook())
+        asyncio.run(bench.pipeline())
+        ok = True
+    except _Deadline:
+        print(f"wacrm bench: the run overran its bound of {plan.deadline_s:.0f}s; stopped", file=sys.stderr)
+    except (BenchError, OSError) as exc:
+        print(f"wacrm bench: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("wacrm bench: interrupted", file=sys.stderr)
+    finally:
+        signal.alarm(0)
+        bench.stop_all()
+    bench.results["took_s"] = time.time() - started
+    bench.results["machine"] = report.machine(bench.results.get("postgres_version"))
+    bench.results["command"] = command
+    bench.results["complete"] = ok
+    (work / "results.json").write_bytes(orjson.dumps(bench.results, option=orjson.OPT_INDENT_2))
+    out.write_text(report.render(bench.results))
+    _log(f"report written to {out} (raw results in {work / 'results.json'})")
+    if ok:
+        shutil.rmtree(work / "pg", ignore_errors=True)
+    else:
+        print(f"wacrm bench: logs kept in {bench.logs}", file=sys.stderr)
+    return 0 if ok else 1

@@ -1,0 +1,253 @@
+"""The benchmark suite's own logic: percentiles, lost/duplicate counting, growth, rate search,
+profile summaries, bodies and the report. No processes, no network."""
+
+from __future__ import annotations
+
+import math
+
+import orjson
+import pytest
+
+from bench import stats
+from bench.bodies import BodyFactory, Mix, http_request
+from bench.probes import parse_kb
+from whatsapp import signature, webhook
+
+
+# --- percentiles ---------------------------------------------------------------------------
+
+def test_percentile_nearest_rank() -> None:
+    data = [float(i) for i in range(1, 101)]  # 1..100
+    assert stats.percentile(data, 50) == 50
+    assert stats.percentile(data, 95) == 95
+    assert stats.percentile(data, 99) == 99
+    assert stats.percentile(data, 100) == 100
+    assert stats.percentile(data, 0.1) == 1
+
+
+def test_percentile_never_invents_a_value() -> None:
+    data = [1.0, 10.0]
+    assert stats.percentile(data, 50) == 1.0
+    assert stats.percentile(data, 51) == 10.0
+    assert stats.percentile([7.0], 99) == 7.0
+
+
+def test_percentile_small_samples_p99_is_the_max() -> None:
+    data = sorted([0.3, 0.1, 0.2, 5.0])
+    assert stats.percentile(data, 99) == 5.0
+
+
+def test_percentile_empty_and_bad_q() -> None:
+    assert math.isnan(stats.percentile([], 50))
+    with pytest.raises(ValueError):
+        stats.percentile([1.0], 0)
+    with pytest.raises(ValueError):
+        stats.percentile([1.0], 101)
+
+
+def test_summarize_sorts_and_reports() -> None:
+    s = stats.summarize([3.0, 1.0, 2.0, 4.0])
+    assert (s.count, s.p50, s.max, s.mean) == (4, 2.0, 4.0, 2.5)
+    assert stats.summarize([]).count == 0 and math.isnan(stats.summarize([]).p99)
+
+
+# --- lost and duplicated -------------------------------------------------------------------
+
+def test_count_delivery_clean() -> None:
+    d = stats.count_delivery(["a", "b", "c"], ["c", "a", "b"], {"a": 1, "b": 1, "c": 1})
+    assert (d.accepted, d.replied, d.stored, d.lost, d.duplicated, d.unexpected) == (3, 3, 3, 0, 0, 0)
+    assert d.clean
+
+
+def test_count_delivery_lost_reply_and_lost_row() -> None:
+    d = stats.count_delivery(["a", "b", "c"], ["a"], {"a": 1, "b": 1})
+    assert d.lost_replies == 2 and d.lost_rows == 1
+    assert d.lost == 2 and not d.clean
+
+
+def test_count_delivery_duplicates() -> None:
+    d = stats.count_delivery(["a", "b"], ["a", "a", "a", "b"], {"a": 1, "b": 2})
+    assert d.duplicated_replies == 1  # ids, not extra sends
+    assert d.duplicated_rows == 1
+    assert d.lost == 0 and d.duplicated == 1
+
+
+def test_count_delivery_ignores_repeated_accepted_ids_and_counts_unexpected() -> None:
+    d = stats.count_delivery(["a", "a"], ["a", "zz"], {"a": 1, "zz": 1})
+    assert d.accepted == 1 and d.unexpected == 1 and d.clean
+
+
+def test_latencies_use_first_reply() -> None:
+    lat = stats.latencies({"a": 10.0, "b": 20.0}, [("a", 10.5), ("a", 10.2), ("b", 21.0), ("x", 1.0)])
+    assert sorted(lat) == pytest.approx([0.2, 1.0])
+
+
+# --- memory growth -------------------------------------------------------------------------
+
+def test_growth_flat_despite_spike() -> None:
+    samples = [100.0] * 50
+    samples[30] = 500.0
+    g = stats.growth(samples)
+    assert g.ratio == 0 and g.peak == 500.0
+
+
+def test_growth_detects_a_leak() -> None:
+    samples = [100.0 + i for i in range(100)]
+    g = stats.growth(samples)
+    assert g.start == pytest.approx(124, abs=1) and g.end == pytest.approx(194, abs=1)
+    assert g.ratio > 0.5
+
+
+def test_growth_empty_and_short() -> None:
+    assert math.isnan(stats.growth([]).ratio)
+    assert stats.growth([5.0]).ratio == 0
+
+
+# --- rate search ---------------------------------------------------------------------------
+
+def _search(limit: float, **kw: float) -> stats.RateSearch:
+    s = stats.RateSearch(**kw)  # type: ignore[arg-type]
+    while (rate := s.next_rate()) is not None:
+        s.record(rate, rate <= limit)
+    return s
+
+
+def test_rate_search_brackets_the_limit() -> None:
+    s = _search(7300, start=1000, max_steps=12, resolution=0.05)
+    assert s.best is not None and s.failed is not None
+    assert s.best <= 7300 < s.failed
+    assert (s.failed - s.best) <= 0.05 * s.failed
+    assert [r for r, _ in s.trials[:4]] == [1000, 2000, 4000, 8000]
+
+
+def test_rate_search_respects_ceiling_and_steps() -> None:
+    s = _search(1e9, start=1000, ceiling=5000, max_steps=10)
+    assert s.best == 5000 and len(s.trials) == 4  # 1000, 2000, 4000, 5000
+    s = _search(7300, start=1000, max_steps=3)
+    assert len(s.trials) == 3
+
+
+def test_rate_search_when_even_the_first_rate_fails() -> None:
+    s = _search(300, start=1000, max_steps=10)
+    assert s.best is not None and s.best <= 300
+    assert s.trials[0] == (1000, False) and s.trials[1] == (500, False)
+
+
+def test_rate_passes() -> None:
+    good = stats.summarize([0.001] * 100)
+    assert stats.rate_passes(good, 0.02, 0)
+    assert not stats.rate_passes(good, 0.02, 1)
+    assert not stats.rate_passes(stats.summarize([0.001] * 98 + [0.5] * 2), 0.02, 0)
+    assert not stats.rate_passes(stats.summarize([]), 0.02, 0)
+
+
+# --- profile summaries ---------------------------------------------------------------------
+
+PROFILE = [
+    "<module> (wacrm/__main__.py:3);run (agents/runner.py:50);handle (agents/inbound.py:41);"
+    "store_inbound (storage/repo.py:90);execute (asyncpg/connection.py:300) 30",
+    "<module> (wacrm/__main__.py:3);run (agents/runner.py:50);handle (agents/inbound.py:45);"
+    "dumps (orjson/__init__.py:1) 10",
+    "<module> (wacrm/__main__.py:3);_run_once (asyncio/base_events.py:1900);"
+    "select (selectors.py:469) 500",
+    "<module> (wacrm/__main__.py:3);run (agents/runner.py:50);handle (agents/sender.py:60);"
+    "send (whatsapp/graph.py:100);request (aiohttp/client.py:500) 60",
+    "garbage line",
+]
+
+
+def test_top_costs_leaf_share_of_busy_time() -> None:
+    top = stats.top_costs(PROFILE, 2)
+    assert top[0] == ("request (aiohttp/client.py:500)", pytest.approx(0.6))
+    assert top[1] == ("execute (asyncpg/connection.py:300)", pytest.approx(0.3))
+
+
+def test_top_costs_charged_to_own_code() -> None:
+    top = dict(stats.top_costs(PROFILE, 5, own=("storage/", "whatsapp/")))
+    assert top["store_inbound (storage/repo.py:90)"] == pytest.approx(0.3)
+    assert top["send (whatsapp/graph.py:100)"] == pytest.approx(0.6)
+    assert top["dumps (orjson/__init__.py:1)"] == pytest.approx(0.1)  # no own frame: the leaf
+
+
+def test_inclusive_costs_merge_lines_of_a_function() -> None:
+    own = dict(stats.inclusive_costs(PROFILE, ("agents/",)))
+    assert own["handle (agents/inbound.py)"] == pytest.approx(0.4)
+    assert own["run (agents/runner.py)"] == pytest.approx(1.0)
+
+
+def test_costs_by_package() -> None:
+    assert dict(stats.costs_by_package(PROFILE)) == pytest.approx({"aiohttp": 0.6, "asyncpg": 0.3, "orjson": 0.1})
+    assert stats.frame_package("f (/usr/lib/python3.11/asyncio/events.py:80)") == "stdlib:asyncio"
+    assert stats.frame_package("f (/x/.venv/lib/python3.11/site-packages/faust/streams.py:1)") == "faust"
+
+
+# --- bodies --------------------------------------------------------------------------------
+
+def test_bodies_are_valid_webhooks_with_unique_ids() -> None:
+    f = BodyFactory("t", Mix(customers=50, status_share=0.2, batch_share=0.3), seed=3)
+    seen: list[str] = []
+    kinds = {"single": 0, "batch": 0, "status": 0}
+    for _ in range(500):
+        body = f.next(now=1767225600)
+        parsed = webhook.parse(webhook.loads(body.raw))
+        assert not parsed.problems
+        assert [m.id for m in parsed.messages] == list(body.message_ids)
+        assert len(parsed.statuses) == body.statuses
+        seen.extend(body.message_ids)
+        kinds["status" if body.statuses else "batch" if len(body.message_ids) > 1 else "single"] += 1
+    assert len(set(seen)) == len(seen)
+    assert all(k > 50 for k in kinds.values())
+
+
+def test_bodies_deterministic_per_seed() -> None:
+    a = [BodyFactory("t", seed=5).next(now=1).raw for _ in range(1)]
+    b = [BodyFactory("t", seed=5).next(now=1).raw for _ in range(1)]
+    assert a == b
+
+
+def test_http_request_is_signed_over_the_exact_body() -> None:
+    body = BodyFactory("t").next(now=1).raw
+    raw = http_request(body, "s3cret", "127.0.0.1:1")
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert rest == body
+    headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n")[1:])
+    assert int(headers["Content-Length"]) == len(body)
+    assert signature.verify("s3cret", body, headers["X-Hub-Signature-256"])
+    assert orjson.loads(rest)["object"] == "whatsapp_business_account"
+
+
+def test_parse_kb() -> None:
+    text = "Name:\tpython\nVmRSS:\t   12345 kB\nPss:   7 kB\n"
+    assert parse_kb(text, "VmRSS") == 12345 * 1024
+    assert parse_kb(text, "Pss") == 7 * 1024
+    assert parse_kb(text, "VmSwap") is None
+
+
+# --- report --------------------------------------------------------------------------------
+
+def test_report_renders_partial_and_full_results() -> None:
+    from bench import report
+
+    assert "# Benchmarks" in report.render({"plan": "quick", "complete": False})
+    load = {"offered_rate": 1000, "achieved_rps": 990.0, "errors": 0, "ok": 990, "generator_behind_s": 0.001,
+            "latency_s": {"p50": 0.001, "p95": 0.002, "p99": 0.004, "max": 0.01}}
+    step = {"offered_rate": 100, "duration_s": 60, "messages": 6000, "replies_per_s": 99.0, "lost": 0,
+            "duplicated": 0, "load": load, "latency_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.5}}
+    text = report.render({
+        "plan": "full", "complete": True, "command": "wacrm bench", "took_s": 900,
+        "machine": report.machine("PostgreSQL 18"), "webhook": {"fixed": [load], "search": [], "best": load},
+        "bare": {"fixed": [load], "search": [], "best": load},
+        "produce": {"pipelined_msgs_per_s": 90000, "awaited_msgs_per_s": 20000, "concurrency": 64,
+                    "ack_latency_s": {"p50": 0.002, "p99": 0.005}, "body_bytes_mean": 700},
+        "postgres": {"sequential": {"tx_per_s": 800, "concurrency": 1}, "parallel": {"tx_per_s": 2000,
+                                                                                    "concurrency": 8}},
+        "customer": step, "e2e": [step], "soak": step,
+        "memory": {"worker": {"start": 1e8, "end": 1.05e8, "peak": 1.1e8, "growth": 0.05}},
+        "samples": [{"t": 0, "serve": 1e8, "worker": 1e8, "broker": 1e8, "postgres": 1e8,
+                     "lag": {"wa.webhook.raw": 3}}],
+        "profile": {"seconds": 10, "samples": 100, "leaf": [("f (x.py:1)", 0.5)], "packages": [("faust", 0.5)],
+                    "own": [("handle (agents/inbound.py)", 0.4)]},
+    })
+    assert "| webhook rate with p99 ≤ 20 ms | 1,000 | ≥ 10,000 | **NOT MET** |" in text
+    assert "burst-coalescing" in text and "Closing note" in text
+    assert "`handle (agents/inbound.py)` 40 %" in text
