@@ -16,6 +16,8 @@ Faust settings and why:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,18 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import runner
 from agents.context import Resources
-from agents.inbound import Inbound
+from agents.inbound import Inbound, publish
 from agents.ingest import Ingest
 from agents.sender import Sender
 from agents.status import Status
-from topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS
+from orchestrator.rules import load_rules
+from orchestrator.service import Orchestrator
+from storage import replies
+from topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
 from wacrm import metrics
 from wacrm.settings import Settings
 
+log = logging.getLogger("wacrm.worker")
 _fetch_wait_ms = 100
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
@@ -74,22 +80,59 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         # faust makes a data directory even without tables; keep it out of the working directory.
         datadir=str(Path(tempfile.gettempdir()) / f"wacrm-faust-{settings.kafka_group_id}"),
     )
-    resources = Resources(settings)
+    rules = load_rules(Path(settings.rules_file) if settings.rules_file else None)
+    orchestrator = Orchestrator(rules)
+    resources = Resources(settings, orchestrator)
 
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, value_type=bytes, key_type=bytes, internal=False)
 
     raw, inbound, status, outbound, dlq = (topic(n) for n in (RAW, INBOUND, STATUS, OUTBOUND, DLQ))
+    retries = {retry_topic(n): topic(retry_topic(n)) for n in range(1, len(settings.retry_delays()) + 1)}
 
     ingest = Ingest({INBOUND: inbound, STATUS: status}, dlq)
+    sender = Sender(settings, resources, rules, {"outbound": outbound, **retries}, dlq)
     stages: list[tuple[str, faust.TopicT, runner.Handler]] = [
         ("ingest", raw, ingest.handle),
-        ("inbound", inbound, Inbound(settings, resources, outbound).handle),
-        ("sender", outbound, Sender(resources, dlq).handle),
-        ("status", status, Status(resources).handle),
+        ("inbound", inbound, Inbound(settings, resources, orchestrator, outbound).handle),
+        ("sender", outbound, sender.handle),
+        ("status", status, Status(resources, rules, outbound).handle),
     ]
+    stages += [(f"sender_retry_{n}", t, sender.handle) for n, t in enumerate(retries.values(), start=1)]
     for name, source, handler in stages:
         app.agent(source, name=f"wacrm.{name}", concurrency=1)(_agent(name, handler, resources, dlq))
+
+    lease_s = rules.llm.timeout_seconds + 10
+
+    @app.timer(interval=0.2)
+    async def answer_due_conversations() -> None:
+        """Burst window over (or an LLM to ask): answer each due conversation, several at a time."""
+        if not resources.ready.is_set():
+            return
+        try:
+            async with resources.pool.acquire() as conn, conn.transaction():
+                due = await replies.lease_due(conn, 20, lease_s)
+            results = await asyncio.gather(*(orchestrator.answer(resources.pool, c) for c in due),
+                                           return_exceptions=True)
+            for conversation_id, result in zip(due, results):
+                if isinstance(result, BaseException):  # the lease runs out and another tick tries again
+                    log.warning("answering conversation %d failed: %r", conversation_id, result)
+                else:
+                    await publish(outbound, result)
+        except Exception:
+            log.exception("the reply timer failed; it runs again")
+
+    @app.timer(interval=1.0)
+    async def publish_outbox() -> None:
+        """Intents in the ledger not (or no longer) on the bus: manual replies, crashes, overdue retries."""
+        if not resources.ready.is_set():
+            return
+        try:
+            async with resources.pool.acquire() as conn, conn.transaction():
+                intents = await replies.due_for_publishing(conn, 200)
+            await publish(outbound, intents)
+        except Exception:
+            log.exception("the outbox sweep failed; it runs again")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:

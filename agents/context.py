@@ -16,6 +16,8 @@ import asyncpg
 import faust
 from mode import Service
 
+from orchestrator.llm import LlmClient
+from orchestrator.service import Orchestrator
 from storage.db import create_pool
 from wacrm.settings import Settings
 from whatsapp.graph import GraphClient
@@ -26,9 +28,10 @@ log = logging.getLogger("wacrm.worker")
 class Resources(Service):
     """Database pool, HTTP session and Graph API client of one worker process."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, orchestrator: Orchestrator, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.orchestrator = orchestrator
         self.ready = asyncio.Event()
         self._pool: asyncpg.Pool | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -42,6 +45,11 @@ class Resources(Service):
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         self._graph = GraphClient(self._session, s.graph_messages_url_base, s.whatsapp_access_token,
                                   timeout=s.graph_timeout_s, default_region=s.default_phone_region)
+        if s.llm_api_base_url:
+            llm = self.orchestrator.rules.llm
+            self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, s.llm_api_key,
+                                              s.llm_model or "gpt-4o-mini", timeout=llm.timeout_seconds,
+                                              max_reply_chars=llm.max_reply_chars)
         self.ready.set()
 
     async def on_stop(self) -> None:

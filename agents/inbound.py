@@ -1,10 +1,11 @@
-"""Inbound agent: ``wa.inbound`` → stored message, matched contact/conversation/lead, reply intent.
+"""Inbound agent: ``wa.inbound`` → stored message, matched contact/conversation/lead, and the reply.
 
 Input key: the conversation key; one event at a time per partition (order matters).
 Idempotency: ``messages (channel, provider_message_id)``. In one transaction: contact,
-conversation, lead, message, and — when the greeting engine answers — the reply's row in
-``outbound_log`` (dedupe key ``auto:{message id}``). After the commit the intent is
-published to ``wa.outbound``. A redelivered message changes nothing, but an intent still
+conversation, lead and message; then either the reply itself (no burst window, rules only:
+the orchestrator decides in the same transaction and its intent is published after the
+commit) or the conversation is marked due for a reply after the burst window (the
+orchestrator timer answers it). A redelivered message changes nothing, but a reply still
 ``queued`` (a crash between commit and publish) is published again; the sender's claim
 makes that safe. Commit: after the transaction and the publish are acknowledged.
 """
@@ -13,26 +14,27 @@ from __future__ import annotations
 
 import faust
 
-from orchestrator.greeting import plan_reply
-from storage import repo
+from orchestrator.rules import NO_REPLY_TYPES
+from orchestrator.service import Orchestrator, auto_reply_key
+from storage import replies, repo
 from topics.records import RawRef, SendIntent, decode_inbound, encode, intent_from_dict
 from wacrm import metrics
 from wacrm.settings import Settings
 
 
-def auto_reply_key(message_id: str) -> str:
-    return f"auto:{message_id}"
-
-
 class Inbound:
-    def __init__(self, settings: Settings, resources: "Resources", outbound: faust.TopicT) -> None:  # noqa: F821
-        self._settings = settings
+    def __init__(self, settings: Settings, resources: "Resources", orchestrator: Orchestrator,  # noqa: F821
+                 outbound: faust.TopicT) -> None:
         self._res = resources
+        self._orchestrator = orchestrator
         self._outbound = outbound
+        # Answer in the same transaction only when nothing needs to wait: no burst window, no model.
+        self._inline = settings.burst_window_s == 0 and settings.llm_api_base_url is None
+        self._window = settings.burst_window_s
 
     async def handle(self, value: bytes, ref: RawRef, at: float) -> str:
         msg = decode_inbound(value)
-        intent: SendIntent | None = None
+        intents: list[SendIntent] = []
         async with self._res.pool.acquire() as conn:
             tr = conn.transaction()
             await tr.start()
@@ -43,27 +45,23 @@ class Inbound:
                     metrics.DUPLICATES.labels("message").inc()
                     pending = await repo.queued_intent(conn, auto_reply_key(msg.message_id))
                     if pending is not None:
-                        await self._publish(msg.conversation_key, intent_from_dict(pending))
+                        await publish(self._outbound, [intent_from_dict(pending)])
                         return "duplicate_republished"
                     return "duplicate"
-                text = plan_reply(msg.type, state, self._settings.greeting_text)
-                if text is not None:
-                    intent = SendIntent(
-                        dedupe_key=auto_reply_key(msg.message_id), conversation_key=msg.conversation_key,
-                        conversation_id=state.conversation_id, phone_number_id=msg.phone_number_id,
-                        to=msg.customer.key, text=text, reply_to=msg.message_id,
-                        ownership_version=state.ownership_version, customer_timestamp=float(msg.timestamp),
-                        accepted_at=msg.received_at)
-                    await repo.queue_intent(conn, intent)
+                if self._inline:
+                    intents = await self._orchestrator.answer_in(conn, state.conversation_id, msg.received_at)
+                elif msg.type not in NO_REPLY_TYPES:
+                    await replies.schedule_reply(conn, state.conversation_id, self._window)
             except BaseException:
                 await tr.rollback()
                 raise
             await tr.commit()
-        if intent is not None:
-            await self._publish(msg.conversation_key, intent)
-            return "replied"
-        return "stored"
+        await publish(self._outbound, intents)
+        return "replied" if intents else "stored"
 
-    async def _publish(self, key: str, intent: SendIntent) -> None:
-        fut = await self._outbound.send(key=key.encode(), value=encode(intent))
+
+async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
+    """Publish intents keyed by conversation and wait for the broker's acknowledgements."""
+    futures = [await topic.send(key=i.conversation_key.encode(), value=encode(i)) for i in intents]
+    for fut in futures:
         await fut

@@ -1,118 +1,230 @@
-"""Sender agent: ``wa.outbound`` → Graph API call → outbound message in PostgreSQL.
+"""Sender agent: ``wa.outbound`` (and the retry topics) → Graph API call → outbound message.
 
 Input key: the conversation key; one event at a time per partition. Idempotency: the
-intent's row in ``outbound_log``, claimed (``queued`` → ``sending``) before the call and
-finished (``sent``) in the same transaction as the outbound message and the conversation
-timestamps. A redelivered finished intent does nothing.
+intent's row in ``outbound_log``, claimed (``queued``/``retry_wait`` → ``sending``, only
+with the attempt count the event expects) before the call and finished (``sent``) in the
+same transaction as the outbound message and the conversation timestamps. A redelivered
+finished intent does nothing.
 
 Ambiguity policy: a row found in ``sending`` means a worker died between the call and the
 record; the Graph API has no idempotency key, so it is NOT resent: it is marked
 ``ambiguous``, counted, logged, and a task asks a human to check.
 
-Failures: retryable Graph errors are retried in place (``SEND_ATTEMPTS`` with backoff),
-then dead-lettered; permanent and pausing errors fail the intent at once. Every failure
-leaves a task for a human and a dead letter. A draft whose ownership version is older than
-the conversation's (a human took over) is dropped, never sent.
+Before the call, at send time: an automatic draft whose ownership version is older than the
+conversation's (a person took over), or for a contact who opted out, is dropped; a free-form
+message outside the 24-hour window becomes the configured template, or a task; a paused
+business number parks the intent until the pause ends; the number's token bucket is waited
+for; a recipient over the pair limit is moved to the first retry topic.
+
+Errors by Meta's code (:mod:`whatsapp.graph`): retryable → the next retry topic with a
+growing delay (``SEND_ATTEMPTS``, ``RETRY_BASE_SECONDS`` × ``RETRY_MULTIPLIER``ⁿ, jitter),
+then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task at once (131047: the window
+path); pausing (190, 131048) → the number is paused and a person alerted, the intent waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import faust
 
 from agents.errors import Poison
+from agents.ratelimit import PairPacer, TokenBucket
 from agents.runner import dead_letter
-from storage import repo
-from topics.records import RawRef, SendIntent, decode_intent
+from orchestrator.rules import Rules
+from storage import replies, repo
+from topics import retry_topic
+from topics.records import RawRef, SendIntent, decode_intent, encode
 from wacrm import metrics
-from whatsapp.graph import GraphError, InvalidRecipient, PausingGraphError, Sent
+from wacrm.settings import Settings
+from whatsapp.graph import GraphError, InvalidRecipient, PausingGraphError, PermanentGraphError, Sent
 
 log = logging.getLogger("wacrm.sender")
 
-SEND_ATTEMPTS = 3
-RETRY_FIRST_S = 0.5
+WINDOW = timedelta(hours=24)
+REENGAGEMENT = 131047
 
 
 class Sender:
-    def __init__(self, resources: "Resources", dlq: faust.TopicT) -> None:  # noqa: F821
+    def __init__(self, settings: Settings, resources: "Resources", rules: Rules,  # noqa: F821
+                 topics: dict[str, faust.TopicT], dlq: faust.TopicT) -> None:
+        self._s = settings
         self._res = resources
+        self._rules = rules
+        self._topics = topics
         self._dlq = dlq
+        self._delays = settings.retry_delays()
+        self._buckets: dict[str, TokenBucket] = {}
+        self._pacer = PairPacer(settings.pair_interval_s, settings.pair_burst)
 
     async def handle(self, value: bytes, ref: RawRef, at: float) -> str:
         intent = decode_intent(value)
+        if intent.origin is None:
+            intent = dataclasses.replace(intent, origin=dataclasses.asdict(ref), first_attempt_at=time.time())
+        if intent.not_before and intent.not_before > time.time():
+            # A retry topic's head: everything behind it waits the same delay, so sleeping holds up nothing.
+            await asyncio.sleep(intent.not_before - time.time())
         pool = self._res.pool
         async with pool.acquire() as conn:
-            claimed = await repo.claim(conn, intent.dedupe_key)
-            if isinstance(claimed, repo.Claim):
-                current = await repo.ownership_version(conn, intent.conversation_id)
-                if current is not None and current > intent.ownership_version:
-                    async with conn.transaction():
-                        await repo.mark_state(conn, intent.dedupe_key, "dropped",
-                                              {"error": "a human took over the conversation"})
-                    metrics.SENDS.labels("stale").inc()
-                    return "stale"
-        if claimed is None:
-            raise_missing(intent)
-        if not isinstance(claimed, repo.Claim):
-            return await self._not_claimed(intent, claimed)
+            claimed = await repo.claim(conn, intent.dedupe_key, intent.attempt)
+            if claimed is None:
+                raise Poison(f"send intent {intent.dedupe_key!r} has no row in outbound_log")
+            if not isinstance(claimed, repo.Claim):
+                return await self._not_claimed(intent, claimed)
+            checks = await replies.send_checks(conn, intent.conversation_id, intent.phone_number_id)
+        assert checks is not None
+        if intent.automatic and (checks.ownership_version > intent.ownership_version
+                                 or (checks.human_owned and intent.kind != "notice")):
+            return await self._drop(claimed, intent, "a person took over the conversation", "stale")
+        if intent.automatic and checks.opted_out and intent.kind != "notice":
+            return await self._drop(claimed, intent, "the contact opted out", "opted_out")
+        if checks.paused_until is not None:
+            return await self._park(claimed, intent, checks.paused_until.timestamp(), "number paused")
+        window_closed = checks.last_inbound_at is None or \
+            datetime.now(timezone.utc) - checks.last_inbound_at > WINDOW
+        if window_closed and intent.kind != "template":
+            return await self._window_closed(claimed, intent, ref, value)
+        wait = self._pacer.try_send(intent.to)
+        if wait > 0:
+            metrics.RATE_LIMIT_WAITS.labels("recipient").inc()
+            return await self._retry_later(claimed, intent, time.time() + wait, {"error": "pair rate pacing"},
+                                           refund=True, topic_attempt=1)
+        bucket = self._buckets.get(intent.phone_number_id)
+        if bucket is None:
+            rate = self._s.rate_limit_per_s
+            bucket = self._buckets[intent.phone_number_id] = TokenBucket(rate, max(1.0, rate))
+        delay = bucket.reserve()
+        if delay > 0:
+            metrics.RATE_LIMIT_WAITS.labels("number").inc()
+            metrics.RATE_LIMIT_WAIT_SECONDS.observe(delay)
+            await asyncio.sleep(delay)
+        return await self._send(claimed, intent, ref, value)
 
-        sent: Sent | None = None
-        payload: dict | None = None
+    def _payload(self, claimed: repo.Claim, intent: SendIntent) -> dict[str, Any]:
+        graph = self._res.graph
+        callback = f"ol:{claimed.outbound_log_id}"
+        if intent.kind == "template":
+            t = intent.template or {}
+            return graph.template_payload(intent.to, t["name"], t["language"], t.get("parameters") or (),
+                                          callback_data=callback)
+        return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to, callback_data=callback)
+
+    async def _send(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes) -> str:
+        started = time.perf_counter()
         try:
-            payload = self._res.graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to,
-                                                   callback_data=f"ol:{claimed.outbound_log_id}")
+            payload = self._payload(claimed, intent)
+            sent: Sent = await self._res.graph.send(intent.phone_number_id, payload)
         except InvalidRecipient as exc:
             metrics.SENDS.labels("invalid_recipient").inc()
-            error: GraphError | None = exc
-        else:
-            sent, error = await self._call(intent, payload)
-        if sent is not None:
-            assert payload is not None
-            async with pool.acquire() as conn, conn.transaction():
-                await repo.record_sent(conn, intent, claimed, sent.message_id, payload)
-            now = time.time()
-            if intent.customer_timestamp:
-                metrics.REPLY_LATENCY.observe(max(0.0, now - intent.customer_timestamp))
-            if intent.accepted_at:
-                metrics.PIPELINE_LATENCY.observe(max(0.0, now - intent.accepted_at))
-            return "sent"
-        assert error is not None
-        state = "failed"
-        kind = "send_paused" if isinstance(error, PausingGraphError) else "send_failed"
-        async with pool.acquire() as conn, conn.transaction():
-            await repo.record_failed(conn, claimed, state, error.as_dict(), intent.conversation_id, kind,
-                                     f"Reply could not be sent: {error}")
-        await dead_letter(self._dlq, ref, value, f"sender: {kind}", str(error), error.as_dict())
-        return kind
+            error = {**exc.as_dict(), "code": "INVALID_RECIPIENT"}
+            return await self._fail(claimed, intent, ref, value, error, "invalid_recipient")
+        except GraphError as exc:
+            outcome = "retryable_error" if exc.retryable else (
+                "paused" if isinstance(exc, PausingGraphError) else "permanent_error")
+            metrics.SENDS.labels(outcome).inc()
+            metrics.SEND_DURATION.labels(outcome).observe(time.perf_counter() - started)
+            metrics.SEND_ERRORS.labels(str(exc.code if exc.code is not None else f"http_{exc.http_status}")).inc()
+            return await self._on_error(claimed, intent, ref, value, exc)
+        metrics.SENDS.labels("sent").inc()
+        metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await repo.record_sent(conn, intent, claimed, sent.message_id, payload)
+        now = time.time()
+        if intent.automatic and intent.customer_timestamp:
+            metrics.REPLY_LATENCY.observe(max(0.0, now - intent.customer_timestamp))
+        if intent.automatic and intent.accepted_at:
+            metrics.PIPELINE_LATENCY.observe(max(0.0, now - intent.accepted_at))
+        return "sent"
 
-    async def _call(self, intent: SendIntent, payload: dict) -> tuple[Sent | None, GraphError | None]:
-        delay = RETRY_FIRST_S
-        error: GraphError | None = None
-        for attempt in range(1, SEND_ATTEMPTS + 1):
-            started = time.perf_counter()
-            try:
-                sent = await self._res.graph.send(intent.phone_number_id, payload)
-            except GraphError as exc:
-                outcome = "retryable_error" if exc.retryable else (
-                    "paused" if isinstance(exc, PausingGraphError) else "permanent_error")
-                metrics.SENDS.labels(outcome).inc()
-                metrics.SEND_DURATION.labels(outcome).observe(time.perf_counter() - started)
-                error = exc
-                if not exc.retryable:
-                    break
-                log.warning("send %s attempt %d/%d failed: %s", intent.dedupe_key, attempt, SEND_ATTEMPTS, exc)
-                if attempt < SEND_ATTEMPTS:
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay *= 2
-                continue
-            metrics.SENDS.labels("sent").inc()
-            metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
-            return sent, None
-        return None, error
+    async def _on_error(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,
+                        exc: GraphError) -> str:
+        if isinstance(exc, PausingGraphError):
+            async with self._res.pool.acquire() as conn, conn.transaction():
+                await replies.pause_number(conn, intent.phone_number_id, f"{exc} (code {exc.code})", self._s.pause_s,
+                                           intent.conversation_id)
+            log.error("sending from %s paused for %.0fs: %s", intent.phone_number_id, self._s.pause_s, exc)
+            return await self._park(claimed, intent, time.time() + self._s.pause_s, str(exc))
+        if exc.code == REENGAGEMENT:
+            return await self._window_closed(claimed, intent, ref, value)
+        if exc.retryable and claimed.attempts < self._s.send_attempts:
+            delay = self._delays[claimed.attempts - 1] * (0.8 + 0.4 * random.random())
+            metrics.RETRIES.labels(str(claimed.attempts)).inc()
+            log.warning("send %s attempt %d/%d failed (%s); retry in %.1fs", intent.dedupe_key, claimed.attempts,
+                        self._s.send_attempts, exc, delay)
+            return await self._retry_later(claimed, intent, time.time() + delay, exc.as_dict(),
+                                           refund=False, topic_attempt=claimed.attempts)
+        return await self._fail(claimed, intent, ref, value, exc.as_dict(),
+                                "send_failed" if not exc.retryable else "retries_exhausted")
+
+    async def _retry_later(self, claimed: repo.Claim, intent: SendIntent, at: float, error: dict[str, Any], *,
+                           refund: bool, topic_attempt: int) -> str:
+        """Park the intent in the ledger and publish it to the retry topic that will hold it until ``at``."""
+        topic_attempt = min(topic_attempt, len(self._delays)) if self._delays else 0
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            attempts = await replies.wait_for_retry(conn, claimed.outbound_log_id, at, error, refund_attempt=refund,
+                                                    on_topic=topic_attempt > 0)
+        if topic_attempt == 0:  # no retry topics configured: the outbox sweep publishes it when due
+            return "retry_wait"
+        retry = dataclasses.replace(intent, attempt=attempts, not_before=at)
+        fut = await self._topics[retry_topic(topic_attempt)].send(key=intent.conversation_key.encode(),
+                                                                  value=encode(retry))
+        await fut
+        return "retry_scheduled"
+
+    async def _park(self, claimed: repo.Claim, intent: SendIntent, until: float, why: str) -> str:
+        """Wait in the ledger without using an attempt; the outbox sweep publishes it again when due."""
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await replies.wait_for_retry(conn, claimed.outbound_log_id, until, {"error": why}, refund_attempt=True,
+                                         on_topic=False)
+        metrics.SENDS.labels("parked").inc()
+        return "parked"
+
+    async def _drop(self, claimed: repo.Claim, intent: SendIntent, why: str, outcome: str) -> str:
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await repo.mark_state(conn, intent.dedupe_key, "dropped", {"error": why})
+        metrics.SENDS.labels(outcome).inc()
+        return outcome
+
+    async def _window_closed(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes) -> str:
+        """Outside the 24-hour window only a template may go: the configured one, else a person decides."""
+        template = self._rules.window_template
+        if template is None or intent.kind == "template":
+            async with self._res.pool.acquire() as conn, conn.transaction():
+                await repo.record_failed(conn, claimed, "failed", {"error": "24-hour window closed", "code": 131047},
+                                         intent.conversation_id, "window_closed",
+                                         "The 24-hour window is closed: reply with an approved template")
+            metrics.SENDS.labels("window_closed").inc()
+            return "window_closed"
+        replacement = dataclasses.replace(
+            intent, dedupe_key=f"template:{intent.dedupe_key}", kind="template", attempt=0, not_before=None,
+            template={"name": template.name, "language": template.language, "parameters": list(template.parameters)})
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await repo.mark_state(conn, intent.dedupe_key, "dropped", {"error": "24-hour window closed; template sent"})
+            queued = await replies.queue(conn, replacement, published=True)
+        if queued:
+            fut = await self._topics["outbound"].send(key=intent.conversation_key.encode(), value=encode(replacement))
+            await fut
+        metrics.SENDS.labels("window_template").inc()
+        return "window_template"
+
+    async def _fail(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,
+                    error: dict[str, Any], kind: str) -> str:
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await repo.record_failed(conn, claimed, "failed", error, intent.conversation_id, kind,
+                                     f"Message could not be sent: {error.get('error')}")
+        origin = intent.origin or dataclasses.asdict(ref)
+        await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), value,
+                          f"sender: {kind}", str(error.get("error")),
+                          {**error, "attempts": claimed.attempts, "first_attempt_at": intent.first_attempt_at,
+                           "dedupe_key": intent.dedupe_key})
+        metrics.DLQ_ENTRIES.labels("sender").inc()
+        return kind
 
     async def _not_claimed(self, intent: SendIntent, state: str) -> str:
         if state == "sending":
@@ -131,5 +243,4 @@ class Sender:
         return "duplicate"
 
 
-def raise_missing(intent: SendIntent) -> None:
-    raise Poison(f"send intent {intent.dedupe_key!r} has no row in outbound_log")
+__all__ = ["Sender", "PermanentGraphError"]

@@ -3,29 +3,73 @@
 Input key: the conversation key; one event at a time per partition. Idempotency:
 ``message_status_events (channel, provider_message_id, status)``; the message's state only
 moves forward (sent < delivered < read/played; failed is terminal). A status for a message
-not stored yet is kept and applied when the sender records the message. Commit: after the
-transaction.
+not stored yet is kept and applied when the sender records the message. A ``failed`` status
+of one of our messages leaves a task for a person; 131047 (the 24-hour window closed before
+delivery) sends the configured template instead when there is one. Commit: after the
+transaction and the publish of any template.
 """
 
 from __future__ import annotations
 
-from storage import repo
-from topics.records import RawRef, decode_status
+import faust
+
+from orchestrator.rules import Rules
+from storage import replies, repo
+from topics.records import RawRef, SendIntent, decode_status, encode, intent_from_dict
 from wacrm import metrics
+
+REENGAGEMENT = 131047
 
 
 class Status:
-    def __init__(self, resources: "Resources") -> None:  # noqa: F821
+    def __init__(self, resources: "Resources", rules: Rules, outbound: faust.TopicT) -> None:  # noqa: F821
         self._res = resources
+        self._rules = rules
+        self._outbound = outbound
 
     async def handle(self, value: bytes, ref: RawRef, at: float) -> str:
         st = decode_status(value)
+        template: SendIntent | None = None
         async with self._res.pool.acquire() as conn, conn.transaction():
             outcome = await repo.apply_status(conn, st)
+            if outcome == "applied" and st.status == "failed":
+                template = await self._failed(conn, st)
+        if template is not None:
+            fut = await self._outbound.send(key=template.conversation_key.encode(), value=encode(template))
+            await fut
         metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
         if outcome == "duplicate":
             metrics.DUPLICATES.labels("status").inc()
         return outcome
+
+    async def _failed(self, conn: "asyncpg.Connection", st) -> SendIntent | None:  # noqa: F821
+        row = await conn.fetchrow(
+            """SELECT m.conversation_id, l.id ledger_id, l.intent FROM messages m
+               LEFT JOIN outbound_log l ON l.id = m.outbound_log_id
+               WHERE m.channel = 'whatsapp' AND m.provider_message_id = $1 AND m.direction = 'outbound'""",
+            st.message_id)
+        if row is None:
+            return None
+        codes = {e.get("code") for e in st.errors}
+        template = self._rules.window_template
+        if REENGAGEMENT in codes and template is not None and row["intent"] is not None:
+            original = intent_from_dict(row["intent"])
+            if original.kind != "template":
+                intent = SendIntent(
+                    dedupe_key=f"template:{original.dedupe_key}", conversation_key=original.conversation_key,
+                    conversation_id=original.conversation_id, phone_number_id=original.phone_number_id,
+                    to=original.to, text=original.text, automatic=original.automatic,
+                    ownership_version=original.ownership_version, kind="template",
+                    template={"name": template.name, "language": template.language,
+                              "parameters": list(template.parameters)})
+                if await replies.queue(conn, intent, published=True):
+                    return intent
+                return None
+        await repo.create_task(conn, row["conversation_id"], "delivery_failed",
+                               f"A message was not delivered (codes {sorted(c for c in codes if c)})",
+                               {"provider_message_id": st.message_id, "errors": st.errors},
+                               dedupe_key=f"delivery_failed:{st.message_id}")
+        return None
 
 
 _KNOWN = frozenset({"sent", "delivered", "read", "played", "failed", "deleted", "warning"})

@@ -24,7 +24,7 @@ def _ts(epoch: float | None) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class ConversationState:
-    """What the reply engines need to know about a conversation at the time of a message."""
+    """The conversation a stored message landed in."""
 
     conversation_id: int
     contact_id: int
@@ -165,15 +165,6 @@ async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> Conver
         last_inbound_at=conv["last_inbound_at"])
 
 
-async def queue_intent(conn: asyncpg.Connection, intent: SendIntent) -> bool:
-    """Record a send intent in the ledger (state ``queued``); False if its key exists already."""
-    inserted = await conn.fetchval(
-        """INSERT INTO outbound_log (dedupe_key, conversation_id, intent) VALUES ($1, $2, $3)
-           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
-        intent.dedupe_key, intent.conversation_id, dataclasses.asdict(intent))
-    return inserted is not None
-
-
 async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, Any] | None:
     """The intent of a ledger row still waiting to be sent (for republishing after a crash)."""
     row = await conn.fetchrow("SELECT intent FROM outbound_log WHERE dedupe_key = $1 AND state = 'queued'",
@@ -187,18 +178,20 @@ class Claim:
     attempts: int
 
 
-async def claim(conn: asyncpg.Connection, dedupe_key: str) -> Claim | str | None:
-    """Take a queued intent for sending: a :class:`Claim`, else the row's current state (``None``: no row)."""
+async def claim(conn: asyncpg.Connection, dedupe_key: str, attempts_before: int = 0) -> Claim | str | None:
+    """Take an intent for sending: a :class:`Claim`, else the row's current state (``None``: no row).
+
+    Only a row waiting (``queued`` or ``retry_wait``) with exactly ``attempts_before`` attempts
+    is claimed, so a stale redelivery of an earlier attempt cannot jump the retry schedule.
+    """
     row = await conn.fetchrow(
         """UPDATE outbound_log SET state = 'sending', attempts = attempts + 1, claimed_at = now()
-           WHERE dedupe_key = $1 AND state = 'queued' RETURNING id, attempts""", dedupe_key)
+           WHERE dedupe_key = $1 AND state IN ('queued', 'retry_wait') AND attempts = $2
+           RETURNING id, attempts""", dedupe_key, attempts_before)
     if row is not None:
         return Claim(row["id"], row["attempts"])
-    return await conn.fetchval("SELECT state FROM outbound_log WHERE dedupe_key = $1", dedupe_key)
-
-
-async def ownership_version(conn: asyncpg.Connection, conversation_id: int) -> int | None:
-    return await conn.fetchval("SELECT ownership_version FROM conversations WHERE id = $1", conversation_id)
+    state = await conn.fetchval("SELECT state FROM outbound_log WHERE dedupe_key = $1", dedupe_key)
+    return "superseded" if state in ("queued", "retry_wait") else state
 
 
 async def record_sent(conn: asyncpg.Connection, intent: SendIntent, claim_: Claim, wamid: str,
@@ -213,10 +206,11 @@ async def record_sent(conn: asyncpg.Connection, intent: SendIntent, claim_: Clai
     await conn.execute(
         """INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
                                  payload, status, status_at, provider_timestamp, outbound_log_id)
-           SELECT $1, $2, c.id, c.contact_id, 'outbound', 'text', $3, $4, 'accepted', now(), now(), $5
+           SELECT $1, $2, c.id, c.contact_id, 'outbound', $7, $3, $4, 'accepted', now(), now(), $5
            FROM conversations c WHERE c.id = $6
            ON CONFLICT (channel, provider_message_id) DO NOTHING""",
-        CHANNEL, wamid, intent.text, payload, claim_.outbound_log_id, intent.conversation_id)
+        CHANNEL, wamid, intent.text, payload, claim_.outbound_log_id, intent.conversation_id,
+        payload.get("type", "text"))
     await conn.execute(
         "UPDATE conversations SET last_outbound_at = now(), last_message_at = now() WHERE id = $1",
         intent.conversation_id)

@@ -9,6 +9,7 @@ processes, as in production; everything started here is stopped here.
 from __future__ import annotations
 
 import asyncio
+import re
 import concurrent.futures
 import os
 import secrets
@@ -39,6 +40,16 @@ VERIFY_TOKEN = "test-verify-token"
 ACCESS_TOKEN = "test-access-token"
 
 T = TypeVar("T")
+
+
+def fresh(body: bytes) -> bytes:
+    """The fixture body with its 2026-01-01 timestamps moved to the last minutes, order kept.
+
+    Replies go out only inside the 24-hour window that starts at the customer's message.
+    """
+    now = int(time.time()) - 600
+    return re.sub(rb'"timestamp": ?"(17672\d{5})"',
+                  lambda m: b'"timestamp": "%d"' % (now + int(m.group(1)) % 600), body)
 
 
 async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, what: str = "condition") -> T:
@@ -169,7 +180,8 @@ class Stack:
             WHATSAPP_API_BASE_URL=self.fake_meta, PORT=str(self.port), HOST="127.0.0.1",
             WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
             WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
-            LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", **self.extra_env)
+            LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", BURST_WINDOW_SECONDS="1", RETRY_BASE_SECONDS="0.4",
+            RETRY_MULTIPLIER="2", **self.extra_env)
 
     def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:

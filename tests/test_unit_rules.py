@@ -1,4 +1,4 @@
-"""Pure logic: settings validation, Graph API error classification, recipients, greeting rules."""
+"""Pure logic: settings validation, Graph API error classification, recipients, records."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import orjson
 import pytest
 
 from conftest import FIXTURES
-from orchestrator.greeting import plan_reply
-from storage.repo import ConversationState
 from topics.records import RecordError, SendIntent, decode_intent, encode
 from wacrm.settings import SettingsError, load
 from whatsapp.graph import (InvalidRecipient, PausingGraphError, PermanentGraphError, RetryableGraphError, classify,
@@ -66,23 +64,6 @@ def test_recipients() -> None:
     assert recipient_field("030 1234567", "DE") == ("to", "+49301234567")
     with pytest.raises(InvalidRecipient):
         recipient_field("12", None)
-
-
-def _state(**kw: object) -> ConversationState:
-    base = dict(conversation_id=1, contact_id=1, contact_created=True, opted_out=False, assigned_user_id=None,
-                needs_human=False, bot_paused=False, ownership_version=0, last_inbound_at=None)
-    base.update(kw)
-    return ConversationState(**base)  # type: ignore[arg-type]
-
-
-def test_greeting_rules() -> None:
-    assert plan_reply("text", _state(), "hi") == "hi"
-    assert plan_reply("image", _state(), "hi") == "hi"
-    assert plan_reply("reaction", _state(), "hi") is None
-    assert plan_reply("system", _state(), "hi") is None
-    assert plan_reply("text", _state(assigned_user_id=3), "hi") is None
-    assert plan_reply("text", _state(opted_out=True), "hi") is None
-    assert plan_reply("text", _state(bot_paused=True), "hi") is None
 
 
 def test_intent_round_trip_and_rejection() -> None:

@@ -15,6 +15,12 @@ INBOUND = "wa.inbound"
 STATUS = "wa.status"
 OUTBOUND = "wa.outbound"
 DLQ = "wa.dlq"
+RETRY_PREFIX = "wa.outbound.retry."
+
+
+def retry_topic(attempt: int) -> str:
+    """The retry topic for the (1-based) retry number ``attempt``: one topic per delay."""
+    return f"{RETRY_PREFIX}{attempt}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,18 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         config=(("retention.ms", str(30 * 24 * 3600 * 1000)),),
     ),
 )
+
+
+def catalogue(retry_tiers: int) -> tuple[TopicSpec, ...]:
+    """Every topic, with one retry topic per retry delay (``SEND_ATTEMPTS`` − 1 of them).
+
+    A retry topic holds intents that all wait the same delay, so its head is always the
+    first one due: its consumer sleeps until then without holding anything up.
+    """
+    return CATALOGUE + tuple(
+        TopicSpec(retry_topic(n), key="conversation key", why=f"sends waiting for retry number {n}",
+                  config=(("retention.ms", _WEEK_MS),))
+        for n in range(1, retry_tiers + 1))
 
 
 def partitions_for(spec: TopicSpec, configured: int) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from topics import CATALOGUE, partitions_for
+from topics import catalogue, partitions_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,14 +25,15 @@ class TopicReport:
 
 
 async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1,
-                        timeout: float = 30.0) -> list[TopicReport]:
+                        timeout: float = 30.0, retry_tiers: int = 4) -> list[TopicReport]:
+    specs = catalogue(retry_tiers)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout))
-        wanted = {spec.name: partitions_for(spec, partitions) for spec in CATALOGUE}
+        wanted = {spec.name: partitions_for(spec, partitions) for spec in specs}
         new = [NewTopic(spec.name, wanted[spec.name], replication_factor, topic_configs=dict(spec.config))
-               for spec in CATALOGUE if spec.name not in existing]
+               for spec in specs if spec.name not in existing]
         created: set[str] = set()
         for topic in new:  # one at a time: a rejected one must not hide the others' result
             try:
@@ -51,6 +52,6 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication_fac
             elif count != wanted[name]:
                 problem = f"has {count} partitions, configured {wanted[name]} (TOPIC_PARTITIONS)"
             reports.append(TopicReport(name, count, name in created, problem))
-        return sorted(reports, key=lambda r: [s.name for s in CATALOGUE].index(r.name))
+        return sorted(reports, key=lambda r: [s.name for s in specs].index(r.name))
     finally:
         await admin.close()

@@ -100,6 +100,14 @@ class SendIntent:
     ownership_version: int = 0
     customer_timestamp: float | None = None  # when the customer wrote (Meta's timestamp, 1 s resolution)
     accepted_at: float | None = None  # when our webhook accepted the customer's body (pipeline latency)
+    automatic: bool = True  # False for a person's reply: ownership and opt-out checks do not apply
+    kind: str = "text"  # text | template | notice (opt-out/in confirmation, handover notice: sent although
+    # the bot is otherwise quiet in the conversation)
+    template: dict[str, Any] | None = None  # {"name", "language", "parameters"} for kind=template
+    attempt: int = 0  # Graph API attempts made before this delivery (the ledger row must agree)
+    not_before: float | None = None  # retry topics: do not try before this epoch time
+    first_attempt_at: float | None = None
+    origin: dict[str, Any] | None = None  # topic/partition/offset of the first delivery (for the DLQ)
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,8 @@ async def create_topics(s: Settings, out: Any = print) -> None:
 
     assert s.kafka_bootstrap_servers
     try:
-        reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor)
+        reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor,
+                                      retry_tiers=len(s.retry_delays()))
     except Exception as exc:
         raise CommandError(f"cannot reach the broker at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
                            f"{type(exc).__name__}: {exc}") from None
@@ -135,13 +136,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from agents.app import build
+    from orchestrator.rules import RulesError
 
     s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
     assert s.database_url
     asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
     if s.worker_metrics_port:
         start_http_server(s.worker_metrics_port, addr=s.host)
-    app, resources = build(s)
+    try:
+        app, resources = build(s)
+    except RulesError as exc:
+        raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
     worker = faust.Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0

@@ -50,3 +50,17 @@ MESSAGES = Counter(
     "(before dedupe)", ["type", "phone_number_id"])
 ACCOUNT_ERRORS = Counter(
     "wacrm_account_errors_total", "value.errors items (system, app or account level) from Meta, by code", ["code"])
+REPLIES = Counter(
+    "wacrm_replies_total", "Reply decisions by engine (rules, llm, rules_fallback) and the rule that decided",
+    ["engine", "rule"])
+LLM_LATENCY = Histogram("wacrm_llm_latency_seconds", "LLM chat-completion call duration", buckets=_SLOW)
+LLM_FALLBACKS = Counter("wacrm_llm_fallbacks_total", "LLM calls that failed; the rules answered", ["error"])
+HANDOVERS = Counter("wacrm_handovers_total", "Conversations handed to a person", ["engine"])
+SEND_ERRORS = Counter("wacrm_send_errors_total", "Graph API errors by Meta error code", ["code"])
+RETRIES = Counter("wacrm_send_retries_total", "Sends scheduled for a retry, by retry number", ["attempt"])
+DLQ_ENTRIES = Counter("wacrm_dlq_entries_total", "Dead letters written, by the agent that wrote them", ["agent"])
+RATE_LIMIT_WAITS = Counter(
+    "wacrm_rate_limit_waits_total", "Sends delayed by a rate limit (number: token bucket; recipient: pair pacing)",
+    ["kind"])
+RATE_LIMIT_WAIT_SECONDS = Histogram(
+    "wacrm_rate_limit_wait_seconds", "Time a send waited for the business number's token bucket", buckets=_FAST)

@@ -59,13 +59,26 @@ class Settings:
     publish_timeout_s: float
     # worker
     worker_metrics_port: int
-    greeting_text: str
     graph_timeout_s: float
     db_timeout_s: float
     log_level: str
+    # replies
+    rules_file: str | None
+    burst_window_s: float
+    send_attempts: int
+    retry_base_s: float
+    retry_multiplier: float
+    rate_limit_per_s: float
+    pair_interval_s: float
+    pair_burst: int
+    pause_s: float
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def retry_delays(self) -> list[float]:
+        """Seconds before each retry: base, base×m, base×m², … (``send_attempts`` − 1 of them)."""
+        return [self.retry_base_s * self.retry_multiplier ** i for i in range(self.send_attempts - 1)]
 
     @property
     def graph_messages_url_base(self) -> str:
@@ -188,12 +201,18 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
         publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
         worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
-        greeting_text=get(
-            "GREETING_TEXT", str, "Hi! Thanks for your message. We have received it and will get back to you shortly."
-        ),
         graph_timeout_s=get("GRAPH_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
         db_timeout_s=get("DB_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
         log_level=get("LOG_LEVEL", _log_level, "INFO"),
+        rules_file=get("RULES_FILE", str, None),
+        burst_window_s=get("BURST_WINDOW_SECONDS", _float(0, 60), 2.0),
+        send_attempts=get("SEND_ATTEMPTS", _int(1, 10), 5),
+        retry_base_s=get("RETRY_BASE_SECONDS", _float(0.05, 3600), 15.0),
+        retry_multiplier=get("RETRY_MULTIPLIER", _float(1, 10), 3.0),
+        rate_limit_per_s=get("RATE_LIMIT_PER_SECOND", _float(1, 1000), 80.0),
+        pair_interval_s=get("PAIR_INTERVAL_SECONDS", _float(0, 600), 6.0),
+        pair_burst=get("PAIR_BURST", _int(1, 100), 3),
+        pause_s=get("PAUSE_SECONDS", _float(1, 86400), 900.0),
     )
     if problems:
         raise SettingsError(problems)

@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from storage.db import create_pool
-from topics import CATALOGUE, RAW
+from topics import RAW, catalogue
 from wacrm import metrics
 from wacrm.settings import Settings
 from webhook.publisher import PublishError, RawPublisher
@@ -106,7 +106,8 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:  # any failure means not ready; the message says which
         problems["database"] = f"{type(exc).__name__}: {exc}"
     try:
-        missing = {t.name for t in CATALOGUE} - await request.app[PUBLISHER].topics()
+        missing = {t.name for t in catalogue(len(request.app[SETTINGS].retry_delays()))} - \
+            await request.app[PUBLISHER].topics()
         if missing:
             problems["broker"] = f"topics missing: {', '.join(sorted(missing))} (run: wacrm topics)"
     except Exception as exc:

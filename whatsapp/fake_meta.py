@@ -9,7 +9,7 @@ like the Cloud API's, error envelopes with Meta's codes) and records every reque
   fail with that Meta error (still recorded), for tests of retries and error handling.
 - ``POST /__script``: ``[{"id": "wamid.X", "delay_ms": 1500}, {"code": 131000, "http_status": 500}]``
   decides the next sends' answers in order: a success with that message id after that delay, or
-  an error.
+  an error; a step with ``"to": "+1555…"`` applies only to sends to that recipient.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class FakeMeta:
         auth = record["authorization"] or ""
         if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
             return _error(190, 401, "Missing or malformed access token")
-        step = self._script.pop(0) if self._script else {}
+        step = self._next_step(body)
         if step.get("delay_ms"):
             await asyncio.sleep(step["delay_ms"] / 1000)
         if "code" in step:
@@ -92,6 +92,14 @@ class FakeMeta:
         else:
             answer["contacts"] = [{"input": recipient, "user_id": recipient}]
         return _json(answer)
+
+    def _next_step(self, body: Any) -> dict[str, Any]:
+        """The first scripted step for this recipient (a step with "to" applies to that recipient only)."""
+        to = body.get("to") or body.get("recipient") if isinstance(body, dict) else None
+        for i, step in enumerate(self._script):
+            if step.get("to") in (None, to):
+                return self._script.pop(i)
+        return {}
 
     async def list_sent(self, request: web.Request) -> web.Response:
         return _json(self.sent)
@@ -117,7 +125,8 @@ class FakeMeta:
             steps = None
         if not isinstance(steps, list) or not all(
                 isinstance(x, dict) and (isinstance(x.get("id", ""), str) and isinstance(x.get("code", 0), int)
-                                         and isinstance(x.get("delay_ms", 0), (int, float))) for x in steps):
+                                         and isinstance(x.get("delay_ms", 0), (int, float))
+                                         and isinstance(x.get("to", ""), str)) for x in steps):
             return _json({"error": 'expected a list of {"id"?: str, "delay_ms"?: n, "code"?: int, '
                                    '"http_status"?: int}'}, 400)
         self._script.extend(steps)

@@ -137,6 +137,20 @@ class GraphClient:
             payload["biz_opaque_callback_data"] = callback_data
         return payload
 
+    def template_payload(self, to: str, name: str, language: str, parameters: list[str] | tuple[str, ...] = (),
+                         *, callback_data: str | None = None) -> dict[str, Any]:
+        """A template message: the only kind allowed outside the 24-hour window."""
+        field, value = recipient_field(to, self._region)
+        template: dict[str, Any] = {"name": name, "language": {"code": language}}
+        if parameters:
+            template["components"] = [{"type": "body", "parameters": [{"type": "text", "text": p}
+                                                                      for p in parameters]}]
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", field: value,
+                                   "type": "template", "template": template}
+        if callback_data:
+            payload["biz_opaque_callback_data"] = callback_data
+        return payload
+
     async def send(self, phone_number_id: str, payload: dict[str, Any]) -> Sent:
         url = f"{self._base}/{phone_number_id}/messages"
         try:

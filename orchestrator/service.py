@@ -1,0 +1,124 @@
+"""The orchestrator: decides how a conversation's unanswered messages are answered, and records it.
+
+One reply per burst: it reads every customer message after the last one answered, asks the
+rules engine (and the LLM when one is configured), and in one transaction records the effects
+— the reply's intent in the ledger (dedupe key ``auto:{last message id}``), an opt-out, a
+handover with its task — and marks the messages answered. It returns the intents for the
+caller to publish after the commit.
+
+With an LLM, the model is called outside any transaction; the conversation's ownership
+version is read before and checked after, so a person who takes the conversation meanwhile
+is never talked over (the sender checks it once more at send time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import asyncpg
+
+from orchestrator.llm import LlmClient, LlmError, Turn
+from orchestrator.rules import Decision, Rules, Situation, decide
+from storage import replies
+from storage.replies import ReplyContext
+from topics.records import SendIntent
+from wacrm import metrics
+
+log = logging.getLogger("wacrm.orchestrator")
+
+
+def auto_reply_key(message_id: str) -> str:
+    return f"auto:{message_id}"
+
+
+class Orchestrator:
+    def __init__(self, rules: Rules, llm: LlmClient | None = None) -> None:
+        self.rules = rules
+        self.llm = llm
+
+    def _situation(self, ctx: ReplyContext) -> Situation:
+        return Situation(texts=tuple(p.body or "" for p in ctx.pending), types=tuple(p.type for p in ctx.pending),
+                         new_contact=ctx.new_contact, opted_out=ctx.opted_out, human_owned=ctx.human_owned,
+                         now=datetime.now(timezone.utc), customer_name=ctx.customer_name)
+
+    async def answer_in(self, conn: asyncpg.Connection, conversation_id: int,
+                        accepted_at: float | None = None) -> list[SendIntent]:
+        """Rules only, inside the caller's transaction (the inline path with no burst window)."""
+        ctx = await replies.reply_context(conn, conversation_id)
+        if ctx is None or not ctx.pending:
+            return []
+        return await self._apply(conn, ctx, decide(self.rules, self._situation(ctx)), accepted_at)
+
+    async def answer(self, pool: asyncpg.Pool, conversation_id: int) -> list[SendIntent]:
+        """The deferred path (burst window, LLM): own transactions, the model called between them."""
+        async with pool.acquire() as conn:
+            async with conn.transaction():
+                ctx = await replies.reply_context(conn, conversation_id)
+                if ctx is None or not ctx.pending:
+                    await replies.mark_answered(conn, conversation_id, 0)
+                    return []
+                decision = decide(self.rules, self._situation(ctx), engine_answers=self.llm is not None)
+                if decision.rule != "engine":
+                    return await self._apply(conn, ctx, decision)
+            decision = await self._ask_llm(conn, ctx)
+            async with conn.transaction():
+                now = await replies.reply_context(conn, conversation_id, upto=ctx.pending[-1].id)
+                if now is None or now.ownership_version != ctx.ownership_version or now.human_owned \
+                        or now.opted_out:
+                    metrics.REPLIES.labels(decision.engine, "stale").inc()
+                    await replies.mark_answered(conn, conversation_id, ctx.pending[-1].id)
+                    return []
+                return await self._apply(conn, now, decision)
+
+    async def _ask_llm(self, conn: asyncpg.Connection, ctx: ReplyContext) -> Decision:
+        assert self.llm is not None
+        turns = [Turn("customer" if d == "inbound" else "business", text)
+                 for d, text in await replies.history(conn, ctx.conversation_id, self.rules.llm.history)]
+        started = time.perf_counter()
+        try:
+            answer = await self.llm.answer(self.rules.llm.system_prompt, turns)
+        except LlmError as exc:
+            metrics.LLM_FALLBACKS.labels(type(exc).__name__).inc()
+            log.warning("LLM failed for conversation %d (%s); the rules answer", ctx.conversation_id, exc)
+            fallback = decide(self.rules, self._situation(ctx))
+            return Decision(fallback.action, fallback.text, fallback.rule, engine="rules_fallback")
+        finally:
+            metrics.LLM_LATENCY.observe(time.perf_counter() - started)
+        if answer.handover:
+            return Decision("handover", answer.reply or self.rules.handover_message, "llm_handover", engine="llm",
+                            extra={"reason": answer.handover_reason})
+        return Decision("reply", answer.reply, "llm", engine="llm")
+
+    async def _apply(self, conn: asyncpg.Connection, ctx: ReplyContext, decision: Decision,
+                     accepted_at: float | None = None) -> list[SendIntent]:
+        last = ctx.pending[-1]
+        version = ctx.ownership_version
+        kind = "text"
+        if decision.action == "opt_out":
+            await replies.set_opted_out(conn, ctx.contact_id, True)
+            kind = "notice"
+        elif decision.action == "opt_in":
+            await replies.set_opted_out(conn, ctx.contact_id, False)
+            kind = "notice"
+        elif decision.action == "handover":
+            reason = str(decision.extra.get("reason") or decision.rule)
+            version = await replies.hand_over(conn, ctx.conversation_id, reason,
+                                              {"message_id": last.provider_message_id, "rule": decision.rule,
+                                               "text": last.body})
+            kind = "notice"
+            metrics.HANDOVERS.labels(decision.engine).inc()
+        await replies.mark_answered(conn, ctx.conversation_id, last.id)
+        metrics.REPLIES.labels(decision.engine, decision.rule).inc()
+        if decision.action == "none" or not decision.text:
+            return []
+        intent = SendIntent(
+            dedupe_key=auto_reply_key(last.provider_message_id), conversation_key=ctx.conversation_key,
+            conversation_id=ctx.conversation_id, phone_number_id=ctx.phone_number_id, to=ctx.customer,
+            text=decision.text, reply_to=last.provider_message_id, ownership_version=version,
+            customer_timestamp=last.provider_timestamp.timestamp() if last.provider_timestamp else None,
+            accepted_at=accepted_at, kind=kind)
+        if not await replies.queue(conn, intent, published=True):
+            return []  # answered before (a replay): the ledger already has it
+        return [intent]

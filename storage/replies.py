@@ -1,0 +1,238 @@
+"""The SQL behind replies: unanswered messages, ownership (handover, assignment), opt-out,
+the outbox (publishing queued intents), retries waiting in the ledger, and number pauses.
+
+Like :mod:`storage.repo`, functions run inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from storage.repo import create_task
+from topics.records import SendIntent, intent_from_dict
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    id: int
+    provider_message_id: str
+    type: str
+    body: str | None
+    provider_timestamp: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyContext:
+    """A conversation, locked, with the customer messages it has not answered yet (oldest first)."""
+
+    conversation_id: int
+    conversation_key: str
+    phone_number_id: str
+    contact_id: int
+    customer: str  # wa_id, else the business-scoped user id
+    customer_name: str | None
+    opted_out: bool
+    human_owned: bool
+    ownership_version: int
+    new_contact: bool  # nothing from this customer before these messages
+    pending: tuple[Pending, ...]
+
+
+async def reply_context(conn: asyncpg.Connection, conversation_id: int, upto: int | None = None) -> ReplyContext | None:
+    """Lock the conversation and read what the reply engines need (``upto``: ignore newer messages)."""
+    row = await conn.fetchrow(
+        """SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, c.assigned_user_id, c.needs_human,
+                  c.bot_paused, c.ownership_version, c.reply_upto_message_id, k.wa_id, k.user_id, k.profile_name,
+                  k.opted_out
+           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1 FOR UPDATE OF c""",
+        conversation_id)
+    if row is None:
+        return None
+    pending = await conn.fetch(
+        """SELECT id, provider_message_id, type, body, provider_timestamp
+           FROM messages WHERE conversation_id = $1 AND direction = 'inbound' AND id > $2
+             AND ($3::bigint IS NULL OR id <= $3) ORDER BY id""",
+        conversation_id, row["reply_upto_message_id"], upto)
+    new_contact = not await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE contact_id = $1 AND id <= $2)",
+        row["contact_id"], row["reply_upto_message_id"]) if pending else False
+    return ReplyContext(
+        conversation_id=row["id"], conversation_key=row["conversation_key"], phone_number_id=row["phone_number_id"],
+        contact_id=row["contact_id"], customer=row["wa_id"] or row["user_id"], customer_name=row["profile_name"],
+        opted_out=row["opted_out"],
+        human_owned=row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"],
+        ownership_version=row["ownership_version"], new_contact=new_contact,
+        pending=tuple(Pending(p["id"], p["provider_message_id"], p["type"], p["body"], p["provider_timestamp"])
+                      for p in pending))
+
+
+async def schedule_reply(conn: asyncpg.Connection, conversation_id: int, window_s: float) -> None:
+    """Answer this conversation ``window_s`` after its latest message (at most 3 windows after the first)."""
+    await conn.execute(
+        """UPDATE conversations SET
+               reply_pending_since = COALESCE(reply_pending_since, now()),
+               reply_due_at = LEAST(now() + make_interval(secs => $2),
+                                    COALESCE(reply_pending_since, now()) + make_interval(secs => $2 * 3))
+           WHERE id = $1""", conversation_id, window_s)
+
+
+async def mark_answered(conn: asyncpg.Connection, conversation_id: int, upto: int) -> None:
+    """Everything up to message ``upto`` is answered; newer messages keep the conversation due."""
+    await conn.execute(
+        """UPDATE conversations c SET reply_upto_message_id = GREATEST(reply_upto_message_id, $2),
+               reply_due_at = CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                                                AND m.direction = 'inbound' AND m.id > $2)
+                                   THEN now() ELSE NULL END,
+               reply_pending_since = NULL,
+               unread_count = unread_count
+           WHERE id = $1""", conversation_id, upto)
+
+
+async def lease_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[int]:
+    """Conversations whose reply is due, leased for ``lease_s`` so no other worker takes them meanwhile."""
+    rows = await conn.fetch(
+        """UPDATE conversations SET reply_due_at = now() + make_interval(secs => $2)
+           WHERE id IN (SELECT id FROM conversations WHERE reply_due_at <= now()
+                        ORDER BY reply_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           RETURNING id""", limit, lease_s)
+    return [r["id"] for r in rows]
+
+
+async def history(conn: asyncpg.Connection, conversation_id: int, limit: int) -> list[tuple[str, str]]:
+    """The conversation's last ``limit`` messages with text, oldest first, as (direction, text)."""
+    rows = await conn.fetch(
+        """SELECT direction, body FROM messages WHERE conversation_id = $1 AND body IS NOT NULL
+           ORDER BY id DESC LIMIT $2""", conversation_id, limit)
+    return [(r["direction"], r["body"]) for r in reversed(rows)]
+
+
+async def set_opted_out(conn: asyncpg.Connection, contact_id: int, opted_out: bool) -> None:
+    await conn.execute("UPDATE contacts SET opted_out = $2, updated_at = now() WHERE id = $1", contact_id, opted_out)
+
+
+async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str, details: dict[str, Any]) -> int:
+    """Mark the conversation as needing a human (bot stops), with a task and a notification.
+
+    Returns the new ownership version: drafts made before it are stale.
+    """
+    version = await conn.fetchval(
+        """UPDATE conversations SET needs_human = true, ownership_version = ownership_version + 1
+           WHERE id = $1 RETURNING ownership_version""", conversation_id)
+    await create_task(conn, conversation_id, "handover", f"Customer needs a person: {reason}", details,
+                      dedupe_key=f"handover:{conversation_id}:{version}")
+    return int(version)
+
+
+async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> int:
+    """A person takes the conversation (``None``: nobody). Automatic drafts in flight become stale."""
+    return int(await conn.fetchval(
+        """UPDATE conversations SET assigned_user_id = $2, ownership_version = ownership_version + 1
+           WHERE id = $1 RETURNING ownership_version""", conversation_id, user_id))
+
+
+async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
+    """Give the conversation back to the bot."""
+    return int(await conn.fetchval(
+        """UPDATE conversations SET assigned_user_id = NULL, needs_human = false, bot_paused = false,
+               ownership_version = ownership_version + 1
+           WHERE id = $1 RETURNING ownership_version""", conversation_id))
+
+
+async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool) -> bool:
+    """Put an intent in the ledger (state ``queued``); False if its dedupe key exists already.
+
+    ``published``: the caller publishes it right after the commit; otherwise the outbox sweep does.
+    """
+    inserted = await conn.fetchval(
+        """INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at)
+           VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)
+           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
+        intent.dedupe_key, intent.conversation_id, dataclasses.asdict(intent), intent.automatic, published)
+    return inserted is not None
+
+
+async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, text: str, request_id: str,
+                             user_id: int | None = None) -> bool:
+    """A person's reply: same ledger, limits and retries as the bot's; published by the outbox sweep."""
+    row = await conn.fetchrow(
+        """SELECT c.conversation_key, c.phone_number_id, COALESCE(k.wa_id, k.user_id) customer
+           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1""", conversation_id)
+    if row is None:
+        raise LookupError(f"no conversation {conversation_id}")
+    intent = SendIntent(dedupe_key=f"manual:{request_id}", conversation_key=row["conversation_key"],
+                        conversation_id=conversation_id, phone_number_id=row["phone_number_id"],
+                        to=row["customer"], text=text, automatic=False, accepted_at=time.time())
+    return await queue(conn, intent, published=False)
+
+
+REPUBLISH_AFTER_S = 60  # a queued intent whose publish was not followed by a claim is published again
+RETRY_GRACE_S = 30  # a retry the retry topic did not deliver in time is published by the sweep
+
+
+async def due_for_publishing(conn: asyncpg.Connection, limit: int) -> list[SendIntent]:
+    """The outbox: queued intents never (or long ago) published, and retries overdue; marked published."""
+    rows = await conn.fetch(
+        """UPDATE outbound_log SET published_at = now()
+           WHERE id IN (SELECT id FROM outbound_log
+                        WHERE (state = 'queued' AND (published_at IS NULL
+                                                     OR published_at < now() - make_interval(secs => $2)))
+                           OR (state = 'retry_wait' AND published_at IS NULL AND next_attempt_at <= now())
+                           OR (state = 'retry_wait' AND next_attempt_at < now() - make_interval(secs => $3)
+                               AND published_at < now() - make_interval(secs => $3))
+                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+           RETURNING intent, attempts""", limit, REPUBLISH_AFTER_S, RETRY_GRACE_S)
+    return [dataclasses.replace(intent_from_dict(r["intent"]), attempt=r["attempts"], not_before=None) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class SendChecks:
+    ownership_version: int
+    human_owned: bool
+    opted_out: bool
+    last_inbound_at: datetime | None
+    paused_until: datetime | None
+
+
+async def send_checks(conn: asyncpg.Connection, conversation_id: int, phone_number_id: str) -> SendChecks | None:
+    row = await conn.fetchrow(
+        """SELECT c.ownership_version, (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) human,
+                  k.opted_out, c.last_inbound_at,
+                  (SELECT until FROM number_pauses p WHERE p.phone_number_id = $2 AND p.until > now()) paused
+           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1""",
+        conversation_id, phone_number_id)
+    if row is None:
+        return None
+    return SendChecks(row["ownership_version"], row["human"], row["opted_out"], row["last_inbound_at"], row["paused"])
+
+
+async def wait_for_retry(conn: asyncpg.Connection, outbound_log_id: int, next_attempt_at: float,
+                         error: dict[str, Any], *, refund_attempt: bool = False, on_topic: bool = True) -> int:
+    """Make a claimed intent wait until ``next_attempt_at``; returns the attempts counted so far.
+
+    ``on_topic``: a retry topic carries it (the outbox sweep steps in only if it is overdue);
+    otherwise the sweep publishes it when it is due.
+    """
+    return int(await conn.fetchval(
+        """UPDATE outbound_log SET state = 'retry_wait', error = $3, next_attempt_at = to_timestamp($2),
+               attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END,
+               published_at = CASE WHEN $5 THEN now() END
+           WHERE id = $1 RETURNING attempts""", outbound_log_id, next_attempt_at, error, refund_attempt, on_topic))
+
+
+async def pause_number(conn: asyncpg.Connection, phone_number_id: str, reason: str, seconds: float,
+                       conversation_id: int | None) -> None:
+    """Stop sending from a business number for a while, and alert a human once per pause."""
+    created = await conn.fetchval(
+        """INSERT INTO number_pauses (phone_number_id, reason, until) VALUES ($1, $2, now() + make_interval(secs => $3))
+           ON CONFLICT (phone_number_id) DO UPDATE SET reason = $2, until = now() + make_interval(secs => $3),
+               created_at = CASE WHEN number_pauses.until < now() THEN now() ELSE number_pauses.created_at END
+           RETURNING extract(epoch FROM created_at)::bigint""", phone_number_id, reason, seconds)
+    await create_task(conn, conversation_id, "sending_paused",
+                      f"Sending from {phone_number_id} is paused: {reason}", {"phone_number_id": phone_number_id},
+                      dedupe_key=f"pause:{phone_number_id}:{created}")

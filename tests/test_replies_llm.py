@@ -1,0 +1,208 @@
+"""Replies with an LLM, a window template and number pauses, and the crash between a Graph API call
+and its record — on a stack of its own (its own broker, rules file and fake LLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from conftest import Stack, eventually
+from fake_llm import FakeLlm
+from storage import replies
+from storage.db import connect
+from test_inbound_fidelity import META, envelope, stored
+from test_replies import _phone, ledger, say, script, sends_to
+from wacrm.cli import create_topics, run_migrations
+from wacrm.embedded import EmbeddedBroker
+from wacrm.settings import load
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                                reason="needs a broker of its own: the embedded one")
+
+
+@pytest.fixture(scope="module")
+async def llm() -> AsyncIterator[FakeLlm]:
+    fake = FakeLlm(api_key="test-llm-key")
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture(scope="module")
+async def llm_stack(make_database: Callable[[], str], llm: FakeLlm,
+                    tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    tmp = tmp_path_factory.mktemp("llm-stack")
+    rules = json.loads((Path(__file__).parents[1] / "orchestrator" / "default_rules.json").read_text())
+    rules["window_template"] = {"name": "follow_up", "language": "en_US", "parameters": ["friend"]}
+    rules["llm"].update(timeout_seconds=1.5, system_prompt="You are the test shop's assistant.")
+    (tmp / "rules.json").write_text(json.dumps(rules))
+    url = make_database()
+    await run_migrations(url, 10.0, out=lambda m: None)
+    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
+    broker.start()
+    await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev"), out=lambda m: None)
+    stack = Stack(url, broker.bootstrap, tmp / "logs", extra_env={
+        "RULES_FILE": str(tmp / "rules.json"), "LLM_API_BASE_URL": llm.base_url, "LLM_API_KEY": "test-llm-key",
+        "LLM_MODEL": "test-model", "PAUSE_SECONDS": "3"})
+    stack.start()
+    try:
+        await stack.wait_worker()
+        yield stack
+    finally:
+        stack.stop()
+        broker.stop()
+
+
+@pytest.fixture
+async def ldb(llm_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
+    conn = await connect(llm_stack.database_url, timeout=10)
+    yield conn
+    await conn.close()
+
+
+async def test_the_model_answers_with_the_conversation_as_context(llm_stack: Stack, llm: FakeLlm,
+                                                                  ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    llm.script({"reply": "Our blue one is in stock!"})
+    (mid,) = await say(llm_stack, wa_id, "is the blue one in stock?")
+    (reply,) = await eventually(lambda: llm_stack.replies_to(mid), what="the model's reply")
+    assert reply["body"]["text"]["body"] == "Our blue one is in stock!"
+    body = llm.requests[-1]["body"]
+    assert llm.requests[-1]["authorization"] == "Bearer test-llm-key" and body["model"] == "test-model"
+    assert body["messages"][0] == {"role": "system", "content": "You are the test shop's assistant."}
+    assert body["messages"][-1] == {"role": "user", "content": "is the blue one in stock?"}
+    assert await llm_stack.worker_metric("wacrm_replies_total", 'engine="llm",rule="llm"') >= 1
+
+
+async def test_the_model_hands_over_through_its_tool(llm_stack: Stack, llm: FakeLlm, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    llm.script({"handover": "refund request"})
+    (mid,) = await say(llm_stack, wa_id, "I want my money back for order 42")
+    row = await stored(ldb, mid)
+
+    async def handed_over() -> bool:
+        return bool(await ldb.fetchval("SELECT needs_human FROM conversations WHERE id = $1", row["conversation_id"]))
+
+    await eventually(handed_over, what="the handover")
+    task = await ldb.fetchrow("SELECT * FROM tasks WHERE conversation_id = $1 AND kind = 'handover'",
+                              row["conversation_id"])
+    assert "refund request" in task["title"]
+
+
+async def test_model_errors_and_timeouts_fall_back_to_the_rules(llm_stack: Stack, llm: FakeLlm,
+                                                                ldb: asyncpg.Connection) -> None:
+    before = await llm_stack.worker_metric("wacrm_llm_fallbacks_total")
+    for step in ({"status": 500}, {"delay": 3, "reply": "too late"}):
+        llm.script(step)
+        (mid,) = await say(llm_stack, _phone(), "what is the price?")
+        (reply,) = await eventually(lambda: llm_stack.replies_to(mid), what="the rules' answer")
+        assert "prices" in reply["body"]["text"]["body"]
+    assert await llm_stack.worker_metric("wacrm_llm_fallbacks_total") >= before + 2
+
+
+async def test_a_person_taking_over_while_the_model_thinks_stops_the_reply(llm_stack: Stack, llm: FakeLlm,
+                                                                          ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    (first,) = await say(llm_stack, wa_id, "hello")
+    await eventually(lambda: llm_stack.replies_to(first), what="a first reply")
+    conv_id = (await stored(ldb, first))["conversation_id"]
+    asked = len(llm.requests)
+    llm.script({"delay": 1.2, "reply": "I would have talked over the human"})
+    (mid,) = await say(llm_stack, wa_id, "can you check my order?")
+
+    async def thinking() -> bool:
+        return len(llm.requests) > asked
+
+    await eventually(thinking, what="the model to be asked")
+    async with ldb.transaction():
+        await replies.assign(ldb, conv_id, None)  # a person takes it (ownership version moves on)
+    await asyncio.sleep(2.5)
+    assert await llm_stack.replies_to(mid) == []
+    assert await ledger(ldb, f"auto:{mid}") is None
+
+
+async def test_outside_the_window_the_template_is_sent(llm_stack: Stack, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    (first,) = await say(llm_stack, wa_id, "hi")
+    await eventually(lambda: llm_stack.replies_to(first), what="a first reply")
+    conv_id = (await stored(ldb, first))["conversation_id"]
+    await ldb.execute("UPDATE conversations SET last_inbound_at = now() - interval '30 hours' WHERE id = $1", conv_id)
+    async with ldb.transaction():
+        await replies.queue_manual_reply(ldb, conv_id, "Still interested?", "late-" + wa_id)
+
+    async def template_sent() -> list:
+        return [x for x in await sends_to(llm_stack, wa_id) if x["body"]["type"] == "template"]
+
+    (sent,) = await eventually(template_sent, what="the template")
+    assert sent["body"]["template"]["name"] == "follow_up"
+    assert sent["body"]["template"]["components"][0]["parameters"] == [{"type": "text", "text": "friend"}]
+
+
+async def test_a_late_131047_failure_sends_the_template(llm_stack: Stack, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    (first,) = await say(llm_stack, wa_id, "hi there")
+    (reply,) = await eventually(lambda: llm_stack.replies_to(first), what="a first reply")
+    wamid = reply["answered"]["id"]
+    await eventually(lambda: ldb.fetchval("SELECT id FROM messages WHERE provider_message_id = $1", wamid),
+                     what="the reply's row")
+    failed = envelope({"metadata": META, "statuses": [{
+        "id": wamid, "status": "failed", "timestamp": str(int(time.time())), "recipient_id": wa_id,
+        "errors": [{"code": 131047, "title": "Re-engagement message", "message": "Re-engagement message"}]}]})
+    assert (await llm_stack.post(failed))[0] == 200
+
+    async def template_sent() -> list:
+        return [x for x in await sends_to(llm_stack, wa_id) if x["body"]["type"] == "template"]
+
+    await eventually(template_sent, what="the template after the failed status")
+
+
+async def test_an_expired_token_pauses_the_number_then_sending_resumes(llm_stack: Stack,
+                                                                       ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    await script(llm_stack, [{"to": f"+{wa_id}", "code": 190, "http_status": 401}])
+    (mid,) = await say(llm_stack, wa_id, "hello")
+
+    async def paused() -> bool:
+        return bool(await ldb.fetchval("SELECT count(*) FROM tasks WHERE kind = 'sending_paused'"))
+
+    await eventually(paused, what="the pause alert")
+    assert await ldb.fetchval("SELECT until > now() FROM number_pauses WHERE phone_number_id = $1",
+                              META["phone_number_id"])
+
+    async def sent() -> bool:
+        row = await ledger(ldb, f"auto:{mid}")
+        return bool(row and row["state"] == "sent")
+
+    await eventually(sent, 30, "the reply once the pause is over")
+    row = await ledger(ldb, f"auto:{mid}")
+    assert row["attempts"] == 1  # a pause does not use up the retry budget
+    assert len(await sends_to(llm_stack, wa_id)) == 2
+
+
+async def test_a_worker_killed_mid_send_leaves_an_ambiguous_send_not_a_second_one(
+        llm_stack: Stack, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    await script(llm_stack, [{"to": f"+{wa_id}", "delay_ms": 8000}])
+    (mid,) = await say(llm_stack, wa_id, "crash test")
+    await eventually(lambda: sends_to(llm_stack, wa_id), what="the Graph API call to start")
+    llm_stack.procs["worker"].kill()  # between the call and its record
+    llm_stack.procs["worker"].wait()
+    llm_stack.start("worker")
+    await llm_stack.wait_worker(90)
+
+    async def ambiguous() -> asyncpg.Record | None:
+        row = await ledger(ldb, f"auto:{mid}")
+        return row if row and row["state"] == "ambiguous" else None
+
+    row = await eventually(ambiguous, 90, "the send to be marked ambiguous")
+    assert await ldb.fetchval("SELECT count(*) FROM tasks WHERE conversation_id = $1 AND kind = 'send_ambiguous'",
+                              row["conversation_id"]) == 1
+    await asyncio.sleep(1)
+    assert len(await sends_to(llm_stack, wa_id)) == 1
