@@ -39,6 +39,7 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
                         value=(value or b"").decode("utf-8", "replace"), at=time.time(), details=details or {})
     fut = await dlq.send(key=ref.topic.encode(), value=encode(letter))
     await fut
+    metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 
 async def run(agent: str, stream: faust.StreamT, handler: Handler, ready: asyncio.Event, dlq: faust.TopicT) -> None:

@@ -223,7 +223,6 @@ class Sender:
                           f"sender: {kind}", str(error.get("error")),
                           {**error, "attempts": claimed.attempts, "first_attempt_at": intent.first_attempt_at,
                            "dedupe_key": intent.dedupe_key})
-        metrics.DLQ_ENTRIES.labels("sender").inc()
         return kind
 
     async def _not_claimed(self, intent: SendIntent, state: str) -> str:

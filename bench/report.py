@@ -196,9 +196,9 @@ def render(results: dict[str, Any]) -> str:
     # --- end to end ---------------------------------------------------------------------------
     if results.get("e2e") is not None or results.get("customer"):
         out += ["## End to end (webhook called → fake-meta received the reply)", "",
-                "The pipeline with the rules/greeting engine (every text message gets one reply). There is no "
-                "burst-coalescing window yet, so there is no deliberate waiting to switch off: these are also the "
-                "default settings (consumer fetch wait 100 ms). Every inbound id the webhook accepted is counted "
+                "The pipeline with the rules engine (every text message gets one reply), with the deliberate "
+                "waiting switched off: `BURST_WINDOW_SECONDS=0` (default 2 s), `RATE_LIMIT_PER_SECOND=1000` "
+                "(default 80) and no per-recipient pacing; consumer fetch wait 100 ms. Every inbound id the webhook accepted is counted "
                 "against the sends fake-meta recorded (`GET /__sent`, by `context.message_id`) and the inbound "
                 "rows in PostgreSQL. 10 % of bodies are statuses, 10 % carry 2–5 messages.", ""]
         rows = []
@@ -213,9 +213,10 @@ def render(results: dict[str, Any]) -> str:
                        "dup", "webhook errors", "passes"], rows), ""]
         if results.get("customer"):
             c = results["customer"]
-            out += [f"What a customer sees with the default settings, at low load "
-                    f"({c['offered_rate']} bodies/s): the reply arrives p50 {ms(c['latency_s']['p50'])} ms, "
-                    f"p99 {ms(c['latency_s']['p99'])} ms after the webhook call.", ""]
+            out += [f"What a customer sees at low load ({c['offered_rate']} bodies/s): the reply arrives p50 "
+                    f"{ms(c['latency_s']['p50'])} ms, p99 {ms(c['latency_s']['p99'])} ms after the webhook call. "
+                    "With the default settings the burst window (`BURST_WINDOW_SECONDS`, 2 s after the customer's "
+                    "last message, answered by a timer that ticks every 0.2 s) comes on top of that.", ""]
 
     # --- memory and lag -----------------------------------------------------------------------
     samples = results.get("samples") or []

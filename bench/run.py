@@ -105,7 +105,9 @@ class Bench:
             WHATSAPP_ACCESS_TOKEN="bench-access-token",
             WHATSAPP_API_BASE_URL=f"http://127.0.0.1:{self.ports['fake-meta']}",
             PORT=str(self.ports["serve"]), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.ports["worker-metrics"]),
-            KAFKA_GROUP_ID=self.group, BROKER_SESSION_TIMEOUT="6", PYTHONUNBUFFERED="1")
+            KAFKA_GROUP_ID=self.group, BROKER_SESSION_TIMEOUT="6", PYTHONUNBUFFERED="1",
+            # The pipeline itself: no deliberate waiting (burst window) and no Graph API pacing.
+            BURST_WINDOW_SECONDS="0", RATE_LIMIT_PER_SECOND="1000", PAIR_INTERVAL_SECONDS="0")
 
     def start(self, name: str, cmd: list[str], port: int | None = None) -> subprocess.Popen:
         proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env())

@@ -249,5 +249,5 @@ def test_report_renders_partial_and_full_results() -> None:
                     "own": [("handle (agents/inbound.py)", 0.4)]},
     })
     assert "| webhook rate with p99 ≤ 20 ms | 1,000 | ≥ 10,000 | **NOT MET** |" in text
-    assert "burst-coalescing" in text and "Closing note" in text
+    assert "BURST_WINDOW_SECONDS=0" in text and "Closing note" in text
     assert "`handle (agents/inbound.py)` 40 %" in text
