@@ -23,7 +23,9 @@ WABA_ID = "100000000000001"
 BUSINESS_NUMBERS = (("200000000000001", "15550001111"), ("200000000000002", "15550001112"))
 _WORDS = ("hi", "hello", "price", "is this available", "can I order two", "what time do you open",
           "thanks", "do you ship to Berlin?", "I want to book a table for 4 tonight", "ok", "👍",
-          "where is my order #48213", "can I talk to a person", "send me the catalogue please")
+          "where is my order #48213", "can I change my order", "send me the catalogue please")
+# No handover or opt-out words: every message of the load must get exactly one automatic reply, so that
+# a missing reply is a lost message.
 
 
 @dataclass(frozen=True, slots=True)

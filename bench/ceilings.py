@@ -5,7 +5,7 @@ read as a fraction of them.
   (``acks=all``, ``linger_ms=1``), realistic body sizes: pipelined (as fast as the client
   can batch) and webhook-shaped (``concurrency`` tasks, each awaiting its ack).
 - ``postgres``: the inbound path's statements (``storage.repo.store_inbound`` and
-  ``queue_intent``, one transaction per message) on one connection — how the inbound agent
+  the rules engine's answer, one transaction per message) on one connection — how the inbound agent
   runs today — and on several.
 
 Run as its own process: ``python -m bench.ceilings produce|postgres …``; prints one JSON object.
@@ -75,7 +75,9 @@ async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) 
 async def postgres(database_url: str, seconds: float, connections: int, customers: int) -> dict[str, Any]:
     from storage import repo
     from storage.db import create_pool
-    from topics.records import Customer, InboundMessage, RawRef, SendIntent, conversation_key
+    from orchestrator.rules import load_rules
+    from orchestrator.service import Orchestrator
+    from topics.records import Customer, InboundMessage, RawRef, conversation_key
 
     pool = await create_pool(database_url, timeout=10, min_size=connections, max_size=connections)
     rng = random.Random(7)
@@ -95,16 +97,15 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
                               text="hello", payload=payload, raw_ref=RawRef("wa.inbound", 0, counter),
                               received_at=time.time())
 
+    orchestrator = Orchestrator(load_rules())
+
     async def one_tx() -> float:
         msg = message()
         t = time.perf_counter()
         async with pool.acquire() as conn, conn.transaction():
             state = await repo.store_inbound(conn, msg)
             assert state is not None
-            await repo.queue_intent(conn, SendIntent(
-                dedupe_key=f"auto:{msg.message_id}", conversation_key=msg.conversation_key,
-                conversation_id=state.conversation_id, phone_number_id=msg.phone_number_id,
-                to=msg.customer.key, text="Hi!", reply_to=msg.message_id))
+            await orchestrator.answer_in(conn, state.conversation_id, msg.received_at)
         return time.perf_counter() - t
 
     async def run(concurrency: int) -> dict[str, Any]:
