@@ -12,6 +12,8 @@ makes that safe. Commit: after the transaction and the publish are acknowledged.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faust
 
 from orchestrator.rules import NO_REPLY_TYPES
@@ -21,9 +23,12 @@ from topics.records import RawRef, SendIntent, decode_inbound, encode, intent_fr
 from wacrm import metrics
 from wacrm.settings import Settings
 
+if TYPE_CHECKING:  # the worker's resources; imported for the type only
+    from agents.context import Resources
+
 
 class Inbound:
-    def __init__(self, settings: Settings, resources: "Resources", orchestrator: Orchestrator,  # noqa: F821
+    def __init__(self, settings: Settings, resources: Resources, orchestrator: Orchestrator,
                  outbound: faust.TopicT) -> None:
         self._res = resources
         self._orchestrator = orchestrator

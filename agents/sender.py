@@ -24,6 +24,8 @@ path); pausing (190, 131048) → the number is paused and a person alerted, the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import asyncio
 import dataclasses
 import logging
@@ -43,7 +45,10 @@ from topics import retry_topic
 from topics.records import RawRef, SendIntent, decode_intent, encode
 from wacrm import metrics
 from wacrm.settings import Settings
-from whatsapp.graph import GraphError, InvalidRecipient, PausingGraphError, PermanentGraphError, Sent
+from whatsapp.graph import GraphError, InvalidRecipient, PausingGraphError, Sent
+
+if TYPE_CHECKING:  # the worker's resources; imported for the type only
+    from agents.context import Resources
 
 log = logging.getLogger("wacrm.sender")
 
@@ -52,7 +57,7 @@ REENGAGEMENT = 131047
 
 
 class Sender:
-    def __init__(self, settings: Settings, resources: "Resources", rules: Rules,  # noqa: F821
+    def __init__(self, settings: Settings, resources: Resources, rules: Rules,
                  topics: dict[str, faust.TopicT], dlq: faust.TopicT) -> None:
         self._s = settings
         self._res = resources
@@ -241,5 +246,3 @@ class Sender:
         metrics.DUPLICATES.labels("send_intent").inc()
         return "duplicate"
 
-
-__all__ = ["Sender", "PermanentGraphError"]

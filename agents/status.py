@@ -11,18 +11,24 @@ transaction and the publish of any template.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import faust
 
 from orchestrator.rules import Rules
 from storage import replies, repo
-from topics.records import RawRef, SendIntent, decode_status, encode, intent_from_dict
+from topics.records import RawRef, SendIntent, StatusUpdate, decode_status, encode, intent_from_dict
 from wacrm import metrics
+
+if TYPE_CHECKING:  # the worker's resources; imported for the type only
+    import asyncpg
+    from agents.context import Resources
 
 REENGAGEMENT = 131047
 
 
 class Status:
-    def __init__(self, resources: "Resources", rules: Rules, outbound: faust.TopicT) -> None:  # noqa: F821
+    def __init__(self, resources: Resources, rules: Rules, outbound: faust.TopicT) -> None:
         self._res = resources
         self._rules = rules
         self._outbound = outbound
@@ -42,7 +48,7 @@ class Status:
             metrics.DUPLICATES.labels("status").inc()
         return outcome
 
-    async def _failed(self, conn: "asyncpg.Connection", st) -> SendIntent | None:  # noqa: F821
+    async def _failed(self, conn: asyncpg.Connection, st: StatusUpdate) -> SendIntent | None:
         row = await conn.fetchrow(
             """SELECT m.conversation_id, l.id ledger_id, l.intent FROM messages m
                LEFT JOIN outbound_log l ON l.id = m.outbound_log_id

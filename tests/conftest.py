@@ -9,6 +9,7 @@ processes, as in production; everything started here is stopped here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import concurrent.futures
 import os
@@ -214,7 +215,7 @@ class Stack:
         await eventually(joined, timeout, "the worker to join its consumer group")
 
     def stop(self, *names: str) -> None:
-        for name in names or ("serve", "worker", "fake-meta"):
+        for name in names or [n for n in ("serve", *sorted(self.procs), "fake-meta") if n in self.procs]:
             procs.stop(self.procs.pop(name, None), signal.SIGTERM, 20)
 
     # --- helpers the tests use --------------------------------------------------------
@@ -245,6 +246,26 @@ class Stack:
         # Without labels: the sum over every series of the metric.
         prefixes = (f"{name}{{{labels}}} ",) if labels else (f"{name} ", f"{name}{{")
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(prefixes))
+
+
+@contextlib.asynccontextmanager
+async def own_stack(make_database: Callable[[], str], tmp: Path,
+                    **extra_env: str) -> AsyncIterator[tuple[Stack, EmbeddedBroker]]:
+    """A running system on a fresh database and an embedded broker of its own (for tests that stop,
+    kill or reconfigure parts of it); everything is stopped on the way out."""
+    url = make_database()
+    await run_migrations(url, 10.0, out=lambda m: None)
+    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
+    broker.start()
+    stack = Stack(url, broker.bootstrap, tmp / "logs", extra_env=dict(extra_env))
+    try:
+        await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev"), out=lambda m: None)
+        stack.start()
+        await stack.wait_worker()
+        yield stack, broker
+    finally:
+        stack.stop()
+        broker.stop()
 
 
 @pytest.fixture(scope="session")

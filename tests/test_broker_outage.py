@@ -12,8 +12,8 @@ import asyncpg
 import orjson
 import pytest
 
-from conftest import Stack, eventually
-from wacrm.cli import create_topics, run_migrations
+from conftest import Stack, eventually, own_stack
+from wacrm.cli import create_topics
 from wacrm.embedded import EmbeddedBroker
 from wacrm.settings import load
 from whatsapp import simulate
@@ -24,43 +24,38 @@ pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
 
 async def test_503_while_the_broker_is_down_then_delivered_once(make_database: Callable[[], str],
                                                                 tmp_path: Path) -> None:
-    url = make_database()
-    await run_migrations(url, 10.0, out=lambda m: None)
-    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
-    broker.start()
+    async with own_stack(make_database, tmp_path) as (stack, broker):
+        db = await asyncpg.connect(stack.database_url)
+        try:
+            await _outage(stack, broker, db)
+        finally:
+            await db.close()
+
+
+async def _outage(stack: Stack, broker: EmbeddedBroker, db: asyncpg.Connection) -> None:
     settings = load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev")
+    body = simulate.dumps(simulate.text_body(text="during the outage", wa_id="15550009999"))
+    message_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+
+    broker.stop()
+    status, err = await stack.post(body)
+    assert status == 503 and err["error"] == "broker_unavailable"
+    await asyncio.sleep(1)
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+
+    # The broker comes back empty (memory only): whoever supervises it stops the worker, then
+    # re-creates the topics and starts the worker again, as `wacrm dev` does.
+    stack.stop("worker")
+    broker.start()
     await create_topics(settings, out=lambda m: None)
-    stack = Stack(url, broker.bootstrap, tmp_path / "logs")
-    stack.start()
-    db = await asyncpg.connect(url)
-    try:
-        await stack.wait_worker()
-        body = simulate.dumps(simulate.text_body(text="during the outage", wa_id="15550009999"))
-        message_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    stack.start("worker")
+    await stack.wait_worker()
 
-        broker.stop()
-        status, err = await stack.post(body)
-        assert status == 503 and err["error"] == "broker_unavailable"
-        await asyncio.sleep(1)
-        assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    async def retry_accepted() -> bool:  # Meta retries until it gets a 200
+        return (await stack.post(body))[0] == 200
 
-        # The broker comes back empty (memory only): whoever supervises it stops the worker, then
-        # re-creates the topics and starts the worker again, as `wacrm dev` does.
-        stack.stop("worker")
-        broker.start()
-        await create_topics(settings, out=lambda m: None)
-        stack.start("worker")
-        await stack.wait_worker()
-
-        async def retry_accepted() -> bool:  # Meta retries until it gets a 200
-            return (await stack.post(body))[0] == 200
-
-        await eventually(retry_accepted, what="the webhook to accept the retry")
-        replies = await eventually(lambda: stack.replies_to(message_id), what="the reply after recovery")
-        await asyncio.sleep(1.0)
-        assert len(await stack.replies_to(message_id)) == 1 == len(replies)
-        assert await db.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound'") == 1
-    finally:
-        await db.close()
-        stack.stop()
-        broker.stop()
+    await eventually(retry_accepted, what="the webhook to accept the retry")
+    replies = await eventually(lambda: stack.replies_to(message_id), what="the reply after recovery")
+    await asyncio.sleep(1.0)
+    assert len(await stack.replies_to(message_id)) == 1 == len(replies)
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound'") == 1

@@ -13,15 +13,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from conftest import Stack, eventually
+from conftest import Stack, eventually, own_stack
 from fake_llm import FakeLlm
 from storage import replies
 from storage.db import connect
 from test_inbound_fidelity import META, envelope, stored
 from test_replies import _phone, ledger, say, script, sends_to
-from wacrm.cli import create_topics, run_migrations
-from wacrm.embedded import EmbeddedBroker
-from wacrm.settings import load
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker of its own: the embedded one")
@@ -43,21 +40,9 @@ async def llm_stack(make_database: Callable[[], str], llm: FakeLlm,
     rules["window_template"] = {"name": "follow_up", "language": "en_US", "parameters": ["friend"]}
     rules["llm"].update(timeout_seconds=1.5, system_prompt="You are the test shop's assistant.")
     (tmp / "rules.json").write_text(json.dumps(rules))
-    url = make_database()
-    await run_migrations(url, 10.0, out=lambda m: None)
-    broker = EmbeddedBroker(log_path=tmp / "tansu.log")
-    broker.start()
-    await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev"), out=lambda m: None)
-    stack = Stack(url, broker.bootstrap, tmp / "logs", extra_env={
-        "RULES_FILE": str(tmp / "rules.json"), "LLM_API_BASE_URL": llm.base_url, "LLM_API_KEY": "test-llm-key",
-        "LLM_MODEL": "test-model", "PAUSE_SECONDS": "3"})
-    stack.start()
-    try:
-        await stack.wait_worker()
+    async with own_stack(make_database, tmp, RULES_FILE=str(tmp / "rules.json"), LLM_API_BASE_URL=llm.base_url,
+                         LLM_API_KEY="test-llm-key", LLM_MODEL="test-model", PAUSE_SECONDS="3") as (stack, _):
         yield stack
-    finally:
-        stack.stop()
-        broker.stop()
 
 
 @pytest.fixture
