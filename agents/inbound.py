@@ -44,8 +44,8 @@ class Inbound:
             tr = conn.transaction()
             await tr.start()
             try:
-                state = await repo.store_inbound(conn, msg)
-                if state is None:
+                conversation_id = await repo.store_inbound(conn, msg)
+                if conversation_id is None:
                     await tr.rollback()
                     metrics.DUPLICATES.labels("message").inc()
                     pending = await repo.queued_intent(conn, auto_reply_key(msg.message_id))
@@ -54,9 +54,9 @@ class Inbound:
                         return "duplicate_republished"
                     return "duplicate"
                 if self._inline:
-                    intents = await self._orchestrator.answer_in(conn, state.conversation_id, msg.received_at)
+                    intents = await self._orchestrator.answer_in(conn, conversation_id, msg.received_at)
                 elif msg.type not in NO_REPLY_TYPES:
-                    await replies.schedule_reply(conn, state.conversation_id, self._window)
+                    await replies.schedule_reply(conn, conversation_id, self._window)
             except BaseException:
                 await tr.rollback()
                 raise

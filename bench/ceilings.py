@@ -103,9 +103,9 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
         msg = message()
         t = time.perf_counter()
         async with pool.acquire() as conn, conn.transaction():
-            state = await repo.store_inbound(conn, msg)
-            assert state is not None
-            await orchestrator.answer_in(conn, state.conversation_id, msg.received_at)
+            conversation_id = await repo.store_inbound(conn, msg)
+            assert conversation_id is not None
+            await orchestrator.answer_in(conn, conversation_id, msg.received_at)
         return time.perf_counter() - t
 
     async def run(concurrency: int) -> dict[str, Any]:

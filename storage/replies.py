@@ -89,8 +89,7 @@ async def mark_answered(conn: asyncpg.Connection, conversation_id: int, upto: in
                reply_due_at = CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
                                                 AND m.direction = 'inbound' AND m.id > $2)
                                    THEN now() ELSE NULL END,
-               reply_pending_since = NULL,
-               unread_count = unread_count
+               reply_pending_since = NULL
            WHERE id = $1""", conversation_id, upto)
 
 

@@ -22,21 +22,6 @@ def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
-@dataclass(frozen=True, slots=True)
-class ConversationState:
-    """The conversation a stored message landed in."""
-
-    conversation_id: int
-    contact_id: int
-    contact_created: bool
-    opted_out: bool
-    assigned_user_id: int | None
-    needs_human: bool
-    bot_paused: bool
-    ownership_version: int
-    last_inbound_at: datetime | None
-
-
 async def _merge_contacts(conn: asyncpg.Connection, primary: int, secondary: int) -> None:
     """Fold ``secondary`` into ``primary``: one customer seen under two identities becomes one contact.
 
@@ -68,10 +53,10 @@ async def _merge_contacts(conn: asyncpg.Connection, primary: int, secondary: int
         merged["profile_name"], merged["opted_out"], merged["previous_wa_ids"])
 
 
-async def _upsert_contact(conn: asyncpg.Connection, msg: InboundMessage) -> tuple[int, bool, bool]:
+async def _upsert_contact(conn: asyncpg.Connection, msg: InboundMessage) -> tuple[int, bool]:
     """Find the customer by phone or business-scoped id (linking the two), or create them.
 
-    Returns (contact id, created, opted out).
+    Returns (contact id, created).
     """
     c = msg.customer
     rows = await conn.fetch(
@@ -83,17 +68,17 @@ async def _upsert_contact(conn: asyncpg.Connection, msg: InboundMessage) -> tupl
             """INSERT INTO contacts (phone_number_id, wa_id, user_id, profile_name, username, parent_user_id)
                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
             msg.phone_number_id, c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
-        return contact_id, True, False
+        return contact_id, True
     contact_id = rows[0]["id"]
     for other in rows[1:]:  # the phone and the user id were two contacts until this message linked them
         await _merge_contacts(conn, contact_id, other["id"])
-    opted_out = await conn.fetchval(
+    await conn.execute(
         """UPDATE contacts SET wa_id = COALESCE($2, wa_id), user_id = COALESCE(user_id, $3),
                profile_name = COALESCE($4, profile_name), username = COALESCE($5, username),
                parent_user_id = COALESCE($6, parent_user_id), updated_at = now()
-           WHERE id = $1 RETURNING opted_out""",
+           WHERE id = $1""",
         contact_id, c.wa_id, c.user_id, c.profile_name, c.username, c.parent_user_id)
-    return contact_id, False, opted_out
+    return contact_id, False
 
 
 async def change_number(conn: asyncpg.Connection, contact_id: int, phone_number_id: str, new_wa_id: str) -> None:
@@ -110,37 +95,37 @@ async def change_number(conn: asyncpg.Connection, contact_id: int, phone_number_
            WHERE id = $1""", contact_id, new_wa_id)
 
 
-async def _open_conversation(conn: asyncpg.Connection, msg: InboundMessage, contact_id: int) -> asyncpg.Record:
-    select = """SELECT id, assigned_user_id, needs_human, bot_paused, ownership_version, last_inbound_at
-                FROM conversations WHERE phone_number_id = $1 AND contact_id = $2 AND status = 'open'"""
-    row = await conn.fetchrow(select + " FOR UPDATE", msg.phone_number_id, contact_id)
-    if row is None:
-        row = await conn.fetchrow(
+async def _open_conversation(conn: asyncpg.Connection, msg: InboundMessage, contact_id: int) -> int:
+    select = """SELECT id FROM conversations
+                WHERE phone_number_id = $1 AND contact_id = $2 AND status = 'open' FOR UPDATE"""
+    conversation_id = await conn.fetchval(select, msg.phone_number_id, contact_id)
+    if conversation_id is None:
+        conversation_id = await conn.fetchval(
             """INSERT INTO conversations (conversation_key, phone_number_id, contact_id) VALUES ($1, $2, $3)
-               ON CONFLICT DO NOTHING
-               RETURNING id, assigned_user_id, needs_human, bot_paused, ownership_version, last_inbound_at""",
+               ON CONFLICT DO NOTHING RETURNING id""",
             msg.conversation_key, msg.phone_number_id, contact_id)
-        if row is None:  # created concurrently by another worker
-            row = await conn.fetchrow(select + " FOR UPDATE", msg.phone_number_id, contact_id)
-    assert row is not None
-    return row
+        if conversation_id is None:  # created concurrently by another worker
+            conversation_id = await conn.fetchval(select, msg.phone_number_id, contact_id)
+    assert conversation_id is not None
+    return int(conversation_id)
 
 
-async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> ConversationState | None:
-    """Match contact, conversation and lead and store the message; ``None`` if it was stored before.
+async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> int | None:
+    """Match contact, conversation and lead and store the message; returns the conversation id,
+    ``None`` if the message was stored before.
 
     Must run inside a transaction; on ``None`` the caller rolls it back so a duplicate
     changes nothing.
     """
-    contact_id, created, opted_out = await _upsert_contact(conn, msg)
-    conv = await _open_conversation(conn, msg, contact_id)
+    contact_id, created = await _upsert_contact(conn, msg)
+    conversation_id = await _open_conversation(conn, msg, contact_id)
     message_id = await conn.fetchval(
         """INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type,
                                  body, payload, status, status_at, provider_timestamp, raw_ref, content, context,
                                  referral, error)
            VALUES ($1, $2, $3, $4, 'inbound', $5, $6, $7, 'received', now(), $8, $9, $10, $11, $12, $13)
            ON CONFLICT (channel, provider_message_id) DO NOTHING RETURNING id""",
-        CHANNEL, msg.message_id, conv["id"], contact_id, msg.type, msg.text, msg.payload,
+        CHANNEL, msg.message_id, conversation_id, contact_id, msg.type, msg.text, msg.payload,
         _ts(msg.timestamp), dataclasses.asdict(msg.raw_ref), msg.content or None, msg.context, msg.referral,
         msg.errors or None)
     if message_id is None:
@@ -157,12 +142,8 @@ async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> Conver
         """UPDATE conversations SET last_inbound_at = GREATEST(last_inbound_at, $2),
                last_message_at = GREATEST(last_message_at, $2), unread_count = unread_count + 1
            WHERE id = $1""",
-        conv["id"], _ts(msg.timestamp))
-    return ConversationState(
-        conversation_id=conv["id"], contact_id=contact_id, contact_created=created, opted_out=opted_out,
-        assigned_user_id=conv["assigned_user_id"], needs_human=conv["needs_human"],
-        bot_paused=conv["bot_paused"], ownership_version=conv["ownership_version"],
-        last_inbound_at=conv["last_inbound_at"])
+        conversation_id, _ts(msg.timestamp))
+    return conversation_id
 
 
 async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, Any] | None:
