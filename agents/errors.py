@@ -18,6 +18,10 @@ class Poison(Exception):
     """This event cannot be processed, now or later."""
 
 
+class Raced(Exception):
+    """Another worker did the same thing meanwhile; a retry sees what it did."""
+
+
 # Database and broker outages, timeouts and races between workers: worth another try.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -32,6 +36,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError,
     asyncpg.UniqueViolationError,  # a concurrent insert by another worker; the retry finds its row
     asyncpg.exceptions.AdminShutdownError,
+    Raced,
 )
 
 POISON: tuple[type[BaseException], ...] = (Poison, RecordError)

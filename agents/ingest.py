@@ -3,7 +3,7 @@
 Input: raw webhook bodies, unkeyed, as Meta signed them. Output key: the conversation key,
 so one partition sees a conversation in order; within a body, items go out in timestamp
 order. Each event carries a reference to the raw body (topic, partition, offset).
-Commit: after every output of the body is acknowledged by the broker. Idempotency: none
+Commit: after every output of the batch's bodies is acknowledged by the broker. Idempotency: none
 needed here (a replayed body yields the same events, deduplicated downstream).
 Failures: a body that is not a JSON object, and every broken item, go to ``wa.dlq``; the
 other items of the body are still processed.
@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from agents.errors import Poison
-from agents.runner import dead_letter
+from agents.runner import Item, dead_letter
 from topics import INBOUND, STATUS
 from topics.records import Customer, InboundMessage, RawRef, StatusUpdate, conversation_key, encode
 from wacrm import metrics
@@ -73,21 +73,32 @@ class Ingest:
         self._topics = topics
         self._dlq = dlq
 
-    async def handle(self, value: bytes, ref: RawRef, received_at: float) -> str:
-        records, parsed = split(value, ref, received_at)
-        futures = [await self._topics[topic].send(key=key.encode(), value=data) for topic, key, data in records]
-        for problem in parsed.problems:
-            metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
-            await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
-                              problem.reason, {"where": problem.where})
-        for kind in parsed.ignored_fields:
-            metrics.IGNORED_SHAPES.labels(kind.split(":", 1)[0]).inc()
-        for error in parsed.errors:
-            metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
-            log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition, ref.offset,
-                        orjson.dumps(error).decode()[:500])
+    async def handle(self, items: list[Item]) -> list[str]:
+        """Split every body of the batch, then wait once for all their outputs' acknowledgements."""
+        futures: list[Any] = []
+        outcomes = []
+        for value, ref, received_at in items:
+            try:
+                records, parsed = split(value, ref, received_at)
+            except Poison as exc:  # this body only; the others of the batch go on
+                log.warning("ingest: dead-lettering %s:%d@%d: %s", ref.topic, ref.partition, ref.offset, exc)
+                await dead_letter(self._dlq, ref, value, "ingest: poison event", repr(exc))
+                outcomes.append("dead_lettered")
+                continue
+            futures += [await self._topics[topic].send(key=key.encode(), value=data) for topic, key, data in records]
+            for problem in parsed.problems:
+                metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
+                await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
+                                  problem.reason, {"where": problem.where})
+            for kind in parsed.ignored_fields:
+                metrics.IGNORED_SHAPES.labels(kind.split(":", 1)[0]).inc()
+            for error in parsed.errors:
+                metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
+                log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition,
+                            ref.offset, orjson.dumps(error).decode()[:500])
+            outcomes.append("processed" if records else ("ignored" if not parsed.problems else "dead_lettered"))
         await asyncio.gather(*futures)
-        return "processed" if records else ("ignored" if not parsed.problems else "dead_lettered")
+        return outcomes
 
 
 def _jsonable(item: Any) -> Any:

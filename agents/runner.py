@@ -1,10 +1,14 @@
-"""The one loop every agent runs: handle each event, route failures, never drop one.
+"""The one loop every agent runs: handle events in batches, route failures, never drop one.
 
-For each event, in partition order: call the handler; on a transient failure retry the
-same event with exponential backoff (capped), for as long as it takes; on a poison event
-publish a :class:`~topics.records.DeadLetter` to ``wa.dlq`` and go on. The event is acked
-(and its offset becomes committable) only when the handler returned or the dead letter
-was acknowledged by the broker.
+Events come in batches of what is ready (up to ``BATCH_SIZE``, waiting at most
+``BATCH_WAIT_MS`` for more), in partition order, and a handler takes a whole batch: one
+transaction and one wait for the broker serve many events. On a transient failure the
+same batch is retried with exponential backoff (capped), for as long as it takes. When
+a batch of several fails otherwise, each of its events is handled alone (every effect
+is idempotent, so the events the batch had done are recognised as done), and an event
+that fails alone as poison goes to ``wa.dlq`` as a :class:`~topics.records.DeadLetter`.
+Events are acked (their offsets become committable) only when the handler returned or
+their dead letter was acknowledged by the broker.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from wacrm import metrics
 
 log = logging.getLogger("wacrm.agents")
 
-# (value, where it came from, the record's timestamp in epoch seconds) -> outcome label
-Handler = Callable[[bytes, RawRef, float], Awaitable[str]]
+# (value, where it came from, the record's timestamp in epoch seconds)
+Item = tuple[bytes, RawRef, float]
+# a batch of items, in order -> one outcome label per item, for the metrics
+Handler = Callable[[list[Item]], Awaitable[list[str]]]
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
@@ -42,36 +48,47 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 
-async def run(agent: str, stream: faust.StreamT, handler: Handler, ready: asyncio.Event, dlq: faust.TopicT) -> None:
-    """Drive ``handler`` over ``stream``; the handler returns an outcome label for the metrics."""
+async def run(agent: str, stream: faust.StreamT, handler: Handler, ready: asyncio.Event, dlq: faust.TopicT,
+              *, batch_size: int = 1, batch_wait_s: float = 0.005) -> None:
+    """Drive ``handler`` over ``stream`` in batches of at most ``batch_size`` events."""
     await ready.wait()
-    async for event in stream.events():
-        msg = event.message
-        ref = RawRef(msg.topic, msg.partition, msg.offset)
+    async for events in stream.take_events(batch_size, within=batch_wait_s):
+        items = [(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset), e.message.timestamp)
+                 for e in events]
         started = time.perf_counter()
-        delay = BACKOFF_FIRST_S
-        while True:
-            try:
-                outcome = await handler(event.value, ref, msg.timestamp)
-                break
-            except POISON as exc:
+        outcomes = await _handle(agent, handler, items, dlq)
+        for outcome in outcomes:
+            metrics.EVENTS.labels(agent, outcome).inc()
+        metrics.BATCH_SIZE.labels(agent).observe(len(items))
+        metrics.BATCH_DURATION.labels(agent).observe(time.perf_counter() - started)
+
+
+async def _handle(agent: str, handler: Handler, items: list[Item], dlq: faust.TopicT) -> list[str]:
+    """The batch's outcomes; transient failures retried in place, others split into single events."""
+    delay = BACKOFF_FIRST_S
+    while True:
+        try:
+            return await handler(items)
+        except TRANSIENT as exc:
+            metrics.EVENTS.labels(agent, "retried").inc(len(items))
+            ref = items[0][1]
+            log.warning("%s: transient failure on %d event(s) from %s:%d@%d, retrying in %.1fs: %r",
+                        agent, len(items), ref.topic, ref.partition, ref.offset, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+        except Exception as exc:
+            if len(items) > 1:  # find the event at fault: each alone, in order
+                log.info("%s: a batch of %d failed (%r); handling its events one by one", agent, len(items), exc)
+                return [o for item in items for o in await _handle(agent, handler, [item], dlq)]
+            value, ref, _ = items[0]
+            if isinstance(exc, POISON):
                 log.warning("%s: dead-lettering %s:%d@%d: %s", agent, ref.topic, ref.partition, ref.offset, exc)
-                await _dead_letter_until_acked(dlq, ref, event.value, f"{agent}: poison event", repr(exc))
-                outcome = "dead_lettered"
-                break
-            except TRANSIENT as exc:
-                metrics.EVENTS.labels(agent, "retried").inc()
-                log.warning("%s: transient failure on %s:%d@%d, retrying in %.1fs: %r",
-                            agent, ref.topic, ref.partition, ref.offset, delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_S)
-            except Exception as exc:  # a bug: keep the event for a human instead of losing it
+                reason = f"{agent}: poison event"
+            else:  # a bug: keep the event for a human instead of losing it
                 log.exception("%s: unexpected error on %s:%d@%d", agent, ref.topic, ref.partition, ref.offset)
-                await _dead_letter_until_acked(dlq, ref, event.value, f"{agent}: unexpected error", repr(exc))
-                outcome = "dead_lettered"
-                break
-        metrics.EVENTS.labels(agent, outcome).inc()
-        metrics.EVENT_DURATION.labels(agent).observe(time.perf_counter() - started)
+                reason = f"{agent}: unexpected error"
+            await _dead_letter_until_acked(dlq, ref, value, reason, repr(exc))
+            return ["dead_lettered"]
 
 
 async def _dead_letter_until_acked(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str,

@@ -1,9 +1,11 @@
 """Sender agent: ``wa.outbound`` (and the retry topics) → Graph API call → outbound message.
 
-Input key: the conversation key; one event at a time per partition. Idempotency: the
-intent's row in ``outbound_log``, claimed (``queued``/``retry_wait`` → ``sending``, only
-with the attempt count the event expects) before the call and finished (``sent``) in the
-same transaction as the outbound message and the conversation timestamps. A redelivered
+Input key: the conversation key; a batch at a time, in partition order: a conversation's
+intents are sent one after the other, different conversations side by side. Idempotency:
+the intent's row in ``outbound_log``, claimed (``queued``/``retry_wait`` → ``sending``,
+only with the attempt count the event expects) before the call, in one transaction for
+the batch, and finished (``sent``) in the same transaction as the outbound message and
+the conversation timestamps, one transaction for the batch's accepted sends. A redelivered
 finished intent does nothing.
 
 Ambiguity policy: a row found in ``sending`` means a worker died between the call and the
@@ -31,14 +33,15 @@ import dataclasses
 import logging
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import faust
 
-from agents.errors import Poison
+from agents.errors import TRANSIENT, Poison
 from agents.ratelimit import PairPacer, TokenBucket
-from agents.runner import dead_letter
+from agents.runner import Item, dead_letter
 from orchestrator.rules import Rules
 from storage import replies, repo
 from topics import retry_topic
@@ -56,6 +59,16 @@ WINDOW = timedelta(hours=24)
 REENGAGEMENT = 131047
 
 
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A send the Graph API accepted, to record."""
+
+    intent: SendIntent
+    claimed: repo.Claim
+    wamid: str
+    payload: dict[str, Any]
+
+
 class Sender:
     def __init__(self, settings: Settings, resources: Resources, rules: Rules,
                  topics: dict[str, faust.TopicT], dlq: faust.TopicT) -> None:
@@ -68,22 +81,81 @@ class Sender:
         self._buckets: dict[str, TokenBucket] = {}
         self._pacer = PairPacer(settings.pair_interval_s, settings.pair_burst)
 
-    async def handle(self, value: bytes, ref: RawRef, at: float) -> str:
-        intent = decode_intent(value)
-        if intent.origin is None:
-            intent = dataclasses.replace(intent, origin=dataclasses.asdict(ref), first_attempt_at=time.time())
-        if intent.not_before and intent.not_before > time.time():
+    async def handle(self, items: list[Item]) -> list[str]:
+        """Claim the batch's intents in one transaction, send them (a conversation's in order, the
+        conversations side by side), and record every accepted send in one transaction."""
+        intents = []
+        for value, ref, _ in items:
+            intent = decode_intent(value)
+            if intent.origin is None:
+                intent = dataclasses.replace(intent, origin=dataclasses.asdict(ref), first_attempt_at=time.time())
+            intents.append(intent)
+        due = max(i.not_before or 0.0 for i in intents)
+        if due > time.time():
             # A retry topic's head: everything behind it waits the same delay, so sleeping holds up nothing.
-            await asyncio.sleep(intent.not_before - time.time())
-        pool = self._res.pool
-        async with pool.acquire() as conn:
-            claimed = await repo.claim(conn, intent.dedupe_key, intent.attempt)
-            if claimed is None:
-                raise Poison(f"send intent {intent.dedupe_key!r} has no row in outbound_log")
-            if not isinstance(claimed, repo.Claim):
-                return await self._not_claimed(intent, claimed)
-            checks = await replies.send_checks(conn, intent.conversation_id, intent.phone_number_id)
-        assert checks is not None
+            await asyncio.sleep(due - time.time())
+        outcomes: list[str] = [""] * len(items)
+        claims: dict[int, tuple[repo.Claim, replies.SendChecks]] = {}
+        unclaimed: dict[int, str] = {}
+        seen: set[str] = set()
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            for n, intent in enumerate(intents):
+                if intent.dedupe_key in seen:  # the same intent twice in one batch: a redelivery
+                    unclaimed[n] = "duplicate_in_batch"
+                    continue
+                seen.add(intent.dedupe_key)
+                claimed = await repo.claim(conn, intent.dedupe_key, intent.attempt)
+                if claimed is None:
+                    raise Poison(f"send intent {intent.dedupe_key!r} has no row in outbound_log")
+                if not isinstance(claimed, repo.Claim):
+                    unclaimed[n] = claimed
+                    continue
+                checks = await replies.send_checks(conn, intent.conversation_id, intent.phone_number_id)
+                assert checks is not None
+                claims[n] = (claimed, checks)
+        for n, state in unclaimed.items():
+            outcomes[n] = await self._not_claimed(intents[n], state)
+        by_conversation: dict[str, list[int]] = {}
+        for n in claims:
+            by_conversation.setdefault(intents[n].conversation_key, []).append(n)
+        sent: list[_Accepted] = []
+
+        async def conversation(indices: list[int]) -> None:
+            for n in indices:
+                value, ref, _ = items[n]
+                outcomes[n] = await self._dispatch(*claims[n], intents[n], ref, value, sent)
+
+        results = await asyncio.gather(*(conversation(ns) for ns in by_conversation.values()),
+                                       return_exceptions=True)
+        await self._record(sent)  # what the Graph API accepted is recorded even if another send failed
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return outcomes
+
+    async def _record(self, sent: list[_Accepted]) -> None:
+        """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
+        delay = 0.2
+        while sent:
+            try:
+                async with self._res.pool.acquire() as conn, conn.transaction():
+                    for a in sent:
+                        await repo.record_sent(conn, a.intent, a.claimed, a.wamid, a.payload)
+                break
+            except TRANSIENT as exc:
+                log.warning("recording %d accepted send(s) failed (%r); retrying in %.1fs", len(sent), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        now = time.time()
+        for a in sent:
+            if a.intent.automatic and a.intent.customer_timestamp:
+                metrics.REPLY_LATENCY.observe(max(0.0, now - a.intent.customer_timestamp))
+            if a.intent.automatic and a.intent.accepted_at:
+                metrics.PIPELINE_LATENCY.observe(max(0.0, now - a.intent.accepted_at))
+
+    async def _dispatch(self, claimed: repo.Claim, checks: replies.SendChecks, intent: SendIntent, ref: RawRef,
+                        value: bytes, sent: list[_Accepted]) -> str:
+        """The send-time checks and limits, then the call; an accepted send is appended to ``sent``."""
         if intent.automatic and (checks.ownership_version > intent.ownership_version
                                  or (checks.human_owned and intent.kind != "notice")):
             return await self._drop(claimed, intent, "a person took over the conversation", "stale")
@@ -109,7 +181,7 @@ class Sender:
             metrics.RATE_LIMIT_WAITS.labels("number").inc()
             metrics.RATE_LIMIT_WAIT_SECONDS.observe(delay)
             await asyncio.sleep(delay)
-        return await self._send(claimed, intent, ref, value)
+        return await self._send(claimed, intent, ref, value, sent)
 
     def _payload(self, claimed: repo.Claim, intent: SendIntent) -> dict[str, Any]:
         graph = self._res.graph
@@ -120,11 +192,12 @@ class Sender:
                                           callback_data=callback)
         return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to, callback_data=callback)
 
-    async def _send(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes) -> str:
+    async def _send(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,
+                    sent: list[_Accepted]) -> str:
         started = time.perf_counter()
         try:
             payload = self._payload(claimed, intent)
-            sent: Sent = await self._res.graph.send(intent.phone_number_id, payload)
+            accepted: Sent = await self._res.graph.send(intent.phone_number_id, payload)
         except InvalidRecipient as exc:
             metrics.SENDS.labels("invalid_recipient").inc()
             error = {**exc.as_dict(), "code": "INVALID_RECIPIENT"}
@@ -138,13 +211,7 @@ class Sender:
             return await self._on_error(claimed, intent, ref, value, exc)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
-        async with self._res.pool.acquire() as conn, conn.transaction():
-            await repo.record_sent(conn, intent, claimed, sent.message_id, payload)
-        now = time.time()
-        if intent.automatic and intent.customer_timestamp:
-            metrics.REPLY_LATENCY.observe(max(0.0, now - intent.customer_timestamp))
-        if intent.automatic and intent.accepted_at:
-            metrics.PIPELINE_LATENCY.observe(max(0.0, now - intent.accepted_at))
+        sent.append(_Accepted(intent, claimed, accepted.message_id, payload))
         return "sent"
 
     async def _on_error(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,

@@ -1,6 +1,6 @@
 """Status agent: ``wa.status`` → the delivery state of a message we sent.
 
-Input key: the conversation key; one event at a time per partition. Idempotency:
+Input key: the conversation key; a batch at a time (one transaction), in partition order. Idempotency:
 ``message_status_events (channel, provider_message_id, status)``; the message's state only
 moves forward (sent < delivered < read/played; failed is terminal). A status for a message
 not stored yet is kept and applied when the sender records the message. A ``failed`` status
@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING
 
 import faust
 
+from agents.inbound import publish
+from agents.runner import Item
 from orchestrator.rules import Rules
 from storage import replies, repo
-from topics.records import RawRef, SendIntent, StatusUpdate, decode_status, encode, intent_from_dict
+from topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
 from wacrm import metrics
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
@@ -33,20 +35,24 @@ class Status:
         self._rules = rules
         self._outbound = outbound
 
-    async def handle(self, value: bytes, ref: RawRef, at: float) -> str:
-        st = decode_status(value)
-        template: SendIntent | None = None
+    async def handle(self, items: list[Item]) -> list[str]:
+        statuses = [decode_status(value) for value, _, _ in items]
+        templates: list[SendIntent] = []
+        outcomes = []
         async with self._res.pool.acquire() as conn, conn.transaction():
-            outcome = await repo.apply_status(conn, st)
-            if outcome == "applied" and st.status == "failed":
-                template = await self._failed(conn, st)
-        if template is not None:
-            fut = await self._outbound.send(key=template.conversation_key.encode(), value=encode(template))
-            await fut
-        metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
-        if outcome == "duplicate":
-            metrics.DUPLICATES.labels("status").inc()
-        return outcome
+            for st in statuses:
+                outcome = await repo.apply_status(conn, st)
+                if outcome == "applied" and st.status == "failed":
+                    template = await self._failed(conn, st)
+                    if template is not None:
+                        templates.append(template)
+                outcomes.append(outcome)
+        await publish(self._outbound, templates)
+        for st, outcome in zip(statuses, outcomes):
+            metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
+            if outcome == "duplicate":
+                metrics.DUPLICATES.labels("status").inc()
+        return outcomes
 
     async def _failed(self, conn: asyncpg.Connection, st: StatusUpdate) -> SendIntent | None:
         row = await conn.fetchrow(

@@ -20,8 +20,11 @@ PUBLISH_DURATION = Histogram(
     buckets=_FAST)
 EVENTS = Counter(
     "wacrm_events_total", "Events handled by each agent, by outcome", ["agent", "outcome"])
-EVENT_DURATION = Histogram(
-    "wacrm_event_duration_seconds", "Time an agent spent on one event", ["agent"], buckets=_FAST)
+BATCH_DURATION = Histogram(
+    "wacrm_batch_duration_seconds", "Time an agent spent on one batch of events", ["agent"], buckets=_FAST)
+BATCH_SIZE = Histogram(
+    "wacrm_batch_size", "Events an agent handled together (one transaction, one wait for the broker)", ["agent"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
 DUPLICATES = Counter(
     "wacrm_duplicates_total", "Redelivered items recognised and dropped", ["kind"])
 PARSE_PROBLEMS = Counter(

@@ -54,6 +54,8 @@ class Settings:
     kafka_group_id: str
     broker_session_timeout_s: float
     consumer_fetch_wait_ms: int
+    batch_size: int
+    batch_wait_ms: int
     # webhook
     webhook_max_body_bytes: int
     publish_timeout_s: float
@@ -198,6 +200,8 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         kafka_group_id=get("KAFKA_GROUP_ID", str, "wacrm"),
         broker_session_timeout_s=get("BROKER_SESSION_TIMEOUT", _float(3, 300), 8.0),
         consumer_fetch_wait_ms=get("CONSUMER_FETCH_WAIT_MS", _int(1, 5000), 100),
+        batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
+        batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 5),
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
         publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
         worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
