@@ -1,20 +1,25 @@
 """Inbound agent: ``wa.inbound`` → stored message, matched contact/conversation/lead, and the reply.
 
 Input key: the conversation key; events in partition order (order matters), a batch at a
-time. Idempotency: ``messages (channel, provider_message_id)``. In one transaction for the
-batch, message by message: contact, conversation, lead and message; then either the
+time, its conversations spread over ``BATCH_LANES`` lanes (a conversation always in one
+lane, in order). Idempotency: ``messages (channel, provider_message_id)``. In one
+transaction per lane, message by message: contact, conversation, lead and message; then either the
 reply itself (no burst window, rules only: the orchestrator decides in the same
 transaction and its intent is published after the commit) or the conversation is marked
 due for a reply after the burst window (the orchestrator timer answers it). A redelivered
 message changes nothing, but a reply still ``queued`` (a crash between commit and
-publish) is published again; the sender's claim makes that safe. Commit: after the
-transaction and the publish are acknowledged.
+publish) is published again; the sender's claim makes that safe. Commit: after every
+lane's transaction and the publish are acknowledged; a lane that committed before another
+failed is recognised as done when the batch is retried.
 """
 
 from __future__ import annotations
 
+import asyncio
+import zlib
 from typing import TYPE_CHECKING
 
+import asyncpg
 import faust
 
 from agents.errors import Raced
@@ -22,7 +27,7 @@ from agents.runner import Item
 from orchestrator.rules import NO_REPLY_TYPES
 from orchestrator.service import Orchestrator, auto_reply_key
 from storage import replies, repo
-from topics.records import SendIntent, decode_inbound, encode, intent_from_dict
+from topics.records import InboundMessage, SendIntent, decode_inbound, encode, intent_from_dict
 from wacrm import metrics
 from wacrm.settings import Settings
 
@@ -39,38 +44,94 @@ class Inbound:
         # Answer in the same transaction only when nothing needs to wait: no burst window, no model.
         self._inline = settings.burst_window_s == 0 and settings.llm_api_base_url is None
         self._window = settings.burst_window_s
+        self._lanes = settings.batch_lanes
 
     async def handle(self, items: list[Item]) -> list[str]:
+        """Store the batch in lanes (its conversations spread over ``BATCH_LANES`` connections, each
+        lane one transaction, a conversation's messages in order), then publish every reply."""
         msgs = [decode_inbound(value) for value, _, _ in items]
-        intents: list[SendIntent] = []
-        outcomes: list[str] = []
-        async with self._res.pool.acquire() as conn:
-            async with conn.transaction():
-                stored = {r["provider_message_id"] for r in await conn.fetch(
-                    "SELECT provider_message_id FROM messages WHERE channel = $1 AND provider_message_id = ANY($2)",
-                    repo.CHANNEL, [m.message_id for m in msgs])}
-                for msg in msgs:
-                    if msg.message_id in stored:  # a redelivery: changes nothing
-                        metrics.DUPLICATES.labels("message").inc()
-                        pending = await repo.queued_intent(conn, auto_reply_key(msg.message_id))
-                        if pending is not None:  # a crash between commit and publish: publish it again
-                            intents.append(intent_from_dict(pending))
-                        outcomes.append("duplicate_republished" if pending is not None else "duplicate")
-                        continue
-                    stored.add(msg.message_id)
-                    conversation_id = await repo.store_inbound(conn, msg)
-                    if conversation_id is None:
-                        raise Raced(f"message {msg.message_id} was stored meanwhile by another worker")
-                    if self._inline:
-                        answer = await self._orchestrator.answer_in(conn, conversation_id, msg.received_at)
-                        intents += answer
-                        outcomes.append("replied" if answer else "stored")
-                        continue
-                    if msg.type not in NO_REPLY_TYPES:
-                        await replies.schedule_reply(conn, conversation_id, self._window)
-                    outcomes.append("stored")
-        await publish(self._outbound, intents)
+        outcomes = [""] * len(msgs)
+        intents: list[list[SendIntent]] = [[] for _ in msgs]
+        results = await asyncio.gather(
+            *(self._lane(msgs, lane, outcomes, intents) for lane in lanes(msgs, self._lanes)),
+            return_exceptions=True)
+        for result in results:  # a lane that committed is recognised as done when the batch is retried
+            if isinstance(result, BaseException):
+                raise result
+        await publish(self._outbound, [i for answer in intents for i in answer])
         return outcomes
+
+    async def _lane(self, msgs: list[InboundMessage], lane: list[int], outcomes: list[str],
+                    intents: list[list[SendIntent]]) -> None:
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await lock_conversations(conn, {msgs[n].conversation_key for n in lane})
+            stored = {r["provider_message_id"] for r in await conn.fetch(
+                "SELECT provider_message_id FROM messages WHERE channel = $1 AND provider_message_id = ANY($2)",
+                repo.CHANNEL, [msgs[n].message_id for n in lane])}
+            fresh = []
+            for n in lane:
+                msg = msgs[n]
+                if msg.message_id in stored:  # a redelivery: changes nothing
+                    metrics.DUPLICATES.labels("message").inc()
+                    pending = await repo.queued_intent(conn, auto_reply_key(msg.message_id))
+                    if pending is not None:  # a crash between commit and publish: publish it again
+                        intents[n].append(intent_from_dict(pending))
+                    outcomes[n] = "duplicate_republished" if pending is not None else "duplicate"
+                    continue
+                stored.add(msg.message_id)
+                fresh.append(n)
+            for wave in waves(msgs, fresh):
+                conversation_ids = await repo.store_inbound_many(conn, [msgs[n] for n in wave])
+                stored_in = []
+                for n, conversation_id in zip(wave, conversation_ids):
+                    if conversation_id is None:
+                        raise Raced(f"message {msgs[n].message_id} was stored meanwhile by another worker")
+                    stored_in.append(conversation_id)
+                if self._inline:
+                    answers = await self._orchestrator.answer_many_in(
+                        conn, [(c, msgs[n].received_at) for n, c in zip(wave, stored_in)])
+                    for n, answer in zip(wave, answers):
+                        intents[n] = answer
+                        outcomes[n] = "replied" if answer else "stored"
+                    continue
+                for n, conversation_id in zip(wave, stored_in):
+                    if msgs[n].type not in NO_REPLY_TYPES:
+                        await replies.schedule_reply(conn, conversation_id, self._window)
+                    outcomes[n] = "stored"
+
+
+def waves(msgs: list[InboundMessage], indices: list[int]) -> list[list[int]]:
+    """``indices`` in waves of at most one message per conversation: the first message of each
+    conversation in the first wave, the second in the second, and so on. A wave is stored and
+    answered together (pipelined); a conversation's messages still go one after the other."""
+    out: list[list[int]] = []
+    depth: dict[str, int] = {}
+    for n in indices:
+        d = depth[msgs[n].conversation_key] = depth.get(msgs[n].conversation_key, -1) + 1
+        if d == len(out):
+            out.append([])
+        out[d].append(n)
+    return out
+
+
+def lanes(msgs: list[InboundMessage], count: int) -> list[list[int]]:
+    """Indices of ``msgs`` in at most ``count`` lanes; a conversation's messages in one lane, in order."""
+    by_lane: dict[int, list[int]] = {}
+    for n, msg in enumerate(msgs):
+        by_lane.setdefault(zlib.crc32(msg.conversation_key.encode()) % count, []).append(n)
+    return list(by_lane.values())
+
+
+async def lock_conversations(conn: asyncpg.Connection, keys: set[str]) -> None:
+    """Lock the open conversations of ``keys`` in id order, before anything else in the transaction.
+
+    Every transaction that locks several conversations takes them in id order (the sender's
+    record does too), so two batches that share conversations wait for each other instead of
+    deadlocking.
+    """
+    await conn.execute(
+        "SELECT id FROM conversations WHERE conversation_key = ANY($1) AND status = 'open' ORDER BY id FOR UPDATE",
+        list(keys))
 
 
 async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:

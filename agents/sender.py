@@ -33,7 +33,6 @@ import dataclasses
 import logging
 import random
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -57,16 +56,6 @@ log = logging.getLogger("wacrm.sender")
 
 WINDOW = timedelta(hours=24)
 REENGAGEMENT = 131047
-
-
-@dataclass(frozen=True, slots=True)
-class _Accepted:
-    """A send the Graph API accepted, to record."""
-
-    intent: SendIntent
-    claimed: repo.Claim
-    wamid: str
-    payload: dict[str, Any]
 
 
 class Sender:
@@ -97,28 +86,33 @@ class Sender:
         outcomes: list[str] = [""] * len(items)
         claims: dict[int, tuple[repo.Claim, replies.SendChecks]] = {}
         unclaimed: dict[int, str] = {}
+        wanted: list[int] = []
         seen: set[str] = set()
-        async with self._res.pool.acquire() as conn, conn.transaction():
-            for n, intent in enumerate(intents):
-                if intent.dedupe_key in seen:  # the same intent twice in one batch: a redelivery
-                    unclaimed[n] = "duplicate_in_batch"
-                    continue
+        for n, intent in enumerate(intents):
+            if intent.dedupe_key in seen:  # the same intent twice in one batch: a redelivery
+                unclaimed[n] = "duplicate_in_batch"
+            else:
                 seen.add(intent.dedupe_key)
-                claimed = await repo.claim(conn, intent.dedupe_key, intent.attempt)
-                if claimed is None:
-                    raise Poison(f"send intent {intent.dedupe_key!r} has no row in outbound_log")
-                if not isinstance(claimed, repo.Claim):
-                    unclaimed[n] = claimed
-                    continue
-                checks = await replies.send_checks(conn, intent.conversation_id, intent.phone_number_id)
-                assert checks is not None
-                claims[n] = (claimed, checks)
+                wanted.append(n)
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            claimed = await repo.claim_many(conn, [(intents[n].dedupe_key, intents[n].attempt) for n in wanted])
+            for n, claim in zip(wanted, claimed):
+                if claim is None:
+                    raise Poison(f"send intent {intents[n].dedupe_key!r} has no row in outbound_log")
+                if not isinstance(claim, repo.Claim):
+                    unclaimed[n] = claim
+            mine = [(n, claim) for n, claim in zip(wanted, claimed) if isinstance(claim, repo.Claim)]
+            checks = await replies.send_checks_many(
+                conn, [(intents[n].conversation_id, intents[n].phone_number_id) for n, _ in mine])
+            for (n, claim), check in zip(mine, checks):
+                assert check is not None, "a claimed intent's conversation exists (foreign key)"
+                claims[n] = (claim, check)
         for n, state in unclaimed.items():
             outcomes[n] = await self._not_claimed(intents[n], state)
         by_conversation: dict[str, list[int]] = {}
         for n in claims:
             by_conversation.setdefault(intents[n].conversation_key, []).append(n)
-        sent: list[_Accepted] = []
+        sent: list[repo.Accepted] = []
 
         async def conversation(indices: list[int]) -> None:
             for n in indices:
@@ -133,14 +127,16 @@ class Sender:
                 raise result
         return outcomes
 
-    async def _record(self, sent: list[_Accepted]) -> None:
+    async def _record(self, sent: list[repo.Accepted]) -> None:
         """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
         delay = 0.2
         while sent:
             try:
                 async with self._res.pool.acquire() as conn, conn.transaction():
-                    for a in sent:
-                        await repo.record_sent(conn, a.intent, a.claimed, a.wamid, a.payload)
+                    await conn.execute(  # in id order, as every transaction that locks several does
+                        "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                        [a.intent.conversation_id for a in sent])
+                    await repo.record_sent_many(conn, sent)
                 break
             except TRANSIENT as exc:
                 log.warning("recording %d accepted send(s) failed (%r); retrying in %.1fs", len(sent), exc, delay)
@@ -154,7 +150,7 @@ class Sender:
                 metrics.PIPELINE_LATENCY.observe(max(0.0, now - a.intent.accepted_at))
 
     async def _dispatch(self, claimed: repo.Claim, checks: replies.SendChecks, intent: SendIntent, ref: RawRef,
-                        value: bytes, sent: list[_Accepted]) -> str:
+                        value: bytes, sent: list[repo.Accepted]) -> str:
         """The send-time checks and limits, then the call; an accepted send is appended to ``sent``."""
         if intent.automatic and (checks.ownership_version > intent.ownership_version
                                  or (checks.human_owned and intent.kind != "notice")):
@@ -193,7 +189,7 @@ class Sender:
         return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to, callback_data=callback)
 
     async def _send(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,
-                    sent: list[_Accepted]) -> str:
+                    sent: list[repo.Accepted]) -> str:
         started = time.perf_counter()
         try:
             payload = self._payload(claimed, intent)
@@ -211,7 +207,7 @@ class Sender:
             return await self._on_error(claimed, intent, ref, value, exc)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
-        sent.append(_Accepted(intent, claimed, accepted.message_id, payload))
+        sent.append(repo.Accepted(intent, claimed, accepted.message_id, payload))
         return "sent"
 
     async def _on_error(self, claimed: repo.Claim, intent: SendIntent, ref: RawRef, value: bytes,

@@ -46,10 +46,30 @@ class Orchestrator:
     async def answer_in(self, conn: asyncpg.Connection, conversation_id: int,
                         accepted_at: float | None = None) -> list[SendIntent]:
         """Rules only, inside the caller's transaction (the inline path with no burst window)."""
-        ctx = await replies.reply_context(conn, conversation_id)
-        if ctx is None or not ctx.pending:
-            return []
-        return await self._apply(conn, ctx, decide(self.rules, self._situation(ctx)), accepted_at)
+        return (await self.answer_many_in(conn, [(conversation_id, accepted_at)]))[0]
+
+    async def answer_many_in(self, conn: asyncpg.Connection,
+                             conversations: list[tuple[int, float | None]]) -> list[list[SendIntent]]:
+        """:meth:`answer_in` for several conversations (id, accepted at), with their reads and writes
+        pipelined; the intents of each, in order. A conversation named twice is answered once."""
+        contexts = await replies.reply_contexts(conn, [c for c, _ in conversations])
+        drafts: list[tuple[int, ReplyContext, SendIntent | None]] = []
+        seen: set[int] = set()
+        for n, (ctx, (conversation_id, accepted_at)) in enumerate(zip(contexts, conversations)):
+            if conversation_id in seen:  # one customer under two keys: answered once, for all its messages
+                continue
+            seen.add(conversation_id)
+            if ctx is not None and ctx.pending:
+                decision = decide(self.rules, self._situation(ctx))
+                drafts.append((n, ctx, await self._prepare(conn, ctx, decision, accepted_at)))
+        await replies.mark_answered_many(conn, [(ctx.conversation_id, ctx.pending[-1].id) for _, ctx, _ in drafts])
+        drafted = [(n, i) for n, _, i in drafts if i is not None]
+        queued = await replies.queue_many(conn, [i for _, i in drafted], published=True)
+        answers: list[list[SendIntent]] = [[] for _ in conversations]
+        for (n, intent), new in zip(drafted, queued):
+            if new:  # else answered before (a replay): the ledger already has it
+                answers[n].append(intent)
+        return answers
 
     async def answer(self, pool: asyncpg.Pool, conversation_id: int) -> list[SendIntent]:
         """The deferred path (burst window, LLM): own transactions, the model called between them."""
@@ -93,6 +113,16 @@ class Orchestrator:
 
     async def _apply(self, conn: asyncpg.Connection, ctx: ReplyContext, decision: Decision,
                      accepted_at: float | None = None) -> list[SendIntent]:
+        intent = await self._prepare(conn, ctx, decision, accepted_at)
+        await replies.mark_answered(conn, ctx.conversation_id, ctx.pending[-1].id)
+        if intent is None or not await replies.queue(conn, intent, published=True):
+            return []  # nothing to send, or answered before (a replay): the ledger already has it
+        return [intent]
+
+    async def _prepare(self, conn: asyncpg.Connection, ctx: ReplyContext, decision: Decision,
+                       accepted_at: float | None) -> SendIntent | None:
+        """The decision's own effects (opt-out, opt-in, handover) and the reply to queue, if any;
+        the caller marks the messages answered and queues the reply."""
         last = ctx.pending[-1]
         version = ctx.ownership_version
         kind = "text"
@@ -109,16 +139,12 @@ class Orchestrator:
                                                "text": last.body})
             kind = "notice"
             metrics.HANDOVERS.labels(decision.engine).inc()
-        await replies.mark_answered(conn, ctx.conversation_id, last.id)
         metrics.REPLIES.labels(decision.engine, decision.rule).inc()
         if decision.action == "none" or not decision.text:
-            return []
-        intent = SendIntent(
+            return None
+        return SendIntent(
             dedupe_key=auto_reply_key(last.provider_message_id), conversation_key=ctx.conversation_key,
             conversation_id=ctx.conversation_id, phone_number_id=ctx.phone_number_id, to=ctx.customer,
             text=decision.text, reply_to=last.provider_message_id, ownership_version=version,
             customer_timestamp=last.provider_timestamp.timestamp() if last.provider_timestamp else None,
             accepted_at=accepted_at, kind=kind)
-        if not await replies.queue(conn, intent, published=True):
-            return []  # answered before (a replay): the ledger already has it
-        return [intent]

@@ -44,32 +44,42 @@ class ReplyContext:
     pending: tuple[Pending, ...]
 
 
-async def reply_context(conn: asyncpg.Connection, conversation_id: int, upto: int | None = None) -> ReplyContext | None:
-    """Lock the conversation and read what the reply engines need (``upto``: ignore newer messages)."""
-    row = await conn.fetchrow(
-        """SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, c.assigned_user_id, c.needs_human,
-                  c.bot_paused, c.ownership_version, c.reply_upto_message_id, k.wa_id, k.user_id, k.profile_name,
-                  k.opted_out
-           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1 FOR UPDATE OF c""",
-        conversation_id)
+_REPLY_CONTEXT = """
+    SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, c.assigned_user_id, c.needs_human,
+           c.bot_paused, c.ownership_version, k.wa_id, k.user_id, k.profile_name, k.opted_out,
+           ARRAY(SELECT ROW(m.id, m.provider_message_id, m.type, m.body, m.provider_timestamp)
+                 FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'inbound'
+                   AND m.id > c.reply_upto_message_id AND ($2::bigint IS NULL OR m.id <= $2)
+                 ORDER BY m.id) AS pending,
+           NOT EXISTS (SELECT 1 FROM messages m WHERE m.contact_id = c.contact_id
+                       AND m.id <= c.reply_upto_message_id) AS first_time
+    FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1 FOR UPDATE OF c"""
+
+
+def _reply_context(row: asyncpg.Record | None) -> ReplyContext | None:
     if row is None:
         return None
-    pending = await conn.fetch(
-        """SELECT id, provider_message_id, type, body, provider_timestamp
-           FROM messages WHERE conversation_id = $1 AND direction = 'inbound' AND id > $2
-             AND ($3::bigint IS NULL OR id <= $3) ORDER BY id""",
-        conversation_id, row["reply_upto_message_id"], upto)
-    new_contact = not await conn.fetchval(
-        "SELECT EXISTS (SELECT 1 FROM messages WHERE contact_id = $1 AND id <= $2)",
-        row["contact_id"], row["reply_upto_message_id"]) if pending else False
+    pending = tuple(Pending(*p) for p in row["pending"])
     return ReplyContext(
         conversation_id=row["id"], conversation_key=row["conversation_key"], phone_number_id=row["phone_number_id"],
         contact_id=row["contact_id"], customer=row["wa_id"] or row["user_id"], customer_name=row["profile_name"],
         opted_out=row["opted_out"],
         human_owned=row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"],
-        ownership_version=row["ownership_version"], new_contact=new_contact,
-        pending=tuple(Pending(p["id"], p["provider_message_id"], p["type"], p["body"], p["provider_timestamp"])
-                      for p in pending))
+        ownership_version=row["ownership_version"], new_contact=bool(pending) and row["first_time"],
+        pending=pending)
+
+
+async def reply_context(conn: asyncpg.Connection, conversation_id: int, upto: int | None = None) -> ReplyContext | None:
+    """Lock the conversation and read what the reply engines need (``upto``: ignore newer messages)."""
+    return _reply_context(await conn.fetchrow(_REPLY_CONTEXT, conversation_id, upto))
+
+
+async def reply_contexts(conn: asyncpg.Connection, conversation_ids: list[int]) -> list[ReplyContext | None]:
+    """:func:`reply_context` of each conversation, in order, pipelined: one round trip for all."""
+    if not conversation_ids:
+        return []
+    by_id = {r["id"]: r for r in await conn.fetchmany(_REPLY_CONTEXT, [(c, None) for c in conversation_ids])}
+    return [_reply_context(by_id.get(c)) for c in conversation_ids]
 
 
 async def schedule_reply(conn: asyncpg.Connection, conversation_id: int, window_s: float) -> None:
@@ -82,15 +92,24 @@ async def schedule_reply(conn: asyncpg.Connection, conversation_id: int, window_
            WHERE id = $1""", conversation_id, window_s)
 
 
+_MARK_ANSWERED = """
+    UPDATE conversations c SET reply_upto_message_id = GREATEST(reply_upto_message_id, $2),
+        reply_due_at = CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
+                                         AND m.direction = 'inbound' AND m.id > $2)
+                            THEN now() ELSE NULL END,
+        reply_pending_since = NULL
+    WHERE id = $1"""
+
+
 async def mark_answered(conn: asyncpg.Connection, conversation_id: int, upto: int) -> None:
     """Everything up to message ``upto`` is answered; newer messages keep the conversation due."""
-    await conn.execute(
-        """UPDATE conversations c SET reply_upto_message_id = GREATEST(reply_upto_message_id, $2),
-               reply_due_at = CASE WHEN EXISTS (SELECT 1 FROM messages m WHERE m.conversation_id = c.id
-                                                AND m.direction = 'inbound' AND m.id > $2)
-                                   THEN now() ELSE NULL END,
-               reply_pending_since = NULL
-           WHERE id = $1""", conversation_id, upto)
+    await conn.execute(_MARK_ANSWERED, conversation_id, upto)
+
+
+async def mark_answered_many(conn: asyncpg.Connection, answered: list[tuple[int, int]]) -> None:
+    """:func:`mark_answered` for each (conversation id, upto), pipelined."""
+    if answered:
+        await conn.executemany(_MARK_ANSWERED, answered)
 
 
 async def lease_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[int]:
@@ -143,17 +162,32 @@ async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
            WHERE id = $1 RETURNING ownership_version""", conversation_id))
 
 
+# One row whether it inserted or not, so that a pipelined batch's results line up with its intents.
+_QUEUE = """
+    WITH inserted AS (
+        INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at)
+        VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)
+        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
+    SELECT EXISTS (SELECT 1 FROM inserted)"""
+
+
+def _queue_args(intent: SendIntent, published: bool) -> tuple[Any, ...]:
+    return intent.dedupe_key, intent.conversation_id, dataclasses.asdict(intent), intent.automatic, published
+
+
 async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool) -> bool:
     """Put an intent in the ledger (state ``queued``); False if its dedupe key exists already.
 
     ``published``: the caller publishes it right after the commit; otherwise the outbox sweep does.
     """
-    inserted = await conn.fetchval(
-        """INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at)
-           VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)
-           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
-        intent.dedupe_key, intent.conversation_id, dataclasses.asdict(intent), intent.automatic, published)
-    return inserted is not None
+    return bool(await conn.fetchval(_QUEUE, *_queue_args(intent, published)))
+
+
+async def queue_many(conn: asyncpg.Connection, intents: list[SendIntent], *, published: bool) -> list[bool]:
+    """:func:`queue` for each intent, in order, pipelined: one round trip for all."""
+    if not intents:
+        return []
+    return [r[0] for r in await conn.fetchmany(_QUEUE, [_queue_args(i, published) for i in intents])]
 
 
 async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, text: str, request_id: str,
@@ -198,16 +232,22 @@ class SendChecks:
     paused_until: datetime | None
 
 
-async def send_checks(conn: asyncpg.Connection, conversation_id: int, phone_number_id: str) -> SendChecks | None:
-    row = await conn.fetchrow(
-        """SELECT c.ownership_version, (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) human,
-                  k.opted_out, c.last_inbound_at,
-                  (SELECT until FROM number_pauses p WHERE p.phone_number_id = $2 AND p.until > now()) paused
-           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1""",
-        conversation_id, phone_number_id)
-    if row is None:
-        return None
-    return SendChecks(row["ownership_version"], row["human"], row["opted_out"], row["last_inbound_at"], row["paused"])
+# One row per conversation, NULLs when there is no such conversation.
+_SEND_CHECKS = """
+    SELECT c.ownership_version, (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) human,
+           k.opted_out, c.last_inbound_at,
+           (SELECT until FROM number_pauses p WHERE p.phone_number_id = $2 AND p.until > now()) paused
+    FROM (SELECT $1::bigint AS id) x LEFT JOIN conversations c ON c.id = x.id
+         LEFT JOIN contacts k ON k.id = c.contact_id"""
+
+
+async def send_checks_many(conn: asyncpg.Connection, wanted: list[tuple[int, str]]) -> list[SendChecks | None]:
+    """What the sender checks before a call, for each (conversation id, business number), pipelined."""
+    if not wanted:
+        return []
+    return [None if r["ownership_version"] is None else
+            SendChecks(r["ownership_version"], r["human"], r["opted_out"], r["last_inbound_at"], r["paused"])
+            for r in await conn.fetchmany(_SEND_CHECKS, wanted)]
 
 
 async def wait_for_retry(conn: asyncpg.Connection, outbound_log_id: int, next_attempt_at: float,

@@ -56,6 +56,7 @@ class Settings:
     consumer_fetch_wait_ms: int
     batch_size: int
     batch_wait_ms: int
+    batch_lanes: int
     # webhook
     webhook_max_body_bytes: int
     publish_timeout_s: float
@@ -202,6 +203,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         consumer_fetch_wait_ms=get("CONSUMER_FETCH_WAIT_MS", _int(1, 5000), 100),
         batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
         batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 5),
+        batch_lanes=get("BATCH_LANES", _int(1, 32), 4),
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
         publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
         worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
