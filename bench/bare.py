@@ -1,6 +1,6 @@
 """The HTTP ceiling: a bare aiohttp handler that reads the body and answers 200.
 
-Same server stack as ``wacrm serve`` (aiohttp, one process, no access log) minus the
+Same server stack as ``wacrm serve`` (aiohttp on the same event loop, one process, no access log) minus the
 signature check, the JSON parse and the durable publish, so the webhook's figure can be
 read as a fraction of what aiohttp itself does on this machine.
 """
@@ -11,6 +11,8 @@ import argparse
 
 from aiohttp import web
 
+from wacrm import eventloop
+
 
 async def receive(request: web.Request) -> web.Response:
     await request.read()
@@ -18,6 +20,7 @@ async def receive(request: web.Request) -> web.Response:
 
 
 def main(argv: list[str] | None = None) -> int:
+    eventloop.install()
     p = argparse.ArgumentParser(prog="python -m bench.bare")
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)

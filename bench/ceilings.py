@@ -24,6 +24,7 @@ import orjson
 
 from bench import stats
 from bench.bodies import BodyFactory
+from wacrm import eventloop
 
 
 async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -131,6 +132,7 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
 
 
 def main(argv: list[str] | None = None) -> int:
+    eventloop.install()
     p = argparse.ArgumentParser(prog="python -m bench.ceilings")
     sub = p.add_subparsers(dest="what", required=True)
     pr = sub.add_parser("produce")

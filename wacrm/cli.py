@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from wacrm import eventloop
 from wacrm.settings import Settings, SettingsError, load
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_SCHEMA = 1, 2, 3
@@ -300,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    eventloop.install()
     if args.command == "fake-meta":
         _install_sigterm_as_interrupt()
     try:
