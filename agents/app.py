@@ -14,6 +14,9 @@ Faust settings and why:
   one wait for the broker per batch instead of per event.
 - the consumer's fetch wait (faust fixes it at 1500 ms) is set from ``CONSUMER_FETCH_WAIT_MS``:
   on tansu a waiting fetch is not woken by new data, so each hop would add up to that much.
+  ``CONSUMER_FETCH_MIN_BYTES`` lets a fetch wait for that much data (or the fetch wait): under
+  load the consumer fetches in larger pieces instead of polling for every few records, which
+  cost the broker and the worker a third of their CPU at a few hundred messages a second.
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ from wacrm import metrics
 from wacrm.settings import Settings
 
 log = logging.getLogger("wacrm.worker")
-_fetch_wait_ms = 100
+_fetch_wait_ms = 30
+_fetch_min_bytes = 1
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
     consumer = _original_create_worker_consumer(self, transport)
     consumer._fetch_max_wait_ms = _fetch_wait_ms  # read by aiokafka when the consumer starts
+    consumer._fetch_min_bytes = _fetch_min_bytes
     return consumer
 
 
@@ -56,8 +61,9 @@ faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_c
 
 def build(settings: Settings) -> tuple[faust.App, Resources]:
     """The worker's app with its agents, and the resources service to start beside it."""
-    global _fetch_wait_ms
+    global _fetch_wait_ms, _fetch_min_bytes
     _fetch_wait_ms = settings.consumer_fetch_wait_ms
+    _fetch_min_bytes = settings.consumer_fetch_min_bytes
     assert settings.kafka_bootstrap_servers is not None
     brokers = ";".join(f"kafka://{s.strip()}" for s in settings.kafka_bootstrap_servers.split(","))
     app = faust.App(

@@ -172,7 +172,8 @@ _QUEUE = """
 
 
 def _queue_args(intent: SendIntent, published: bool) -> tuple[Any, ...]:
-    return intent.dedupe_key, intent.conversation_id, dataclasses.asdict(intent), intent.automatic, published
+    # the jsonb codec serialises the dataclass itself (orjson), without asdict's deep copy
+    return intent.dedupe_key, intent.conversation_id, intent, intent.automatic, published
 
 
 async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool) -> bool:

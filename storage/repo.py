@@ -6,7 +6,6 @@ agent can put several effects in one commit.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -31,7 +30,7 @@ def _store_args(msg: InboundMessage) -> tuple[Any, ...]:
         and msg.content.get("system_type") == "user_changed_number" else None
     return (CHANNEL, msg.message_id, msg.phone_number_id, msg.conversation_key, c.wa_id, c.user_id, c.profile_name,
             c.username, c.parent_user_id, msg.type, msg.text, msg.payload, _ts(msg.timestamp),
-            dataclasses.asdict(msg.raw_ref), msg.content or None, msg.context, msg.referral, msg.errors or None,
+            msg.raw_ref, msg.content or None, msg.context, msg.referral, msg.errors or None,
             "referral" if msg.referral else "organic", changed or None)
 
 
@@ -99,23 +98,25 @@ async def claim_many(conn: asyncpg.Connection, wanted: list[tuple[str, int]]) ->
     return out
 
 
-_RECORD_SENT = (
-    """UPDATE outbound_log SET state = 'sent', provider_message_id = $2, finished_at = now(), error = NULL
-       WHERE id = $1""",
-    """INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
-                             payload, status, status_at, provider_timestamp, outbound_log_id)
-       SELECT $1, $2, c.id, c.contact_id, 'outbound', $7, $3, $4, 'accepted', now(), now(), $5
-       FROM conversations c WHERE c.id = $6
-       ON CONFLICT (channel, provider_message_id) DO NOTHING""",
-    "UPDATE conversations SET last_outbound_at = now(), last_message_at = now() WHERE id = $1",
-    # statuses that arrived before the send was recorded (they can overtake the send's response)
-    """UPDATE messages m SET status = e.status, status_at = e.occurred_at, error = e.errors
-       FROM (SELECT status, occurred_at, errors FROM message_status_events
-             WHERE channel = $1 AND provider_message_id = $2
-             ORDER BY wacrm_status_rank(status) DESC LIMIT 1) e
-       WHERE m.channel = $1 AND m.provider_message_id = $2
-         AND wacrm_status_rank(e.status) > wacrm_status_rank(m.status)""",
-)
+# Ledger, outbound message and conversation in one statement. A status that overtook the send's
+# response (kept in message_status_events) is the message's status from the start.
+_RECORD_SENT = """
+    WITH ledger AS (
+        UPDATE outbound_log SET state = 'sent', provider_message_id = $2, finished_at = now(), error = NULL
+        WHERE id = $5),
+    message AS (
+        INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
+                              payload, status, status_at, provider_timestamp, outbound_log_id, error)
+        SELECT $1, $2, c.id, c.contact_id, 'outbound', $7, $3, $4, COALESCE(e.status, 'accepted'),
+               COALESCE(e.occurred_at, now()), now(), $5, e.errors
+        FROM conversations c
+        LEFT JOIN LATERAL (SELECT status, occurred_at, errors FROM message_status_events
+                           WHERE channel = $1 AND provider_message_id = $2
+                             AND wacrm_status_rank(status) > wacrm_status_rank('accepted')
+                           ORDER BY wacrm_status_rank(status) DESC LIMIT 1) e ON true
+        WHERE c.id = $6
+        ON CONFLICT (channel, provider_message_id) DO NOTHING)
+    UPDATE conversations SET last_outbound_at = now(), last_message_at = now() WHERE id = $6"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,18 +131,14 @@ class Accepted:
 
 async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted]) -> None:
     """The Graph API accepted these intents: ledger, outbound message and conversation, in the
-    caller's transaction, each statement pipelined over all of them.
+    caller's transaction, one statement each, pipelined.
 
-    Statuses that arrived before this are applied here.
+    Statuses that arrived before this (they can overtake the send's response) are applied here.
     """
-    if not sent:
-        return
-    ledger, message, conversation, early = _RECORD_SENT
-    await conn.executemany(ledger, [(a.claim.outbound_log_id, a.wamid) for a in sent])
-    await conn.executemany(message, [(CHANNEL, a.wamid, a.intent.text, a.payload, a.claim.outbound_log_id,
-                                      a.intent.conversation_id, a.payload.get("type", "text")) for a in sent])
-    await conn.executemany(conversation, [(a.intent.conversation_id,) for a in sent])
-    await conn.executemany(early, [(CHANNEL, a.wamid) for a in sent])
+    if sent:
+        await conn.executemany(_RECORD_SENT, [
+            (CHANNEL, a.wamid, a.intent.text, a.payload, a.claim.outbound_log_id, a.intent.conversation_id,
+             a.payload.get("type", "text")) for a in sent])
 
 
 async def record_failed(conn: asyncpg.Connection, claim_: Claim, state: str, error: dict[str, Any],

@@ -54,6 +54,7 @@ class Settings:
     kafka_group_id: str
     broker_session_timeout_s: float
     consumer_fetch_wait_ms: int
+    consumer_fetch_min_bytes: int
     batch_size: int
     batch_wait_ms: int
     batch_lanes: int
@@ -200,7 +201,8 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         topic_replication_factor=get("TOPIC_REPLICATION_FACTOR", _int(1, 16), 1),
         kafka_group_id=get("KAFKA_GROUP_ID", str, "wacrm"),
         broker_session_timeout_s=get("BROKER_SESSION_TIMEOUT", _float(3, 300), 8.0),
-        consumer_fetch_wait_ms=get("CONSUMER_FETCH_WAIT_MS", _int(1, 5000), 100),
+        consumer_fetch_wait_ms=get("CONSUMER_FETCH_WAIT_MS", _int(1, 5000), 30),
+        consumer_fetch_min_bytes=get("CONSUMER_FETCH_MIN_BYTES", _int(1, 64 * 1024 * 1024), 16384),
         batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
         batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 5),
         batch_lanes=get("BATCH_LANES", _int(1, 32), 4),

@@ -12,6 +12,7 @@ Exception tree (catch at the level you need)::
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,7 @@ def classify(http_status: int, body: Any) -> GraphError:
     return cls2(message, code=code, http_status=http_status, details=details)
 
 
+@functools.lru_cache(maxsize=65536)  # a pure function of its arguments; parsing a number is costly
 def recipient_field(to: str, default_region: str | None) -> tuple[str, str]:
     """``("to", "+E164")`` for a phone number or ``("recipient", id)`` for a business-scoped user id.
 
