@@ -32,7 +32,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import runner
 from agents.context import Resources
-from agents.inbound import Inbound, publish
+from agents.inbound import Inbound
 from agents.ingest import Ingest
 from agents.sender import Sender
 from agents.status import Status
@@ -129,7 +129,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
                 if isinstance(result, BaseException):  # the lease runs out and another tick tries again
                     log.warning("answering conversation %d failed: %r", conversation_id, result)
                 else:
-                    await publish(outbound, result)
+                    await runner.publish(outbound, result)
         except Exception:
             log.exception("the reply timer failed; it runs again")
 
@@ -141,7 +141,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         try:
             async with resources.pool.acquire() as conn, conn.transaction():
                 intents = await replies.due_for_publishing(conn, 200)
-            await publish(outbound, intents)
+            await runner.publish(outbound, intents)
         except Exception:
             log.exception("the outbox sweep failed; it runs again")
 

@@ -23,11 +23,11 @@ import asyncpg
 import faust
 
 from agents.errors import Raced
-from agents.runner import Item
+from agents.runner import Item, publish
 from orchestrator.rules import NO_REPLY_TYPES
 from orchestrator.service import Orchestrator, auto_reply_key
 from storage import replies, repo
-from topics.records import InboundMessage, SendIntent, decode_inbound, encode, intent_from_dict
+from topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 from wacrm import metrics
 from wacrm.settings import Settings
 
@@ -132,10 +132,3 @@ async def lock_conversations(conn: asyncpg.Connection, keys: set[str]) -> None:
     await conn.execute(
         "SELECT id FROM conversations WHERE conversation_key = ANY($1) AND status = 'open' ORDER BY id FOR UPDATE",
         list(keys))
-
-
-async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
-    """Publish intents keyed by conversation and wait for the broker's acknowledgements."""
-    futures = [await topic.send(key=i.conversation_key.encode(), value=encode(i)) for i in intents]
-    for fut in futures:
-        await fut

@@ -20,7 +20,7 @@ import faust
 import orjson
 
 from agents.errors import Poison
-from agents.runner import Item, dead_letter
+from agents.runner import Item, dead_letter, produce
 from topics import INBOUND, STATUS
 from topics.records import Customer, InboundMessage, RawRef, StatusUpdate, conversation_key, encode
 from wacrm import metrics
@@ -85,7 +85,7 @@ class Ingest:
                 await dead_letter(self._dlq, ref, value, "ingest: poison event", repr(exc))
                 outcomes.append("dead_lettered")
                 continue
-            futures += [await self._topics[topic].send(key=key.encode(), value=data) for topic, key, data in records]
+            futures += [await produce(self._topics[topic], key.encode(), data) for topic, key, data in records]
             for problem in parsed.problems:
                 metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
                 await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",

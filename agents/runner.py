@@ -23,7 +23,7 @@ import faust
 
 from agents.errors import POISON, TRANSIENT
 from topics import DLQ
-from topics.records import DeadLetter, RawRef, encode
+from topics.records import DeadLetter, RawRef, SendIntent, encode
 from wacrm import metrics
 
 log = logging.getLogger("wacrm.agents")
@@ -37,14 +37,29 @@ BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
 
 
+async def produce(topic: faust.TopicT, key: bytes, value: bytes) -> Awaitable[Any]:
+    """Hand a record to the app's producer; returns the future of the broker's acknowledgement.
+
+    Straight to the producer: ``Topic.send`` wraps every record in a message object with
+    callbacks and channel bookkeeping we do not use, a third of the worker's cost of a send.
+    """
+    return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
+
+
+async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
+    """Publish intents keyed by conversation and wait for the broker's acknowledgements."""
+    futures = [await produce(topic, i.conversation_key.encode(), encode(i)) for i in intents]
+    for fut in futures:
+        await fut
+
+
 async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str, error: str,
                       details: dict[str, Any] | None = None) -> None:
     """Publish a dead letter and wait for the broker's ack."""
     letter = DeadLetter(reason=reason, source_topic=ref.topic, source_partition=ref.partition,
                         source_offset=ref.offset, error=error,
                         value=(value or b"").decode("utf-8", "replace"), at=time.time(), details=details or {})
-    fut = await dlq.send(key=ref.topic.encode(), value=encode(letter))
-    await fut
+    await (await produce(dlq, ref.topic.encode(), encode(letter)))
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 

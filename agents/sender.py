@@ -40,7 +40,7 @@ import faust
 
 from agents.errors import TRANSIENT, Poison
 from agents.ratelimit import PairPacer, TokenBucket
-from agents.runner import Item, dead_letter
+from agents.runner import Item, dead_letter, produce, publish
 from orchestrator.rules import Rules
 from storage import replies, repo
 from topics import retry_topic
@@ -240,9 +240,8 @@ class Sender:
         if topic_attempt == 0:  # no retry topics configured: the outbox sweep publishes it when due
             return "retry_wait"
         retry = dataclasses.replace(intent, attempt=attempts, not_before=at)
-        fut = await self._topics[retry_topic(topic_attempt)].send(key=intent.conversation_key.encode(),
-                                                                  value=encode(retry))
-        await fut
+        await (await produce(self._topics[retry_topic(topic_attempt)], intent.conversation_key.encode(),
+                             encode(retry)))
         return "retry_scheduled"
 
     async def _park(self, claimed: repo.Claim, intent: SendIntent, until: float, why: str) -> str:
@@ -276,8 +275,7 @@ class Sender:
             await repo.mark_state(conn, intent.dedupe_key, "dropped", {"error": "24-hour window closed; template sent"})
             queued = await replies.queue(conn, replacement, published=True)
         if queued:
-            fut = await self._topics["outbound"].send(key=intent.conversation_key.encode(), value=encode(replacement))
-            await fut
+            await publish(self._topics["outbound"], [replacement])
         metrics.SENDS.labels("window_template").inc()
         return "window_template"
 

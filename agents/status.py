@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import faust
 
-from agents.inbound import publish
-from agents.runner import Item
+from agents.runner import Item, publish
 from orchestrator.rules import Rules
 from storage import replies, repo
 from topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict

@@ -4,9 +4,10 @@ read as a fraction of them.
 - ``produce``: raw aiokafka produce to the same broker with the webhook's producer settings
   (``acks=all``, ``linger_ms=1``), realistic body sizes: pipelined (as fast as the client
   can batch) and webhook-shaped (``concurrency`` tasks, each awaiting its ack).
-- ``postgres``: the inbound path's statements (``storage.repo.store_inbound`` and
-  the rules engine's answer, one transaction per message) on one connection — how the inbound agent
-  runs today — and on several.
+- ``postgres``: the inbound path's statements (``storage.repo.store_inbound`` and the rules
+  engine's answer): one message per transaction on one connection (the naive way), and the
+  way the inbound agent runs them — batches of messages from different customers, stored and
+  answered with pipelined statements in one transaction, on ``BATCH_LANES`` connections at once.
 
 Run as its own process: ``python -m bench.ceilings produce|postgres …``; prints one JSON object.
 """
@@ -73,7 +74,8 @@ async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) 
         await producer.stop()
 
 
-async def postgres(database_url: str, seconds: float, connections: int, customers: int) -> dict[str, Any]:
+async def postgres(database_url: str, seconds: float, connections: int, customers: int,
+                   batch: int) -> dict[str, Any]:
     from storage import repo
     from storage.db import create_pool
     from orchestrator.rules import load_rules
@@ -84,10 +86,11 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
     rng = random.Random(7)
     counter = 0
 
-    def message() -> InboundMessage:
+    def message(lane: int = 0, lanes: int = 1) -> InboundMessage:
+        """A message from a random customer of ``lane`` (lanes never share a customer, as in the agent)."""
         nonlocal counter
         counter += 1
-        n = rng.randrange(customers)
+        n = rng.randrange(customers // lanes) * lanes + lane
         customer = Customer(wa_id=f"4916{n:08d}", profile_name=f"Customer {n}")
         mid = f"wamid.CEILING_{counter:09d}"
         payload = {"from": customer.wa_id, "id": mid, "timestamp": str(int(time.time())), "type": "text",
@@ -109,24 +112,39 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
             await orchestrator.answer_in(conn, conversation_id, msg.received_at)
         return time.perf_counter() - t
 
-    async def run(concurrency: int) -> dict[str, Any]:
+    async def batch_tx(size: int, lane: int, lanes: int) -> float:
+        msgs = []
+        seen: set[str] = set()
+        while len(msgs) < size:  # one wave: a message per conversation, as the agent stores them
+            msg = message(lane, lanes)
+            if msg.conversation_key not in seen:
+                seen.add(msg.conversation_key)
+                msgs.append(msg)
+        t = time.perf_counter()
+        async with pool.acquire() as conn, conn.transaction():
+            ids = await repo.store_inbound_many(conn, msgs)
+            assert None not in ids
+            await orchestrator.answer_many_in(conn, [(c, m.received_at) for c, m in zip(ids, msgs)])
+        return time.perf_counter() - t
+
+    async def run(concurrency: int, size: int) -> dict[str, Any]:
         lat: list[float] = []
         stop_at = time.perf_counter() + seconds
 
-        async def loop() -> None:
+        async def loop(lane: int) -> None:
             while time.perf_counter() < stop_at:
-                lat.append(await one_tx())
+                lat.append(await (one_tx() if size == 1 else batch_tx(size, lane, concurrency)))
 
         started = time.perf_counter()
-        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        await asyncio.gather(*(loop(lane) for lane in range(concurrency)))
         s = stats.summarize(lat)
-        return {"tx_per_s": len(lat) / (time.perf_counter() - started), "concurrency": concurrency,
-                "tx_latency_s": {"p50": s.p50, "p99": s.p99}}
+        return {"msgs_per_s": len(lat) * size / (time.perf_counter() - started), "concurrency": concurrency,
+                "batch": size, "tx_latency_s": {"p50": s.p50, "p99": s.p99}}
 
     try:
         for _ in range(200):  # warm up: plans cached, some contacts exist
             await one_tx()
-        return {"sequential": await run(1), "parallel": await run(connections)}
+        return {"sequential": await run(1, 1), "batched": await run(connections, batch)}
     finally:
         await pool.close()
 
@@ -143,13 +161,15 @@ def main(argv: list[str] | None = None) -> int:
     pg = sub.add_parser("postgres")
     pg.add_argument("--database-url", required=True)
     pg.add_argument("--seconds", type=float, default=5)
-    pg.add_argument("--connections", type=int, default=8)
+    pg.add_argument("--connections", type=int, default=4, help="as BATCH_LANES (default 4)")
+    pg.add_argument("--batch", type=int, default=50, help="messages per batched transaction")
     pg.add_argument("--customers", type=int, default=5000)
     args = p.parse_args(argv)
     if args.what == "produce":
         result = asyncio.run(produce(args.bootstrap, args.topic, args.seconds, args.concurrency))
     else:
-        result = asyncio.run(postgres(args.database_url, args.seconds, args.connections, args.customers))
+        result = asyncio.run(postgres(args.database_url, args.seconds, args.connections, args.customers,
+                                      args.batch))
     sys.stdout.write(orjson.dumps(result).decode() + "\n")
     return 0
 

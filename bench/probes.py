@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,8 @@ def pss_tree(pid: int) -> int | None:
 
 
 def cpu_seconds(pid: int, tree: bool = False) -> float:
-    """User + system CPU time of a process (and, with ``tree``, of its children) so far."""
+    """User + system CPU time of a process so far; with ``tree``, also of its children, those
+    still running and those it has reaped (PostgreSQL's backends come and go)."""
     total = 0.0
     for p in [pid, *(_children(pid) if tree else [])]:
         try:
@@ -72,7 +74,27 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
             continue
         fields = stat[stat.rfind(")") + 2:].split()
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if tree and p == pid:
+            total += (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+class CpuMeter:
+    """CPU used by named processes from now on, in cores (CPU seconds per second of wall time)."""
+
+    def __init__(self, processes: dict[str, tuple[int, bool]]) -> None:
+        self.processes = processes
+        self.started = time.monotonic()
+        self.start = {name: cpu_seconds(pid, tree) for name, (pid, tree) in processes.items()}
+
+    @property
+    def span(self) -> float:
+        return time.monotonic() - self.started
+
+    def cores(self) -> dict[str, float]:
+        span = max(self.span, 1e-9)
+        return {name: (cpu_seconds(pid, tree) - self.start[name]) / span
+                for name, (pid, tree) in self.processes.items()}
 
 
 class LagProbe:
@@ -109,7 +131,9 @@ class LagProbe:
                      for tp, om in committed_raw.items()}
         for tp in self._tps:
             self._consumer.seek(tp, committed.get(tp, 0))
+        self._consumer.resume(*self._tps)
         await self._consumer.getmany(*self._tps, timeout_ms=300, max_records=1)
+        self._consumer.pause(*self._tps)  # no background fetching between samples: it would load the broker
         lag: dict[str, int] = {t: 0 for t in self.topics}
         for tp in self._tps:
             hw = self._consumer.highwater(tp)
@@ -140,9 +164,13 @@ def ensure_py_spy() -> str | None:
 
 
 def start_profile(pid: int, seconds: float, out: Path, log: Path) -> subprocess.Popen | None:
-    """``py-spy record`` of ``pid`` for ``seconds`` into collapsed stacks at ``out``."""
+    """``py-spy record`` of ``pid`` for ``seconds`` into collapsed stacks at ``out``.
+
+    Only samples where the process's Python holds the GIL (``--gil``): its CPU, not its threads
+    waiting in the event loop or in a socket call.
+    """
     binary = ensure_py_spy()
     if binary is None:
         return None
     return procs.spawn([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
-                        "--format", "raw", "--output", str(out), "--nonblocking"], log_path=log)
+                        "--gil", "--format", "raw", "--output", str(out), "--nonblocking"], log_path=log)

@@ -4,10 +4,12 @@ Order: embedded PostgreSQL (fresh, in a temporary directory) and broker; the cei
 produce, PostgreSQL statements of the inbound path, a bare aiohttp handler); the webhook
 alone (``wacrm serve``, durable publish in the path) at fixed offered rates and in a search
 for the highest rate with p99 within the bound; then a fresh broker and the whole pipeline
-(``serve``, ``worker``, ``fake-meta``) end to end: fixed rates, the latency a customer sees
-at low load, and a soak at the highest clean rate with memory, consumer lag and a py-spy
-profile of the worker. Everything started here is stopped here (and dies with this
-process); traffic goes to 127.0.0.1 only; every phase is bounded in time.
+(``serve``, ``worker``, ``fake-meta``) end to end: the latency a customer sees at low load,
+rising steps until one fails, the highest clean step's rate held for ``sustain_s`` (stepping
+down if it does not hold) with a py-spy profile of the worker, and a soak at half that rate
+for memory and consumer lag. Every end-to-end run records the CPU each process used.
+Everything started here is stopped here (and dies with this process); traffic goes to
+127.0.0.1 only; every phase is bounded in time.
 """
 
 from __future__ import annotations
@@ -48,22 +50,25 @@ class Plan:
     ingest_step_s: float
     search_steps: int
     search_step_s: float
-    e2e_rates: tuple[int, ...]
+    e2e_rates: tuple[int, ...]  # bodies/s; the steps stop at the first that fails
     e2e_step_s: float
     drain_s: float
     customer_rate: int
     customer_s: float
-    soak_s: float
+    sustain_s: float  # the highest clean step's rate held this long (stepping down when it fails)
+    soak_s: float  # memory and lag at half the sustained rate
     profile_s: float
     deadline_s: float
 
 
 QUICK = Plan("quick", ceiling_s=2, ingest_rates=(1000, 5000, 10000), ingest_step_s=2, search_steps=4,
-             search_step_s=2, e2e_rates=(40, 120), e2e_step_s=6, drain_s=20, customer_rate=5, customer_s=4,
-             soak_s=20, profile_s=6, deadline_s=420)
-FULL = Plan("full", ceiling_s=6, ingest_rates=(1000, 5000, 10000, 15000), ingest_step_s=6, search_steps=7,
-            search_step_s=5, e2e_rates=(50, 100, 200, 400, 800, 1200, 2000), e2e_step_s=20, drain_s=60,
-            customer_rate=10, customer_s=20, soak_s=600, profile_s=20, deadline_s=1800)
+             search_step_s=2, e2e_rates=(250, 750), e2e_step_s=6, drain_s=20, customer_rate=5, customer_s=4,
+             sustain_s=10, soak_s=15, profile_s=5, deadline_s=420)
+FULL = Plan("full", ceiling_s=5, ingest_rates=(1000, 5000, 10000, 15000), ingest_step_s=5, search_steps=6,
+            search_step_s=4, e2e_rates=(250, 500, 750, 1000, 1250, 1500, 2000), e2e_step_s=15, drain_s=60,
+            customer_rate=10, customer_s=15, sustain_s=60, soak_s=600, profile_s=20, deadline_s=1800)
+SUSTAIN_TRIES = 3
+SUSTAIN_STEP_DOWN = 0.85
 
 
 class BenchError(Exception):
@@ -288,6 +293,13 @@ class Bench:
     async def pipeline(self) -> None:
         p = self.plan
         _log("end to end: fresh broker; serve, worker, fake-meta")
+        from wacrm.settings import load
+
+        st = load(self.env())
+        self.results["settings"] = {
+            "CONSUMER_FETCH_WAIT_MS": st.consumer_fetch_wait_ms, "CONSUMER_FETCH_MIN_BYTES": st.consumer_fetch_min_bytes,
+            "BATCH_SIZE": st.batch_size, "BATCH_WAIT_MS": st.batch_wait_ms, "BATCH_LANES": st.batch_lanes,
+            "TOPIC_PARTITIONS": st.topic_partitions, "WACRM_EVENT_LOOP": os.environ.get("WACRM_EVENT_LOOP", "uvloop")}
         await self.new_broker()
         self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
                    self.ports["fake-meta"])
@@ -311,8 +323,62 @@ class Bench:
             else:
                 break
         self.results["e2e"] = steps
-        soak_rate = best or max(10, p.e2e_rates[0] // 4)
-        await self.soak(soak_rate)
+        sustained = await self.sustain(best or max(10, p.e2e_rates[0] // 4))
+        await self.soak(max(10, round((sustained or best or p.e2e_rates[0] // 4) / 2)))
+
+    async def sustain(self, rate: float) -> float | None:
+        """Hold the highest clean step's rate for ``sustain_s``, stepping down when it fails; then
+        profile the worker in a short run at the rate that held. Returns that rate, if any."""
+        p = self.plan
+        tries = []
+        held = None
+        for _ in range(SUSTAIN_TRIES):
+            _log(f"sustained: {rate:.0f}/s for {p.sustain_s:.0f}s")
+            step = await self.e2e_step(rate, p.sustain_s, f"sus{len(tries)}")
+            tries.append(step)
+            _log(f"sustained {rate:.0f}/s: {_brief_e2e(step)}")
+            if _e2e_passes(step):
+                held = rate
+                break
+            rate = round(rate * SUSTAIN_STEP_DOWN)
+        self.results["sustained"] = tries
+        await self.profile(held or rate)
+        return held
+
+    async def profile(self, rate: float) -> None:
+        """py-spy on the worker for ``profile_s`` in a run of its own at ``rate`` (the profiler costs
+        CPU, so it stays out of the runs that are judged)."""
+        p = self.plan
+        _log(f"profile: the worker at {rate:.0f}/s for {p.profile_s:.0f}s")
+        out = self.work / "worker-profile.txt"
+        profile_at = time.monotonic() + 2
+        profiler: subprocess.Popen | None = None
+
+        async def during() -> None:
+            nonlocal profiler
+            if profiler is None and time.monotonic() >= profile_at:
+                profiler = probes.start_profile(self.children["worker"].pid, p.profile_s, out, self.logs / "py-spy.log")
+                if profiler is not None:
+                    self.children["py-spy"] = profiler
+
+        try:
+            self.results["profiled"] = await self.e2e_step(rate, p.profile_s + 4, "prof", during=during)
+        finally:
+            if profiler is not None:
+                try:
+                    profiler.wait(p.profile_s + 30)
+                except subprocess.TimeoutExpired:
+                    pass
+                self.stop("py-spy")
+        self.results["profile"] = _profile(out, p.profile_s)
+
+    def tracked(self) -> dict[str, tuple[int, bool]]:
+        """The pipeline's processes by name: (pid, whether to count its children too)."""
+        assert self.broker is not None and self.pg is not None and self.broker.proc and self.pg.proc
+        out = {name: (self.children[name].pid, False) for name in ("serve", "worker", "fake-meta")}
+        out["broker"] = (self.broker.proc.pid, False)
+        out["postgres"] = (self.pg.proc.pid, True)  # the server and its backends
+        return out
 
     async def e2e_step(self, rate: float, seconds: float, tag: str, connections: int = 32,
                        during: Any = None) -> dict[str, Any]:
@@ -321,6 +387,7 @@ class Bench:
             async with s.delete(f"{fake}/__sent") as r:
                 r.raise_for_status()
         sent_before = await self._metric("wacrm_sends_total", 'outcome="sent"')
+        cpu = probes.CpuMeter(self.tracked())
         load, ids_path = await self.load(self.ports["serve"], rate, seconds, tag=tag, connections=connections,
                                          ids=True, during=during)
         assert ids_path is not None
@@ -336,6 +403,8 @@ class Bench:
                 break
             await asyncio.sleep(0.25)
         drain = time.monotonic() - drain_started
+        cores = cpu.cores()  # over the load and the drain: the work these messages caused
+        cores["generator"] = load["generator_cpu_s"] / max(cpu.span, 1e-9)
         await asyncio.sleep(0.5)  # a duplicate would come right behind
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
             async with s.get(f"{fake}/__sent") as r:
@@ -356,19 +425,18 @@ class Bench:
         first = min(sent_at.values(), default=0.0)
         last_reply = max((at for m, at in replies if m in sent_at), default=first)
         return {"offered_rate": rate, "duration_s": seconds, "load": load, "messages": expected,
+                "messages_per_s": expected / seconds, "cpu_cores": cores,
                 "delivery": _asdict(delivery), "lost": delivery.lost, "duplicated": delivery.duplicated,
                 "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
                 "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain}
 
     async def soak(self, rate: float) -> None:
+        """Memory and consumer lag over ``soak_s`` at a fixed rate (half the sustained one)."""
         p = self.plan
-        _log(f"soak: {rate}/s for {p.soak_s:.0f}s (memory, lag, profile)")
-        assert self.broker is not None and self.pg is not None and self.broker.proc and self.pg.proc
-        pids = {"serve": self.children["serve"].pid, "worker": self.children["worker"].pid,
-                "fake-meta": self.children["fake-meta"].pid, "broker": self.broker.proc.pid}
-        tracked = {**pids, "postgres": self.pg.proc.pid}
-        cpu0 = {name: probes.cpu_seconds(pid, tree=name == "postgres") for name, pid in tracked.items()}
-        cpu_started = time.monotonic()
+        _log(f"soak: {rate}/s for {p.soak_s:.0f}s (memory, lag)")
+        assert self.broker is not None and self.pg is not None and self.pg.proc
+        pids = {name: pid for name, (pid, tree) in self.tracked().items() if not tree}
+        pg_pid = self.pg.proc.pid
         lag = probes.LagProbe(self.broker.bootstrap, self.group,
                               ["wa.webhook.raw", "wa.inbound", "wa.outbound", "wa.status"])
         await lag.start()
@@ -376,18 +444,10 @@ class Bench:
         interval = max(1.0, p.soak_s / 60)
         started = time.monotonic()
         next_sample = started
-        profile_at = started + min(p.soak_s * 0.25, 60)
-        profile_out = self.work / "worker-profile.txt"
-        profiler: subprocess.Popen | None = None
-        pg_pid = self.pg.proc.pid
 
         async def during() -> None:
-            nonlocal next_sample, profiler
+            nonlocal next_sample
             now = time.monotonic()
-            if profiler is None and now >= profile_at:
-                profiler = probes.start_profile(pids["worker"], p.profile_s, profile_out, self.logs / "py-spy.log")
-                if profiler is not None:
-                    self.children["py-spy"] = profiler
             if now >= next_sample:
                 next_sample += interval
                 row: dict[str, Any] = {"t": now - started}
@@ -404,17 +464,8 @@ class Bench:
             step = await self.e2e_step(rate, p.soak_s, "soak", during=during)
         finally:
             await lag.stop()
-            if profiler is not None:
-                try:
-                    profiler.wait(p.profile_s + 30)
-                except subprocess.TimeoutExpired:
-                    pass
-                self.stop("py-spy")
-        span = time.monotonic() - cpu_started
-        self.results["cpu"] = {name: (probes.cpu_seconds(pid, tree=name == "postgres") - cpu0[name]) / span
-                               for name, pid in tracked.items()}
         _log(f"soak: {_brief_e2e(step)}; CPU (cores): "
-             + ", ".join(f"{k} {v:.2f}" for k, v in self.results["cpu"].items()))
+             + ", ".join(f"{k} {v:.2f}" for k, v in step["cpu_cores"].items()))
         self.results["soak"] = step
         self.results["samples"] = samples
         memory = {}
@@ -423,15 +474,17 @@ class Bench:
             g = stats.growth(series)
             memory[name] = {"start": g.start, "end": g.end, "peak": g.peak, "growth": g.ratio}
         self.results["memory"] = memory
-        if profile_out.exists():
-            lines = profile_out.read_text(errors="replace").splitlines()
-            self.results["profile"] = {
-                "seconds": p.profile_s, "samples": sum(int(x.rsplit(" ", 1)[1]) for x in lines
-                                                       if x.rsplit(" ", 1)[-1].isdigit()),
-                "leaf": stats.top_costs(lines, 8), "packages": stats.costs_by_package(lines, 8),
-                "own": stats.inclusive_costs(lines, OWN_CODE, 10)}
-        else:
-            self.results["profile"] = None
+
+
+def _profile(path: Path, seconds: float) -> dict[str, Any] | None:
+    """The worker's profile (collapsed stacks) as shares: by package, innermost frames, our functions."""
+    if not path.exists():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    return {"seconds": seconds,
+            "samples": sum(int(x.rsplit(" ", 1)[1]) for x in lines if x.rsplit(" ", 1)[-1].isdigit()),
+            "leaf": stats.top_costs(lines, 8), "packages": stats.costs_by_package(lines, 8),
+            "own": stats.inclusive_costs(lines, OWN_CODE, 12)}
 
 
 def _asdict(d: stats.Delivery) -> dict[str, int]:

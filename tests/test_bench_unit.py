@@ -230,24 +230,34 @@ def test_report_renders_partial_and_full_results() -> None:
 
     assert "# Benchmarks" in report.render({"plan": "quick", "complete": False})
     load = {"offered_rate": 1000, "achieved_rps": 990.0, "errors": 0, "ok": 990, "generator_behind_s": 0.001,
-            "latency_s": {"p50": 0.001, "p95": 0.002, "p99": 0.004, "max": 0.01}}
-    step = {"offered_rate": 100, "duration_s": 60, "messages": 6000, "replies_per_s": 99.0, "lost": 0,
-            "duplicated": 0, "load": load, "latency_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.5}}
+            "latency_s": {"p50": 0.001, "p95": 0.002, "p99": 0.004, "max": 0.01}, "generator_cpu_s": 3.0}
+    cpu = {"serve": 0.2, "worker": 0.9, "fake-meta": 0.1, "broker": 0.3, "postgres": 0.4, "generator": 0.05}
+    step = {"offered_rate": 100, "duration_s": 60, "messages": 6000, "messages_per_s": 100.0, "replies_per_s": 99.0,
+            "lost": 0, "duplicated": 0, "load": load, "latency_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.5},
+            "cpu_cores": cpu}
+    slow = {**step, "offered_rate": 200, "messages_per_s": 230.0, "latency_s": {"p50": 1, "p95": 2, "p99": 3, "max": 4}}
     text = report.render({
         "plan": "full", "complete": True, "command": "wacrm bench", "took_s": 900,
-        "machine": report.machine("PostgreSQL 18"), "webhook": {"fixed": [load], "search": [], "best": load},
+        "machine": {**report.machine("PostgreSQL 18"), "cores": 2},
+        "webhook": {"fixed": [load], "search": [], "best": load},
         "bare": {"fixed": [load], "search": [], "best": load},
         "produce": {"pipelined_msgs_per_s": 90000, "awaited_msgs_per_s": 20000, "concurrency": 64,
                     "ack_latency_s": {"p50": 0.002, "p99": 0.005}, "body_bytes_mean": 700},
-        "postgres": {"sequential": {"tx_per_s": 800, "concurrency": 1}, "parallel": {"tx_per_s": 2000,
-                                                                                    "concurrency": 8}},
-        "customer": step, "e2e": [step], "soak": step,
+        "postgres": {"sequential": {"msgs_per_s": 800, "concurrency": 1, "batch": 1},
+                     "batched": {"msgs_per_s": 8000, "concurrency": 4, "batch": 50}},
+        "settings": {"BATCH_LANES": 4},
+        "customer": step, "e2e": [step, slow], "sustained": [step], "soak": step,
         "memory": {"worker": {"start": 1e8, "end": 1.05e8, "peak": 1.1e8, "growth": 0.05}},
         "samples": [{"t": 0, "serve": 1e8, "worker": 1e8, "broker": 1e8, "postgres": 1e8,
                      "lag": {"wa.webhook.raw": 3}}],
         "profile": {"seconds": 10, "samples": 100, "leaf": [("f (x.py:1)", 0.5)], "packages": [("faust", 0.5)],
                     "own": [("handle (agents/inbound.py)", 0.4)]},
     })
-    assert "| webhook rate with p99 ≤ 20 ms | 1,000 | ≥ 10,000 | **NOT MET** |" in text
-    assert "BURST_WINDOW_SECONDS=0" in text and "Closing note" in text
+    assert "| webhook requests/s with p99 ≤ 20 ms | 1,000 | ≥ 10,000 (aim 15,000) | **NOT MET** |" in text
+    assert "| end-to-end messages/s, p99 ≤ 1 s, none lost or duplicated (highest clean step) | 100 |" in text
+    assert "| sustained 60 s at 100 messages/s | p99 300.0 ms, lost 0, dup 0 |" in text
+    assert "| PostgreSQL: inbound messages/s" in text and "| 8,000 | 1 % |" in text
+    assert "BURST_WINDOW_SECONDS=0" in text and "`BATCH_LANES=4`" in text and "Closing note" in text
+    assert "| step | 230 | 0.20 | 0.90 | 0.10 | 0.30 | 0.40 | 0.05 | 1.95 |" in text
+    assert "used 1.95 of the 2 cores" in text and "close to saturated" in text
     assert "`handle (agents/inbound.py)` 40 %" in text
