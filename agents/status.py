@@ -37,15 +37,13 @@ class Status:
     async def handle(self, items: list[Item]) -> list[str]:
         statuses = [decode_status(value) for value, _, _ in items]
         templates: list[SendIntent] = []
-        outcomes = []
         async with self._res.pool.acquire() as conn, conn.transaction():
-            for st in statuses:
-                outcome = await repo.apply_status(conn, st)
+            outcomes = await repo.apply_statuses(conn, statuses)
+            for st, outcome in zip(statuses, outcomes):
                 if outcome == "applied" and st.status == "failed":
                     template = await self._failed(conn, st)
                     if template is not None:
                         templates.append(template)
-                outcomes.append(outcome)
         await publish(self._outbound, templates)
         for st, outcome in zip(statuses, outcomes):
             metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()

@@ -170,28 +170,32 @@ async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kin
                            task_id, kind, title)
 
 
-async def apply_status(conn: asyncpg.Connection, st: StatusUpdate) -> str:
-    """Record a status once per (message, status) and move the message forward; returns the outcome.
+# One statement per status: the event once per (message, status), the message moved forward only
+# by a new event, and whether the message exists (seen before the statement, as it began).
+_APPLY_STATUS = """
+    WITH inserted AS (
+        INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, payload)
+        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, provider_message_id, status) DO NOTHING
+        RETURNING id),
+    moved AS (
+        UPDATE messages SET status = $3, status_at = $4, error = COALESCE($5, error)
+        WHERE channel = $1 AND provider_message_id = $2 AND EXISTS (SELECT 1 FROM inserted)
+          AND wacrm_status_rank($3) > wacrm_status_rank(status)
+        RETURNING id)
+    SELECT EXISTS (SELECT 1 FROM inserted) AS inserted, EXISTS (SELECT 1 FROM moved) AS moved,
+           EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND provider_message_id = $2) AS known"""
+
+
+async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate]) -> list[str]:
+    """Record each status once per (message, status) and move its message forward, in order,
+    pipelined; the outcome of each.
 
     ``duplicate``: seen before. ``applied``: the message changed. ``stale``: an older state
     than the message has. ``pending``: no such message yet (kept, applied when it is stored).
     """
-    occurred = _ts(st.timestamp)
-    inserted = await conn.fetchval(
-        """INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, payload)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, provider_message_id, status) DO NOTHING
-           RETURNING id""",
-        CHANNEL, st.message_id, st.status, occurred, st.errors or None, st.payload)
-    if inserted is None:
-        return "duplicate"
-    updated = await conn.fetchval(
-        """UPDATE messages SET status = $3, status_at = $4, error = COALESCE($5, error)
-           WHERE channel = $1 AND provider_message_id = $2
-             AND wacrm_status_rank($3) > wacrm_status_rank(status)
-           RETURNING id""",
-        CHANNEL, st.message_id, st.status, occurred, st.errors or None)
-    if updated is not None:
-        return "applied"
-    exists = await conn.fetchval(
-        "SELECT 1 FROM messages WHERE channel = $1 AND provider_message_id = $2", CHANNEL, st.message_id)
-    return "stale" if exists else "pending"
+    if not statuses:
+        return []
+    rows = await conn.fetchmany(_APPLY_STATUS, [
+        (CHANNEL, st.message_id, st.status, _ts(st.timestamp), st.errors or None, st.payload) for st in statuses])
+    return ["duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] else "pending"
+            for r in rows]

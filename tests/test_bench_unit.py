@@ -246,7 +246,7 @@ def test_report_renders_partial_and_full_results() -> None:
         "postgres": {"sequential": {"msgs_per_s": 800, "concurrency": 1, "batch": 1},
                      "batched": {"msgs_per_s": 8000, "concurrency": 4, "batch": 50}},
         "settings": {"BATCH_LANES": 4},
-        "customer": step, "e2e": [step, slow], "sustained": [step], "soak": step,
+        "customer": step, "customer_default": slow, "e2e": [step, slow], "sustained": [step], "soak": step,
         "memory": {"worker": {"start": 1e8, "end": 1.05e8, "peak": 1.1e8, "growth": 0.05}},
         "samples": [{"t": 0, "serve": 1e8, "worker": 1e8, "broker": 1e8, "postgres": 1e8,
                      "lag": {"wa.webhook.raw": 3}}],
@@ -261,3 +261,5 @@ def test_report_renders_partial_and_full_results() -> None:
     assert "| step | 230 | 0.20 | 0.90 | 0.10 | 0.30 | 0.40 | 0.05 | 1.95 |" in text
     assert "used 1.95 of the 2 cores" in text and "close to saturated" in text
     assert "`handle (agents/inbound.py)` 40 %" in text
+    assert "With the default settings" in text and "p50 1000 ms, p99 3000 ms after it" in text
+    assert "| customer view, default settings | 200 |" in text and "| not judged |" in text
