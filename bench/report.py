@@ -232,6 +232,10 @@ def render(results: dict[str, Any]) -> str:
                             f"message, answered by a timer that ticks every 0.2 s; rate limits and per-recipient "
                             f"pacing on) it arrives p50 {ms(d['latency_s']['p50'])} ms, p99 "
                             f"{ms(d['latency_s']['p99'])} ms after it.")
+                if d.get("answered_together"):
+                    out[-1] += (f" {d['answered_together']} of its {d['lost']} messages without a reply of their "
+                                "own came within the burst window of a later message from the same customer, and "
+                                "that message's reply answered both (one reply per burst, as designed).")
             out += [""]
         cpu_rows = []
         for label, s in runs:

@@ -454,6 +454,16 @@ class Bench:
                 """SELECT provider_message_id, count(*) AS n FROM messages
                    WHERE direction = 'inbound' AND provider_message_id LIKE $1 GROUP BY 1""",
                 f"wamid.BENCH\\_{tag}\\_%")  # "_" escaped: in LIKE it matches any character
+            # Messages without a reply of their own that a reply to a later message of the same
+            # conversation covered (one reply per burst, when the burst window is on).
+            unreplied = list(set(sent_at) - {m for m, _ in replies})
+            together = await conn.fetchval(
+                """SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id
+                   WHERE m.provider_message_id = ANY($1) AND c.reply_upto_message_id >= m.id
+                     AND EXISTS (SELECT 1 FROM messages o WHERE o.conversation_id = m.conversation_id
+                                 AND o.direction = 'inbound' AND o.id > m.id AND o.id <= c.reply_upto_message_id
+                                 AND o.provider_message_id LIKE $2)""",
+                unreplied, f"wamid.BENCH\\_{tag}\\_%") if unreplied else 0
         finally:
             await conn.close()
         delivery = stats.count_delivery(sent_at, (m for m, _ in replies), {r[0]: r[1] for r in rows})
@@ -464,7 +474,8 @@ class Bench:
                 "messages_per_s": expected / seconds, "cpu_cores": cores,
                 "delivery": _asdict(delivery), "lost": delivery.lost, "duplicated": delivery.duplicated,
                 "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
-                "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain}
+                "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain,
+                "answered_together": together}
 
     async def soak(self, rate: float) -> None:
         """Memory, consumer lag and CPU over ``soak_s`` at a fixed rate (a quarter of the sustained one)."""

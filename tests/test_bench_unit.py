@@ -235,7 +235,8 @@ def test_report_renders_partial_and_full_results() -> None:
     step = {"offered_rate": 100, "duration_s": 60, "messages": 6000, "messages_per_s": 100.0, "replies_per_s": 99.0,
             "lost": 0, "duplicated": 0, "load": load, "latency_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.5},
             "cpu_cores": cpu}
-    slow = {**step, "offered_rate": 200, "messages_per_s": 230.0, "latency_s": {"p50": 1, "p95": 2, "p99": 3, "max": 4}}
+    slow = {**step, "offered_rate": 200, "messages_per_s": 230.0, "latency_s": {"p50": 1, "p95": 2, "p99": 3, "max": 4},
+            "lost": 2, "answered_together": 2}
     text = report.render({
         "plan": "full", "complete": True, "command": "wacrm bench", "took_s": 900,
         "machine": {**report.machine("PostgreSQL 18"), "cores": 2},
@@ -263,3 +264,4 @@ def test_report_renders_partial_and_full_results() -> None:
     assert "`handle (agents/inbound.py)` 40 %" in text
     assert "With the default settings" in text and "p50 1000 ms, p99 3000 ms after it" in text
     assert "| customer view, default settings | 200 |" in text and "| not judged |" in text
+    assert "2 of its 2 messages without a reply of their own came within the burst window" in text
