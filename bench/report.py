@@ -276,6 +276,13 @@ def render(results: dict[str, Any]) -> str:
                 "since the previous sample) over time:", "",
                 table(["t s", "serve", "worker", "broker", "postgres", "lag raw", "lag inbound", "lag outbound",
                        "lag status", "CPU worker", "CPU broker", "CPU postgres"], rows), ""]
+        broker_cpu = [r["cpu"]["broker"] for r in samples if (r.get("cpu") or {}).get("broker") is not None]
+        if len(broker_cpu) >= 4:
+            first, last = broker_cpu[len(broker_cpu) // 10], broker_cpu[-1]
+            out += [f"At a fixed rate the embedded broker's CPU went from {first:.2f} to {last:.2f} cores as it "
+                    "filled (it keeps every message in memory, with no retention): "
+                    + ("it, not our processes, is what slows down over a long run on this machine; Kafka with "
+                       "retention does not grow this way." if last > 1.3 * first else "no marked growth."), ""]
 
     # --- profile ------------------------------------------------------------------------------
     prof = results.get("profile")

@@ -265,3 +265,17 @@ def test_report_renders_partial_and_full_results() -> None:
     assert "With the default settings" in text and "p50 1000 ms, p99 3000 ms after it" in text
     assert "| customer view, default settings | 200 |" in text and "| not judged |" in text
     assert "2 of its 2 messages without a reply of their own came within the burst window" in text
+
+
+def test_report_names_the_broker_slowing_down_over_the_soak() -> None:
+    from bench import report
+
+    samples = [{"t": t, "worker": 1e8, "broker": 1e8 + t, "cpu": {"worker": 0.3, "broker": b, "postgres": 0.2},
+                "lag": {}} for t, b in ((0, 0.5), (60, 0.6), (120, 0.8), (180, 0.9))]
+    soak = {"offered_rate": 100, "duration_s": 180}
+    text = report.render({"plan": "full", "samples": samples, "soak": soak,
+                          "memory": {"broker": {"start": 1e8, "end": 2e8, "peak": 2e8, "growth": 1.0}}})
+    assert "broker's CPU went from 0.50 to 0.90 cores" in text and "slows down over a long run" in text
+    flat = [{**r, "cpu": {**r["cpu"], "broker": 0.5}} for r in samples]
+    assert "no marked growth" in report.render({"plan": "full", "samples": flat, "soak": soak,
+                                                "memory": {"broker": {"start": 1, "end": 1, "peak": 1, "growth": 0}}})
