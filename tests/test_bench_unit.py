@@ -272,7 +272,9 @@ def test_report_names_the_broker_slowing_down_over_the_soak() -> None:
 
     samples = [{"t": t, "worker": 1e8, "broker": 1e8 + t, "cpu": {"worker": 0.3, "broker": b, "postgres": 0.2},
                 "lag": {}} for t, b in ((0, 0.5), (60, 0.6), (120, 0.8), (180, 0.9))]
-    soak = {"offered_rate": 100, "duration_s": 180}
+    load = {"errors": 0, "generator_cpu_s": 1.0}
+    soak = {"offered_rate": 100, "duration_s": 180, "messages": 20000, "messages_per_s": 111.0, "replies_per_s": 111.0,
+            "lost": 0, "duplicated": 0, "load": load, "latency_s": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 0.4}}
     text = report.render({"plan": "full", "samples": samples, "soak": soak,
                           "memory": {"broker": {"start": 1e8, "end": 2e8, "peak": 2e8, "growth": 1.0}}})
     assert "broker's CPU went from 0.50 to 0.90 cores" in text and "slows down over a long run" in text
