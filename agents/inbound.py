@@ -19,7 +19,6 @@ import asyncio
 import zlib
 from typing import TYPE_CHECKING
 
-import asyncpg
 import faust
 
 from agents.errors import Raced
@@ -64,10 +63,8 @@ class Inbound:
     async def _lane(self, msgs: list[InboundMessage], lane: list[int], outcomes: list[str],
                     intents: list[list[SendIntent]]) -> None:
         async with self._res.pool.acquire() as conn, conn.transaction():
-            await lock_conversations(conn, {msgs[n].conversation_key for n in lane})
-            stored = {r["provider_message_id"] for r in await conn.fetch(
-                "SELECT provider_message_id FROM messages WHERE channel = $1 AND provider_message_id = ANY($2)",
-                repo.CHANNEL, [msgs[n].message_id for n in lane])}
+            await repo.lock_conversations(conn, keys=[msgs[n].conversation_key for n in lane])
+            stored = await repo.stored_message_ids(conn, [msgs[n].message_id for n in lane])
             fresh = []
             for n in lane:
                 msg = msgs[n]
@@ -120,15 +117,3 @@ def lanes(msgs: list[InboundMessage], count: int) -> list[list[int]]:
     for n, msg in enumerate(msgs):
         by_lane.setdefault(zlib.crc32(msg.conversation_key.encode()) % count, []).append(n)
     return list(by_lane.values())
-
-
-async def lock_conversations(conn: asyncpg.Connection, keys: set[str]) -> None:
-    """Lock the open conversations of ``keys`` in id order, before anything else in the transaction.
-
-    Every transaction that locks several conversations takes them in id order (the sender's
-    record does too), so two batches that share conversations wait for each other instead of
-    deadlocking.
-    """
-    await conn.execute(
-        "SELECT id FROM conversations WHERE conversation_key = ANY($1) AND status = 'open' ORDER BY id FOR UPDATE",
-        list(keys))

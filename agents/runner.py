@@ -64,7 +64,7 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
 
 
 async def run(agent: str, stream: faust.StreamT, handler: Handler, ready: asyncio.Event, dlq: faust.TopicT,
-              *, batch_size: int = 1, batch_wait_s: float = 0.005) -> None:
+              *, batch_size: int, batch_wait_s: float) -> None:
     """Drive ``handler`` over ``stream`` in batches of at most ``batch_size`` events."""
     await ready.wait()
     async for events in stream.take_events(batch_size, within=batch_wait_s):

@@ -40,7 +40,7 @@ import faust
 
 from agents.errors import TRANSIENT, Poison
 from agents.ratelimit import PairPacer, TokenBucket
-from agents.runner import Item, dead_letter, produce, publish
+from agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
 from orchestrator.rules import Rules
 from storage import replies, repo
 from topics import retry_topic
@@ -129,19 +129,17 @@ class Sender:
 
     async def _record(self, sent: list[repo.Accepted]) -> None:
         """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
-        delay = 0.2
+        delay = BACKOFF_FIRST_S
         while sent:
             try:
                 async with self._res.pool.acquire() as conn, conn.transaction():
-                    await conn.execute(  # in id order, as every transaction that locks several does
-                        "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                        [a.intent.conversation_id for a in sent])
+                    await repo.lock_conversations(conn, ids=[a.intent.conversation_id for a in sent])
                     await repo.record_sent_many(conn, sent)
                 break
             except TRANSIENT as exc:
                 log.warning("recording %d accepted send(s) failed (%r); retrying in %.1fs", len(sent), exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, BACKOFF_MAX_S)
         now = time.time()
         for a in sent:
             if a.intent.automatic and a.intent.customer_timestamp:

@@ -21,6 +21,29 @@ def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
 
 
+async def lock_conversations(conn: asyncpg.Connection, *, keys: list[str] | None = None,
+                             ids: list[int] | None = None) -> None:
+    """Lock the open conversations of ``keys`` (or the conversations ``ids``) in id order, first
+    thing in the transaction.
+
+    Every transaction that locks several conversations (an inbound lane, the sender's record)
+    takes them in id order, so two batches that share conversations wait for each other
+    instead of deadlocking.
+    """
+    if keys is not None:
+        await conn.execute("SELECT id FROM conversations WHERE conversation_key = ANY($1) AND status = 'open' "
+                           "ORDER BY id FOR UPDATE", keys)
+    if ids is not None:
+        await conn.execute("SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE", ids)
+
+
+async def stored_message_ids(conn: asyncpg.Connection, message_ids: list[str]) -> set[str]:
+    """Which of these provider message ids are stored already (redeliveries)."""
+    return {r["provider_message_id"] for r in await conn.fetch(
+        "SELECT provider_message_id FROM messages WHERE channel = $1 AND provider_message_id = ANY($2)",
+        CHANNEL, message_ids)}
+
+
 _STORE_INBOUND = "SELECT wacrm_store_inbound(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
 
 
