@@ -1,42 +1,122 @@
-"""What happens next when handling an event fails.
+"""What happens next when handling an event fails: one tree, one :func:`classify`.
 
-    Transient  retry the same event in place, with backoff; never skip it
-    Poison     the event can never succeed: dead-letter it with the reason and go on
+Every failure maps to one of four next steps (:class:`Next`)::
+
+    RETRY        retry the same event in place, with backoff, for as long as the fault lasts;
+                 never skip it (database or broker down, failover, timeouts, races, deadlocks)
+    DEAD_LETTER  the event can never succeed: dead-letter it with the reason and go on
+                 (malformed records, constraint violations, records too large, bugs)
+    AMBIGUOUS    an effect outside our walls may or may not have happened (a Graph API call
+                 that timed out after the request went out): never repeat it blindly
+    STALE        the event no longer applies (a person took over, a newer attempt exists):
+                 drop it with a reason
+
+Our own exceptions carry their next step (``Transient``, ``Poison``, ``Ambiguous``,
+``Stale``). Library errors are classified by what they say about themselves, not by a
+list of types: aiokafka's ``retriable`` flag (also inside faust's ``ProducerSendError``,
+which wraps it), PostgreSQL's SQLSTATE class for asyncpg errors, and the Graph API
+errors' ``retryable``/``ambiguous`` (:mod:`whatsapp.graph`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 
-import asyncpg
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from topics.records import RecordError
+
+
+class Next(enum.Enum):
+    RETRY = "retry"
+    DEAD_LETTER = "dead_letter"
+    AMBIGUOUS = "ambiguous"
+    STALE = "stale"
+
+
+class Transient(Exception):
+    """Worth another try in place; what failed will likely work later."""
+
+
+class Raced(Transient):
+    """Another worker did the same thing meanwhile; a retry sees what it did."""
 
 
 class Poison(Exception):
     """This event cannot be processed, now or later."""
 
 
-class Raced(Exception):
-    """Another worker did the same thing meanwhile; a retry sees what it did."""
+class Ambiguous(Exception):
+    """An outside effect may or may not have happened; repeating it could do it twice."""
 
 
-# Database and broker outages, timeouts and races between workers: worth another try.
-TRANSIENT: tuple[type[BaseException], ...] = (
-    OSError,
-    asyncio.TimeoutError,
-    ConnectionError,
-    KafkaError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.SerializationError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.UniqueViolationError,  # a concurrent insert by another worker; the retry finds its row
-    asyncpg.exceptions.AdminShutdownError,
-    Raced,
-)
+class Stale(Exception):
+    """The event no longer applies; drop it with this reason."""
 
-POISON: tuple[type[BaseException], ...] = (Poison, RecordError)
+
+# SQLSTATE classes and codes that mean "the database is unavailable or busy for now".
+_RETRY_SQLSTATE_CLASSES = ("08", "53", "57P", "58")  # connection, resources, shutdown/crash, system error
+_RETRY_SQLSTATES = frozenset({
+    "25006",  # read_only_sql_transaction: a failover left us on a replica for a moment
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+    "57014",  # query_canceled (statement timeout)
+    "42P01", "42703", "42883",  # undefined table/column/function: the schema is behind the code,
+    # `wacrm migrate` fixes it; dead-lettering would drain every event meanwhile
+})
+_RETRY_CONNECTION_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError, KafkaTimeoutError)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    state = getattr(exc, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def classify(exc: BaseException) -> Next:
+    """The next step after ``exc``; anything not known to be temporary is dead-lettered."""
+    if isinstance(exc, Transient):
+        return Next.RETRY
+    if isinstance(exc, (Poison, RecordError)):
+        return Next.DEAD_LETTER
+    if isinstance(exc, Ambiguous):
+        return Next.AMBIGUOUS
+    if isinstance(exc, Stale):
+        return Next.STALE
+    next_of_graph = _graph(exc)
+    if next_of_graph is not None:
+        return next_of_graph
+    state = sqlstate(exc)
+    if state is not None:
+        if state in _RETRY_SQLSTATES or state.startswith(_RETRY_SQLSTATE_CLASSES):
+            return Next.RETRY
+        return Next.DEAD_LETTER
+    if isinstance(exc, _RETRY_CONNECTION_ERRORS):
+        return Next.RETRY
+    if isinstance(exc, KafkaError):
+        return Next.RETRY if exc.retriable else Next.DEAD_LETTER
+    cause = exc.__cause__
+    if cause is not None and cause is not exc:  # faust's ProducerSendError and other wrappers
+        return classify(cause)
+    if _is_asyncpg_connection_gone(exc):
+        return Next.RETRY
+    return Next.DEAD_LETTER
+
+
+def _graph(exc: BaseException) -> Next | None:
+    """Graph API errors say it themselves (:mod:`whatsapp.graph`); duck-typed to keep the layers apart."""
+    if getattr(exc, "ambiguous", False) is True:
+        return Next.AMBIGUOUS
+    retryable = getattr(exc, "retryable", None)
+    if isinstance(retryable, bool):
+        return Next.RETRY if retryable else Next.DEAD_LETTER
+    return None
+
+
+def _is_asyncpg_connection_gone(exc: BaseException) -> bool:
+    # asyncpg raises a bare InterfaceError when a connection closed under an operation
+    # (a database restart); other InterfaceErrors are bugs.
+    return type(exc).__name__ in {"ConnectionDoesNotExistError", "InterfaceError"} \
+        and "closed" in str(exc).lower()
+

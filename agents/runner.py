@@ -21,9 +21,9 @@ from typing import Any
 
 import faust
 
-from agents.errors import POISON, TRANSIENT
+from agents.errors import Next, Poison, classify
 from topics import DLQ
-from topics.records import DeadLetter, RawRef, SendIntent, encode
+from topics.records import DeadLetter, RecordError, RawRef, SendIntent, encode
 from wacrm import metrics
 
 log = logging.getLogger("wacrm.agents")
@@ -84,26 +84,32 @@ async def _handle(agent: str, handler: Handler, items: list[Item], dlq: faust.To
     while True:
         try:
             return await handler(items)
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if classify(exc) is not Next.RETRY:
+                return await _not_retried(agent, handler, items, dlq, exc)
             metrics.EVENTS.labels(agent, "retried").inc(len(items))
             ref = items[0][1]
             log.warning("%s: transient failure on %d event(s) from %s:%d@%d, retrying in %.1fs: %r",
                         agent, len(items), ref.topic, ref.partition, ref.offset, delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
-        except Exception as exc:
-            if len(items) > 1:  # find the event at fault: each alone, in order
-                log.info("%s: a batch of %d failed (%r); handling its events one by one", agent, len(items), exc)
-                return [o for item in items for o in await _handle(agent, handler, [item], dlq)]
-            value, ref, _ = items[0]
-            if isinstance(exc, POISON):
-                log.warning("%s: dead-lettering %s:%d@%d: %s", agent, ref.topic, ref.partition, ref.offset, exc)
-                reason = f"{agent}: poison event"
-            else:  # a bug: keep the event for a human instead of losing it
-                log.exception("%s: unexpected error on %s:%d@%d", agent, ref.topic, ref.partition, ref.offset)
-                reason = f"{agent}: unexpected error"
-            await _dead_letter_until_acked(dlq, ref, value, reason, repr(exc))
-            return ["dead_lettered"]
+
+
+async def _not_retried(agent: str, handler: Handler, items: list[Item], dlq: faust.TopicT,
+                       exc: Exception) -> list[str]:
+    """A batch that failed for good: split it to find the event at fault, dead-letter that one."""
+    if len(items) > 1:  # find the event at fault: each alone, in order
+        log.info("%s: a batch of %d failed (%r); handling its events one by one", agent, len(items), exc)
+        return [o for item in items for o in await _handle(agent, handler, [item], dlq)]
+    value, ref, _ = items[0]
+    if isinstance(exc, (Poison, RecordError)):
+        log.warning("%s: dead-lettering %s:%d@%d: %s", agent, ref.topic, ref.partition, ref.offset, exc)
+        reason = f"{agent}: poison event"
+    else:  # a bug: keep the event for a human instead of losing it
+        log.exception("%s: unexpected error on %s:%d@%d", agent, ref.topic, ref.partition, ref.offset)
+        reason = f"{agent}: unexpected error"
+    await _dead_letter_until_acked(dlq, ref, value, reason, repr(exc))
+    return ["dead_lettered"]
 
 
 async def _dead_letter_until_acked(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str,
@@ -113,7 +119,9 @@ async def _dead_letter_until_acked(dlq: faust.TopicT, ref: RawRef, value: bytes 
         try:
             await dead_letter(dlq, ref, value, reason, error)
             return
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if classify(exc) is not Next.RETRY:
+                raise
             log.warning("cannot reach %s (%r); retrying in %.1fs", DLQ, exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)

@@ -38,7 +38,7 @@ from typing import Any
 
 import faust
 
-from agents.errors import TRANSIENT, Poison
+from agents.errors import Next, Poison, classify
 from agents.ratelimit import PairPacer, TokenBucket
 from agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
 from orchestrator.rules import Rules
@@ -136,7 +136,9 @@ class Sender:
                     await repo.lock_conversations(conn, ids=[a.intent.conversation_id for a in sent])
                     await repo.record_sent_many(conn, sent)
                 break
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if classify(exc) is not Next.RETRY:
+                    raise
                 log.warning("recording %d accepted send(s) failed (%r); retrying in %.1fs", len(sent), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
