@@ -38,12 +38,15 @@ from agents.sender import Sender
 from agents.status import Status
 from orchestrator.rules import load_rules
 from orchestrator.service import Orchestrator
-from storage import replies
+from storage import replies, repo
 from topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
 from wacrm import metrics
 from wacrm.settings import Settings
 
 log = logging.getLogger("wacrm.worker")
+# A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.
+# A row still ``sending`` this long after that lost its worker mid-call.
+IN_FLIGHT_MARGIN_S = 15.0
 _fetch_wait_ms = 30
 _fetch_min_bytes = 1
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -144,6 +147,31 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
             await runner.publish(outbound, intents)
         except Exception:
             log.exception("the outbox sweep failed; it runs again")
+
+    in_flight_after_s = settings.graph_timeout_s + IN_FLIGHT_MARGIN_S
+
+    @app.timer(interval=1.0)
+    async def settle_ambiguous_sends() -> None:
+        """Calls in flight past the Graph API timeout (their worker died) become ambiguous; what stays
+        ambiguous past ``AMBIGUOUS_SETTLE_SECONDS`` (no status settled it) goes to a person, or is
+        queued again under ``AMBIGUOUS_POLICY=resend``."""
+        if not resources.ready.is_set():
+            return
+        try:
+            async with resources.pool.acquire() as conn, conn.transaction():
+                stuck = await repo.in_flight_too_long(conn, in_flight_after_s, 200)
+                overdue = await repo.settle_overdue(conn, settings.ambiguous_settle_s,
+                                                    settings.ambiguous_policy == "resend", 200)
+            if stuck:
+                log.warning("%d send(s) were in flight when their worker stopped: ambiguous, not resent (ids %s)",
+                            len(stuck), stuck[:20])
+                metrics.AMBIGUOUS_SENDS.labels("stuck").inc(len(stuck))
+            for row_id, how in overdue:
+                log.warning("send %d still ambiguous after %.0fs: %s", row_id, settings.ambiguous_settle_s,
+                            "a person checks" if how == "task" else "sent again (AMBIGUOUS_POLICY=resend)")
+                metrics.AMBIGUOUS_SENDS.labels(how).inc()
+        except Exception:
+            log.exception("the ambiguous-send timer failed; it runs again")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:

@@ -55,6 +55,13 @@ class PairPacer:
         self._interval, self._burst, self._max, self._clock = interval_s, burst, max_recipients, clock
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
+    def wait_s(self, recipient: str) -> float:
+        """Seconds before this recipient may get another message (0: now), without counting a send."""
+        if self._interval <= 0:
+            return 0.0
+        bucket = self._buckets.get(recipient)
+        return 0.0 if bucket is None else bucket.available_in()
+
     def try_send(self, recipient: str) -> float:
         """0 and the send counts, or the seconds to wait before this recipient may get another message."""
         if self._interval <= 0:

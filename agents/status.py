@@ -1,20 +1,29 @@
-"""Status agent: ``wa.status`` → the delivery state of a message we sent.
+"""Status agent: ``wa.status`` → the delivery state of a message we sent, and settled ambiguity.
 
 Input key: the conversation key; a batch at a time (one transaction), in partition order. Idempotency:
 ``message_status_events (channel, provider_message_id, status)``; the message's state only
 moves forward (sent < delivered < read/played; failed is terminal). A status for a message
-not stored yet is kept and applied when the sender records the message. A ``failed`` status
-of one of our messages leaves a task for a person; 131047 (the 24-hour window closed before
-delivery) sends the configured template instead when there is one. Commit: after the
-transaction and the publish of any template.
+not stored yet is kept and applied when the message is recorded.
+
+Settling: every send names its ledger row in ``biz_opaque_callback_data`` (``ol:{id}``). A
+``sent``/``delivered``/``read``/``played`` status naming a row that Meta may have taken without
+our record (``sending``, ``ambiguous``, ``unconfirmed``) proves Meta took it: the row becomes
+``sent`` (``settled_by = 'status'``) with the wamid, and the outbound message is stored exactly as
+the sender stores it (:func:`storage.repo.record_sent_many`). A ``failed`` status naming such a
+row fails it with a task. A ``failed`` status of a stored message leaves a task for a person;
+131047 (the window closed before delivery) takes the window path (:func:`agents.sending.window_path`:
+the configured template, else the task). Commit: after the transaction and the publish of any template.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import logging
+
 import faust
 
+from agents import sending
 from agents.runner import Item, publish
 from orchestrator.rules import Rules
 from storage import replies, repo
@@ -25,7 +34,9 @@ if TYPE_CHECKING:  # the worker's resources; imported for the type only
     import asyncpg
     from agents.context import Resources
 
-REENGAGEMENT = 131047
+log = logging.getLogger("wacrm.status")
+
+_TAKEN = frozenset({"sent", "delivered", "read", "played"})
 
 
 class Status:
@@ -36,20 +47,75 @@ class Status:
 
     async def handle(self, items: list[Item]) -> list[str]:
         statuses = [decode_status(value) for value, _, _ in items]
+        named = [sending.ledger_id(st.biz_opaque_callback_data) for st in statuses]
         templates: list[SendIntent] = []
         async with self._res.pool.acquire() as conn, conn.transaction():
+            open_rows = await repo.unsettled(conn, sorted({i for i in named if i is not None}))
+            if open_rows:  # the conversations first, in id order, as every multi-conversation writer does
+                await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
             outcomes = await repo.apply_statuses(conn, statuses)
+            settled = await self._settle(conn, statuses, named, open_rows, outcomes, templates)
             for st, outcome in zip(statuses, outcomes):
                 if outcome == "applied" and st.status == "failed":
                     template = await self._failed(conn, st)
                     if template is not None:
                         templates.append(template)
         await publish(self._outbound, templates)
+        for step in settled:
+            metrics.AMBIGUOUS_SENDS.labels(step).inc()
         for st, outcome in zip(statuses, outcomes):
             metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
             if outcome == "duplicate":
                 metrics.DUPLICATES.labels("status").inc()
         return outcomes
+
+    async def _settle(self, conn: asyncpg.Connection, statuses: list[StatusUpdate], named: list[int | None],
+                      open_rows: dict[int, repo.Unsettled], outcomes: list[str],
+                      templates: list[SendIntent]) -> list[str]:
+        """Settle the open rows these statuses name (each once); the metric steps of those that were ambiguous."""
+        taken: list[tuple[repo.Accepted, repo.Unsettled]] = []
+        steps: list[str] = []
+        for n, (st, row_id) in enumerate(zip(statuses, named)):
+            row = open_rows.pop(row_id, None) if row_id is not None else None
+            if row is None:
+                continue
+            intent = intent_from_dict(row.intent)
+            if st.status in _TAKEN:
+                try:
+                    body = sending.payload(self._res.graph, row.id, intent)
+                except Exception:  # the stored intent cannot be rebuilt as a request; the text still is recorded
+                    body = {"type": intent.kind if intent.kind != "notice" else "text"}
+                taken.append((repo.Accepted(row.id, row.conversation_id, intent.text, st.message_id, body), row))
+                outcomes[n] = "settled"
+            elif st.status == "failed":
+                codes = {e.get("code") for e in st.errors}
+                error = {"error": "Meta reported the send failed", "errors": st.errors,
+                         "provider_message_id": st.message_id}
+                decision: sending.Decision = sending.window_path(intent, self._rules.window_template) \
+                    if sending.REENGAGEMENT in codes else sending.Fail(
+                        "delivery_failed", error, f"A message was not delivered (codes {sorted(c for c in codes if c)})",
+                        dead_letter=False)
+                if isinstance(decision, sending.UseTemplate):
+                    if await repo.finish(conn, row.id, repo.UNSETTLED, "failed", error) and \
+                            await replies.queue(conn, decision.replacement, published=True):
+                        templates.append(decision.replacement)
+                else:
+                    assert isinstance(decision, sending.Fail)
+                    await repo.record_failed(conn, row.id, repo.UNSETTLED, error, row.conversation_id,
+                                             decision.kind, decision.title)
+                outcomes[n] = "settled_failed"
+                if row.state != "sending":
+                    steps.append("settled_failed")
+        results = await repo.record_sent_many(conn, [a for a, _ in taken], settled_by="status")
+        for (a, row), result in zip(taken, results):
+            metrics.SEND_RECORDS.labels(result).inc()
+            if result == "conflict":
+                log.error("message %s of ledger row %d has the id of another stored message; kept in a task",
+                          a.wamid, a.outbound_log_id)
+                await repo.keep_unstored(conn, a)
+            if row.state != "sending":
+                steps.append("settled_status")
+        return steps
 
     async def _failed(self, conn: asyncpg.Connection, st: StatusUpdate) -> SendIntent | None:
         row = await conn.fetchrow(
@@ -60,20 +126,11 @@ class Status:
         if row is None:
             return None
         codes = {e.get("code") for e in st.errors}
-        template = self._rules.window_template
-        if REENGAGEMENT in codes and template is not None and row["intent"] is not None:
-            original = intent_from_dict(row["intent"])
-            if original.kind != "template":
-                intent = SendIntent(
-                    dedupe_key=f"template:{original.dedupe_key}", conversation_key=original.conversation_key,
-                    conversation_id=original.conversation_id, phone_number_id=original.phone_number_id,
-                    to=original.to, text=original.text, automatic=original.automatic,
-                    ownership_version=original.ownership_version, kind="template",
-                    template={"name": template.name, "language": template.language,
-                              "parameters": list(template.parameters)})
-                if await replies.queue(conn, intent, published=True):
-                    return intent
-                return None
+        if sending.REENGAGEMENT in codes and row["intent"] is not None:
+            decision = sending.window_path(intent_from_dict(row["intent"]), self._rules.window_template)
+            if isinstance(decision, sending.UseTemplate):
+                queued = await replies.queue(conn, decision.replacement, published=True)
+                return decision.replacement if queued else None
         await repo.create_task(conn, row["conversation_id"], "delivery_failed",
                                f"A message was not delivered (codes {sorted(c for c in codes if c)})",
                                {"provider_message_id": st.message_id, "errors": st.errors},

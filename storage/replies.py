@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from storage.repo import create_task
+from storage.repo import Earlier, create_task
 from topics.records import SendIntent, intent_from_dict
 
 
@@ -225,44 +225,61 @@ async def due_for_publishing(conn: asyncpg.Connection, limit: int) -> list[SendI
 
 
 @dataclass(frozen=True, slots=True)
+class LedgerRow:
+    """An intent's row in ``outbound_log``: its state and the stored intent, which is what gets sent."""
+
+    id: int
+    state: str
+    attempts: int
+    intent: SendIntent
+
+
+@dataclass(frozen=True, slots=True)
 class SendChecks:
+    """What the sender checks at send time."""
+
     ownership_version: int
     human_owned: bool
     opted_out: bool
     last_inbound_at: datetime | None
     paused_until: datetime | None
+    earlier: Earlier | None = None  # an earlier unfinished reply of the conversation (outside the batch)
 
 
-# One row per conversation, NULLs when there is no such conversation.
-_SEND_CHECKS = """
-    SELECT c.ownership_version, (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) human,
-           k.opted_out, c.last_inbound_at,
-           (SELECT until FROM number_pauses p WHERE p.phone_number_id = $2 AND p.until > now()) paused
-    FROM (SELECT $1::bigint AS id) x LEFT JOIN conversations c ON c.id = x.id
-         LEFT JOIN contacts k ON k.id = c.contact_id"""
+# One row per dedupe key, in order, NULLs when it has no ledger row. The earlier unfinished reply
+# ignores the batch's own rows: they are handled in order before this one (the claim looks again).
+_SEND_READS = """
+    SELECT l.id, l.state, l.attempts, l.intent, c.ownership_version,
+           (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) AS human, k.opted_out, c.last_inbound_at,
+           (SELECT until FROM number_pauses p WHERE p.phone_number_id = c.phone_number_id AND p.until > now()) paused,
+           e.id AS e_id, e.state AS e_state, e.next_attempt_at AS e_next
+    FROM unnest($1::text[]) WITH ORDINALITY AS x(key, n)
+         LEFT JOIN outbound_log l ON l.dedupe_key = x.key
+         LEFT JOIN conversations c ON c.id = l.conversation_id
+         LEFT JOIN contacts k ON k.id = c.contact_id
+         LEFT JOIN LATERAL (SELECT e.id, e.state, e.next_attempt_at FROM outbound_log e
+                            WHERE e.conversation_id = l.conversation_id AND e.id < l.id
+                              AND e.state IN ('queued', 'retry_wait', 'sending') AND e.dedupe_key <> ALL($1::text[])
+                            ORDER BY e.id DESC LIMIT 1) e ON true
+    ORDER BY x.n"""
 
 
-async def send_checks_many(conn: asyncpg.Connection, wanted: list[tuple[int, str]]) -> list[SendChecks | None]:
-    """What the sender checks before a call, for each (conversation id, business number), pipelined."""
-    if not wanted:
+async def send_reads_many(conn: asyncpg.Connection,
+                          keys: list[str]) -> list[tuple[LedgerRow, SendChecks] | None]:
+    """For each dedupe key of a batch, its ledger row and the send-time checks (``None``: no row),
+    in one statement."""
+    if not keys:
         return []
-    return [None if r["ownership_version"] is None else
-            SendChecks(r["ownership_version"], r["human"], r["opted_out"], r["last_inbound_at"], r["paused"])
-            for r in await conn.fetchmany(_SEND_CHECKS, wanted)]
-
-
-async def wait_for_retry(conn: asyncpg.Connection, outbound_log_id: int, next_attempt_at: float,
-                         error: dict[str, Any], *, refund_attempt: bool = False, on_topic: bool = True) -> int:
-    """Make a claimed intent wait until ``next_attempt_at``; returns the attempts counted so far.
-
-    ``on_topic``: a retry topic carries it (the outbox sweep steps in only if it is overdue);
-    otherwise the sweep publishes it when it is due.
-    """
-    return int(await conn.fetchval(
-        """UPDATE outbound_log SET state = 'retry_wait', error = $3, next_attempt_at = to_timestamp($2),
-               attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END,
-               published_at = CASE WHEN $5 THEN now() END
-           WHERE id = $1 RETURNING attempts""", outbound_log_id, next_attempt_at, error, refund_attempt, on_topic))
+    out: list[tuple[LedgerRow, SendChecks] | None] = []
+    for r in await conn.fetch(_SEND_READS, keys):
+        if r["id"] is None:
+            out.append(None)
+            continue
+        earlier = None if r["e_id"] is None else Earlier(r["e_id"], r["e_state"], r["e_next"])
+        out.append((LedgerRow(r["id"], r["state"], r["attempts"], intent_from_dict(r["intent"])),
+                    SendChecks(r["ownership_version"], r["human"], r["opted_out"], r["last_inbound_at"],
+                               r["paused"], earlier)))
+    return out
 
 
 async def pause_number(conn: asyncpg.Connection, phone_number_id: str, reason: str, seconds: float,

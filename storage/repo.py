@@ -85,48 +85,124 @@ async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, 
     return None if row is None else row["intent"]
 
 
+# --- the send ledger (outbound_log) -------------------------------------------------------------
+#
+# Every state change is guarded by the states it expects (``WHERE id = $1 AND state = ANY(...)``) and
+# says whether it happened: a guard that does not match means another worker (or the settle timer, or
+# a status) moved the row first, and the caller reports it instead of carrying on as if it had won.
+# ``sent`` is never overwritten.
+
+WAITING = ("queued", "retry_wait")
+UNSETTLED = ("sending", "ambiguous", "unconfirmed")  # Meta may have the message; its answer or status settles it
+
+
 @dataclass(frozen=True, slots=True)
-class Claim:
-    outbound_log_id: int
+class Claimed:
+    """The row is ours to send (``sending``); ``attempts`` counts this attempt."""
+
     attempts: int
 
 
-# One row per intent: the claimed row (id, attempts), else NULLs, with the state the row had
-# before this statement (a data-modifying CTE's effects are not visible to the rest of it).
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """The latest earlier reply of the same conversation that is not finished (what a reply waits behind)."""
+
+    id: int
+    state: str  # queued | retry_wait | sending
+    next_attempt_at: datetime | None
+
+
+# One row: the claim (if any), the row's state before this statement, and the earlier unfinished
+# reply of the conversation that kept it from being claimed.
 _CLAIM = """
-    WITH claimed AS (
+    WITH earlier AS (
+        SELECT e.id, e.state, e.next_attempt_at FROM outbound_log e JOIN outbound_log t ON t.id = $1
+        WHERE e.conversation_id = t.conversation_id AND e.id < t.id
+          AND e.state IN ('queued', 'retry_wait', 'sending') AND e.id <> ALL($3::bigint[])
+        ORDER BY e.id DESC LIMIT 1),
+    claimed AS (
         UPDATE outbound_log SET state = 'sending', attempts = attempts + 1, claimed_at = now()
-        WHERE dedupe_key = $1 AND state IN ('queued', 'retry_wait') AND attempts = $2
-        RETURNING id, attempts)
-    SELECT c.id, c.attempts, (SELECT state FROM outbound_log WHERE dedupe_key = $1) AS state
-    FROM (SELECT 1) one LEFT JOIN claimed c ON true"""
+        WHERE id = $1 AND state IN ('queued', 'retry_wait') AND attempts = $2 AND NOT EXISTS (SELECT 1 FROM earlier)
+        RETURNING attempts)
+    SELECT (SELECT attempts FROM claimed) AS claimed, (SELECT state FROM outbound_log WHERE id = $1) AS state,
+           e.id AS e_id, e.state AS e_state, e.next_attempt_at AS e_next
+    FROM (SELECT 1) one LEFT JOIN earlier e ON true"""
 
 
-async def claim_many(conn: asyncpg.Connection, wanted: list[tuple[str, int]]) -> list[Claim | str | None]:
-    """Take intents (dedupe key, attempts before) for sending, pipelined: for each a :class:`Claim`,
-    else the row's current state (``None``: no row).
+async def claim(conn: asyncpg.Connection, outbound_log_id: int, attempts: int,
+                passed: list[int]) -> Claimed | Earlier | str:
+    """Take a waiting row (``queued``/``retry_wait`` with exactly ``attempts`` made) for its Graph API call.
 
-    Only a row waiting (``queued`` or ``retry_wait``) with exactly the attempts the event
-    expects is claimed, so a stale redelivery of an earlier attempt cannot jump the retry
-    schedule; such a row answers ``superseded``.
+    Not claimed while an earlier reply of the same conversation is ``queued``, ``retry_wait``
+    or ``sending`` (the conversation's replies leave in ledger order); ``passed`` names earlier
+    rows that count as done although not recorded yet (accepted in the caller's batch). Else
+    the row's state (``superseded``: waiting, but for another attempt).
     """
-    if not wanted:
-        return []
-    out: list[Claim | str | None] = []
-    for row in await conn.fetchmany(_CLAIM, wanted):
-        if row["id"] is not None:
-            out.append(Claim(row["id"], row["attempts"]))
-        else:
-            out.append("superseded" if row["state"] in ("queued", "retry_wait") else row["state"])
-    return out
+    row = await conn.fetchrow(_CLAIM, outbound_log_id, attempts, passed)
+    if row["claimed"] is not None:
+        return Claimed(row["claimed"])
+    if row["e_id"] is not None:
+        return Earlier(row["e_id"], row["e_state"], row["e_next"])
+    return "superseded" if row["state"] in WAITING else str(row["state"])
 
 
-# Ledger, outbound message and conversation in one statement. A status that overtook the send's
-# response (kept in message_status_events) is the message's status from the start.
+async def wait(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple[str, ...], until: datetime,
+               error: dict[str, Any], *, refund: bool, on_topic: bool, attempts: int | None = None) -> int | None:
+    """Make the row wait (``retry_wait``) until ``until``; the attempts counted so far, ``None`` if the
+    row was not in an ``expected`` state (with ``attempts`` made, when given).
+
+    ``refund``: the claimed attempt does not count (a pause). ``on_topic``: a retry topic carries
+    it (the outbox sweep steps in only if it is overdue); otherwise the sweep publishes it when due.
+    """
+    return await conn.fetchval(
+        """UPDATE outbound_log SET state = 'retry_wait', error = $3, next_attempt_at = $2,
+               attempts = attempts - CASE WHEN $4 THEN 1 ELSE 0 END,
+               published_at = CASE WHEN $5 THEN now() END
+           WHERE id = $1 AND state = ANY($6::text[]) AND ($7::int IS NULL OR attempts = $7) RETURNING attempts""",
+        outbound_log_id, until, error, refund, on_topic, list(expected), attempts)
+
+
+async def finish(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple[str, ...], state: str,
+                 error: dict[str, Any], *, attempts: int | None = None) -> bool:
+    """End the row as ``state`` (``dropped``, ``failed``) if it is in an ``expected`` state."""
+    assert state in ("dropped", "failed"), state
+    return await conn.fetchval(
+        """UPDATE outbound_log SET state = $3, error = $4, finished_at = now()
+           WHERE id = $1 AND state = ANY($2::text[]) AND ($5::int IS NULL OR attempts = $5) RETURNING true""",
+        outbound_log_id, list(expected), state, error, attempts) is True
+
+
+async def record_failed(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple[str, ...],
+                        error: dict[str, Any], conversation_id: int, task_kind: str, task_title: str, *,
+                        attempts: int | None = None) -> bool:
+    """The intent will not be sent: ``failed``, and a person gets a task. False if the guard did not match."""
+    if not await finish(conn, outbound_log_id, expected, "failed", error, attempts=attempts):
+        return False
+    await create_task(conn, conversation_id, task_kind, task_title, error,
+                      dedupe_key=f"outbound:{outbound_log_id}:failed")
+    return True
+
+
+async def mark_ambiguous(conn: asyncpg.Connection, outbound_log_id: int, error: dict[str, Any]) -> bool:
+    """A call in flight that got no answer: ``sending`` → ``ambiguous`` (stamped once), never resent here."""
+    return await conn.fetchval(
+        """UPDATE outbound_log SET state = 'ambiguous', error = $2, finished_at = now(),
+               ambiguous_since = COALESCE(ambiguous_since, now())
+           WHERE id = $1 AND state = 'sending' RETURNING true""", outbound_log_id, error) is True
+
+
+# Ledger, outbound message and conversation in one statement. The ledger moves only from a state
+# where Meta may have the message; the message is stored whatever the ledger's state (a message
+# Meta took must be in the conversation), and the conversation moves only when it was. A status that
+# overtook the send's response (kept in message_status_events) is the message's status from the start.
+# A row settled from 'unconfirmed' closes the person's task.
 _RECORD_SENT = """
-    WITH ledger AS (
-        UPDATE outbound_log SET state = 'sent', provider_message_id = $2, finished_at = now(), error = NULL
-        WHERE id = $5),
+    WITH prior AS (SELECT state FROM outbound_log WHERE id = $5),
+    ledger AS (
+        UPDATE outbound_log SET state = 'sent', provider_message_id = $2, finished_at = now(), error = NULL,
+            settled_by = CASE WHEN $8::text = 'answer' AND state = 'sending' THEN settled_by ELSE $8::text END
+        WHERE id = $5 AND state IN ('sending', 'ambiguous', 'unconfirmed')
+        RETURNING id),
     message AS (
         INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
                               payload, status, status_at, provider_timestamp, outbound_log_id, error)
@@ -138,47 +214,117 @@ _RECORD_SENT = """
                              AND wacrm_status_rank(status) > wacrm_status_rank('accepted')
                            ORDER BY wacrm_status_rank(status) DESC LIMIT 1) e ON true
         WHERE c.id = $6
-        ON CONFLICT (channel, provider_message_id) DO NOTHING)
-    UPDATE conversations SET last_outbound_at = now(), last_message_at = now() WHERE id = $6"""
+        ON CONFLICT (channel, provider_message_id) DO NOTHING
+        RETURNING id),
+    conversation AS (
+        UPDATE conversations SET last_outbound_at = now(), last_message_at = now()
+        WHERE id = $6 AND EXISTS (SELECT 1 FROM message)),
+    task AS (
+        UPDATE tasks SET status = 'done' WHERE dedupe_key = 'outbound:' || $5 || ':ambiguous'
+          AND EXISTS (SELECT 1 FROM ledger) AND (SELECT state FROM prior) = 'unconfirmed')
+    SELECT EXISTS (SELECT 1 FROM ledger) AS settled, EXISTS (SELECT 1 FROM message) AS stored"""
 
 
 @dataclass(frozen=True, slots=True)
 class Accepted:
-    """A send the Graph API accepted, to record."""
+    """A message the Graph API took for a ledger row, to record."""
 
-    intent: SendIntent
-    claim: Claim
+    outbound_log_id: int
+    conversation_id: int
+    text: str
     wamid: str
     payload: dict[str, Any]
 
 
-async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted]) -> None:
-    """The Graph API accepted these intents: ledger, outbound message and conversation, in the
-    caller's transaction, one statement each, pipelined.
+async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, settled_by: str) -> list[str]:
+    """Record messages Meta took: ledger, outbound message and conversation, in the caller's
+    transaction, one statement each, pipelined; the outcome of each.
 
-    Statuses that arrived before this (they can overtake the send's response) are applied here.
+    ``settled_by``: ``answer`` (the sender, from the call's answer; only a row that had become
+    ambiguous meanwhile is marked settled) or ``status`` (a status naming the row). Outcomes:
+    ``recorded``; ``already`` (the row and its message were recorded before: a replay);
+    ``second_copy`` (the row was settled with another message: both are in the conversation);
+    ``conflict`` (another row's or an inbound message has this id: this one is NOT stored; the
+    caller must make it known).
     """
-    if sent:
-        await conn.executemany(_RECORD_SENT, [
-            (CHANNEL, a.wamid, a.intent.text, a.payload, a.claim.outbound_log_id, a.intent.conversation_id,
-             a.payload.get("type", "text")) for a in sent])
+    if not sent:
+        return []
+    rows = await conn.fetchmany(_RECORD_SENT, [
+        (CHANNEL, a.wamid, a.text, a.payload, a.outbound_log_id, a.conversation_id, a.payload.get("type", "text"),
+         settled_by) for a in sent])
+    out = []
+    for a, r in zip(sent, rows):
+        if r["stored"]:
+            out.append("recorded" if r["settled"] else "second_copy")
+            continue
+        owner = await conn.fetchrow("SELECT outbound_log_id, direction FROM messages "
+                                    "WHERE channel = $1 AND provider_message_id = $2", CHANNEL, a.wamid)
+        out.append("already" if owner is not None and owner["outbound_log_id"] == a.outbound_log_id else "conflict")
+    return out
 
 
-async def record_failed(conn: asyncpg.Connection, claim_: Claim, state: str, error: dict[str, Any],
-                        conversation_id: int, task_kind: str, task_title: str) -> None:
-    """The intent will not be sent (``failed``, ``ambiguous`` or ``dropped``); a human gets a task."""
-    await conn.execute(
-        "UPDATE outbound_log SET state = $2, error = $3, finished_at = now() WHERE id = $1",
-        claim_.outbound_log_id, state, error)
-    await create_task(conn, conversation_id, task_kind, task_title, error,
-                      dedupe_key=f"outbound:{claim_.outbound_log_id}:{state}")
+async def keep_unstored(conn: asyncpg.Connection, a: Accepted) -> None:
+    """A message Meta took that :func:`record_sent_many` could not store (``conflict``): a task keeps
+    the record for a person, so it is never dropped silently."""
+    await create_task(conn, a.conversation_id, "send_unrecorded",
+                      "A sent reply could not be stored in the conversation (its message id is taken)",
+                      {"outbound_log_id": a.outbound_log_id, "provider_message_id": a.wamid, "text": a.text,
+                       "payload": a.payload}, dedupe_key=f"outbound:{a.outbound_log_id}:unrecorded:{a.wamid}")
 
 
-async def mark_state(conn: asyncpg.Connection, dedupe_key: str, state: str, error: dict[str, Any]) -> int | None:
-    """Move a ledger row to ``state`` by key (used for ambiguous claims); returns its id."""
-    return await conn.fetchval(
-        "UPDATE outbound_log SET state = $2, error = $3, finished_at = now() WHERE dedupe_key = $1 RETURNING id",
-        dedupe_key, state, error)
+async def in_flight_too_long(conn: asyncpg.Connection, after_s: float, limit: int) -> list[int]:
+    """Rows ``sending`` for longer than ``after_s`` (their worker died mid-call) become ``ambiguous``."""
+    return [r["id"] for r in await conn.fetch(
+        """UPDATE outbound_log SET state = 'ambiguous', finished_at = now(),
+               ambiguous_since = COALESCE(ambiguous_since, now()),
+               error = jsonb_build_object('error', 'in flight when its worker stopped; not resent')
+           WHERE id IN (SELECT id FROM outbound_log WHERE state = 'sending'
+                          AND claimed_at < now() - make_interval(secs => $1)
+                        ORDER BY claimed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             AND state = 'sending'
+           RETURNING id""", after_s, limit)]
+
+
+async def settle_overdue(conn: asyncpg.Connection, after_s: float, resend: bool, limit: int) -> list[tuple[int, str]]:
+    """Rows still ``ambiguous`` ``after_s`` after becoming so: a person checks (``unconfirmed`` and a
+    ``send_ambiguous`` task), or, with ``resend``, they are queued again for the outbox (once: a
+    row resent before goes to a person). Returns (id, ``task`` | ``resend``)."""
+    rows = await conn.fetch(
+        """UPDATE outbound_log SET
+               state = CASE WHEN $2 AND settled_by IS DISTINCT FROM 'resend' THEN 'queued' ELSE 'unconfirmed' END,
+               settled_by = CASE WHEN $2 AND settled_by IS DISTINCT FROM 'resend' THEN 'resend' ELSE 'task' END,
+               published_at = NULL, next_attempt_at = NULL
+           WHERE id IN (SELECT id FROM outbound_log WHERE state = 'ambiguous'
+                          AND finished_at < now() - make_interval(secs => $1)
+                        ORDER BY finished_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+             AND state = 'ambiguous'
+           RETURNING id, conversation_id, settled_by, dedupe_key""", after_s, resend, limit)
+    for r in rows:
+        if r["settled_by"] == "task":
+            await create_task(conn, r["conversation_id"], "send_ambiguous",
+                              "A reply may or may not have reached the customer: check before sending it again",
+                              {"outbound_log_id": r["id"], "dedupe_key": r["dedupe_key"]},
+                              dedupe_key=f"outbound:{r['id']}:ambiguous")
+    return [(r["id"], r["settled_by"]) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled:
+    """A ledger row Meta may have taken without our record of it."""
+
+    id: int
+    conversation_id: int
+    state: str  # sending | ambiguous | unconfirmed
+    intent: dict[str, Any]
+
+
+async def unsettled(conn: asyncpg.Connection, ids: list[int]) -> dict[int, Unsettled]:
+    """Of these ledger rows, those in ``sending``, ``ambiguous`` or ``unconfirmed``, by id."""
+    if not ids:
+        return {}
+    return {r["id"]: Unsettled(r["id"], r["conversation_id"], r["state"], r["intent"]) for r in await conn.fetch(
+        "SELECT id, conversation_id, state, intent FROM outbound_log WHERE id = ANY($1::bigint[]) "
+        "AND state IN ('sending', 'ambiguous', 'unconfirmed')", ids)}
 
 
 async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kind: str, title: str,

@@ -188,8 +188,8 @@ class Stack:
         if not self.port:
             self.port, self.fake_port, self.worker_metrics_port = free_port(), free_port(), free_port()
         self.logs.mkdir(parents=True, exist_ok=True)
-        commands = {"fake-meta": ["fake-meta", "--port", str(self.fake_port)], "serve": ["serve"],
-                    "worker": ["worker"]}
+        commands = {"fake-meta": ["fake-meta", "--port", str(self.fake_port), "--webhook-url", self.webhook],
+                    "serve": ["serve"], "worker": ["worker"]}
         for name in names or ("fake-meta", "serve", "worker"):
             env = self.env()
             if name.startswith("worker") and name != "worker":  # more workers of the same group, no metrics port

@@ -110,6 +110,8 @@ async def test_a_status_for_a_message_not_stored_yet_is_kept(stack: Stack, db: a
 
 
 async def test_statuses_move_a_sent_reply_forward_only(stack: Stack, db: asyncpg.Connection) -> None:
+    async with aiohttp.ClientSession() as s:  # this test posts the reply's statuses itself
+        await s.post(f"{stack.fake_meta}/__script", json=[{"to": "+15550006666", "statuses": False}])
     body = simulate.dumps(simulate.text_body(text="status please", wa_id="15550006666"))
     message_id = simulate_id(body)
     assert (await stack.post(body))[0] == 200

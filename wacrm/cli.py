@@ -159,9 +159,14 @@ def cmd_fake_meta(args: argparse.Namespace) -> int:
     from whatsapp.fake_meta import serve
 
     _logging("WARNING")
-    print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent)", flush=True)
+    secret = args.app_secret or os.environ.get("WHATSAPP_APP_SECRET", "").strip() or None
+    if args.webhook_url and not secret:
+        raise CommandError("--webhook-url needs the app secret to sign the statuses: --app-secret or "
+                           "WHATSAPP_APP_SECRET", EXIT_CONFIG)
+    where = f"; statuses posted to {args.webhook_url}" if args.webhook_url else "; no statuses posted (no --webhook-url)"
+    print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent){where}", flush=True)
     try:
-        asyncio.run(serve(args.host, args.port))
+        asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -265,6 +270,10 @@ def parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives")
     f.add_argument("--port", type=int, default=8090)
     f.add_argument("--host", default="127.0.0.1")
+    f.add_argument("--webhook-url", default=None,
+                   help="post signed sent/delivered/read status webhooks for every accepted send here, as Meta does "
+                   "(default: none)")
+    f.add_argument("--app-secret", default=None, help="the app secret that signs them (default WHATSAPP_APP_SECRET)")
     f.set_defaults(func=cmd_fake_meta)
 
     sm = sub.add_parser("simulate", help="sign and POST a realistic inbound text message to a running webhook",

@@ -175,7 +175,9 @@ def run_dev(state_dir: Path) -> int:
             fake_port = free_port()
             fake_meta_url = f"http://127.0.0.1:{fake_port}"
             env["WHATSAPP_API_BASE_URL"] = fake_meta_url
-            children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port)),
+            webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"  # statuses flow back, as from Meta
+            children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),
+                                                                "--webhook-url", webhook_url),
                                   env, logs / "fake-meta.log"))
         env.setdefault("WORKER_METRICS_PORT", str(free_port()))
         children.append(Child("serve", procs.python_cmd("serve"), env, logs / "serve.log"))

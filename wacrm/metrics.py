@@ -67,3 +67,14 @@ RATE_LIMIT_WAITS = Counter(
     ["kind"])
 RATE_LIMIT_WAIT_SECONDS = Histogram(
     "wacrm_rate_limit_wait_seconds", "Time a send waited for the business number's token bucket", buckets=_FAST)
+SEND_RECORDS = Counter(
+    "wacrm_send_records_total", "Messages Meta took, recorded in the conversation, by outcome (recorded, already, "
+    "second_copy; conflict: the provider message id belongs to another row and the message is NOT stored)",
+    ["outcome"])
+AMBIGUOUS_SENDS = Counter(
+    "wacrm_ambiguous_sends_total", "Sends whose outcome was unknown, by step (marked: call unanswered; stuck: its "
+    "worker died mid-call; settled_status, settled_answer: settled; task: a person checks; resend: sent again)",
+    ["step"])
+LEDGER_GUARD_MISSES = Counter(
+    "wacrm_ledger_guard_misses_total", "Ledger state changes not made because the row had moved on (another worker, "
+    "a status or the settle timer got there first), by the change", ["change"])

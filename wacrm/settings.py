@@ -76,6 +76,9 @@ class Settings:
     pair_interval_s: float
     pair_burst: int
     pause_s: float
+    # ambiguous sends
+    ambiguous_settle_s: float
+    ambiguous_policy: str
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -147,6 +150,13 @@ def _version(raw: str) -> str:
     if not raw.startswith("v"):
         raise ValueError("must look like v25.0")
     return raw
+
+
+def _ambiguous_policy(raw: str) -> str:
+    policy = raw.lower()
+    if policy not in {"task", "resend"}:
+        raise ValueError("must be task (a person checks an unsettled send) or resend (send it again once)")
+    return policy
 
 
 def _log_level(raw: str) -> str:
@@ -221,6 +231,8 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         pair_interval_s=get("PAIR_INTERVAL_SECONDS", _float(0, 600), 6.0),
         pair_burst=get("PAIR_BURST", _int(1, 100), 3),
         pause_s=get("PAUSE_SECONDS", _float(1, 86400), 900.0),
+        ambiguous_settle_s=get("AMBIGUOUS_SETTLE_SECONDS", _float(0.1, 7 * 86400), 600.0),
+        ambiguous_policy=get("AMBIGUOUS_POLICY", _ambiguous_policy, "task"),
     )
     if problems:
         raise SettingsError(problems)

@@ -1,7 +1,14 @@
 """A local stand-in for the Graph API send endpoint (``wacrm fake-meta``).
 
 Answers ``POST /{version}/{phone_number_id}/messages`` as Meta does (success bodies shaped
-like the Cloud API's, error envelopes with Meta's codes) and records every request.
+like the Cloud API's, error envelopes with Meta's codes) and records every request. Message
+ids are unique across runs, as Meta's are (each run has its own random prefix).
+
+Like Meta, for every send it accepts it posts status webhooks back — ``sent``, then
+``delivered``, then ``read``, each a signed ``messages`` webhook (``X-Hub-Signature-256`` with
+the app secret) echoing ``biz_opaque_callback_data`` — to ``webhook_url`` when one is set.
+Also when its answer was delayed past the client's timeout: the send was taken, so its
+statuses come. Posting happens beside the answer (never delays it) and retries a few times.
 
 - ``GET /__sent``: every recorded request, oldest first (JSON list).
 - ``DELETE /__sent``: forget them.
@@ -9,18 +16,30 @@ like the Cloud API's, error envelopes with Meta's codes) and records every reque
   fail with that Meta error (still recorded), for tests of retries and error handling.
 - ``POST /__script``: ``[{"id": "wamid.X", "delay_ms": 1500}, {"code": 131000, "http_status": 500}]``
   decides the next sends' answers in order: a success with that message id after that delay, or
-  an error; a step with ``"to": "+1555…"`` applies only to sends to that recipient.
+  an error; a step with ``"to": "+1555…"`` applies only to sends to that recipient, and one with
+  ``"statuses": false`` posts no statuses for that send.
+- ``POST /__statuses``: ``{"enabled": false}`` stops posting statuses (``true`` resumes);
+  ``GET /__statuses`` lists the status posts made (wamid, status, HTTP answer or error).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import secrets
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
+
+from whatsapp import signature
+
+log = logging.getLogger("wacrm.fake_meta")
+WABA_ID = "100000000000001"
+STATUS_ATTEMPTS = 5
 
 _ERROR_TITLES = {
     1: "Invalid request or possible server error", 2: "Service temporarily unavailable",
@@ -45,10 +64,65 @@ def _error(code: int, http_status: int, details: str | None = None) -> web.Respo
 class FakeMeta:
     """The recorded state of one fake Graph API."""
 
-    def __init__(self) -> None:
+    def __init__(self, webhook_url: str | None = None, app_secret: str | None = None) -> None:
         self.sent: list[dict[str, Any]] = []
+        self.status_posts: list[dict[str, Any]] = []
+        self._run = secrets.token_hex(4).upper()  # ids unique across runs, as Meta's are
         self._ids = itertools.count(1)
         self._script: list[dict[str, Any]] = []
+        self._webhook_url = webhook_url
+        self._app_secret = app_secret or ""
+        self.statuses_enabled = True
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    def _after_accepting(self, body: dict[str, Any], phone_number_id: str, wamid: str, delay_s: float,
+                         step: dict[str, Any]) -> None:
+        """Meta took the send: its statuses follow (after the answer's delay), beside the answer."""
+        if not self._webhook_url or not self.statuses_enabled or step.get("statuses") is False:
+            return
+        task = asyncio.get_running_loop().create_task(self._post_statuses(body, phone_number_id, wamid, delay_s))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post_statuses(self, body: dict[str, Any], phone_number_id: str, wamid: str, delay_s: float) -> None:
+        await asyncio.sleep(delay_s + 0.05)
+        for status in ("sent", "delivered", "read"):
+            if not self.statuses_enabled:
+                return
+            await self._post(status_webhook(body, phone_number_id, wamid, status, int(time.time())), wamid, status)
+            await asyncio.sleep(0.05)
+
+    async def _post(self, payload: dict[str, Any], wamid: str, status: str) -> None:
+        raw = orjson.dumps(payload)
+        headers = {"Content-Type": "application/json",
+                   "X-Hub-Signature-256": signature.sign(self._app_secret, raw)}
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        delay = 0.2
+        for attempt in range(1, STATUS_ATTEMPTS + 1):
+            try:
+                assert self._webhook_url is not None
+                async with self._session.post(self._webhook_url, data=raw, headers=headers) as resp:
+                    await resp.read()
+                    answer: Any = resp.status
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                answer = repr(exc)
+            self.status_posts.append({"id": wamid, "status": status, "attempt": attempt, "answer": answer,
+                                      "at": time.time()})
+            if answer == 200:
+                return
+            await asyncio.sleep(delay)
+            delay *= 2
+        log.warning("status %s of %s not accepted by %s after %d attempts", status, wamid, self._webhook_url,
+                    STATUS_ATTEMPTS)
 
     async def send(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -70,9 +144,10 @@ class FakeMeta:
         if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
             return _error(190, 401, "Missing or malformed access token")
         step = self._next_step(body)
-        if step.get("delay_ms"):
-            await asyncio.sleep(step["delay_ms"] / 1000)
+        delay_s = float(step.get("delay_ms") or 0) / 1000
         if "code" in step:
+            if delay_s:
+                await asyncio.sleep(delay_s)
             record["answered"] = {"error": step["code"]}
             return _error(step["code"], step.get("http_status", 400))
         if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
@@ -84,8 +159,11 @@ class FakeMeta:
                                                                      "document", "audio", "video", "reaction",
                                                                      "location", "contacts", "sticker"}:
             return _error(100, 400, "to/recipient and a supported type are required")
-        wamid = step.get("id") or f"wamid.FAKE_OUT_{next(self._ids):08d}"
+        wamid = step.get("id") or f"wamid.FAKE_OUT_{self._run}_{next(self._ids):08d}"
         record["answered"] = {"id": wamid}
+        self._after_accepting(body, request.match_info["phone_number_id"], wamid, delay_s, step)
+        if delay_s:  # taken already: a client that gave up waiting still gets the statuses
+            await asyncio.sleep(delay_s)
         answer: dict[str, Any] = {"messaging_product": "whatsapp", "messages": [{"id": wamid}]}
         if "to" in body:
             answer["contacts"] = [{"input": recipient, "wa_id": recipient.lstrip("+").replace(" ", "")}]
@@ -126,16 +204,63 @@ class FakeMeta:
         if not isinstance(steps, list) or not all(
                 isinstance(x, dict) and (isinstance(x.get("id", ""), str) and isinstance(x.get("code", 0), int)
                                          and isinstance(x.get("delay_ms", 0), (int, float))
-                                         and isinstance(x.get("to", ""), str)) for x in steps):
+                                         and isinstance(x.get("to", ""), str)
+                                         and isinstance(x.get("statuses", True), bool)) for x in steps):
             return _json({"error": 'expected a list of {"id"?: str, "delay_ms"?: n, "code"?: int, '
                                    '"http_status"?: int}'}, 400)
         self._script.extend(steps)
         return _json({"scripted": len(self._script)})
 
 
-def make_app() -> web.Application:
-    fake = FakeMeta()
+    async def set_statuses(self, request: web.Request) -> web.Response:
+        try:
+            spec = orjson.loads(await request.read())
+            enabled = spec["enabled"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            enabled = None
+        if not isinstance(enabled, bool):
+            return _json({"error": 'expected {"enabled": true|false}'}, 400)
+        self.statuses_enabled = enabled
+        return _json({"enabled": enabled, "webhook_url": self._webhook_url})
+
+    async def list_statuses(self, request: web.Request) -> web.Response:
+        return _json(self.status_posts)
+
+
+def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, status: str,
+                   timestamp: int) -> dict[str, Any]:
+    """The ``messages`` webhook body Meta posts for a status of the message ``sent`` (the request body)."""
+    to = sent.get("to")
+    item: dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(timestamp)}
+    if isinstance(to, str):
+        item["recipient_id"] = to.lstrip("+").replace(" ", "")
+    else:
+        item["recipient_user_id"] = sent.get("recipient")
+    if sent.get("biz_opaque_callback_data"):
+        item["biz_opaque_callback_data"] = sent["biz_opaque_callback_data"]
+    if status == "sent":
+        item["conversation"] = {"id": f"FAKECONV{wamid[-16:]}", "expiration_timestamp": str(timestamp + 86400),
+                                "origin": {"type": "service"}}
+    if status in ("sent", "delivered"):
+        item["pricing"] = {"billable": False, "pricing_model": "PMP", "type": "free_customer_service",
+                           "category": "service"}
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
+             "statuses": [item]}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": WABA_ID, "changes": [{"value": value, "field": "messages"}]}]}
+
+
+def make_app(webhook_url: str | None = None, app_secret: str | None = None) -> web.Application:
+    fake = FakeMeta(webhook_url, app_secret)
     app = web.Application()
+
+    async def close(app: web.Application) -> None:
+        await fake.close()
+
+    app.on_cleanup.append(close)
+    app.router.add_post("/__statuses", fake.set_statuses)
+    app.router.add_get("/__statuses", fake.list_statuses)
     app.router.add_post("/{version}/{phone_number_id}/messages", fake.send)
     app.router.add_get("/__sent", fake.list_sent)
     app.router.add_delete("/__sent", fake.clear_sent)
@@ -144,9 +269,10 @@ def make_app() -> web.Application:
     return app
 
 
-async def serve(host: str, port: int, ready: asyncio.Event | None = None) -> None:
-    """Run until cancelled."""
-    runner = web.AppRunner(make_app(), access_log=None)
+async def serve(host: str, port: int, ready: asyncio.Event | None = None, *, webhook_url: str | None = None,
+                app_secret: str | None = None) -> None:
+    """Run until cancelled; statuses go to ``webhook_url`` (none when it is ``None``), signed with ``app_secret``."""
+    runner = web.AppRunner(make_app(webhook_url, app_secret), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -1,12 +1,20 @@
-"""The Graph API send call and its errors, classified by Meta's error code.
+"""The Graph API send call and its errors, classified by what happens next.
 
 Exception tree (catch at the level you need)::
 
     GraphError                 the send did not produce a message id
-    ├── RetryableGraphError    try the same request again later (throttling, 5xx, transport)
+    ├── RetryableGraphError    try the same request again later: Meta said so (throttling, 5xx), or the
+    │                          request never left (connection refused, connect timeout, DNS)
+    ├── AmbiguousGraphError    the request was written but no answer came (read timeout, dropped
+    │                          connection, broken response): Meta may have taken it; never resend
+    │                          blindly (the statuses naming ``biz_opaque_callback_data`` settle it)
     ├── PermanentGraphError    do not retry this intent (bad request, window closed, undeliverable)
     │   └── InvalidRecipient   the recipient cannot be normalised; raised before any request
     └── PausingGraphError      stop sending for this business number and alert (token, spam rate)
+
+Each class carries flags that :func:`agents.errors.classify` reads duck-typed: ``retryable``
+(bool), ``ambiguous`` (True only for :class:`AmbiguousGraphError`), and ``pausing`` and
+``invalid_recipient`` for the sender's routes.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ import phonenumbers
 
 class GraphError(Exception):
     retryable = False
+    ambiguous = False
+    pausing = False
+    invalid_recipient = False
 
     def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
                  details: str | None = None) -> None:
@@ -40,16 +51,20 @@ class RetryableGraphError(GraphError):
     retryable = True
 
 
+class AmbiguousGraphError(GraphError):
+    ambiguous = True
+
+
 class PermanentGraphError(GraphError):
     pass
 
 
 class InvalidRecipient(PermanentGraphError):
-    pass
+    invalid_recipient = True
 
 
 class PausingGraphError(GraphError):
-    pass
+    pausing = True
 
 
 # Meta error code → what to do. Codes not listed: 5xx without a code is retryable,
@@ -125,7 +140,9 @@ class GraphClient:
         self._session = session
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # The connect phase (pool wait, DNS, TCP, TLS) times out first, so a total timeout means the
+        # request was on the wire: ambiguous, whereas a connect timeout is safely retryable.
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout / 2)
         self._region = default_region
 
     def text_payload(self, to: str, text: str, *, reply_to: str | None = None,
@@ -160,10 +177,13 @@ class GraphClient:
                                           timeout=self._timeout) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except asyncio.TimeoutError:
-            raise RetryableGraphError(f"Graph API did not answer within {self._timeout.total}s") from None
-        except aiohttp.ClientError as exc:
-            raise RetryableGraphError(f"Graph API unreachable: {exc}") from None
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
+            # before the request was written: Meta cannot have it
+            raise RetryableGraphError(f"Graph API unreachable: {exc!r}") from None
+        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+            # the connection was up (the connect timeout is shorter than the total): the request went out
+            raise AmbiguousGraphError(f"Graph API did not answer within {self._timeout.total}s or dropped the "
+                                      f"connection after the request was written: {exc!r}") from None
         try:
             body = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
@@ -173,8 +193,8 @@ class GraphClient:
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict) \
                 or not isinstance(messages[0].get("id"), str):
-            # Meta accepted something: sending again could duplicate it, so this is not retried.
-            raise PermanentGraphError("Graph API answered 200 without a message id", http_status=status)
+            # Meta accepted something: sending again could duplicate it; its statuses settle it.
+            raise AmbiguousGraphError("Graph API answered 200 without a message id", http_status=status)
         contacts = body.get("contacts") if isinstance(body.get("contacts"), list) else []
         wa_id = contacts[0].get("wa_id") if contacts and isinstance(contacts[0], dict) else None
         return Sent(messages[0]["id"], wa_id, messages[0].get("message_status"))
