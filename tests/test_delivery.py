@@ -93,6 +93,23 @@ async def test_an_ambiguous_send_without_statuses_becomes_a_task_not_a_second_se
     assert len(await sends_to(dstack, wa_id)) == 1  # unconfirmed rows are never claimed again
 
 
+async def test_a_send_in_flight_when_its_worker_dies_becomes_ambiguous_then_a_task(
+        dstack: Stack, ddb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    await script(dstack, [{"to": f"+{wa_id}", "delay_ms": SLOWER_THAN_TIMEOUT_MS, "statuses": False}])
+    (mid,) = await say(dstack, wa_id, "are you there?")
+    await eventually(lambda: _row_in(ddb, f"auto:{mid}", "sending"), what="the call in flight")
+    dstack.procs["worker"].kill()  # between the call and its answer
+    dstack.procs["worker"].wait()
+    dstack.start("worker")
+    await dstack.wait_worker(90)
+    row = await eventually(lambda: _row_in(ddb, f"auto:{mid}", "unconfirmed"), 90, "the stuck send handed to a person")
+    assert row["settled_by"] == "task" and row["ambiguous_since"] is not None
+    assert await ddb.fetchval("SELECT count(*) FROM tasks WHERE conversation_id = $1 AND kind = 'send_ambiguous'",
+                              row["conversation_id"]) == 1
+    assert len(await sends_to(dstack, wa_id)) == 1
+
+
 async def test_replies_of_a_conversation_leave_in_the_order_they_were_decided(
         dstack: Stack, ddb: asyncpg.Connection) -> None:
     wa_id = _phone()
