@@ -15,22 +15,19 @@ reply of the conversation is unfinished), call the Graph API, route an error
 flight. The accepted sends of a batch are recorded (``sent``, the outbound message, the
 conversation) in one transaction. Commit: after that.
 
-Idempotency and ambiguity: a redelivered finished intent does nothing; a redelivered copy of an
-intent in flight (``sending``) is acknowledged as ``in_flight``. A call that may have reached Meta
-without an answer (timeout, dropped connection after the request was written) is never resent:
-the row becomes ``ambiguous``, every send names its row in ``biz_opaque_callback_data``, and the
-status agent settles it from Meta's statuses; the worker's settle timer turns rows stuck in
-``sending`` into ``ambiguous`` and what stays ambiguous into a task (or a resend, by policy).
+Idempotency and ambiguity: a redelivered finished intent does nothing; a copy of an intent in
+flight (``sending``) is acked as ``in_flight``. A call that may have reached Meta without an
+answer is never resent: the row becomes ``ambiguous``; every send names its row in
+``biz_opaque_callback_data``, so the status agent settles it from Meta's statuses, and the
+worker's settle timer hands what stays unsettled to a person (or resends it, by policy).
 
-Failures: retryable → the next retry topic with a growing delay, then ``wa.dlq`` and a task;
-permanent → ``wa.dlq`` and a task; pausing (190, 131048) → the number pauses, the intent waits;
-131047 → the window path. Every ledger change is guarded by the state it expects; one that finds
-the row moved on is counted and logged as ``raced``.
+Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
+then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
+intent waits; 131047 → the window path. Every ledger change is guarded by the state it expects;
+one that finds the row moved on is counted and logged as ``raced``.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import asyncio
 import dataclasses
@@ -38,7 +35,7 @@ import logging
 import random
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 
@@ -61,7 +58,7 @@ log = logging.getLogger("wacrm.sender")
 
 @dataclasses.dataclass(slots=True)
 class _Job:
-    """One delivery of the batch: the event's item, the row it names, and what the batch passed."""
+    """One delivery of the batch: the event as it came, and the ledger row it names with its checks."""
 
     value: bytes
     ref: RawRef
@@ -162,138 +159,103 @@ class Sender:
             metrics.RATE_LIMIT_WAIT_SECONDS.observe(delay)
             await asyncio.sleep(delay)
 
-    # --- carrying out a decision (the row is waiting: queued / retry_wait) --------------------------
-
-    async def _carry_out(self, decision: sending.Decision, job: _Job, intent: SendIntent) -> str:
-        row, waiting, attempt = job.row, repo.WAITING, job.event.attempt
-        if isinstance(decision, sending.Skip):
-            if decision.outcome != "in_flight":
-                metrics.DUPLICATES.labels("send_intent").inc()
-            return decision.outcome
-        async with self._res.pool.acquire() as conn, conn.transaction():
-            if isinstance(decision, sending.Drop):
-                done = await repo.finish(conn, row.id, waiting, "dropped", {"error": decision.reason},
-                                         attempts=attempt)
-                outcome = decision.outcome
-            elif isinstance(decision, sending.Park):
-                done = await repo.wait(conn, row.id, waiting, decision.until, {"error": decision.reason},
-                                       refund=False, on_topic=False, attempts=attempt) is not None
-                outcome = decision.outcome
-            elif isinstance(decision, sending.Pace):
-                metrics.RATE_LIMIT_WAITS.labels("recipient").inc()
-                on_topic = bool(self._delays)
-                done = await repo.wait(conn, row.id, waiting, decision.until, {"error": "pair rate pacing"},
-                                       refund=False, on_topic=on_topic, attempts=attempt) is not None
-                if done and on_topic:
-                    await self._to_retry_topic(intent, 1, row.attempts, decision.until)
-                outcome = "paced"
-            else:
-                return await self._give_up(conn, decision, job, intent, waiting, attempt)
-        if not done:
-            return self._raced(type(decision).__name__.lower(), intent)
-        metrics.SENDS.labels(outcome).inc()
-        return outcome
-
-    async def _give_up(self, conn: Any, decision: sending.Decision, job: _Job, intent: SendIntent,
-                       expected: tuple[str, ...], attempts: int | None) -> str:
-        """The window path or a failure, inside the caller's transaction (then the publish or dead letter)."""
-        row = job.row
-        if isinstance(decision, sending.UseTemplate):
-            if not await repo.finish(conn, row.id, expected, "dropped",
-                                     {"error": "24-hour window closed; template sent"}, attempts=attempts):
-                return self._raced("window_template", intent)
-            queued = await replies.queue(conn, decision.replacement, published=True)
-            if queued:
-                await publish(self._topics["outbound"], [decision.replacement])
-            metrics.SENDS.labels("window_template").inc()
-            return "window_template"
-        assert isinstance(decision, sending.Fail), decision
-        if not await repo.record_failed(conn, row.id, expected, decision.error, row.intent.conversation_id,
-                                        decision.kind, decision.title, attempts=attempts):
-            return self._raced("failed", intent)
-        if decision.dead_letter:
-            origin = intent.origin or dataclasses.asdict(job.ref)
-            await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), job.value,
-                              f"sender: {decision.kind}", str(decision.error.get("error")),
-                              {**decision.error, "attempts": row.attempts, "first_attempt_at": intent.first_attempt_at,
-                               "dedupe_key": intent.dedupe_key})
-        metrics.SENDS.labels(decision.kind).inc()
-        return decision.kind
-
-    def _raced(self, change: str, intent: SendIntent) -> str:
-        metrics.LEDGER_GUARD_MISSES.labels(change).inc()
-        log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, change)
-        return "raced"
-
-    async def _to_retry_topic(self, intent: SendIntent, topic: int, attempts: int, at: datetime) -> None:
-        retry = dataclasses.replace(intent, attempt=attempts, not_before=at.timestamp())
-        await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry)))
-
-    # --- the call and its outcome (the row is ours: sending) ---------------------------------------
+    # --- carrying out what sending.decide / sending.route returned ----------------------------------
 
     async def _call(self, job: _Job, intent: SendIntent, attempts: int,
                     accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
+        """The Graph API call of a claimed row (``sending``, ``attempts`` with this one)."""
         started = time.perf_counter()
         try:
             body = sending.payload(self._res.graph, job.row.id, intent)
             answer = await self._res.graph.send(intent.phone_number_id, body)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
+            r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
+            metrics.SEND_DURATION.labels(type(r).__name__.lower()).observe(time.perf_counter() - started)
             code = getattr(exc, "code", None)
-            outcome = "ambiguous" if getattr(exc, "ambiguous", False) else "paused" if getattr(exc, "pausing", False) \
-                else "retryable_error" if getattr(exc, "retryable", False) else "permanent_error"
-            metrics.SENDS.labels(outcome).inc()
-            metrics.SEND_DURATION.labels(outcome).observe(time.perf_counter() - started)
-            metrics.SEND_ERRORS.labels(str(code if code is not None else
-                                           f"http_{getattr(exc, 'http_status', None)}")).inc()
-            return await self._on_error(job, intent, attempts, exc)
+            metrics.SEND_ERRORS.labels(str(code if code is not None else f"http_{getattr(exc, 'http_status', None)}"))\
+                .inc()
+            error = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
+            if getattr(exc, "invalid_recipient", False):
+                error["code"] = "INVALID_RECIPIENT"
+            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r)
+            return await self._carry_out(r, job, intent, error, claimed=attempts)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
         accepted.append((repo.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body),
                          intent))
         return "sent"
 
-    async def _on_error(self, job: _Job, intent: SendIntent, attempts: int, exc: Exception) -> str:
-        as_dict = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
-        r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
-        row_id, claimed = job.row.id, ("sending",)
-        if isinstance(r, sending.Ambiguous):
-            async with self._res.pool.acquire() as conn, conn.transaction():
-                done = await repo.mark_ambiguous(conn, row_id, as_dict)
-            if not done:
-                return self._raced("ambiguous", intent)
-            metrics.AMBIGUOUS_SENDS.labels("marked").inc()
-            log.warning("send %s may have reached Meta (%s): ambiguous, not resent; its statuses settle it",
-                        intent.dedupe_key, exc)
-            return "ambiguous"
-        if isinstance(r, sending.Retry):
-            at = datetime.fromtimestamp(time.time() + r.delay_s, tz=timezone.utc)
-            async with self._res.pool.acquire() as conn, conn.transaction():
-                left = await repo.wait(conn, row_id, claimed, at, as_dict, refund=False, on_topic=True)
-            if left is None:
-                return self._raced("retry", intent)
-            metrics.RETRIES.labels(str(attempts)).inc()
-            log.warning("send %s attempt %d/%d failed (%s); retry in %.1fs", intent.dedupe_key, attempts,
-                        self._s.send_attempts, exc, r.delay_s)
-            await self._to_retry_topic(intent, r.topic, left, at)
-            return "retry_scheduled"
-        if isinstance(r, sending.Pause):
-            until = datetime.fromtimestamp(time.time() + self._s.pause_s, tz=timezone.utc)
-            async with self._res.pool.acquire() as conn, conn.transaction():
-                await replies.pause_number(conn, intent.phone_number_id, f"{exc} (code {getattr(exc, 'code', None)})",
-                                           self._s.pause_s, intent.conversation_id)
-                done = await repo.wait(conn, row_id, claimed, until, {"error": str(exc)}, refund=True,
-                                       on_topic=False) is not None
-            log.error("sending from %s paused for %.0fs: %s", intent.phone_number_id, self._s.pause_s, exc)
-            return "parked" if done else self._raced("pause", intent)
-        if isinstance(r, sending.Window):
-            decision: sending.Decision = sending.window_path(intent, self._rules.window_template)
-        else:
-            error = {**as_dict, "code": "INVALID_RECIPIENT"} if r.kind == "invalid_recipient" else as_dict
-            decision = sending.Fail(r.kind, error, f"Message could not be sent: {error.get('error')}",
-                                    dead_letter=True)
+    async def _carry_out(self, step: sending.Decision | sending.Route, job: _Job, intent: SendIntent,
+                         error: dict[str, Any] | None = None, *, claimed: int | None = None) -> str:
+        """Carry out a decision on a waiting row (``claimed`` None: guarded by the event's attempt count) or
+        a route on the row this worker claimed (``sending``, ``claimed`` attempts made), in one transaction,
+        then publish what it asks for (a retry, a template) or dead-letter it."""
+        if isinstance(step, sending.Skip):
+            if step.outcome != "in_flight":
+                metrics.DUPLICATES.labels("send_intent").inc()
+            return step.outcome
+        row, error = job.row, error or {}
+        expected, guard = (repo.WAITING, job.event.attempt) if claimed is None else (("sending",), None)
+        if isinstance(step, sending.Window):
+            step = sending.window_path(intent, self._rules.window_template)
+        elif isinstance(step, sending.DeadLetter):
+            step = sending.Fail(step.kind, error, f"Message could not be sent: {error.get('error')}", dead_letter=True)
+        if isinstance(step, sending.Retry):
+            metrics.RETRIES.labels(str(claimed)).inc()
+        until = datetime.fromtimestamp(time.time() + (
+            step.delay_s if isinstance(step, sending.Retry) else self._s.pause_s), tz=timezone.utc)
+        topic, outcome, left, fresh = 0, type(step).__name__.lower(), None, False
         async with self._res.pool.acquire() as conn, conn.transaction():
-            return await self._give_up(conn, decision, dataclasses.replace(
-                job, row=dataclasses.replace(job.row, attempts=attempts)), intent, claimed, None)
+            if isinstance(step, sending.Ambiguous):
+                done = await repo.mark_ambiguous(conn, row.id, error)
+            elif isinstance(step, sending.Pause):
+                await replies.pause_number(conn, intent.phone_number_id, f"{error.get('error')} (code "
+                                           f"{error.get('code')})", self._s.pause_s, intent.conversation_id)
+                done = await repo.wait(conn, row.id, expected, until, error, refund=True, on_topic=False) is not None
+                outcome = "parked"
+            elif isinstance(step, sending.Drop):
+                done = await repo.finish(conn, row.id, expected, "dropped", {"error": step.reason}, attempts=guard)
+                outcome = step.outcome
+            elif isinstance(step, (sending.Park, sending.Pace, sending.Retry)):
+                if isinstance(step, sending.Park):
+                    until, why, outcome = step.until, step.reason, step.outcome
+                elif isinstance(step, sending.Pace):
+                    until, why, topic, outcome = step.until, "pair rate pacing", 1 if self._delays else 0, "paced"
+                    metrics.RATE_LIMIT_WAITS.labels("recipient").inc()
+                else:
+                    why, topic, outcome = str(error.get("error")), step.topic, "retry_scheduled"
+                left = await repo.wait(conn, row.id, expected, until, error or {"error": why}, refund=False,
+                                       on_topic=topic > 0, attempts=guard)
+                done = left is not None
+            elif isinstance(step, sending.UseTemplate):
+                done = await repo.finish(conn, row.id, expected, "dropped",
+                                         {"error": "24-hour window closed; template sent"}, attempts=guard)
+                fresh = done and await replies.queue(conn, step.replacement, published=True)
+                outcome = "window_template"
+            else:
+                assert isinstance(step, sending.Fail), step
+                done = await repo.record_failed(conn, row.id, expected, step.error, intent.conversation_id,
+                                                step.kind, step.title, attempts=guard)
+                outcome = step.kind
+        if not done:
+            metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
+            log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome)
+            return "raced"
+        if topic:
+            retry = dataclasses.replace(intent, attempt=left, not_before=until.timestamp())
+            await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry)))
+        elif isinstance(step, sending.UseTemplate) and fresh:
+            await publish(self._topics["outbound"], [step.replacement])
+        elif isinstance(step, sending.Fail) and step.dead_letter:
+            origin = intent.origin or dataclasses.asdict(job.ref)
+            await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), job.value,
+                              f"sender: {step.kind}", str(step.error.get("error")),
+                              {**step.error, "attempts": claimed or row.attempts,
+                               "first_attempt_at": intent.first_attempt_at, "dedupe_key": intent.dedupe_key})
+        elif isinstance(step, sending.Ambiguous):
+            metrics.AMBIGUOUS_SENDS.labels("marked").inc()
+        metrics.SENDS.labels(outcome).inc()
+        return outcome
 
     async def _record(self, accepted: list[tuple[repo.Accepted, SendIntent]]) -> None:
         """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
