@@ -266,11 +266,6 @@ class Sender:
                 async with self._res.pool.acquire() as conn, conn.transaction():
                     await repo.lock_conversations(conn, ids=sorted({a.conversation_id for a, _ in accepted}))
                     outcomes = await repo.record_sent_many(conn, [a for a, _ in accepted], settled_by="answer")
-                    for (a, intent), outcome in zip(accepted, outcomes):
-                        if outcome == "conflict":
-                            log.error("message %s of send %s has the id of another stored message; kept in a "
-                                      "task", a.wamid, intent.dedupe_key)
-                            await repo.keep_unstored(conn, a)
                 break
             except Exception as exc:
                 if classify(exc) is not Next.RETRY:
@@ -281,9 +276,8 @@ class Sender:
         now = time.time()
         for (a, intent), outcome in zip(accepted, outcomes):
             metrics.SEND_RECORDS.labels(outcome).inc()
-            if outcome == "second_copy":
-                log.error("send %s was settled with another message before its answer came: both went out",
-                          intent.dedupe_key)
+            if outcome in ("conflict", "second_copy"):
+                log.error("send %s: message %s %s", intent.dedupe_key, a.wamid, repo.RECORD_PROBLEMS[outcome])
             if intent.automatic and intent.customer_timestamp:
                 metrics.REPLY_LATENCY.observe(max(0.0, now - intent.customer_timestamp))
             if intent.automatic and intent.accepted_at:

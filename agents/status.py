@@ -109,10 +109,8 @@ class Status:
         results = await repo.record_sent_many(conn, [a for a, _ in taken], settled_by="status")
         for (a, row), result in zip(taken, results):
             metrics.SEND_RECORDS.labels(result).inc()
-            if result == "conflict":
-                log.error("message %s of ledger row %d has the id of another stored message; kept in a task",
-                          a.wamid, a.outbound_log_id)
-                await repo.keep_unstored(conn, a)
+            if result in repo.RECORD_PROBLEMS:
+                log.error("ledger row %d: message %s %s", a.outbound_log_id, a.wamid, repo.RECORD_PROBLEMS[result])
             if row.state != "sending":
                 steps.append("settled_status")
         return steps

@@ -225,6 +225,12 @@ _RECORD_SENT = """
     SELECT EXISTS (SELECT 1 FROM ledger) AS settled, EXISTS (SELECT 1 FROM message) AS stored"""
 
 
+RECORD_PROBLEMS = {  # record_sent_many's outcomes that a person should hear of (logged as errors)
+    "conflict": "has the id of another stored message: not in the conversation, kept in a send_unrecorded task",
+    "second_copy": "went out although the row was settled with another message: both are in the conversation",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Accepted:
     """A message the Graph API took for a ledger row, to record."""
@@ -244,8 +250,8 @@ async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, se
     ambiguous meanwhile is marked settled) or ``status`` (a status naming the row). Outcomes:
     ``recorded``; ``already`` (the row and its message were recorded before: a replay);
     ``second_copy`` (the row was settled with another message: both are in the conversation);
-    ``conflict`` (another row's or an inbound message has this id: this one is NOT stored; the
-    caller must make it known).
+    ``conflict`` (another row's or an inbound message has this id: this one is not stored in the
+    conversation but kept in a ``send_unrecorded`` task, :func:`keep_unstored`; the caller logs it).
     """
     if not sent:
         return []
@@ -259,7 +265,11 @@ async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, se
             continue
         owner = await conn.fetchrow("SELECT outbound_log_id, direction FROM messages "
                                     "WHERE channel = $1 AND provider_message_id = $2", CHANNEL, a.wamid)
-        out.append("already" if owner is not None and owner["outbound_log_id"] == a.outbound_log_id else "conflict")
+        if owner is not None and owner["outbound_log_id"] == a.outbound_log_id:
+            out.append("already")
+        else:
+            await keep_unstored(conn, a)
+            out.append("conflict")
     return out
 
 

@@ -79,7 +79,6 @@ async def test_a_message_id_of_another_row_is_a_conflict_kept_in_a_task(db: asyn
     assert await repo.record_sent_many(db, [_accepted(a, conv, wamid)], settled_by="answer") == ["recorded"]
     (outcome,) = await repo.record_sent_many(db, [_accepted(b, conv, wamid)], settled_by="answer")
     assert outcome == "conflict"
-    await repo.keep_unstored(db, _accepted(b, conv, wamid))
     task = await db.fetchrow("SELECT * FROM tasks WHERE conversation_id = $1 AND kind = 'send_unrecorded'", conv)
     assert task["details"]["outbound_log_id"] == b and task["details"]["provider_message_id"] == wamid
 

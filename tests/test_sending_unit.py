@@ -17,7 +17,7 @@ from orchestrator.rules import Template
 from storage.repo import Earlier
 from topics.records import SendIntent
 from wacrm.embedded import free_port
-from whatsapp import fake_meta, webhook
+from whatsapp import fake_meta, signature, webhook
 from whatsapp.graph import (AmbiguousGraphError, GraphClient, InvalidRecipient, PausingGraphError,
                             PermanentGraphError, RetryableGraphError, classify)
 
@@ -228,3 +228,53 @@ def test_fake_meta_status_webhooks_are_read_as_meta_statuses(status: str) -> Non
 def test_fake_meta_ids_differ_between_runs() -> None:
     a, b = fake_meta.FakeMeta(), fake_meta.FakeMeta()
     assert a._run != b._run
+
+
+async def test_fake_meta_posts_signed_statuses_after_a_late_answer_unless_switched_off() -> None:
+    received: list[tuple[bytes, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers.get("X-Hub-Signature-256", "")))
+        return web.Response(text="ok")
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/webhooks/whatsapp", hook)
+    hook_runner = web.AppRunner(hook_app)
+    await hook_runner.setup()
+    hook_port, meta_port = free_port(), free_port()
+    await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
+    meta_runner = web.AppRunner(fake_meta.make_app(f"http://127.0.0.1:{hook_port}/webhooks/whatsapp", "s3cret"))
+    await meta_runner.setup()
+    await web.TCPSite(meta_runner, "127.0.0.1", meta_port).start()
+    base = f"http://127.0.0.1:{meta_port}"
+    try:
+        async with aiohttp.ClientSession() as s:
+            await s.post(f"{base}/__script", json=[{"delay_ms": 800}])
+            client = GraphClient(s, f"{base}/v25.0", "token", timeout=0.3)
+            with pytest.raises(AmbiguousGraphError):  # the client gave up; Meta had taken it
+                await client.send("200", client.text_payload("15550001111", "hi", callback_data="ol:7"))
+            for _ in range(100):
+                if len(received) == 3:
+                    break
+                await asyncio.sleep(0.05)
+            statuses = [webhook.parse(webhook.loads(raw)).statuses[0] for raw, _ in received]
+            assert [x.status for x in statuses] == ["sent", "delivered", "read"]
+            assert {x.biz_opaque_callback_data for x in statuses} == {"ol:7"}
+            assert all(signature.verify("s3cret", raw, sig) for raw, sig in received)
+
+            async with s.post(f"{base}/__statuses", json={"enabled": False}) as r:
+                assert r.status == 200
+            patient = GraphClient(s, f"{base}/v25.0", "token", timeout=5)
+            quiet = await patient.send("200", client.text_payload("15550001111", "quiet", callback_data="ol:8"))
+            async with s.post(f"{base}/__statuses", json={"enabled": True}) as r:
+                assert r.status == 200
+            loud = await patient.send("200", client.text_payload("15550001111", "loud", callback_data="ol:9"))
+            for _ in range(100):  # the quiet send's statuses, had there been any, would come before these
+                if len(received) == 6:
+                    break
+                await asyncio.sleep(0.05)
+            ids = [webhook.parse(webhook.loads(raw)).statuses[0].id for raw, _ in received]
+            assert ids.count(loud.message_id) == 3 and quiet.message_id not in ids
+    finally:
+        await meta_runner.cleanup()
+        await hook_runner.cleanup()
