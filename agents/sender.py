@@ -241,7 +241,7 @@ class Sender:
             metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
             log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome)
             return "raced"
-        if topic:
+        if topic and left is not None:
             retry = dataclasses.replace(intent, attempt=left, not_before=until.timestamp())
             await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry)))
         elif isinstance(step, sending.UseTemplate) and fresh:

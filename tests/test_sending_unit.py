@@ -4,6 +4,7 @@ ambiguity over real loopback HTTP; fake-meta's status webhooks as our own parser
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 
 import aiohttp
@@ -160,7 +161,7 @@ def test_callback_data_of_others_names_no_row(junk: str | None) -> None:
 
 # --- the Graph client over real loopback HTTP -------------------------------------------------------
 
-async def _server(handler: web.RequestHandler) -> tuple[web.AppRunner, str]:
+async def _server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> tuple[web.AppRunner, str]:
     app = web.Application()
     app.router.add_post("/{version}/{pid}/messages", handler)
     runner = web.AppRunner(app)
