@@ -1,9 +1,18 @@
-"""The rules engine: a JSON file of greeting, FAQ, business hours, handover, opt-out and fallback.
+"""The rules engine: a JSON file of greeting, FAQ, business hours, handover, opt-out and fallback,
+plus what the inbox reads from it (templates offered when the window is closed, lead stages and
+the keywords of the rules-based conversation intelligence).
 
 Pure: :func:`load_rules` validates a file (every problem reported with its path in the file),
 :func:`decide` turns a :class:`Situation` into a :class:`Decision`. Keywords match whole
 words, ignoring case and accents ("Envío" matches "envio"); opt-out and opt-in keywords
 match only a message that is that word alone ("STOP", not "don't stop").
+
+FAQ answers may be one text or one per language (``{"en": …, "es": …}``); the customer's
+language is guessed from their words (:func:`language_of`, the file's ``languages`` word lists)
+and the file's ``default_language`` answers otherwise. ``{hours}`` in any answer is replaced by
+the business hours as configured (:func:`describe_hours`), so the FAQ cannot contradict them.
+A fallback whose message promises a follow-up (``"follow_up": true``) leaves the conversation
+pending with a task for a person (``Decision.extra["follow_up"]``).
 """
 
 from __future__ import annotations
@@ -42,7 +51,26 @@ def _words(text: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class Faq:
     keywords: frozenset[str]
-    answer: str
+    answers: dict[str, str]  # language -> text; "" is the answer written without a language
+
+    def answer_in(self, language: str, default: str) -> str:
+        for lang in (language, default, ""):
+            if lang in self.answers:
+                return self.answers[lang]
+        return next(iter(self.answers.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class Intelligence:
+    """The rules file's ``intelligence`` section: lead stages in order, keywords that move a lead to
+    a stage, intents, and the words that tell sentiment."""
+
+    stages: tuple[str, ...]
+    stage_keywords: tuple[tuple[str, frozenset[str]], ...]
+    stage_scores: dict[str, int]
+    intents: tuple[tuple[str, frozenset[str]], ...]
+    positive: frozenset[str]
+    negative: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +116,17 @@ class Rules:
     fallback_message: str | None
     window_template: Template | None
     llm: LlmRules
+    fallback_follow_up: bool = False
+    templates: tuple[Template, ...] = ()  # what a person may send when the window is closed
+    default_language: str = "en"
+    languages: tuple[tuple[str, frozenset[str]], ...] = ()
+    intelligence: Intelligence = field(default_factory=lambda: Intelligence(
+        ("new", "interested", "qualified", "won", "lost"), (), {}, (), frozenset(), frozenset()))
+
+    def offered_templates(self) -> tuple[Template, ...]:
+        """The templates the inbox offers outside the 24-hour window (the window template first)."""
+        out = ((self.window_template,) if self.window_template else ()) + self.templates
+        return tuple(dict.fromkeys(out))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +156,52 @@ def _hhmm(value: str) -> time | None:
         return None
     hours, minutes = value.split(":")
     return time(int(hours), int(minutes))
+
+
+def describe_hours(hours: BusinessHours | None) -> str:
+    """The opening hours in words, from the configuration (one home for what the FAQ says)."""
+    if hours is None:
+        return "every day, around the clock"
+
+    def span(s: tuple[time, time | None]) -> str:
+        start, end = s
+        if start == time(0) and end is None:
+            return "around the clock"
+        return f"{start:%H:%M} to {'24:00' if end is None else f'{end:%H:%M}'}"
+
+    groups: list[tuple[list[str], str]] = []
+    for day in DAYS:
+        spans = hours.days.get(day, ())
+        text = " and ".join(span(s) for s in spans)
+        if not text:
+            continue
+        if groups and groups[-1][1] == text and DAYS.index(groups[-1][0][-1]) == DAYS.index(day) - 1:
+            groups[-1][0].append(day)
+        else:
+            groups.append(([day], text))
+    if not groups:
+        return "by appointment only"
+    names = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")))
+    parts = []
+    for days, text in groups:
+        which = "every day" if len(days) == 7 else names[days[0]] if len(days) == 1 else \
+            f"{names[days[0]]} to {names[days[-1]]}"
+        parts.append(f"{which}, {text}")
+    zone = "" if str(hours.timezone) == "UTC" and parts == ["every day, around the clock"] else \
+        f" ({hours.timezone})"
+    return "; ".join(parts) + zone
+
+
+def language_of(texts: list[str] | tuple[str, ...], languages: tuple[tuple[str, frozenset[str]], ...],
+                default: str) -> str:
+    """The language whose words the customer used most (ties: the file's order), else ``default``."""
+    words = [w for t in texts for w in _words(t)]
+    best, count = default, 0
+    for lang, known in languages:
+        n = sum(w in known for w in words)
+        if n > count:
+            best, count = lang, n
+    return best
 
 
 def _parse(data: Any) -> Rules:
@@ -158,9 +243,18 @@ def _parse(data: Any) -> Rules:
         if not isinstance(item, dict):
             problems.append(f"faq[{i}]: must be an object")
             continue
-        kw, answer = words(item, "keywords", f"faq[{i}]."), text(item, "answer", f"faq[{i}].", required=True)
-        if kw and answer:
-            faqs.append(Faq(kw, answer))
+        kw = words(item, "keywords", f"faq[{i}].")
+        raw_answer = item.get("answer")
+        answers: dict[str, str] = {}
+        if isinstance(raw_answer, dict) and raw_answer and all(
+                isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw_answer.items()):
+            answers = dict(raw_answer)
+        elif isinstance(raw_answer, str) and raw_answer.strip():
+            answers = {"": raw_answer}
+        else:
+            problems.append(f"faq[{i}].answer: must be a non-empty string or an object of language: text")
+        if kw and answers:
+            faqs.append(Faq(kw, answers))
 
     hours = None
     bh = obj(data, "business_hours", "")
@@ -204,6 +298,53 @@ def _parse(data: Any) -> Rules:
             params = []
         if name and lang:
             template = Template(name, lang, tuple(params))
+    templates: list[Template] = []
+    raw_templates = data.get("templates", [])
+    if not isinstance(raw_templates, list):
+        problems.append("templates: must be a list")
+        raw_templates = []
+    for i, t in enumerate(raw_templates):
+        where = f"templates[{i}]."
+        if not isinstance(t, dict):
+            problems.append(f"templates[{i}]: must be an object")
+            continue
+        name, lang = text(t, "name", where, True), text(t, "language", where, True)
+        params = t.get("parameters", [])
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            problems.append(f"{where}parameters: must be a list of strings")
+            params = []
+        if name and lang:
+            templates.append(Template(name, lang, tuple(params)))
+    languages: list[tuple[str, frozenset[str]]] = []
+    for lang, lang_words in obj(data, "languages", "").items():
+        languages.append((lang, words({lang: lang_words}, lang, "languages.")))
+    default_language = data.get("default_language", "en")
+    if not isinstance(default_language, str) or not default_language:
+        problems.append("default_language: must be a language code such as en")
+        default_language = "en"
+    follow_up = fb.get("follow_up", False)
+    if not isinstance(follow_up, bool):
+        problems.append("fallback.follow_up: must be true or false")
+        follow_up = False
+    intel = obj(data, "intelligence", "")
+    stages = intel.get("stages", ["new", "interested", "qualified", "won", "lost"])
+    if not isinstance(stages, list) or not stages or not all(isinstance(x, str) and x for x in stages):
+        problems.append("intelligence.stages: must be a non-empty list of stage names, in order")
+        stages = ["new"]
+    stage_keywords = []
+    for stage in obj(intel, "stage_keywords", "intelligence.").keys():
+        if stage not in stages:
+            problems.append(f"intelligence.stage_keywords.{stage}: not one of intelligence.stages")
+            continue
+        stage_keywords.append((stage, words(intel["stage_keywords"], stage, "intelligence.stage_keywords.")))
+    scores = obj(intel, "stage_scores", "intelligence.")
+    for stage, score in scores.items():
+        if stage not in stages or not isinstance(score, int) or not 0 <= score <= 100:
+            problems.append(f"intelligence.stage_scores.{stage}: must name a stage and be 0 to 100")
+    intents = [(name, words(obj(intel, "intents", "intelligence."), name, "intelligence.intents."))
+               for name in obj(intel, "intents", "intelligence.")]
+    intelligence = Intelligence(tuple(stages), tuple(stage_keywords), dict(scores), tuple(intents),
+                                words(intel, "positive", "intelligence."), words(intel, "negative", "intelligence."))
     ll = obj(data, "llm", "")
     llm = LlmRules(
         system_prompt=text(ll, "system_prompt", "llm.") or "You are a helpful assistant of a business on WhatsApp.",
@@ -226,6 +367,11 @@ def _parse(data: Any) -> Rules:
         fallback_message=text(fb, "message", "fallback."),
         window_template=template,
         llm=llm,
+        fallback_follow_up=follow_up,
+        templates=tuple(templates),
+        default_language=default_language,
+        languages=tuple(languages),
+        intelligence=intelligence,
     )
     if problems:
         raise RulesError("invalid rules file:\n  " + "\n  ".join(problems))
@@ -246,10 +392,14 @@ def load_rules(path: Path | None = None) -> Rules:
     return _parse(data)
 
 
-def _mentions(text: str, keywords: frozenset[str]) -> bool:
+def mentions(text: str, keywords: frozenset[str]) -> bool:
+    """Whether ``text`` contains one of ``keywords`` as whole words (case and accents ignored)."""
     words = _words(text)
     joined = " " + " ".join(words) + " "
     return any(f" {k} " in joined for k in keywords)
+
+
+_mentions = mentions
 
 
 def _is_only(text: str, keywords: frozenset[str]) -> bool:
@@ -279,7 +429,10 @@ def decide(rules: Rules, s: Situation, *, engine_answers: bool = False) -> Decis
         return Decision("handover", rules.handover_message, "handover")
     if engine_answers:
         return Decision("none", None, "engine")
-    answers = [f.answer for f in rules.faq if any(_mentions(t, f.keywords) for t in texts)]
+    language = language_of(texts, rules.languages, rules.default_language)
+    hours = describe_hours(rules.business_hours)
+    answers = [f.answer_in(language, rules.default_language).replace("{hours}", hours)
+               for f in rules.faq if any(_mentions(t, f.keywords) for t in texts)]
     closed = rules.business_hours is not None and not rules.business_hours.is_open(s.now)
     parts: list[str] = []
     if s.new_contact and rules.greeting:
@@ -294,5 +447,5 @@ def decide(rules: Rules, s: Situation, *, engine_answers: bool = False) -> Decis
     if rules.fallback_action == "handover":
         return Decision("handover", rules.handover_message, "fallback_handover")
     if rules.fallback_message:
-        return Decision("reply", rules.fallback_message, "fallback")
+        return Decision("reply", rules.fallback_message, "fallback", extra={"follow_up": rules.fallback_follow_up})
     return Decision("none", None, "no_rule")

@@ -139,6 +139,9 @@ class Orchestrator:
                                                "text": last.body})
             kind = "notice"
             metrics.HANDOVERS.labels(decision.engine).inc()
+        elif decision.extra.get("follow_up"):
+            await replies.promise_follow_up(conn, ctx.conversation_id, last.provider_message_id,
+                                            {"message_id": last.provider_message_id, "rule": decision.rule})
         metrics.REPLIES.labels(decision.engine, decision.rule).inc()
         if decision.action == "none" or not decision.text:
             return None

@@ -147,6 +147,16 @@ async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str,
     return int(version)
 
 
+async def promise_follow_up(conn: asyncpg.Connection, conversation_id: int, message_id: str,
+                            details: dict[str, Any]) -> None:
+    """The bot told the customer a person will get back to them: the conversation waits (``pending``)
+    with a task for a person, once per customer message."""
+    await conn.execute("UPDATE conversations SET inbox_status = 'pending', snoozed_until = NULL WHERE id = $1",
+                       conversation_id)
+    await create_task(conn, conversation_id, "follow_up", "The bot promised the customer an answer: reply",
+                      details, dedupe_key=f"follow_up:{message_id}")
+
+
 async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> int:
     """A person takes the conversation (``None``: nobody). Automatic drafts in flight become stale."""
     return int(await conn.fetchval(
@@ -191,18 +201,31 @@ async def queue_many(conn: asyncpg.Connection, intents: list[SendIntent], *, pub
     return [r[0] for r in await conn.fetchmany(_QUEUE, [_queue_args(i, published) for i in intents])]
 
 
+def manual_reply_key(request_id: str) -> str:
+    return f"manual:{request_id}"
+
+
 async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, text: str, request_id: str,
-                             user_id: int | None = None) -> bool:
-    """A person's reply: same ledger, limits and retries as the bot's; published by the outbox sweep."""
+                             user_id: int | None = None, template: dict[str, Any] | None = None) -> bool:
+    """A person's reply: same ledger, limits and retries as the bot's; published by the outbox sweep.
+
+    ``template`` ({"name", "language", "parameters"}) sends an approved template instead of ``text``;
+    ``user_id`` is recorded as the reply's author.
+    """
     row = await conn.fetchrow(
         """SELECT c.conversation_key, c.phone_number_id, COALESCE(k.wa_id, k.user_id) customer
            FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1""", conversation_id)
     if row is None:
         raise LookupError(f"no conversation {conversation_id}")
-    intent = SendIntent(dedupe_key=f"manual:{request_id}", conversation_key=row["conversation_key"],
+    intent = SendIntent(dedupe_key=manual_reply_key(request_id), conversation_key=row["conversation_key"],
                         conversation_id=conversation_id, phone_number_id=row["phone_number_id"],
-                        to=row["customer"], text=text, automatic=False, accepted_at=time.time())
-    return await queue(conn, intent, published=False)
+                        to=row["customer"], text=text, automatic=False, accepted_at=time.time(),
+                        kind="template" if template else "text", template=template)
+    new = await queue(conn, intent, published=False)
+    if new and user_id is not None:
+        await conn.execute("UPDATE outbound_log SET author_user_id = $2 WHERE dedupe_key = $1",
+                           intent.dedupe_key, user_id)
+    return new
 
 
 REPUBLISH_AFTER_S = 60  # a queued intent whose publish was not followed by a claim is published again

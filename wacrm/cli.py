@@ -114,19 +114,108 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 # --- serve ---------------------------------------------------------------------------------
 
+async def _schema_problem(database_url: str, timeout: float) -> str | None:
+    from storage.db import connect
+    from storage.migrate import MigrationError, require_current
+
+    try:
+        conn = await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        await require_current(conn)
+    except MigrationError as exc:
+        return str(exc)
+    finally:
+        await conn.close()
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    """The webhook and the inbox (or one, ``--only``). A schema that is behind does not stop it:
+    the webhook only publishes and keeps accepting, and the inbox answers 500 DB_MISMATCH."""
     from aiohttp import web
 
-    from webhook.app import make_app
+    from inbox.server import make_app
+    from orchestrator.rules import RulesError
 
-    s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET",
-                           "WHATSAPP_VERIFY_TOKEN"})
+    needs = {"DATABASE_URL"}
+    if args.only != "inbox":
+        needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
+    s = _settings("prod", needs)
     _logging(s.log_level)
     assert s.database_url
-    asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
-    logging.getLogger("wacrm").info("webhook listening on http://%s:%d", s.host, s.port)
-    web.run_app(make_app(s), host=s.host, port=s.port, print=None, access_log=None,
+    problem = asyncio.run(_schema_problem(s.database_url, s.db_timeout_s))
+    log = logging.getLogger("wacrm")
+    if problem:
+        log.error("%s (serving anyway: the webhook keeps accepting, the inbox answers DB_MISMATCH)", problem)
+    try:
+        app = make_app(s, args.only)
+    except RulesError as exc:
+        raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
+    what = {"webhook": "webhook", "inbox": "inbox"}.get(args.only, "webhook and inbox")
+    log.info("%s listening on http://%s:%d", what, s.host, s.port)
+    web.run_app(app, host=s.host, port=s.port, print=None, access_log=None,
                 shutdown_timeout=10, handle_signals=True)
+    return 0
+
+
+# --- users ---------------------------------------------------------------------------------
+
+async def _users(args: argparse.Namespace, database_url: str, timeout: float, password: str | None) -> None:
+    import asyncpg
+
+    from inbox import auth
+    from storage.db import connect
+
+    try:
+        conn = await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        if args.users_command == "add":
+            generated = password is None
+            secret = password if password is not None else auth.generate_password()
+            try:
+                user = await auth.add_user(conn, args.email, args.role, await auth.hash_password_async(secret),
+                                           args.name)
+            except asyncpg.UniqueViolationError:
+                raise CommandError(f"a user with the email {auth.normalize_email(args.email)} exists already") \
+                    from None
+            print(f"added {user.role} {user.email} (id {user.id})")
+            if generated:
+                print(f"password (shown once): {secret}")
+        elif args.users_command == "token":
+            found = await auth.find_user(conn, args.email)
+            if found is None:
+                raise CommandError(f"no user with the email {auth.normalize_email(args.email)}")
+            if args.revoke:
+                print(f"revoked {await auth.revoke_tokens(conn, found[0].id)} token(s) of {found[0].email}")
+            else:
+                print(await auth.issue_token(conn, found[0].id))
+        else:
+            rows = await auth.list_users(conn)
+            if not rows:
+                print("no users yet: wacrm users add EMAIL --role admin")
+            for r in rows:
+                state = " disabled" if r["disabled_at"] else ""
+                print(f"{r['id']:>5}  {r['role']:<6} {r['email']:<40} tokens: {r['tokens']}{state}")
+    except asyncpg.UndefinedTableError:
+        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    password = None
+    if args.users_command == "add" and not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\n") or None
+        if password is not None and len(password) < 8:
+            raise CommandError("the password on standard input must have at least 8 characters", EXIT_CONFIG)
+    asyncio.run(_users(args, s.database_url, s.db_timeout_s, password))
     return 0
 
 
@@ -258,8 +347,23 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--state-dir", default=".wacrm", help="where data, logs and the dev state live (default .wacrm)")
     d.set_defaults(func=cmd_dev)
 
-    sub.add_parser("serve", help="webhook, health and /metrics (needs DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, "
-                   "WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)").set_defaults(func=cmd_serve)
+    sv = sub.add_parser("serve", help="webhook, inbox, health and /metrics (needs DATABASE_URL, "
+                        "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)")
+    sv.add_argument("--only", choices=("webhook", "inbox"), default=None,
+                    help="serve only the webhook, or only the inbox (which needs only DATABASE_URL)")
+    sv.set_defaults(func=cmd_serve)
+    us = sub.add_parser("users", help="people who sign in to the inbox (needs DATABASE_URL)")
+    usub = us.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    ua = usub.add_parser("add", help="add a user; the password is read from standard input, or generated and "
+                         "printed once")
+    ua.add_argument("email")
+    ua.add_argument("--role", choices=("admin", "agent"), default="agent")
+    ua.add_argument("--name", default=None)
+    ut = usub.add_parser("token", help="print a new API token for the user (Authorization: Bearer …)")
+    ut.add_argument("email")
+    ut.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
+    usub.add_parser("list", help="list users")
+    us.set_defaults(func=cmd_users)
     sub.add_parser("worker", help="the agents: ingest, inbound, sender, status (needs DATABASE_URL, "
                    "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)").set_defaults(func=cmd_worker)
     sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)").set_defaults(

@@ -78,3 +78,12 @@ AMBIGUOUS_SENDS = Counter(
 LEDGER_GUARD_MISSES = Counter(
     "wacrm_ledger_guard_misses_total", "Ledger state changes not made because the row had moved on (another worker, "
     "a status or the settle timer got there first), by the change", ["change"])
+
+# inbox
+INBOX_REQUESTS = Counter("wacrm_inbox_requests_total", "Inbox API requests by route group and outcome",
+                         ["route", "outcome"])
+INBOX_DURATION = Histogram("wacrm_inbox_request_duration_seconds", "Inbox API request duration", ["route"])
+INBOX_LOGINS = Counter("wacrm_inbox_logins_total", "Sign-in attempts by outcome", ["outcome"])
+INBOX_SSE_STREAMS = Gauge("wacrm_inbox_sse_streams", "Open live-event streams")
+INBOX_INTELLIGENCE = Counter("wacrm_inbox_intelligence_total", "Intelligence refreshes by engine and trigger",
+                             ["engine", "trigger"])

@@ -79,6 +79,14 @@ class Settings:
     # ambiguous sends
     ambiguous_settle_s: float
     ambiguous_policy: str
+    # inbox
+    session_idle_s: float
+    session_max_s: float
+    login_failures_per_account: int
+    login_failures_per_address: int
+    inbox_origins: tuple[str, ...]
+    intelligence_every: int
+    intelligence_timeout_s: float
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -159,6 +167,14 @@ def _ambiguous_policy(raw: str) -> str:
     return policy
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for o in origins:
+        if not o.startswith(("http://", "https://")):
+            raise ValueError(f"{o!r} is not an origin such as https://inbox.example.com")
+    return origins
+
+
 def _log_level(raw: str) -> str:
     level = raw.upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -233,6 +249,13 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         pause_s=get("PAUSE_SECONDS", _float(1, 86400), 900.0),
         ambiguous_settle_s=get("AMBIGUOUS_SETTLE_SECONDS", _float(0.1, 7 * 86400), 600.0),
         ambiguous_policy=get("AMBIGUOUS_POLICY", _ambiguous_policy, "task"),
+        session_idle_s=get("SESSION_IDLE_SECONDS", _float(60, 30 * 86400), 8 * 3600.0),
+        session_max_s=get("SESSION_MAX_SECONDS", _float(60, 365 * 86400), 7 * 86400.0),
+        login_failures_per_account=get("LOGIN_FAILURES_PER_ACCOUNT", _int(1, 1000), 5),
+        login_failures_per_address=get("LOGIN_FAILURES_PER_ADDRESS", _int(1, 10000), 20),
+        inbox_origins=get("INBOX_ORIGINS", _origins, ()),
+        intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
+        intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
     )
     if problems:
         raise SettingsError(problems)

@@ -1,0 +1,544 @@
+"""The inbox API (``/api/v1/``), as contracted in DESIGN.md's "Inbox API".
+
+Every route needs a signed-in user (:func:`guard`): a session cookie from ``POST auth/login``
+— then unsafe methods must also send ``X-CSRF-Token`` and, when the browser sends one, an
+``Origin`` this server answers for — or ``Authorization: Bearer <token>``. Errors are
+``{"ok": false, "code", "error"}`` (:class:`ApiError`); while the database schema is behind the
+code every route answers 500 ``DB_MISMATCH`` (:mod:`inbox.schema`).
+
+The session cookie is ``__Host-wacrm_session`` (Secure, HttpOnly, SameSite=Lax, Path=/) when the
+inbox is served over https or on a loopback address (browsers accept Secure cookies on
+http://localhost); served over plain http on another address it is ``wacrm_session`` without
+Secure, since a browser would never send a Secure cookie back there.
+
+Nothing here logs a phone number, a message text, a password or a token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from inbox import auth, events, intelligence, store
+from inbox.auth import User
+from inbox.schema import SchemaGuard, is_drift
+from orchestrator.rules import Rules
+from storage import replies
+from wacrm import metrics
+from wacrm.settings import Settings
+
+log = logging.getLogger("wacrm.inbox")
+
+SETTINGS = web.AppKey("inbox_settings", Settings)
+POOL = web.AppKey("inbox_pool", asyncpg.Pool)
+HUB = web.AppKey("inbox_hub", events.Hub)
+SCHEMA = web.AppKey("inbox_schema", SchemaGuard)
+RULES = web.AppKey("inbox_rules", Rules)
+LLM = web.AppKey("inbox_llm", object)  # tuple[aiohttp.ClientSession, intelligence.LlmConfig] | None
+USER = "inbox_user"
+
+COOKIE_SECURE, COOKIE_PLAIN = "__Host-wacrm_session", "wacrm_session"
+CSRF_HEADER = "X-CSRF-Token"
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_TEXT = 4096
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, error: str, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.code, self.error, self.extra = status, code, error, extra
+
+    def response(self) -> web.Response:
+        return json_response({"ok": False, "code": self.code, "error": self.error, **self.extra}, self.status)
+
+
+def json_response(data: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def ok(status: int = 200, **data: Any) -> web.Response:
+    return json_response({"ok": True, **data}, status)
+
+
+def invalid(error: str) -> ApiError:
+    return ApiError(422, "INVALID", error)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "NOT_FOUND", f"no such {what}")
+
+
+async def body_of(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise invalid("the body must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object")
+    return data
+
+
+def _int_param(raw: str, name: str) -> int:
+    if not raw.isdigit() or len(raw) > 18:
+        raise invalid(f"{name} must be a positive whole number")
+    return int(raw)
+
+
+def _path_id(request: web.Request, name: str = "id") -> int:
+    return _int_param(request.match_info[name], name)
+
+
+def _future_time(value: Any, name: str) -> datetime:
+    if not isinstance(value, str):
+        raise invalid(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-31T09:00:00Z")
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-31T09:00:00Z") from None
+    if when.tzinfo is None:
+        raise invalid(f"{name} needs a time zone (Z or +01:00)")
+    if when <= datetime.now(timezone.utc):
+        raise invalid(f"{name} must be in the future")
+    return when
+
+
+def _user_json(u: User) -> dict[str, Any]:
+    return {"id": u.id, "email": u.email, "name": u.name, "role": u.role}
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") or "]" in host else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def cookie_name(request: web.Request) -> str:
+    """Which session cookie this request's origin can keep (see the module docstring)."""
+    return COOKIE_SECURE if request.secure or _is_loopback(request.host) else COOKIE_PLAIN
+
+
+def _session_id(request: web.Request) -> str | None:
+    return request.cookies.get(COOKIE_SECURE) or request.cookies.get(COOKIE_PLAIN)
+
+
+def _origin_allowed(request: web.Request) -> bool:
+    """A browser's Origin (or Referer) must be this server or one of INBOX_ORIGINS; scripts send none."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        referer = request.headers.get("Referer")
+        if not referer:
+            return True
+        parts = referer.split("/")
+        origin = "/".join(parts[:3]) if len(parts) >= 3 else referer
+    origin = origin.rstrip("/")
+    own = {f"{request.scheme}://{request.host}", f"https://{request.host}"}
+    return origin in own or origin in request.app[SETTINGS].inbox_origins
+
+
+async def login(request: web.Request) -> web.Response:
+    if not _origin_allowed(request):
+        raise ApiError(403, "FORBIDDEN", "this Origin may not sign in here")
+    body = await body_of(request)
+    email, password = body.get("email"), body.get("password")
+    if not isinstance(email, str) or not email.strip() or not isinstance(password, str) or not password:
+        raise invalid("email and password are required")
+    s = request.app[SETTINGS]
+    address = request.remote or "unknown"
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        by_email, by_address = await auth.recent_failures(conn, email, address)
+        if by_email >= s.login_failures_per_account or by_address >= s.login_failures_per_address:
+            metrics.INBOX_LOGINS.labels("rate_limited").inc()
+            raise ApiError(429, "RATE_LIMITED", "too many failed sign-ins; try again in 15 minutes",
+                           retry_after_s=auth.FAILURE_WINDOW_S)
+        found = await auth.find_user(conn, email)
+    if not await auth.verify_password(found[1] if found else None, password) or found is None:
+        async with pool.acquire() as conn:
+            await auth.record_failure(conn, email, address)
+        metrics.INBOX_LOGINS.labels("refused").inc()
+        raise ApiError(401, "UNAUTHENTICATED", "the email or the password is wrong")
+    user = found[0]
+    async with pool.acquire() as conn, conn.transaction():
+        await auth.clear_failures(conn, email)
+        old = _session_id(request)
+        if old:  # rotation: whatever id the browser had is dead now
+            await auth.end_session(conn, old)
+        session_id, csrf = await auth.start_session(conn, user.id, s.session_max_s)
+    metrics.INBOX_LOGINS.labels("ok").inc()
+    log.info("user %d signed in", user.id)
+    response = ok(user=_user_json(user), csrf_token=csrf)
+    name = cookie_name(request)
+    response.set_cookie(name, session_id, max_age=int(s.session_max_s), path="/", httponly=True,
+                        secure=name == COOKIE_SECURE, samesite="Lax")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    session_id = _session_id(request)
+    if session_id:
+        async with request.app[POOL].acquire() as conn:
+            await auth.end_session(conn, session_id)
+    response = ok()
+    for name in (COOKIE_SECURE, COOKIE_PLAIN):
+        if name in request.cookies:
+            response.del_cookie(name, path="/", secure=name == COOKIE_SECURE, httponly=True, samesite="Lax")
+    return response
+
+
+async def me(request: web.Request) -> web.Response:
+    return ok(user=_user_json(request[USER]), csrf_token=request.get("inbox_csrf"))
+
+
+PUBLIC = frozenset({login})
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Schema first, then who is asking; every error as the contract's JSON."""
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    outcome = "ok"
+    try:
+        problem = await request.app[SCHEMA].problem(request.app[POOL])
+        if problem is not None:
+            raise ApiError(500, "DB_MISMATCH", problem)
+        if request.match_info.handler not in PUBLIC:
+            await _authenticate(request)
+        return await handler(request)
+    except ApiError as exc:
+        outcome = exc.code
+        return exc.response()
+    except web.HTTPException as exc:
+        outcome = str(exc.status)
+        code = {404: "NOT_FOUND", 405: "INVALID"}.get(exc.status, "INVALID")
+        return ApiError(exc.status, code, exc.reason).response()
+    except Exception as exc:
+        if is_drift(exc):
+            request.app[SCHEMA].invalidate()
+            outcome = "DB_MISMATCH"
+            return ApiError(500, "DB_MISMATCH", f"the database schema is behind this code ({type(exc).__name__}). "
+                            "Run: wacrm migrate").response()
+        if isinstance(exc, (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
+                            TimeoutError)):
+            outcome = "UNAVAILABLE"
+            log.warning("inbox %s: the database is unavailable (%s)", route, type(exc).__name__)
+            return ApiError(503, "UNAVAILABLE", "the database is unavailable; try again").response()
+        outcome = "INTERNAL"
+        log.exception("inbox %s failed", route)
+        return ApiError(500, "INTERNAL", "internal error; see the server log").response()
+    finally:
+        metrics.INBOX_REQUESTS.labels(route, outcome).inc()
+        metrics.INBOX_DURATION.labels(route).observe(time.perf_counter() - started)
+
+
+async def _authenticate(request: web.Request) -> None:
+    s = request.app[SETTINGS]
+    header = request.headers.get("Authorization", "")
+    async with request.app[POOL].acquire() as conn:
+        if header.startswith("Bearer "):
+            user = await auth.user_for_token(conn, header[7:].strip())
+            if user is None:
+                raise ApiError(401, "UNAUTHENTICATED", "the API token is unknown or revoked")
+            request[USER] = user
+            return
+        session_id = _session_id(request)
+        session = await auth.session_for(conn, session_id, s.session_idle_s) if session_id else None
+    if session is None:
+        raise ApiError(401, "UNAUTHENTICATED", "sign in first (POST /api/v1/auth/login) or send a Bearer token")
+    if request.method in UNSAFE:
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+            raise ApiError(403, "FORBIDDEN", f"the {CSRF_HEADER} header is missing or wrong")
+        if not _origin_allowed(request):
+            raise ApiError(403, "FORBIDDEN", "requests from this Origin are not allowed")
+    request[USER] = session.user
+    request["inbox_csrf"] = session.csrf_token
+
+
+def _admin(request: web.Request) -> User:
+    user: User = request[USER]
+    if not user.is_admin:
+        raise ApiError(403, "FORBIDDEN", "admins only")
+    return user
+
+
+# --- conversations ----------------------------------------------------------------------------
+
+async def list_conversations(request: web.Request) -> web.Response:
+    q = request.query
+    status = q.get("status", "all")
+    if status not in (*store.STATUSES, "all"):
+        raise invalid("status must be open, pending, resolved, snoozed or all")
+    assignee = q.get("assignee", "all")
+    if assignee not in ("me", "unassigned", "all"):
+        raise invalid("assignee must be me, unassigned or all")
+    page = _int_param(q.get("page", "1"), "page")
+    if page < 1:
+        raise invalid("page starts at 1")
+    async with request.app[POOL].acquire() as conn:
+        items, counts = await store.list_conversations(
+            conn, store.ListQuery(status, assignee, q.get("q"), page), request[USER].id)
+    return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
+
+
+async def _conversation(conn: asyncpg.Connection, cid: int) -> asyncpg.Record:
+    row = await store.conversation(conn, cid)
+    if row is None:
+        raise not_found("conversation")
+    return row
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    before = request.query.get("before")
+    before_id = _int_param(before, "before") if before is not None else None
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await _conversation(conn, cid)
+        data = await store.detail(conn, row, before_id)
+    data["templates"] = _templates(request)
+    return ok(conversation=data)
+
+
+def _templates(request: web.Request) -> list[dict[str, Any]]:
+    return [{"name": t.name, "language": t.language, "parameters": list(t.parameters)}
+            for t in request.app[RULES].offered_templates()]
+
+
+def _template_of(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"].strip() \
+            or not isinstance(value.get("language"), str) or not value["language"].strip():
+        raise invalid("template needs a name and a language")
+    params = value.get("parameters", [])
+    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+        raise invalid("template.parameters must be a list of strings")
+    return {"name": value["name"], "language": value["language"], "parameters": params}
+
+
+async def send_message(request: web.Request) -> web.Response:
+    """A person's reply, through the ledger with the request's idempotency key."""
+    cid = _path_id(request)
+    body = await body_of(request)
+    key = body.get("idempotency_key")
+    if not isinstance(key, str) or not 1 <= len(key) <= 200:
+        raise invalid("idempotency_key is required (1 to 200 characters), new for each reply")
+    text, template = body.get("text"), body.get("template")
+    if (text is None) == (template is None):
+        raise invalid("send either text or template")
+    if text is not None and (not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT):
+        raise invalid(f"text must be 1 to {MAX_TEXT} characters")
+    tpl = _template_of(template) if template is not None else None
+    user: User = request[USER]
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await _conversation(conn, cid)
+        until = store.window_open_until(row["last_inbound_at"])
+        if tpl is None and (until is None or until <= datetime.now(timezone.utc)):
+            raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
+                           templates=_templates(request))
+        request_id = f"{user.id}:{key}"
+        created = await replies.queue_manual_reply(conn, cid, text if tpl is None else f"[template {tpl['name']}]",
+                                                   request_id, user.id, tpl)
+        ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
+    assert ledger is not None
+    if ledger["conversation_id"] != cid:
+        raise invalid("this idempotency_key was used for a reply in another conversation")
+    return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
+
+
+async def assign(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    body = await body_of(request)
+    user: User = request[USER]
+    target = body.get("user_id", user.id)
+    if not isinstance(target, int) or isinstance(target, bool):
+        raise invalid("user_id must be a user's id")
+    if target != user.id and not user.is_admin:
+        raise ApiError(403, "FORBIDDEN", "agents may only assign conversations to themselves")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _conversation(conn, cid)
+        if await auth.user_by_id(conn, target) is None:
+            raise invalid("no such user")
+        version = await replies.assign(conn, cid, target)
+    return ok(conversation={"id": cid, "assignee_id": target, "ownership_version": version})
+
+
+async def release(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _conversation(conn, cid)
+        version = await replies.release(conn, cid)
+    return ok(conversation={"id": cid, "assignee_id": None, "ownership_version": version})
+
+
+async def set_status(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    body = await body_of(request)
+    status = body.get("status")
+    if status not in store.STATUSES:
+        raise invalid("status must be open, pending, resolved or snoozed")
+    until = _future_time(body.get("snoozed_until"), "snoozed_until") if status == "snoozed" else None
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _conversation(conn, cid)
+        await store.set_status(conn, cid, status, until)
+    return ok(conversation={"id": cid, "status": status, "snoozed_until": until.isoformat() if until else None})
+
+
+async def add_note(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    text = (await body_of(request)).get("text")
+    if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT:
+        raise invalid(f"text must be 1 to {MAX_TEXT} characters")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _conversation(conn, cid)
+        note = await store.add_note(conn, cid, request[USER].id, text)
+    return ok(201, note=note)
+
+
+async def refresh_intelligence(request: web.Request) -> web.Response:
+    cid = _path_id(request)
+    async with request.app[POOL].acquire() as conn:
+        await _conversation(conn, cid)
+    result = await intelligence.refresh(request.app[POOL], cid, request.app[RULES].intelligence,
+                                        llm=request.app[LLM], trigger="request")  # type: ignore[arg-type]
+    if result is None:
+        raise not_found("conversation")
+    return ok(intelligence=result.as_dict())
+
+
+async def set_lead(request: web.Request) -> web.Response:
+    """A person sets the lead's stage (any stage, backwards too)."""
+    cid = _path_id(request)
+    stage = (await body_of(request)).get("stage")
+    stages = request.app[RULES].intelligence.stages
+    if stage not in stages:
+        raise invalid(f"stage must be one of {', '.join(stages)}")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await _conversation(conn, cid)
+        if row["lead_id"] is None:
+            raise not_found("lead")
+        await store.set_lead_stage(conn, row["lead_id"], stage, request[USER].id)
+    return ok(lead={"id": row["lead_id"], "stage": stage})
+
+
+# --- notifications and tasks ------------------------------------------------------------------
+
+async def list_notifications(request: web.Request) -> web.Response:
+    async with request.app[POOL].acquire() as conn:
+        items, unread = await store.notifications(conn, request[USER].id)
+    return ok(notifications=items, meta={"unread": unread})
+
+
+async def read_notification(request: web.Request) -> web.Response:
+    nid = _path_id(request)
+    async with request.app[POOL].acquire() as conn:
+        if not await store.notification_update(conn, nid, request[USER].id, read=True):
+            raise not_found("notification")
+    return ok(notification={"id": nid})
+
+
+async def snooze_notification(request: web.Request) -> web.Response:
+    nid = _path_id(request)
+    until = _future_time((await body_of(request)).get("until"), "until")
+    async with request.app[POOL].acquire() as conn:
+        if not await store.notification_update(conn, nid, request[USER].id, snooze_until=until):
+            raise not_found("notification")
+    return ok(notification={"id": nid, "snoozed_until": until.isoformat()})
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    state = request.query.get("state", "open")
+    if state not in ("open", "done"):
+        raise invalid("state must be open or done")
+    async with request.app[POOL].acquire() as conn:
+        return ok(tasks=await store.tasks(conn, state))
+
+
+async def task_done(request: web.Request) -> web.Response:
+    tid = _path_id(request)
+    async with request.app[POOL].acquire() as conn:
+        if not await store.task_done(conn, tid):
+            raise not_found("task")
+    return ok(task={"id": tid, "state": "done"})
+
+
+# --- admin ------------------------------------------------------------------------------------
+
+async def admin_delete(request: web.Request) -> web.Response:
+    user = _admin(request)
+    cid = _path_id(request)
+    async with request.app[POOL].acquire() as conn:
+        if await store.conversation(conn, cid, include_deleted=True) is None:
+            raise not_found("conversation")
+        await store.set_deleted(conn, cid, user.id)
+    return ok(conversation={"id": cid, "deleted": True})
+
+
+async def admin_restore(request: web.Request) -> web.Response:
+    _admin(request)
+    cid = _path_id(request)
+    async with request.app[POOL].acquire() as conn:
+        if await store.conversation(conn, cid, include_deleted=True) is None:
+            raise not_found("conversation")
+        await store.set_deleted(conn, cid, None)
+    return ok(conversation={"id": cid, "deleted": False})
+
+
+async def admin_list(request: web.Request) -> web.Response:
+    _admin(request)
+    if request.query.get("deleted", "true") != "true":
+        raise invalid("only deleted=true is listed here; GET /api/v1/conversations lists the others")
+    page = _int_param(request.query.get("page", "1"), "page")
+    if page < 1:
+        raise invalid("page starts at 1")
+    async with request.app[POOL].acquire() as conn:
+        items, counts = await store.list_conversations(
+            conn, store.ListQuery("all", "all", request.query.get("q"), page, deleted=True), request[USER].id)
+    return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
+
+
+async def live_events(request: web.Request) -> web.StreamResponse:
+    return await events.stream(request, request.app[HUB], request.app[POOL])
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post("/auth/login", login)
+    r.add_post("/auth/logout", logout)
+    r.add_get("/auth/me", me)
+    r.add_get("/conversations", list_conversations)
+    r.add_get("/conversations/{id}", get_conversation)
+    r.add_post("/conversations/{id}/messages", send_message)
+    r.add_post("/conversations/{id}/assign", assign)
+    r.add_post("/conversations/{id}/release", release)
+    r.add_post("/conversations/{id}/status", set_status)
+    r.add_post("/conversations/{id}/notes", add_note)
+    r.add_post("/conversations/{id}/intelligence/refresh", refresh_intelligence)
+    r.add_post("/conversations/{id}/lead", set_lead)
+    r.add_get("/notifications", list_notifications)
+    r.add_post("/notifications/{id}/read", read_notification)
+    r.add_post("/notifications/{id}/snooze", snooze_notification)
+    r.add_get("/tasks", list_tasks)
+    r.add_post("/tasks/{id}/done", task_done)
+    r.add_post("/admin/conversations/{id}/delete", admin_delete)
+    r.add_post("/admin/conversations/{id}/restore", admin_restore)
+    r.add_get("/admin/conversations", admin_list)
+    r.add_get("/events", live_events)
+
+

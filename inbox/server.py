@@ -1,0 +1,134 @@
+"""What ``wacrm serve`` runs: the webhook, the inbox, or both in one aiohttp server.
+
+:func:`make_inbox_api` is the ``/api/v1`` application with its own resources (a pool, the
+live-events hub, an HTTP session for the LLM, and a background loop that reopens snoozed
+conversations, refreshes intelligence after every ``INTELLIGENCE_EVERY_MESSAGES`` messages and
+prunes the event log). :func:`make_app` composes it with the webhook (``only=None``), or serves
+one of them alone (``only="webhook"`` / ``"inbox"``). On shutdown the live streams end first,
+so the server stops within its bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from inbox import api, events, intelligence, store
+from inbox.schema import SchemaGuard
+from orchestrator.rules import Rules, load_rules
+from storage.db import create_pool
+from wacrm.settings import Settings
+
+log = logging.getLogger("wacrm.inbox")
+
+TICK_S = 2.0
+EVENTS_KEPT_S = 86400.0
+PRUNE_EVERY_S = 600.0
+INTELLIGENCE_PER_TICK = 5
+
+PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>wacrm inbox</title></head>
+<body><main><h1>wacrm inbox</h1><p>The web inbox is not built yet. The inbox API is served under
+<code>/api/v1/</code> (sign in with <code>POST /api/v1/auth/login</code>, or use a token from
+<code>wacrm users token EMAIL</code>).</p></main></body></html>"""
+
+
+def rules_of(settings: Settings) -> Rules:
+    """The rules file the inbox reads (templates, stages); raises ``RulesError``."""
+    return load_rules(Path(settings.rules_file) if settings.rules_file else None)
+
+
+async def _housekeeping(app: web.Application) -> None:
+    settings, pool, rules = app[api.SETTINGS], app[api.POOL], app[api.RULES]
+    pruned_at = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(TICK_S)
+        try:
+            if await app[api.SCHEMA].problem(pool) is not None:
+                continue
+            async with pool.acquire() as conn:
+                await store.reopen_snoozed(conn)
+                due = await store.intelligence_due(conn, settings.intelligence_every, INTELLIGENCE_PER_TICK) \
+                    if settings.intelligence_every else []
+                if loop.time() - pruned_at > PRUNE_EVERY_S:
+                    await store.prune_events(conn, EVENTS_KEPT_S)
+                    pruned_at = loop.time()
+            for cid in due:
+                await intelligence.refresh(pool, cid, rules.intelligence, llm=app[api.LLM],  # type: ignore[arg-type]
+                                           trigger="messages")
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop goes on; the next tick tries again
+            log.exception("inbox housekeeping failed; it runs again")
+
+
+def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
+    app = web.Application(middlewares=[api.guard], client_max_size=256 * 1024)
+    app[api.SETTINGS] = settings
+    app[api.RULES] = rules
+    app[api.SCHEMA] = SchemaGuard()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        assert settings.database_url
+        app[api.POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=1,
+                                          max_size=10)
+        hub = events.Hub(settings.database_url, settings.db_timeout_s)
+        hub.start()
+        app[api.HUB] = hub
+        session: aiohttp.ClientSession | None = None
+        if settings.llm_api_base_url and settings.llm_model:
+            session = aiohttp.ClientSession()
+            app[api.LLM] = (session, intelligence.LlmConfig(settings.llm_api_base_url, settings.llm_api_key,
+                                                            settings.llm_model, settings.intelligence_timeout_s))
+        else:
+            app[api.LLM] = None
+        housekeeping = asyncio.create_task(_housekeeping(app), name="inbox-housekeeping")
+        yield
+        housekeeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await housekeeping
+        await hub.close()
+        if session is not None:
+            await session.close()
+        await app[api.POOL].close()
+
+    async def end_streams(app: web.Application) -> None:
+        await app[api.HUB].close()
+
+    app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(end_streams)  # before the server waits for open requests
+    api.add_routes(app)
+    return app
+
+
+async def _placeholder(request: web.Request) -> web.Response:
+    return web.Response(text=PLACEHOLDER, content_type="text/html")
+
+
+def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> None:
+    root.add_subapp("/api/v1", make_inbox_api(settings, rules))
+    root.router.add_get("/", _placeholder)
+    root.router.add_get("/login", _placeholder)
+
+
+def make_app(settings: Settings, only: str | None = None) -> web.Application:
+    """The server for ``wacrm serve [--only webhook|inbox]``."""
+    from webhook.app import healthz, make_app as make_webhook_app, metrics_view
+
+    if only == "webhook":
+        return make_webhook_app(settings)
+    rules = rules_of(settings)
+    if only == "inbox":
+        root = web.Application()
+        root.router.add_get("/healthz", healthz)
+        root.router.add_get("/metrics", metrics_view)
+    else:
+        root = make_webhook_app(settings)
+    add_inbox(root, settings, rules)
+    return root

@@ -1,0 +1,228 @@
+"""The inbox's SQL: conversation lists and details, notes, notifications, tasks, soft delete.
+
+Replies, assignment and release go through :mod:`storage.replies` (the one home of the ledger
+and of ownership); this module reads what people see and records what only people do. Like
+:mod:`storage.repo`, functions run inside the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+PER_PAGE = 50
+MESSAGES_PER_PAGE = 50
+WINDOW = timedelta(hours=24)
+STATUSES = ("open", "pending", "resolved", "snoozed")
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def contact_json(r: asyncpg.Record) -> dict[str, Any]:
+    return {"id": r["contact_id"], "name": r["profile_name"], "phone": f"+{r['wa_id']}" if r["wa_id"] else None,
+            "wa_id": r["wa_id"], "user_id": r["contact_user_id"]}
+
+
+def window_open_until(last_inbound_at: datetime | None) -> datetime | None:
+    return last_inbound_at + WINDOW if last_inbound_at is not None else None
+
+
+def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": r["id"], "contact": contact_json(r), "status": r["inbox_status"],
+        "snoozed_until": _iso(r["snoozed_until"]), "assignee_id": r["assigned_user_id"],
+        "needs_human": r["needs_human"], "last_message_at": _iso(r["last_message_at"]),
+        "last_message_preview": (r["preview"] or "")[:140] if r["preview"] is not None else None,
+        "unread_count": r["unread_count"],
+        "lead": {"id": r["lead_id"], "stage": r["stage"]} if r["lead_id"] is not None else None,
+        "window_open_until": _iso(window_open_until(r["last_inbound_at"])),
+        "deleted_at": _iso(r["deleted_at"]),
+    }
+
+
+_SELECT = """
+    SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.last_message_at,
+           c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
+           k.id contact_id, k.profile_name, k.wa_id, k.user_id contact_user_id,
+           l.id lead_id, l.stage, l.score, l.source, l.stage_set_by,
+           (SELECT m.body FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1) preview
+    FROM conversations c JOIN contacts k ON k.id = c.contact_id LEFT JOIN leads l ON l.contact_id = c.contact_id"""
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    status: str  # one of STATUSES or "all"
+    assignee: str  # me | unassigned | all
+    q: str | None
+    page: int
+    deleted: bool = False
+
+
+async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int) -> tuple[list[dict[str, Any]],
+                                                                                           dict[str, int]]:
+    """A page of conversations, newest activity first, and the counts per status, mine and unassigned."""
+    like = f"%{query.q.strip()}%" if query.q and query.q.strip() else None
+    rows = await conn.fetch(
+        _SELECT + """
+        WHERE (c.deleted_at IS NOT NULL) = $1
+          AND ($2::text IS NULL OR c.inbox_status = $2)
+          AND ($3::text = 'all' OR ($3 = 'me' AND c.assigned_user_id = $4) OR ($3 = 'unassigned'
+                                                                             AND c.assigned_user_id IS NULL))
+          AND ($5::text IS NULL OR k.profile_name ILIKE $5 OR k.wa_id LIKE $5 OR k.user_id LIKE $5)
+        ORDER BY c.last_message_at DESC NULLS LAST, c.id DESC LIMIT $6 OFFSET $7""",
+        query.deleted, None if query.status == "all" else query.status, query.assignee, me, like, PER_PAGE,
+        (query.page - 1) * PER_PAGE)
+    counts = await conn.fetchrow(
+        """SELECT count(*) FILTER (WHERE inbox_status = 'open') open,
+                  count(*) FILTER (WHERE inbox_status = 'pending') pending,
+                  count(*) FILTER (WHERE inbox_status = 'resolved') resolved,
+                  count(*) FILTER (WHERE inbox_status = 'snoozed') snoozed,
+                  count(*) all_, count(*) FILTER (WHERE assigned_user_id = $1) mine,
+                  count(*) FILTER (WHERE assigned_user_id IS NULL) unassigned
+           FROM conversations WHERE (deleted_at IS NOT NULL) = $2""", me, query.deleted)
+    return [_conversation_json(r) for r in rows], {("all" if k == "all_" else k): int(v) for k, v in counts.items()}
+
+
+async def conversation(conn: asyncpg.Connection, conversation_id: int, *,
+                       include_deleted: bool = False) -> asyncpg.Record | None:
+    row = await conn.fetchrow(_SELECT + " WHERE c.id = $1", conversation_id)
+    if row is None or (row["deleted_at"] is not None and not include_deleted):
+        return None
+    return row
+
+
+async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | None) -> dict[str, Any]:
+    """The conversation with its contact, lead, intelligence, notes, unsent replies and a page of messages."""
+    cid = row["id"]
+    messages = await conn.fetch(
+        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_message_id, m.error,
+                  o.author_user_id
+           FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
+           WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
+        cid, before, MESSAGES_PER_PAGE + 1)
+    more = len(messages) > MESSAGES_PER_PAGE
+    messages = list(reversed(messages[:MESSAGES_PER_PAGE]))
+    notes = await conn.fetch("SELECT id, user_id, body, created_at FROM notes WHERE conversation_id = $1 "
+                             "ORDER BY id", cid)
+    # Replies in the ledger without a message yet (queued, retrying, failed before Meta took them …).
+    unsent = await conn.fetch(
+        """SELECT o.id, o.state, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
+           WHERE o.conversation_id = $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
+             AND o.state <> 'sent' ORDER BY o.id DESC LIMIT 20""", cid)
+    if before is None and row["unread_count"]:
+        await conn.execute("UPDATE conversations SET unread_count = 0 WHERE id = $1", cid)
+    out = _conversation_json(row)
+    out.update(
+        ownership_version=row["ownership_version"],
+        lead=None if row["lead_id"] is None else {
+            "id": row["lead_id"], "stage": row["stage"], "score": row["score"], "source": row["source"],
+            "stage_set_by": row["stage_set_by"]},
+        intelligence=row["intelligence"],
+        notes=[{"id": n["id"], "author": n["user_id"], "text": n["body"], "created_at": _iso(n["created_at"])}
+               for n in notes],
+        outbound=[{"id": u["id"], "state": u["state"], "text": (u["intent"] or {}).get("text"),
+                   "template": (u["intent"] or {}).get("template"), "error": u["error"], "author": u["author_user_id"],
+                   "created_at": _iso(u["created_at"])} for u in reversed(unsent)],
+        messages=[{"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"],
+                   "status": m["status"], "created_at": _iso(m["created_at"]),
+                   "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
+                   "error": m["error"]} for m in messages],
+        more_before=more,
+    )
+    return out
+
+
+async def ledger_row(conn: asyncpg.Connection, dedupe_key: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, state, conversation_id FROM outbound_log WHERE dedupe_key = $1", dedupe_key)
+
+
+async def set_status(conn: asyncpg.Connection, conversation_id: int, status: str,
+                     snoozed_until: datetime | None) -> None:
+    await conn.execute("UPDATE conversations SET inbox_status = $2, snoozed_until = $3 WHERE id = $1",
+                       conversation_id, status, snoozed_until)
+
+
+async def reopen_snoozed(conn: asyncpg.Connection) -> int:
+    """Snoozed conversations whose time came are open again; how many."""
+    done = await conn.execute("""UPDATE conversations SET inbox_status = 'open', snoozed_until = NULL
+                                 WHERE inbox_status = 'snoozed' AND snoozed_until <= now()""")
+    return int(done.split()[-1])
+
+
+async def add_note(conn: asyncpg.Connection, conversation_id: int, user_id: int, text: str) -> dict[str, Any]:
+    r = await conn.fetchrow("INSERT INTO notes (conversation_id, user_id, body) VALUES ($1, $2, $3) "
+                            "RETURNING id, created_at", conversation_id, user_id, text)
+    return {"id": r["id"], "author": user_id, "text": text, "created_at": _iso(r["created_at"])}
+
+
+async def set_lead_stage(conn: asyncpg.Connection, lead_id: int, stage: str, user_id: int) -> None:
+    """A person sets the stage: any stage, backwards too."""
+    await conn.execute("UPDATE leads SET stage = $2, stage_set_by = $3, stage_updated_at = now() WHERE id = $1",
+                       lead_id, stage, user_id)
+
+
+def _notification_json(r: asyncpg.Record) -> dict[str, Any]:
+    return {"id": r["id"], "kind": r["kind"], "body": r["body"], "task_id": r["task_id"],
+            "conversation_id": r["conversation_id"], "read_at": _iso(r["read_at"]),
+            "snoozed_until": _iso(r["snoozed_until"]), "created_at": _iso(r["created_at"])}
+
+
+async def notifications(conn: asyncpg.Connection, user_id: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
+    """The user's notifications (theirs and everyone's), newest first, snoozed ones hidden; and
+    how many are unread."""
+    rows = await conn.fetch(
+        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, n.read_at, n.snoozed_until, n.created_at
+           FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
+           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND (n.snoozed_until IS NULL OR n.snoozed_until <= now())
+           ORDER BY n.id DESC LIMIT $2""", user_id, limit)
+    unread = await conn.fetchval(
+        """SELECT count(*) FROM notifications WHERE (user_id = $1 OR user_id IS NULL) AND read_at IS NULL
+           AND (snoozed_until IS NULL OR snoozed_until <= now())""", user_id)
+    return [_notification_json(r) for r in rows], int(unread)
+
+
+async def notification_update(conn: asyncpg.Connection, notification_id: int, user_id: int, *,
+                              read: bool = False, snooze_until: datetime | None = None) -> bool:
+    """Mark read or snooze one of the user's notifications; False when there is no such notification."""
+    done = await conn.execute(
+        """UPDATE notifications SET read_at = CASE WHEN $3 THEN COALESCE(read_at, now()) ELSE read_at END,
+               snoozed_until = COALESCE($4, snoozed_until)
+           WHERE id = $1 AND (user_id = $2 OR user_id IS NULL)""", notification_id, user_id, read, snooze_until)
+    return done != "UPDATE 0"
+
+
+async def tasks(conn: asyncpg.Connection, state: str, limit: int = 200) -> list[dict[str, Any]]:
+    rows = await conn.fetch(
+        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at FROM tasks t
+           LEFT JOIN conversations c ON c.id = t.conversation_id
+           WHERE t.status = $1 AND c.deleted_at IS NULL ORDER BY t.id DESC LIMIT $2""", state, limit)
+    return [{"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"], "state": r["status"],
+             "conversation_id": r["conversation_id"], "created_at": _iso(r["created_at"])} for r in rows]
+
+
+async def task_done(conn: asyncpg.Connection, task_id: int) -> bool:
+    done = await conn.execute("UPDATE tasks SET status = 'done' WHERE id = $1", task_id)
+    return done != "UPDATE 0"
+
+
+async def set_deleted(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> bool:
+    """Soft delete (``user_id``) or restore (None); every row is kept."""
+    done = await conn.execute(
+        """UPDATE conversations SET deleted_at = CASE WHEN $2::bigint IS NULL THEN NULL ELSE now() END,
+               deleted_by = $2 WHERE id = $1""", conversation_id, user_id)
+    return done != "UPDATE 0"
+
+
+async def intelligence_due(conn: asyncpg.Connection, every: int, limit: int) -> list[int]:
+    rows = await conn.fetch("SELECT id FROM conversations WHERE messages_since_intelligence >= $1 "
+                            "AND deleted_at IS NULL ORDER BY id LIMIT $2", every, limit)
+    return [r["id"] for r in rows]
+
+
+async def prune_events(conn: asyncpg.Connection, keep_s: float) -> None:
+    await conn.execute("DELETE FROM inbox_events WHERE created_at < now() - make_interval(secs => $1)", keep_s)
