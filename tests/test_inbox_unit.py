@@ -1,0 +1,104 @@
+"""Pure parts of the inbox and of the rules it reads: stages only forward, rules intelligence,
+the LLM's structured answer, FAQ answers per language, hours described from the configuration."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from inbox import auth
+from inbox.intelligence import LlmAnswerError, advance, by_rules, parse_llm
+from orchestrator.rules import Situation, decide, describe_hours, language_of, load_rules
+
+RULES = load_rules()
+STAGES = RULES.intelligence.stages
+NOON_WED = datetime(2026, 1, 7, 12, 0, tzinfo=timezone.utc)
+
+
+@given(st.sampled_from(STAGES), st.one_of(st.none(), st.sampled_from(STAGES), st.text(max_size=8)))
+def test_a_computed_stage_never_moves_back(current: str, proposed: str | None) -> None:
+    after = advance(STAGES, current, proposed)
+    assert after in STAGES and STAGES.index(after) >= STAGES.index(current)
+    if proposed in STAGES and STAGES.index(proposed) > STAGES.index(current):
+        assert after == proposed
+
+
+def test_rules_intelligence_reads_intent_stage_and_sentiment() -> None:
+    turns = [("inbound", "hi"), ("outbound", "Hi! How can we help?"),
+             ("inbound", "what is the price of the red one? this is terrible service")]
+    i = by_rules(RULES.intelligence, turns, "new")
+    assert (i.intent, i.lead_stage, i.sentiment, i.engine) == ("pricing", "interested", "negative", "rules")
+    assert "pricing" in i.summary and "terrible service" in i.summary
+    assert by_rules(RULES.intelligence, turns, "won").lead_stage == "won"  # never back
+    assert by_rules(RULES.intelligence, [("inbound", "I want to buy it, thanks!")], None).lead_stage == "qualified"
+    assert by_rules(RULES.intelligence, [], None).summary == "No customer messages yet."
+
+
+def _completion(content: object) -> dict:
+    return {"choices": [{"message": {"role": "assistant", "content": content}}]}
+
+
+def test_the_llm_answer_must_be_the_structured_object() -> None:
+    good = {"summary": "s", "intent": "pricing", "lead_stage": "qualified", "lead_score": 70, "sentiment": "positive"}
+    i = parse_llm(_completion(json.dumps(good)), STAGES, "interested")
+    assert (i.lead_stage, i.lead_score, i.engine) == ("qualified", 70, "llm")
+    assert parse_llm(_completion(json.dumps(good)), STAGES, "won").lead_stage == "won"
+    for bad in ("not json", json.dumps([1]), json.dumps({**good, "lead_score": 101}),
+                json.dumps({**good, "sentiment": "meh"}), json.dumps({**good, "summary": ""})):
+        with pytest.raises(LlmAnswerError):
+            parse_llm(_completion(bad), STAGES, None)
+    with pytest.raises(LlmAnswerError):
+        parse_llm({"choices": []}, STAGES, None)
+
+
+def sit(*texts: str) -> Situation:
+    return Situation(tuple(texts), tuple("text" for _ in texts), False, False, False, NOON_WED, "Ana")
+
+
+def test_faq_answers_per_language_are_picked_by_the_customer_s_words(tmp_path: Path) -> None:
+    data = json.loads(Path(load_rules.__code__.co_filename).with_name("default_rules.json").read_text())
+    data["faq"][0]["answer"] = {"en": "Prices are online.", "es": "Los precios están en la web."}
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(data))
+    rules = load_rules(path)
+    assert decide(rules, sit("¿Cuál es el precio?")).text == "Los precios están en la web."
+    assert decide(rules, sit("What is the price?")).text == "Prices are online."
+    assert decide(rules, sit("Preis?")).text == "Prices are online."  # no German answer: the default language
+    assert language_of(["hola, qué tal"], rules.languages, "en") == "es"
+    assert language_of(["xyz"], rules.languages, "en") == "en"
+
+
+def test_the_shipped_rules_agree_with_themselves(tmp_path: Path) -> None:
+    hours = decide(RULES, sit("What are your opening hours?")).text or ""
+    assert hours == f"We are open {describe_hours(RULES.business_hours)}." and "Monday to Friday" not in hours
+    # A fallback that says "we will get back to you" asks for a follow-up.
+    d = decide(RULES, sit("do you repair blue submarines"))
+    assert d.rule == "fallback" and "get back to you" in (d.text or "") and d.extra["follow_up"] is True
+    data = json.loads(Path(load_rules.__code__.co_filename).with_name("default_rules.json").read_text())
+    data["business_hours"]["days"] = {d: ["09:00-18:00"] for d in ("mon", "tue", "wed", "thu", "fri")}
+    data["business_hours"]["timezone"] = "Europe/Madrid"
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(data))
+    assert describe_hours(load_rules(path).business_hours) == "Monday to Friday, 09:00 to 18:00 (Europe/Madrid)"
+
+
+def test_templates_offered_outside_the_window(tmp_path: Path) -> None:
+    data = json.loads(Path(load_rules.__code__.co_filename).with_name("default_rules.json").read_text())
+    data["window_template"] = {"name": "reopen", "language": "en"}
+    data["templates"] = [{"name": "offer", "language": "es", "parameters": ["x"]}, {"name": "reopen",
+                                                                                     "language": "en"}]
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps(data))
+    assert [(t.name, t.language) for t in load_rules(path).offered_templates()] == [("reopen", "en"), ("offer", "es")]
+
+
+def test_secrets_are_stored_as_hashes_and_passwords_as_argon2id() -> None:
+    assert auth.digest("abc") != "abc" and len(auth.digest("abc")) == 64
+    hashed = auth.hash_password("pw-123456")
+    assert hashed.startswith("$argon2id$")
+    assert auth._verify(hashed, "pw-123456") and not auth._verify(hashed, "nope") and not auth._verify(None, "x")
