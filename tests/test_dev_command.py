@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,14 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         family = _descendants(dev.pid)
         assert len(family) >= 5  # postgres, tansu, fake-meta, serve, worker (and postgres' own children)
         state = json.loads((state_dir / "dev.json").read_text())
+
+        # The banner's first admin signs in to the inbox.
+        login = urllib.request.Request(f"{state['base_url']}/api/v1/auth/login", method="POST",
+                                       data=json.dumps({"email": state["admin_email"],
+                                                        "password": state["admin_password"]}).encode(),
+                                       headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(login, timeout=30) as resp:
+            assert json.loads(resp.read())["user"]["role"] == "admin"
 
         result = _simulate(state_dir, "hello from the dev test")
         assert result.returncode == 0, result.stdout + result.stderr

@@ -55,6 +55,34 @@ def _persistent_secrets(state_dir: Path) -> dict[str, str]:
         return values
 
 
+ADMIN_FILE = "admin.json"
+FIRST_ADMIN_EMAIL = "admin@wacrm.local"
+
+
+async def first_admin(database_url: str, state_dir: Path, timeout: float) -> tuple[str, str] | None:
+    """The dev inbox's first admin: created (with a generated password, kept in the state dir,
+    mode 0600) when the database has no user yet. Returns (email, password), or None when the
+    users were made another way and the password is not known here."""
+    from inbox import auth
+    from storage.db import connect
+
+    path = state_dir / ADMIN_FILE
+    conn = await connect(database_url, timeout=timeout)
+    try:
+        if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
+            password = auth.generate_password()
+            await auth.add_user(conn, FIRST_ADMIN_EMAIL, "admin", await auth.hash_password_async(password), "Admin")
+            path.write_text(json.dumps({"email": FIRST_ADMIN_EMAIL, "password": password}))
+            path.chmod(0o600)
+    finally:
+        await conn.close()
+    try:
+        saved = json.loads(path.read_text())
+        return saved["email"], saved["password"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @dataclass
 class Child:
     name: str
@@ -158,6 +186,7 @@ def run_dev(state_dir: Path) -> int:
             pg.start()
             database_url = pg.url
         asyncio.run(run_migrations(database_url, settings.db_timeout_s, out=lambda m: print(f"  migrate: {m}")))
+        admin = asyncio.run(first_admin(database_url, state_dir, settings.db_timeout_s))
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
             broker = EmbeddedBroker(log_path=logs / "tansu.log")
@@ -190,7 +219,8 @@ def run_dev(state_dir: Path) -> int:
         state = {"pid": os.getpid(), "webhook_url": f"{base}/webhooks/whatsapp", "base_url": base,
                  "app_secret": env["WHATSAPP_APP_SECRET"], "verify_token": env["WHATSAPP_VERIFY_TOKEN"],
                  "fake_meta_url": fake_meta_url, "database_url": database_url, "kafka": bootstrap,
-                 "worker_metrics_url": worker_metrics}
+                 "worker_metrics_url": worker_metrics, "inbox_url": f"{base}/",
+                 "admin_email": admin[0] if admin else None, "admin_password": admin[1] if admin else None}
         (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
         _banner(state, logs, time.monotonic() - started)
         _supervise(children, broker, settings)
@@ -228,6 +258,11 @@ def _banner(state: dict[str, Any], logs: Path, took: float) -> None:
     ]
     if state["fake_meta_url"]:
         lines.append(f"  fake Graph API {state['fake_meta_url']}   (what was sent: {state['fake_meta_url']}/__sent)")
+    lines.append(f"  inbox          {state['inbox_url']}   (API: {state['base_url']}/api/v1/)")
+    if state["admin_email"]:
+        lines.append(f"  sign in as     {state['admin_email']}   password {state['admin_password']}")
+    else:
+        lines.append("  sign in as     a user of yours (add one: .venv/bin/wacrm users add EMAIL --role admin)")
     lines += [f"  logs           {logs}/", "",
               "Send a test message from another terminal:",
               "  .venv/bin/wacrm simulate --text \"hi\"", ""]
