@@ -9,7 +9,9 @@ reverse order. A second ``wacrm dev`` on the same state dir refuses to start.
 
 What it writes under the state dir is private to its owner: the files (``dev.json`` and
 ``secrets.json`` hold the webhook's secrets, ``dev.lock``) are created mode 0600, the
-state dir (when it creates it) and ``logs/`` mode 0700.
+state dir (when it creates it) and ``logs/`` mode 0700. (Run as root, the embedded
+PostgreSQL runs as a system user and opens the state dir for traversal, o+rx; the files
+and ``logs/`` stay private.)
 """
 
 from __future__ import annotations
