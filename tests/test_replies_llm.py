@@ -212,41 +212,6 @@ def _asked_about(llm: FakeLlm, text: str) -> list[dict]:
     return [r for r in llm.requests if any(m.get("content") == text for m in (r["body"] or {}).get("messages", []))]
 
 
-async def test_a_burst_during_a_slow_model_call_is_answered_once(llm_stack: Stack, llm: FakeLlm,
-                                                                 ldb: asyncpg.Connection) -> None:
-    wa_id = _phone()
-    first_texts = [f"hola {wa_id}", f"precio {wa_id}?"]
-    later_texts = [f"y el envío {wa_id}?", f"¿y el color {wa_id}?"]
-    delay = 4.0
-    llm.script({"delay": delay - 0.5, "reply": "First answer"}, {"reply": "Second answer"})
-    before = await say(llm_stack, wa_id, *first_texts)
-    async def thinking() -> bool:
-        return bool(_asked_about(llm, first_texts[-1]))
-
-    await eventually(thinking, what="the model to be asked")
-    during = await say(llm_stack, wa_id, *later_texts)  # while the model is still answering the first two
-    conv_id = (await stored(ldb, during[-1]))["conversation_id"]
-    last_id = (await stored(ldb, during[-1]))["id"]
-
-    async def settled() -> bool:  # every message answered, no lease in flight, every queued reply sent
-        done = await ldb.fetchval("SELECT reply_upto_message_id >= $2 AND reply_due_at IS NULL FROM conversations "
-                                  "WHERE id = $1", conv_id, last_id)
-        unsent = await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1 "
-                                    "AND state <> 'sent'", conv_id)
-        return bool(done) and unsent == 0
-
-    await eventually(settled, 90, "the burst and the messages during the model call to be answered")
-    sent = await sends_to(llm_stack, wa_id)
-    assert [(x["body"]["context"]["message_id"], x["body"]["text"]["body"]) for x in sent] == [
-        (before[-1], "First answer"), (during[-1], "Second answer")]
-    assert await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1", conv_id) == 2
-    asked = _asked_about(llm, first_texts[0])
-    assert len(asked) == 2  # never a second model call for the same messages while the first one runs
-    assert asked[1]["received_at"] >= asked[0]["received_at"] + delay - 0.5  # after the first call returned
-    contents = [{m["content"] for m in r["body"]["messages"]} for r in asked]
-    assert not set(later_texts) & contents[0] and set(later_texts) <= contents[1]
-
-
 async def test_more_due_conversations_than_pool_connections_are_all_answered(llm_stack: Stack, llm: FakeLlm,
                                                                              ldb: asyncpg.Connection) -> None:
     count = 20  # the worker's pool holds 12 connections (2 × BATCH_LANES + 4); a lease takes up to 20
@@ -300,3 +265,55 @@ async def test_no_connection_is_held_while_the_model_answers(make_database: Call
         assert max(started) < min(started) + delay  # all asked before the first answer came back
     finally:
         await pool.close()
+
+
+async def test_a_burst_during_a_slow_model_call_is_answered_once(llm_stack: Stack, llm: FakeLlm,
+                                                                 ldb: asyncpg.Connection) -> None:
+    """Two workers: while one waits on the model, the other's reply timer must not take the same
+    conversation again because new messages arrived (one worker's timer waits for its own calls)."""
+    alone = await llm_stack.worker_metric("wacrm_worker_assigned_partitions")
+
+    async def assigned(check: Callable[[float], bool]) -> bool:
+        return check(await llm_stack.worker_metric("wacrm_worker_assigned_partitions"))
+
+    llm_stack.start("worker2")
+    try:
+        await eventually(lambda: assigned(lambda n: 0 < n < alone), 90, "a second worker to share the partitions")
+        await _burst_during_a_slow_model_call(llm_stack, llm, ldb)
+    finally:
+        llm_stack.stop("worker2")
+        await eventually(lambda: assigned(lambda n: n == alone), 90, "the first worker to hold every partition again")
+
+
+async def _burst_during_a_slow_model_call(llm_stack: Stack, llm: FakeLlm, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    first_texts = [f"hola {wa_id}", f"precio {wa_id}?"]
+    later_texts = [f"y el envío {wa_id}?", f"¿y el color {wa_id}?"]
+    delay = 4.0
+    llm.script({"delay": delay - 0.5, "reply": "First answer"}, {"reply": "Second answer"})
+    before = await say(llm_stack, wa_id, *first_texts)
+    async def thinking() -> bool:
+        return bool(_asked_about(llm, first_texts[-1]))
+
+    await eventually(thinking, what="the model to be asked")
+    during = await say(llm_stack, wa_id, *later_texts)  # while the model is still answering the first two
+    conv_id = (await stored(ldb, during[-1]))["conversation_id"]
+    last_id = (await stored(ldb, during[-1]))["id"]
+
+    async def settled() -> bool:  # every message answered, no lease in flight, every queued reply sent
+        done = await ldb.fetchval("SELECT reply_upto_message_id >= $2 AND reply_due_at IS NULL FROM conversations "
+                                  "WHERE id = $1", conv_id, last_id)
+        unsent = await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1 "
+                                    "AND state <> 'sent'", conv_id)
+        return bool(done) and unsent == 0
+
+    await eventually(settled, 90, "the burst and the messages during the model call to be answered")
+    sent = await sends_to(llm_stack, wa_id)
+    assert [(x["body"]["context"]["message_id"], x["body"]["text"]["body"]) for x in sent] == [
+        (before[-1], "First answer"), (during[-1], "Second answer")]
+    assert await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1", conv_id) == 2
+    asked = _asked_about(llm, first_texts[0])
+    assert len(asked) == 2  # never a second model call for the same messages while the first one runs
+    assert asked[1]["received_at"] >= asked[0]["received_at"] + delay - 0.5  # after the first call returned
+    contents = [{m["content"] for m in r["body"]["messages"]} for r in asked]
+    assert not set(later_texts) & contents[0] and set(later_texts) <= contents[1]
