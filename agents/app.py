@@ -62,6 +62,18 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of ``KAFKA_SECURITY_PROTOCOL`` and its companions (None: PLAINTEXT); faust turns it
+    into the same aiokafka arguments as ``Settings.kafka_security_kwargs()``."""
+    context = settings.kafka_ssl_context()
+    if settings.kafka_uses_sasl:
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def build(settings: Settings) -> tuple[faust.App, Resources]:
     """The worker's app with its agents, and the resources service to start beside it."""
     global _fetch_wait_ms, _fetch_min_bytes
@@ -72,6 +84,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     app = faust.App(
         settings.kafka_group_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -25,9 +27,11 @@ class PublishError(Exception):
 class RawPublisher:
     """Owns one AIOKafkaProducer; ``publish`` returns only once the broker acknowledged."""
 
-    def __init__(self, bootstrap_servers: str, *, timeout: float) -> None:
+    def __init__(self, bootstrap_servers: str, *, timeout: float, security: Mapping[str, Any] | None = None) -> None:
+        """``security``: aiokafka's TLS/SASL arguments (``Settings.kafka_security_kwargs()``); none: PLAINTEXT."""
         self._servers = bootstrap_servers
         self._timeout = timeout
+        self._security = dict(security or {})
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
 
@@ -39,7 +43,7 @@ class RawPublisher:
                 producer = AIOKafkaProducer(
                     bootstrap_servers=self._servers, acks="all", enable_idempotence=False, linger_ms=1,
                     request_timeout_ms=int(self._timeout * 1000), max_request_size=16 * 1024 * 1024,
-                    retry_backoff_ms=100)
+                    retry_backoff_ms=100, **self._security)
                 try:
                     await asyncio.wait_for(producer.start(), self._timeout)
                 except BaseException:
