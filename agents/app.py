@@ -22,6 +22,7 @@ Faust settings and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import tempfile
 from pathlib import Path
@@ -32,6 +33,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import runner
 from agents.context import Resources
+from agents.dlqlimit import DlqLimitConfig
 from agents.inbound import Inbound
 from agents.ingest import Ingest
 from agents.sender import Sender
@@ -106,12 +108,19 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         ("sender", outbound, sender.handle),
         ("status", status, Status(resources, rules, outbound).handle),
     ]
+    config = runner_config(settings)
+
+    async def halt(reason: BaseException) -> None:
+        """Stop the worker with a non-zero exit (faust re-raises the crash reason once stopped)."""
+        await app.crash(reason)
+
     for name, source, handler in stages:
         app.agent(source, name=f"wacrm.{name}", concurrency=1)(
-            _agent(name, handler, resources, dlq, settings.batch_size, settings.batch_wait_ms / 1000))
+            _agent(runner.Runner(name, handler, dlq, resources.ready, config, halt)))
     for n, source in enumerate(retries.values(), start=1):  # one at a time: each waits for its own due time
         app.agent(source, name=f"wacrm.sender_retry_{n}", concurrency=1)(
-            _agent(f"sender_retry_{n}", sender.handle, resources, dlq, 1, settings.batch_wait_ms / 1000))
+            _agent(runner.Runner(f"sender_retry_{n}", sender.handle, dlq, resources.ready,
+                                 dataclasses.replace(config, batch_size=1), halt)))
 
     lease_s = rules.llm.timeout_seconds + 10
 
@@ -156,11 +165,17 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     return app, resources
 
 
-def _agent(name: str, handler: runner.Handler, resources: Resources, dlq: faust.TopicT, batch_size: int,
-           batch_wait_s: float) -> Any:
-    async def agent(stream: faust.StreamT) -> None:
-        await runner.run(name, stream, handler, resources.ready, dlq, batch_size=batch_size,
-                         batch_wait_s=batch_wait_s)
+def runner_config(settings: Settings) -> runner.RunnerConfig:
+    return runner.RunnerConfig(
+        batch_size=settings.batch_size, batch_wait_s=settings.batch_wait_ms / 1000,
+        stop_grace_s=settings.stop_grace_s,
+        dlq_limit=DlqLimitConfig(consecutive=settings.dlq_limit_consecutive, ratio=settings.dlq_limit_ratio,
+                                 window=settings.dlq_limit_window))
 
-    agent.__name__ = agent.__qualname__ = f"{name}_agent"
+
+def _agent(agent_runner: runner.Runner) -> Any:
+    async def agent(stream: faust.StreamT) -> None:
+        await agent_runner.run(stream)
+
+    agent.__name__ = agent.__qualname__ = f"{agent_runner.agent}_agent"
     return agent

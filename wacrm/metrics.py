@@ -67,3 +67,11 @@ RATE_LIMIT_WAITS = Counter(
     ["kind"])
 RATE_LIMIT_WAIT_SECONDS = Histogram(
     "wacrm_rate_limit_wait_seconds", "Time a send waited for the business number's token bucket", buckets=_FAST)
+AGENT_STALLED = Gauge(
+    "wacrm_agent_stalled_seconds",
+    "How long each agent has been retrying the same batch in place (0 while it flows)", ["agent"])
+AGENT_RETRIES = Counter(
+    "wacrm_agent_retries_total", "Batches an agent retried in place after a transient failure", ["agent"])
+AGENT_HALTS = Counter(
+    "wacrm_agent_halts_total", "Times an agent stopped the worker (dead-letter storm, runner crash), by why",
+    ["agent", "reason"])

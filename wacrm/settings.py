@@ -58,6 +58,10 @@ class Settings:
     batch_size: int
     batch_wait_ms: int
     batch_lanes: int
+    dlq_limit_consecutive: int
+    dlq_limit_ratio: float
+    dlq_limit_window: int
+    stop_grace_s: float
     # webhook
     webhook_max_body_bytes: int
     publish_timeout_s: float
@@ -206,6 +210,11 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
         batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 20),
         batch_lanes=get("BATCH_LANES", _int(1, 32), 4),
+        # A storm of dead letters stops the worker instead of draining a topic into wa.dlq.
+        dlq_limit_consecutive=get("DLQ_LIMIT_CONSECUTIVE", _int(1, 1_000_000), 100),
+        dlq_limit_ratio=get("DLQ_LIMIT_RATIO", _float(0.01, 1.0), 0.5),
+        dlq_limit_window=get("DLQ_LIMIT_WINDOW", _int(10, 1_000_000), 1000),
+        stop_grace_s=get("STOP_GRACE_SECONDS", _float(0, 300), 10.0),
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
         publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
         worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
