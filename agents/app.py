@@ -24,11 +24,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import faust
+import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import runner
@@ -111,8 +114,16 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     config = runner_config(settings)
 
     async def halt(reason: BaseException) -> None:
-        """Stop the worker with a non-zero exit (faust re-raises the crash reason once stopped)."""
-        await app.crash(reason)
+        """Stop the worker as a SIGTERM does (offsets of what was handled are committed), then exit
+        non-zero: the worker re-raises its ``crash_reason`` once stopped. (``app.crash`` instead
+        leaves the consumer's final commit hanging on its stopped thread.)"""
+        root = app.beacon.root
+        worker = root.data if root is not None else None
+        if not isinstance(worker, mode.Worker):  # not run by `wacrm worker`: crash the app itself
+            await app.crash(reason)
+            return
+        worker.crash_reason = reason
+        os.kill(os.getpid(), signal.SIGTERM)
 
     for name, source, handler in stages:
         app.agent(source, name=f"wacrm.{name}", concurrency=1)(

@@ -18,10 +18,11 @@ transaction and one wait for the broker serve many events. Every failure is rout
 
 Acks (contract): an event is acked (its offset becomes committable) only when the handler
 returned for it or its dead letter was acknowledged by the broker. faust's ``take_events``
-acks its batch in a ``finally``, also when the agent is cancelled or raised; the runner marks
-every event it did not finish as acked *without telling the consumer*, so that final ack is a
-no-op and the committed offset stays before the event (faust commits only up to the first
-offset missing from its acked list). Hence:
+acks its batch in a ``finally``, also when the agent is cancelled or raised, and faust closes
+the generator on a stop while the handler may still hold the batch; so the runner marks each
+batch as acked *without telling the consumer* as soon as it has it (:func:`hold`), which makes
+those acks no-ops, and acks it for real once handled (:func:`release`). faust commits a
+partition only up to the first offset missing from its acked list. Hence:
 
 - a stop (SIGTERM, the agent cancelled) gives the batch in hand ``STOP_GRACE_SECONDS`` to
   finish (shielded from the cancel), then leaves it unacked;
@@ -117,14 +118,24 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 
-def leave_unacked(events: Sequence[faust.EventT]) -> None:
-    """Make faust's final ack of these events a no-op, so their offsets never become committable.
+def hold(events: Sequence[faust.EventT]) -> None:
+    """Make every ack of these events a no-op until :func:`release`: their offsets cannot become
+    committable meanwhile, whatever closes the batch.
 
-    ``Message.ack`` tells the consumer only while ``message.acked`` is false; the consumer
-    commits a partition up to the first offset it was not told about.
+    ``take_events`` acks its batch in a ``finally``, and faust's ``Stream.on_stop`` closes the
+    generator on a stop, which runs that ``finally`` while the handler still has the batch.
+    ``Message.ack`` tells the consumer only while ``message.acked`` is false, and the consumer
+    commits a partition only up to the first offset it was not told about.
     """
     for event in events:
         event.message.acked = True
+
+
+async def release(stream: faust.StreamT, events: Sequence[faust.EventT]) -> None:
+    """Ack handled events for real: their offsets become committable."""
+    for event in events:
+        event.message.acked = False
+        await stream.ack(event)
 
 
 class _Stall:
@@ -163,14 +174,13 @@ class Runner:
             items = [(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset), e.message.timestamp)
                      for e in events]
             started = time.perf_counter()
+            hold(events)  # first thing: nothing but release() may ack them
             try:
                 outcomes, stopping = await self._finish_or_leave(items)
-            except BaseException as exc:
-                leave_unacked(events)  # before anything else: the finally of take_events acks them
+            except BaseException as exc:  # left held: never committed by this worker
                 await self._not_finished(exc, items)
                 raise
-            for event in events:  # handled: committable now (take_events' own ack is then a no-op)
-                await stream.ack(event)
+            await release(stream, events)
             for outcome in outcomes:
                 metrics.EVENTS.labels(self.agent, outcome).inc()
             metrics.BATCH_SIZE.labels(self.agent).observe(len(items))
