@@ -178,7 +178,7 @@ class Runner:
             try:
                 outcomes, stopping = await self._finish_or_leave(items)
             except BaseException as exc:  # left held: never committed by this worker
-                await self._not_finished(exc, items)
+                await self._not_finished(exc, items, stopping=stream.app.should_stop)
                 raise
             await release(stream, events)
             for outcome in outcomes:
@@ -188,14 +188,22 @@ class Runner:
             if stopping:  # the batch in hand finished within the grace; the stop goes on
                 raise asyncio.CancelledError()
 
-    async def _not_finished(self, exc: BaseException, items: list[Item]) -> None:
+    async def _not_finished(self, exc: BaseException, items: list[Item], *, stopping: bool) -> None:
         """The batch is left unacked; stop the worker when going on would leave a gap."""
         first = items[0][1]
         where = f"{len(items)} event(s) from {first.topic}:{first.partition}@{first.offset}"
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError) and stopping:
             log.info("%s: stopped before finishing %s; left unacked, they are handled after a restart",
                      self.agent, where)
             return
+        if isinstance(exc, asyncio.CancelledError):
+            # Cancelled while the app goes on (faust restarts such an actor): the restarted one would ack
+            # the events after this batch, and faust can commit past a single missing offset.
+            metrics.AGENT_HALTS.labels(self.agent, "cancelled").inc()
+            log.error("%s: STOPPING THE WORKER: the agent was cancelled while the worker runs; %s left unacked, "
+                      "the worker resumes from the last committed offset when restarted", self.agent, where)
+            await self._halt(WorkerHalted(f"{self.agent}: cancelled in the middle of a batch"))
+            await asyncio.Event().wait()  # until the worker's stop cancels us again
         if isinstance(exc, _Unfinished):
             log.warning("%s: %s; %s left unacked", self.agent, exc, where)
         elif isinstance(exc, WorkerHalted):
