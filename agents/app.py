@@ -12,6 +12,11 @@ Faust settings and why:
 - agents at ``concurrency=1``: per-partition order, and commits never pass an event in flight;
   each takes its events in batches (``BATCH_SIZE``, ``BATCH_WAIT_MS``): one transaction and
   one wait for the broker per batch instead of per event.
+- every agent runs :class:`agents.runner.Runner` (failures routed by ``classify``, batches
+  acked only once handled); a stop gives the batch in hand ``STOP_GRACE_SECONDS``; a
+  dead-letter storm (``DLQ_LIMIT_*``) or a crash inside the runner stops the worker with a
+  non-zero exit, as a SIGTERM would stop it, so its supervisor restarts it from the last
+  committed offset.
 - the consumer's fetch wait (faust fixes it at 1500 ms) is set from ``CONSUMER_FETCH_WAIT_MS``:
   on tansu a waiting fetch is not woken by new data, so each hop would add up to that much.
   ``CONSUMER_FETCH_MIN_BYTES`` lets a fetch wait for that much data (or the fetch wait): under
