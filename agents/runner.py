@@ -49,7 +49,7 @@ import faust
 from agents.dlqlimit import DlqLimit, DlqLimitConfig
 from agents.errors import Next, Poison, classify, expected
 from topics import DLQ
-from topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, encode
+from topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, check_size, encode
 from wacrm import metrics
 
 log = logging.getLogger("wacrm.agents")
@@ -89,7 +89,11 @@ async def produce(topic: faust.TopicT, key: bytes, value: bytes) -> Awaitable[An
 
     Straight to the producer: ``Topic.send`` wraps every record in a message object with
     callbacks and channel bookkeeping we do not use, a third of the worker's cost of a send.
+    A value above :data:`topics.records.RECORD_MAX_BYTES` raises
+    :class:`~topics.records.RecordTooLarge` before it reaches the producer (a dead letter for
+    the event that made it, not a producer error after the fact).
     """
+    check_size(value)
     return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
 
 
