@@ -122,7 +122,7 @@ async def test_a_storm_of_dead_letters_stops_the_worker_and_loses_nothing(
     """Undecodable values straight on ``wa.inbound``: three are dead-lettered, the fourth trips
     ``DLQ_LIMIT_CONSECUTIVE=3``: the worker exits non-zero with an ERROR line, the fourth is not
     dead-lettered. Restarted with the limit raised, every poison value is in ``wa.dlq`` and a
-    message posted meanwhile is stored and answered."""
+    message posted while the worker was down is stored and answered."""
     async with own_stack(make_database, tmp_path, DLQ_LIMIT_CONSECUTIVE="3") as (stack, _):
         producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap)
         await producer.start()
@@ -131,9 +131,6 @@ async def test_a_storm_of_dead_letters_stops_the_worker_and_loses_nothing(
                                                      partition=0)).offset for n in range(6)]
         finally:
             await producer.stop()
-        body = simulate.dumps(simulate.text_body(text="after the storm", wa_id="15550077777"))
-        assert (await stack.post(body))[0] == 200
-
         code = await wait_exit(stack, "worker", 90)
         log = (stack.logs / "worker.log").read_text()
         assert code != 0, log[-3000:]
@@ -141,6 +138,8 @@ async def test_a_storm_of_dead_letters_stops_the_worker_and_loses_nothing(
         poisoned = {d["source_offset"] for d in await dlq_letters(stack.bootstrap)
                     if d["source_topic"] == "wa.inbound" and d["source_partition"] == 0}
         assert poisoned == set(offsets[:3])  # the worker is gone: nothing more can be written
+        body = simulate.dumps(simulate.text_body(text="after the storm", wa_id="15550077777"))
+        assert (await stack.post(body))[0] == 200  # accepted while no worker runs
 
         stack.start("worker", env_overrides={"DLQ_LIMIT_CONSECUTIVE": "100"})
         await stack.wait_worker()
