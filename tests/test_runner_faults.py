@@ -75,15 +75,16 @@ async def test_sigterm_during_a_slow_batch_leaves_it_unacked_and_a_stall_shows(
             for body in bodies:
                 assert (await stack.post(body))[0] == 200
 
-            async def inbound_blocked() -> bool:  # the inbound agent waits for the lock, its batch in hand
+            async def inbound_blocked() -> bool:  # the inbound agent (not the reply timer) waits, its batch in hand
                 return bool(await db.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND query LIKE '%conversations%' AND pid <> $1",
+                    "AND wait_event_type = 'Lock' AND query LIKE '%conversation_key%' AND pid <> $1",
                     locker.get_server_pid()))
 
             await eventually(inbound_blocked, 60, "the inbound agent to block on the locked table")
             stack.procs["worker"].send_signal(signal.SIGTERM)
             assert await wait_exit(stack, "worker") == 0
+            assert "inbound: stopped before finishing" in (stack.logs / "worker.log").read_text()
             assert await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids) == 0
 
             # The next worker: still locked out, each statement times out after 1 s and is retried in place.
