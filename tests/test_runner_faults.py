@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from conftest import Stack, eventually, own_stack
+from wacrm import procs
 from whatsapp import simulate
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
@@ -44,9 +46,14 @@ async def dlq_letters(bootstrap: str) -> list[dict[str, Any]]:
 
 
 async def wait_exit(stack: Stack, name: str, timeout: float = 60) -> int:
-    """The exit code of one of the stack's processes, once it exited by itself (or after a signal)."""
+    """The exit code of one of the stack's processes, once it exited by itself (or after a signal).
+    One still running after ``timeout`` is killed (it is no longer the stack's to stop) and the test fails."""
     proc = stack.procs.pop(name)
-    return await asyncio.to_thread(proc.wait, timeout)
+    try:
+        return await asyncio.to_thread(proc.wait, timeout)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc, signal.SIGKILL, 10)
+        raise AssertionError(f"{name} did not exit within {timeout:.0f}s") from None
 
 
 async def answered_once(stack: Stack, db: asyncpg.Connection, ids: list[str]) -> bool:
