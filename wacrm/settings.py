@@ -80,6 +80,10 @@ class Settings:
     kafka_sasl_username: str | None
     kafka_sasl_password: str | None = dataclasses.field(repr=False)
     kafka_ssl_cafile: str | None
+    dlq_limit_consecutive: int
+    dlq_limit_ratio: float
+    dlq_limit_window: int
+    stop_grace_s: float
     # webhook
     webhook_max_body_bytes: int
     webhook_body_timeout_s: float
@@ -336,6 +340,11 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         kafka_sasl_username=get("KAFKA_SASL_USERNAME", str, None),
         kafka_sasl_password=get("KAFKA_SASL_PASSWORD", str, None),
         kafka_ssl_cafile=get("KAFKA_SSL_CAFILE", _cafile, None),
+        # A storm of dead letters stops the worker instead of draining a topic into wa.dlq.
+        dlq_limit_consecutive=get("DLQ_LIMIT_CONSECUTIVE", _int(1, 1_000_000), 100),
+        dlq_limit_ratio=get("DLQ_LIMIT_RATIO", _float(0.01, 1.0), 0.5),
+        dlq_limit_window=get("DLQ_LIMIT_WINDOW", _int(10, 1_000_000), 1000),
+        stop_grace_s=get("STOP_GRACE_SECONDS", _float(0, 300), 10.0),
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
         webhook_body_timeout_s=get("WEBHOOK_BODY_TIMEOUT_SECONDS", _float(0.1, 300), 10.0),
         webhook_max_unverified_bodies=get("WEBHOOK_MAX_UNVERIFIED_BODIES", _int(1, 10000), 64),

@@ -38,7 +38,7 @@ from storage.db import create_pool
 from topics import RAW, catalogue
 from wacrm import metrics
 from wacrm.settings import Settings
-from webhook.publisher import PublishError, RawPublisher
+from webhook.publisher import PublishError, PublishRejected, RawPublisher
 from whatsapp import signature, webhook
 
 log = logging.getLogger("wacrm.webhook")
@@ -123,6 +123,8 @@ async def _receive(request: web.Request) -> web.Response:
     key = webhook.routing_key(data) if isinstance(data, dict) else None
     try:
         await request.app[PUBLISHER].publish(RAW, body, key.encode() if key else None)
+    except PublishRejected as exc:  # the bus can never carry it: a retry by Meta would not help
+        return _tagged(_error(413 if exc.code == "too_large" else 422, exc.code, str(exc)), exc.code)
     except PublishError as exc:
         return _tagged(_error(503, "broker_unavailable", f"{exc}; retry later"), "broker_unavailable")
     return _tagged(web.Response(status=200, body=b'{"status":"accepted"}', content_type="application/json"),
