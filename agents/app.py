@@ -12,6 +12,11 @@ Faust settings and why:
 - agents at ``concurrency=1``: per-partition order, and commits never pass an event in flight;
   each takes its events in batches (``BATCH_SIZE``, ``BATCH_WAIT_MS``): one transaction and
   one wait for the broker per batch instead of per event.
+- every agent runs :class:`agents.runner.Runner` (failures routed by ``classify``, batches
+  acked only once handled); a stop gives the batch in hand ``STOP_GRACE_SECONDS``; a
+  dead-letter storm (``DLQ_LIMIT_*``) or a crash inside the runner stops the worker with a
+  non-zero exit, as a SIGTERM would stop it, so its supervisor restarts it from the last
+  committed offset.
 - the consumer's fetch wait (faust fixes it at 1500 ms) is set from ``CONSUMER_FETCH_WAIT_MS``:
   on tansu a waiting fetch is not woken by new data, so each hop would add up to that much.
   ``CONSUMER_FETCH_MIN_BYTES`` lets a fetch wait for that much data (or the fetch wait): under
@@ -22,16 +27,21 @@ Faust settings and why:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import faust
+import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from agents import runner
 from agents.context import Resources
+from agents.dlqlimit import DlqLimitConfig
 from agents.inbound import Inbound
 from agents.ingest import Ingest
 from agents.sender import Sender
@@ -62,6 +72,18 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
 
 
+def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """faust's form of ``KAFKA_SECURITY_PROTOCOL`` and its companions (None: PLAINTEXT); faust turns it
+    into the same aiokafka arguments as ``Settings.kafka_security_kwargs()``."""
+    context = settings.kafka_ssl_context()
+    if settings.kafka_uses_sasl:
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                     ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
 def build(settings: Settings) -> tuple[faust.App, Resources]:
     """The worker's app with its agents, and the resources service to start beside it."""
     global _fetch_wait_ms, _fetch_min_bytes
@@ -72,6 +94,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     app = faust.App(
         settings.kafka_group_id,
         broker=brokers,
+        broker_credentials=broker_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_partitions=settings.topic_partitions,
@@ -109,12 +132,27 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         ("sender", outbound, sender.handle),
         ("status", status, Status(resources, rules, outbound).handle),
     ]
+    config = runner_config(settings)
+
+    async def halt(reason: BaseException) -> None:
+        """Stop the worker as a SIGTERM does (offsets of what was handled are committed), then exit
+        non-zero: the worker re-raises its ``crash_reason`` once stopped. (``app.crash`` instead
+        leaves the consumer's final commit hanging on its stopped thread.)"""
+        root = app.beacon.root
+        worker = root.data if root is not None else None
+        if not isinstance(worker, mode.Worker):  # not run by `wacrm worker`: crash the app itself
+            await app.crash(reason)
+            return
+        worker.crash_reason = reason
+        os.kill(os.getpid(), signal.SIGTERM)
+
     for name, source, handler in stages:
         app.agent(source, name=f"wacrm.{name}", concurrency=1)(
-            _agent(name, handler, resources, dlq, settings.batch_size, settings.batch_wait_ms / 1000))
+            _agent(runner.Runner(name, handler, dlq, resources.ready, config, halt)))
     for n, source in enumerate(retries.values(), start=1):  # one at a time: each waits for its own due time
         app.agent(source, name=f"wacrm.sender_retry_{n}", concurrency=1)(
-            _agent(f"sender_retry_{n}", sender.handle, resources, dlq, 1, settings.batch_wait_ms / 1000))
+            _agent(runner.Runner(f"sender_retry_{n}", sender.handle, dlq, resources.ready,
+                                 dataclasses.replace(config, batch_size=1), halt)))
 
     lease_s = rules.llm.timeout_seconds + 10
 
@@ -184,11 +222,17 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     return app, resources
 
 
-def _agent(name: str, handler: runner.Handler, resources: Resources, dlq: faust.TopicT, batch_size: int,
-           batch_wait_s: float) -> Any:
-    async def agent(stream: faust.StreamT) -> None:
-        await runner.run(name, stream, handler, resources.ready, dlq, batch_size=batch_size,
-                         batch_wait_s=batch_wait_s)
+def runner_config(settings: Settings) -> runner.RunnerConfig:
+    return runner.RunnerConfig(
+        batch_size=settings.batch_size, batch_wait_s=settings.batch_wait_ms / 1000,
+        stop_grace_s=settings.stop_grace_s,
+        dlq_limit=DlqLimitConfig(consecutive=settings.dlq_limit_consecutive, ratio=settings.dlq_limit_ratio,
+                                 window=settings.dlq_limit_window))
 
-    agent.__name__ = agent.__qualname__ = f"{name}_agent"
+
+def _agent(agent_runner: runner.Runner) -> Any:
+    async def agent(stream: faust.StreamT) -> None:
+        await agent_runner.run(stream)
+
+    agent.__name__ = agent.__qualname__ = f"{agent_runner.agent}_agent"
     return agent

@@ -76,6 +76,17 @@ def sqlstate(exc: BaseException) -> str | None:
 
 def classify(exc: BaseException) -> Next:
     """The next step after ``exc``; anything not known to be temporary is dead-lettered."""
+    known = _known(exc)
+    return Next.DEAD_LETTER if known is None else known
+
+
+def expected(exc: BaseException) -> bool:
+    """Whether ``exc`` says what it is (ours, a library's retriable flag, an SQLSTATE, a Graph API
+    error); ``False`` means a bug: dead-lettered by default, and worth a traceback in the log."""
+    return _known(exc) is not None
+
+
+def _known(exc: BaseException) -> Next | None:
     if isinstance(exc, Transient):
         return Next.RETRY
     if isinstance(exc, (Poison, RecordError)):
@@ -98,10 +109,10 @@ def classify(exc: BaseException) -> Next:
         return Next.RETRY if exc.retriable else Next.DEAD_LETTER
     cause = exc.__cause__
     if cause is not None and cause is not exc:  # faust's ProducerSendError and other wrappers
-        return classify(cause)
+        return _known(cause)
     if _is_asyncpg_connection_gone(exc):
         return Next.RETRY
-    return Next.DEAD_LETTER
+    return None
 
 
 def _graph(exc: BaseException) -> Next | None:

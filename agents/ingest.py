@@ -5,8 +5,14 @@ so one partition sees a conversation in order; within a body, items go out in ti
 order. Each event carries a reference to the raw body (topic, partition, offset).
 Commit: after every output of the batch's bodies is acknowledged by the broker. Idempotency: none
 needed here (a replayed body yields the same events, deduplicated downstream).
-Failures: a body that is not a JSON object, and every broken item, go to ``wa.dlq``; the
-other items of the body are still processed.
+Failures: a body that is not a JSON object is returned to the runner as poison (it
+dead-letters it, within the storm limit). Every item that cannot become a record goes to
+``wa.dlq`` with the reference to its raw body and the other items of the body are still
+processed: a broken item, one beyond WhatsApp's own limits (a text of more than
+:data:`WHATSAPP_TEXT_MAX_CHARS` characters is not a real message), one too deeply nested to
+encode, and one whose record would be above :data:`topics.records.RECORD_MAX_BYTES`. Such a
+dead letter carries the start of the item (its whole value is in the raw body, at the
+reference), never more than the bus can carry.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ import faust
 import orjson
 
 from agents.errors import Poison
-from agents.runner import Item, dead_letter, produce
+from agents.runner import Item, Outcome, dead_letter, produce
 from topics import INBOUND, STATUS
-from topics.records import Customer, InboundMessage, RawRef, StatusUpdate, conversation_key, encode
+from topics.records import (DEAD_LETTER_PREVIEW_CHARS, Customer, InboundMessage, RawRef, RecordError, StatusUpdate,
+                            conversation_key, encode_bounded)
 from wacrm import metrics
 from whatsapp import model, webhook
 
@@ -34,8 +41,30 @@ def _customer(sender: webhook.Sender) -> Customer:
                     username=sender.username, parent_user_id=sender.parent_user_id)
 
 
+#: WhatsApp's own limit on a text message's body (Cloud API: 4,096 characters).
+WHATSAPP_TEXT_MAX_CHARS = 4096
+
+
+def beyond_whatsapp_limits(m: webhook.Message) -> str | None:
+    """Why ``m`` cannot be a message WhatsApp delivered, or ``None`` when it can."""
+    text = m.payload.get("text")
+    body = text.get("body") if isinstance(text, dict) else None
+    if m.type == "text" and isinstance(body, str) and len(body) > WHATSAPP_TEXT_MAX_CHARS:
+        return f"a text of {len(body):,} characters is beyond WhatsApp's limit of {WHATSAPP_TEXT_MAX_CHARS:,}"
+    return None
+
+
+def _preview(item: Any) -> str:
+    """The start of an item for a dead letter; the whole of it is in the raw body."""
+    return repr(item)[:DEAD_LETTER_PREVIEW_CHARS]
+
+
 def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str, str, bytes]], webhook.Parsed]:
-    """The (topic, key, value) records for one raw body, and what the parser found."""
+    """The (topic, key, value) records for one raw body, and what the parser found.
+
+    Items that cannot become a record are added to ``parsed.problems`` (with a preview of the
+    item, not its whole value); :class:`Poison` when the body is not a webhook at all.
+    """
     try:
         parsed = webhook.parse(webhook.loads(body))
     except webhook.BodyError as exc:
@@ -44,11 +73,15 @@ def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str,
 
     def emit(topic: str, key: str, record: Any, item: dict[str, Any]) -> None:
         try:
-            out.append((topic, key, encode(record)))
-        except (TypeError, RecursionError) as exc:  # orjson refuses >254 levels of nesting; keep it for a human
-            parsed.problems.append(webhook.Problem(f"cannot re-encode the item: {exc}", topic, repr(item)[:2000]))
+            out.append((topic, key, encode_bounded(record)))
+        except RecordError as exc:  # too large, or too deeply nested to encode: keep it for a human
+            parsed.problems.append(webhook.Problem(f"cannot become a record: {exc}", topic, _preview(item)))
 
     for m in parsed.messages:
+        beyond = beyond_whatsapp_limits(m)
+        if beyond is not None:
+            parsed.problems.append(webhook.Problem(f"not a real message: {beyond}", INBOUND, _preview(m.payload)))
+            continue
         customer = _customer(m.sender)
         key = conversation_key(m.phone_number_id, customer)
         emit(INBOUND, key, InboundMessage(
@@ -73,17 +106,15 @@ class Ingest:
         self._topics = topics
         self._dlq = dlq
 
-    async def handle(self, items: list[Item]) -> list[str]:
+    async def handle(self, items: list[Item]) -> list[Outcome]:
         """Split every body of the batch, then wait once for all their outputs' acknowledgements."""
         futures: list[Any] = []
-        outcomes = []
+        outcomes: list[Outcome] = []
         for value, ref, received_at in items:
             try:
                 records, parsed = split(value, ref, received_at)
-            except Poison as exc:  # this body only; the others of the batch go on
-                log.warning("ingest: dead-lettering %s:%d@%d: %s", ref.topic, ref.partition, ref.offset, exc)
-                await dead_letter(self._dlq, ref, value, "ingest: poison event", repr(exc))
-                outcomes.append("dead_lettered")
+            except Poison as exc:  # this body only: the runner dead-letters it; the others of the batch go on
+                outcomes.append(exc)
                 continue
             futures += [await produce(self._topics[topic], key.encode(), data) for topic, key, data in records]
             for problem in parsed.problems:

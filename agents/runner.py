@@ -1,40 +1,87 @@
-"""The one loop every agent runs: handle events in batches, route failures, never drop one.
+"""The one loop every agent runs: handle events in batches, route failures, never pass an unhandled event.
 
 Events come in batches of what is ready (up to ``BATCH_SIZE``, waiting at most
 ``BATCH_WAIT_MS`` for more), in partition order, and a handler takes a whole batch: one
-transaction and one wait for the broker serve many events. On a transient failure the
-same batch is retried with exponential backoff (capped), for as long as it takes. When
-a batch of several fails otherwise, each of its events is handled alone (every effect
-is idempotent, so the events the batch had done are recognised as done), and an event
-that fails alone as poison goes to ``wa.dlq`` as a :class:`~topics.records.DeadLetter`.
-Events are acked (their offsets become committable) only when the handler returned or
-their dead letter was acknowledged by the broker.
+transaction and one wait for the broker serve many events. Every failure is routed by
+:func:`agents.errors.classify`:
+
+- RETRY: the same batch again, with capped exponential backoff, for as long as the fault
+  lasts; ``wacrm_agent_stalled_seconds{agent}`` says for how long (0 while it flows).
+- otherwise a batch of several is split and each event handled alone (every effect is
+  idempotent, so the events the batch had done are recognised as done); an event that fails
+  alone is dead-lettered to ``wa.dlq`` (DEAD_LETTER, or AMBIGUOUS: a human decides) or dropped
+  with a reason (STALE). Bugs (exceptions that say nothing about themselves) are logged with
+  their traceback. A handler may also return a :class:`~agents.errors.Poison` as an event's
+  outcome: the runner dead-letters that event for it.
+- A storm of dead letters (:mod:`agents.dlqlimit`) stops the worker: the event that tripped
+  the limit is neither dead-lettered nor acked.
+
+Acks (contract): an event is acked (its offset becomes committable) only when the handler
+returned for it or its dead letter was acknowledged by the broker. faust's ``take_events``
+acks its batch in a ``finally``, also when the agent is cancelled or raised, and faust closes
+the generator on a stop while the handler may still hold the batch; so the runner marks each
+batch as acked *without telling the consumer* as soon as it has it (:func:`hold`), which makes
+those acks no-ops, and acks it for real once handled (:func:`release`). faust commits a
+partition only up to the first offset missing from its acked list. Hence:
+
+- a stop (SIGTERM, the agent cancelled) gives the batch in hand ``STOP_GRACE_SECONDS`` to
+  finish (shielded from the cancel), then leaves it unacked;
+- a rebalance does not cancel the agent: the batch in hand is finished and acked as usual;
+- a failure while the worker's resources are closing is not judged: the batch is left unacked;
+- a crash inside the runner itself, a dead letter that cannot be produced, or a dead-letter
+  storm leaves the batch unacked and stops the worker loudly (``halt``: non-zero exit, its
+  supervisor restarts it and it resumes from the last committed offset) instead of going on
+  with a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import faust
 
-from agents.errors import Next, Poison, classify
+from agents.dlqlimit import DlqLimit, DlqLimitConfig
+from agents.errors import Next, Poison, classify, expected
 from topics import DLQ
-from topics.records import DeadLetter, RecordError, RawRef, SendIntent, encode
+from topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, check_size, encode
 from wacrm import metrics
 
 log = logging.getLogger("wacrm.agents")
 
 # (value, where it came from, the record's timestamp in epoch seconds)
 Item = tuple[bytes, RawRef, float]
-# a batch of items, in order -> one outcome label per item, for the metrics
-Handler = Callable[[list[Item]], Awaitable[list[str]]]
+# a batch of items, in order -> one outcome per item: a label for the metrics, or the Poison
+# that makes the item a dead letter (the runner writes it, within the storm limit)
+Outcome = str | Poison
+Handler = Callable[[list[Item]], Awaitable[Sequence[Outcome]]]
+# stops the worker with a non-zero exit; the runner waits to be cancelled after calling it
+Halt = Callable[[BaseException], Awaitable[None]]
 
 BACKOFF_FIRST_S = 0.2
 BACKOFF_MAX_S = 10.0
+DEAD_LETTERED = "dead_lettered"
+
+
+class WorkerHalted(Exception):
+    """The worker must stop: going on would skip events or drain a topic into ``wa.dlq``."""
+
+
+class _Unfinished(Exception):
+    """The batch cannot be finished now (the worker is stopping); leave it unacked."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerConfig:
+    batch_size: int
+    batch_wait_s: float
+    stop_grace_s: float
+    dlq_limit: DlqLimitConfig
 
 
 async def produce(topic: faust.TopicT, key: bytes, value: bytes) -> Awaitable[Any]:
@@ -42,7 +89,11 @@ async def produce(topic: faust.TopicT, key: bytes, value: bytes) -> Awaitable[An
 
     Straight to the producer: ``Topic.send`` wraps every record in a message object with
     callbacks and channel bookkeeping we do not use, a third of the worker's cost of a send.
+    A value above :data:`topics.records.RECORD_MAX_BYTES` raises
+    :class:`~topics.records.RecordTooLarge` before it reaches the producer (a dead letter for
+    the event that made it, not a producer error after the fact).
     """
+    check_size(value)
     return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
 
 
@@ -55,73 +106,217 @@ async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
 
 async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str, error: str,
                       details: dict[str, Any] | None = None) -> None:
-    """Publish a dead letter and wait for the broker's ack."""
+    """Publish a dead letter and wait for the broker's ack.
+
+    A letter too large for the bus is reduced to a reference (source topic, partition and
+    offset, the reason, the start of its value): :func:`topics.records.bounded_dead_letter`.
+    """
     letter = DeadLetter(reason=reason, source_topic=ref.topic, source_partition=ref.partition,
                         source_offset=ref.offset, error=error,
                         value=(value or b"").decode("utf-8", "replace"), at=time.time(), details=details or {})
-    await (await produce(dlq, ref.topic.encode(), encode(letter)))
+    letter, data = bounded_dead_letter(letter)
+    if letter.details.get("reduced"):
+        log.warning("dead letter of %s:%d@%d reduced to a reference (%s bytes)", ref.topic, ref.partition,
+                    ref.offset, letter.details.get("letter_bytes"))
+    await (await produce(dlq, ref.topic.encode(), data))
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 
-async def run(agent: str, stream: faust.StreamT, handler: Handler, ready: asyncio.Event, dlq: faust.TopicT,
-              *, batch_size: int, batch_wait_s: float) -> None:
-    """Drive ``handler`` over ``stream`` in batches of at most ``batch_size`` events."""
-    await ready.wait()
-    async for events in stream.take_events(batch_size, within=batch_wait_s):
-        items = [(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset), e.message.timestamp)
-                 for e in events]
-        started = time.perf_counter()
-        outcomes = await _handle(agent, handler, items, dlq)
-        for outcome in outcomes:
-            metrics.EVENTS.labels(agent, outcome).inc()
-        metrics.BATCH_SIZE.labels(agent).observe(len(items))
-        metrics.BATCH_DURATION.labels(agent).observe(time.perf_counter() - started)
+def hold(events: Sequence[faust.EventT]) -> None:
+    """Make every ack of these events a no-op until :func:`release`: their offsets cannot become
+    committable meanwhile, whatever closes the batch.
+
+    ``take_events`` acks its batch in a ``finally``, and faust's ``Stream.on_stop`` closes the
+    generator on a stop, which runs that ``finally`` while the handler still has the batch.
+    ``Message.ack`` tells the consumer only while ``message.acked`` is false, and the consumer
+    commits a partition only up to the first offset it was not told about.
+    """
+    for event in events:
+        event.message.acked = True
 
 
-async def _handle(agent: str, handler: Handler, items: list[Item], dlq: faust.TopicT) -> list[str]:
-    """The batch's outcomes; transient failures retried in place, others split into single events."""
-    delay = BACKOFF_FIRST_S
-    while True:
-        try:
-            return await handler(items)
-        except Exception as exc:
-            if classify(exc) is not Next.RETRY:
-                return await _not_retried(agent, handler, items, dlq, exc)
-            metrics.EVENTS.labels(agent, "retried").inc(len(items))
-            ref = items[0][1]
-            log.warning("%s: transient failure on %d event(s) from %s:%d@%d, retrying in %.1fs: %r",
-                        agent, len(items), ref.topic, ref.partition, ref.offset, delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+async def release(stream: faust.StreamT, events: Sequence[faust.EventT]) -> None:
+    """Ack handled events for real: their offsets become committable."""
+    for event in events:
+        event.message.acked = False
+        await stream.ack(event)
 
 
-async def _not_retried(agent: str, handler: Handler, items: list[Item], dlq: faust.TopicT,
-                       exc: Exception) -> list[str]:
-    """A batch that failed for good: split it to find the event at fault, dead-letter that one."""
-    if len(items) > 1:  # find the event at fault: each alone, in order
-        log.info("%s: a batch of %d failed (%r); handling its events one by one", agent, len(items), exc)
-        return [o for item in items for o in await _handle(agent, handler, [item], dlq)]
-    value, ref, _ = items[0]
-    if isinstance(exc, (Poison, RecordError)):
-        log.warning("%s: dead-lettering %s:%d@%d: %s", agent, ref.topic, ref.partition, ref.offset, exc)
-        reason = f"{agent}: poison event"
-    else:  # a bug: keep the event for a human instead of losing it
-        log.exception("%s: unexpected error on %s:%d@%d", agent, ref.topic, ref.partition, ref.offset)
-        reason = f"{agent}: unexpected error"
-    await _dead_letter_until_acked(dlq, ref, value, reason, repr(exc))
-    return ["dead_lettered"]
+class _Stall:
+    """``wacrm_agent_stalled_seconds{agent}``: computed when scraped, so it grows while we wait."""
+
+    def __init__(self, agent: str) -> None:
+        self.since: float | None = None
+        metrics.AGENT_STALLED.labels(agent).set_function(
+            lambda: 0.0 if self.since is None else time.monotonic() - self.since)
+
+    def retrying(self) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def flowing(self) -> None:
+        self.since = None
 
 
-async def _dead_letter_until_acked(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str,
-                                   error: str) -> None:
-    delay = BACKOFF_FIRST_S
-    while True:
-        try:
-            await dead_letter(dlq, ref, value, reason, error)
-            return
-        except Exception as exc:
-            if classify(exc) is not Next.RETRY:
+class Runner:
+    """Drives one agent's handler over its stream (one runner per agent, ``concurrency=1``)."""
+
+    def __init__(self, agent: str, handler: Handler, dlq: faust.TopicT, ready: asyncio.Event,
+                 config: RunnerConfig, halt: Halt) -> None:
+        self.agent = agent
+        self._handler = handler
+        self._dlq = dlq
+        self._ready = ready
+        self._config = config
+        self._halt = halt
+        self._limit = DlqLimit(config.dlq_limit)
+        self._stall = _Stall(agent)
+
+    async def run(self, stream: faust.StreamT) -> None:
+        await self._ready.wait()
+        async for events in stream.take_events(self._config.batch_size, within=self._config.batch_wait_s):
+            items = [(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset), e.message.timestamp)
+                     for e in events]
+            started = time.perf_counter()
+            hold(events)  # first thing: nothing but release() may ack them
+            try:
+                outcomes, stopping = await self._finish_or_leave(items)
+            except BaseException as exc:  # left held: never committed by this worker
+                await self._not_finished(exc, items, stopping=stream.app.should_stop)
                 raise
-            log.warning("cannot reach %s (%r); retrying in %.1fs", DLQ, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+            await release(stream, events)
+            for outcome in outcomes:
+                metrics.EVENTS.labels(self.agent, outcome).inc()
+            metrics.BATCH_SIZE.labels(self.agent).observe(len(items))
+            metrics.BATCH_DURATION.labels(self.agent).observe(time.perf_counter() - started)
+            if stopping:  # the batch in hand finished within the grace; the stop goes on
+                raise asyncio.CancelledError()
+
+    async def _not_finished(self, exc: BaseException, items: list[Item], *, stopping: bool) -> None:
+        """The batch is left unacked; stop the worker when going on would leave a gap."""
+        first = items[0][1]
+        where = f"{len(items)} event(s) from {first.topic}:{first.partition}@{first.offset}"
+        if isinstance(exc, asyncio.CancelledError) and stopping:
+            log.info("%s: stopped before finishing %s; left unacked, they are handled after a restart",
+                     self.agent, where)
+            return
+        if isinstance(exc, asyncio.CancelledError):
+            # Cancelled while the app goes on (faust restarts such an actor): the restarted one would ack
+            # the events after this batch, and faust can commit past a single missing offset.
+            metrics.AGENT_HALTS.labels(self.agent, "cancelled").inc()
+            log.error("%s: STOPPING THE WORKER: the agent was cancelled while the worker runs; %s left unacked, "
+                      "the worker resumes from the last committed offset when restarted", self.agent, where)
+            await self._halt(WorkerHalted(f"{self.agent}: cancelled in the middle of a batch"))
+            await asyncio.Event().wait()  # until the worker's stop cancels us again
+        if isinstance(exc, _Unfinished):
+            log.warning("%s: %s; %s left unacked", self.agent, exc, where)
+        elif isinstance(exc, WorkerHalted):
+            metrics.AGENT_HALTS.labels(self.agent, "dlq_storm").inc()
+            log.error("%s: STOPPING THE WORKER: %s. %s left unacked and not dead-lettered.", self.agent, exc, where)
+        else:
+            metrics.AGENT_HALTS.labels(self.agent, "runner_crash").inc()
+            log.critical("%s: STOPPING THE WORKER: the runner crashed (%r); %s left unacked, the worker resumes "
+                         "from the last committed offset when restarted", self.agent, exc, where, exc_info=exc)
+            exc = WorkerHalted(f"{self.agent}: the runner crashed: {exc!r}")
+        if not isinstance(exc, _Unfinished):
+            await self._halt(exc)
+        await asyncio.Event().wait()  # hold the stream (and its unacked batch) until the worker stops us
+
+    async def _finish_or_leave(self, items: list[Item]) -> tuple[list[str], bool]:
+        """The batch's outcomes, and whether a stop came meanwhile. Cancelled: the batch gets up to
+        ``stop_grace_s`` more to finish (the caller acks it, then stops); else CancelledError."""
+        task = asyncio.ensure_future(self._handle(items))
+        try:
+            return await asyncio.shield(task), False
+        except asyncio.CancelledError:
+            if not task.done():
+                log.info("%s: stopping; the batch of %d in hand gets up to %.1fs to finish", self.agent,
+                         len(items), self._config.stop_grace_s)
+                with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), self._config.stop_grace_s)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                log.info("%s: the batch of %d in hand finished before the stop", self.agent, len(items))
+                return task.result(), True
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({task}, timeout=2)
+            raise
+
+    async def _handle(self, items: list[Item]) -> list[str]:
+        """Outcomes of ``items``; transient failures retried in place, others split into single events."""
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                outcomes = await self._handler(items)
+            except Exception as exc:
+                if not self._ready.is_set():  # resources closing: nothing is judged while the worker stops
+                    raise _Unfinished(f"failed while the worker stops ({exc!r})") from exc
+                if classify(exc) is not Next.RETRY:
+                    self._stall.flowing()
+                    return await self._not_retried(items, exc)
+                self._stall.retrying()
+                metrics.AGENT_RETRIES.labels(self.agent).inc()
+                metrics.EVENTS.labels(self.agent, "retried").inc(len(items))
+                ref = items[0][1]
+                log.warning("%s: transient failure on %d event(s) from %s:%d@%d, retrying in %.1fs: %r",
+                            self.agent, len(items), ref.topic, ref.partition, ref.offset, delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+                continue
+            self._stall.flowing()
+            return [await self._outcome(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
+
+    async def _outcome(self, item: Item, outcome: Outcome) -> str:
+        """Count a handled event; dead-letter the ones the handler returned as poison."""
+        if isinstance(outcome, Poison):
+            value, ref, _ = item
+            log.warning("%s: dead-lettering %s:%d@%d: %s", self.agent, ref.topic, ref.partition, ref.offset, outcome)
+            return await self._dead_letter(item, f"{self.agent}: poison event", repr(outcome))
+        self._limit.record(outcome == DEAD_LETTERED)
+        return outcome
+
+    async def _not_retried(self, items: list[Item], exc: Exception) -> list[str]:
+        """A batch that failed for good: split it to find the event at fault, then route that one."""
+        if len(items) > 1:  # find the event at fault: each alone, in order
+            log.info("%s: a batch of %d failed (%r); handling its events one by one", self.agent, len(items), exc)
+            return [o for item in items for o in await self._handle([item])]
+        item = items[0]
+        ref = item[1]
+        at = f"{ref.topic}:{ref.partition}@{ref.offset}"
+        step = classify(exc)
+        if step is Next.STALE:
+            log.info("%s: dropping %s, it no longer applies: %s", self.agent, at, exc)
+            self._limit.record(False)
+            return ["stale"]
+        if step is Next.AMBIGUOUS:  # the handler should have settled it; a person decides
+            log.warning("%s: dead-lettering %s, its outcome is ambiguous: %s", self.agent, at, exc)
+            return [await self._dead_letter(item, f"{self.agent}: ambiguous", repr(exc))]
+        if expected(exc):
+            log.warning("%s: dead-lettering %s: %r", self.agent, at, exc)
+            return [await self._dead_letter(item, f"{self.agent}: poison event", repr(exc))]
+        # a bug: keep the event for a human instead of losing it
+        log.error("%s: unexpected error on %s", self.agent, at, exc_info=exc)
+        return [await self._dead_letter(item, f"{self.agent}: unexpected error", repr(exc))]
+
+    async def _dead_letter(self, item: Item, reason: str, error: str) -> str:
+        """Dead-letter one event, within the storm limit; retried in place until the broker acks it."""
+        if not self._limit.allows():
+            raise WorkerHalted(
+                f"too many dead letters: {self._limit.describe()}. Find out why these events fail "
+                f"(`wacrm dlq list`, the worker log), fix the cause or raise the limit, then restart the worker")
+        value, ref, _ = item
+        delay = BACKOFF_FIRST_S
+        while True:
+            try:
+                await dead_letter(self._dlq, ref, value, reason, error)
+                break
+            except Exception as exc:
+                if classify(exc) is not Next.RETRY:
+                    raise WorkerHalted(f"cannot produce a dead letter to {DLQ}: {exc!r}") from exc
+                self._stall.retrying()
+                log.warning("%s: cannot reach %s (%r); retrying in %.1fs", self.agent, DLQ, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_S)
+        self._stall.flowing()
+        self._limit.record(True)
+        return DEAD_LETTERED

@@ -6,9 +6,13 @@ rules engine (and the LLM when one is configured), and in one transaction record
 handover with its task — and marks the messages answered. It returns the intents for the
 caller to publish after the commit.
 
-With an LLM, the model is called outside any transaction; the conversation's ownership
-version is read before and checked after, so a person who takes the conversation meanwhile
-is never talked over (the sender checks it once more at send time).
+With an LLM, the model is called outside any transaction and without a pool connection
+(up to ``lease_due``'s limit of calls wait on models at once, more than the pool holds); the
+conversation's ownership version is read before and checked after, so a person who takes the
+conversation meanwhile is never talked over (the sender checks it once more at send time).
+The messages answered are those read before the call: any that arrive during it stay
+unanswered and get their own reply after this one. If the same messages were answered
+meanwhile (a lease that ran out), this answer is dropped, never sent a second time.
 """
 
 from __future__ import annotations
@@ -72,7 +76,8 @@ class Orchestrator:
         return answers
 
     async def answer(self, pool: asyncpg.Pool, conversation_id: int) -> list[SendIntent]:
-        """The deferred path (burst window, LLM): own transactions, the model called between them."""
+        """The deferred path (burst window, LLM): own transactions, the model called between them
+        with no connection held. The caller holds the conversation's lease (``replies.lease_due``)."""
         async with pool.acquire() as conn:
             async with conn.transaction():
                 ctx = await replies.reply_context(conn, conversation_id)
@@ -82,20 +87,23 @@ class Orchestrator:
                 decision = decide(self.rules, self._situation(ctx), engine_answers=self.llm is not None)
                 if decision.rule != "engine":
                     return await self._apply(conn, ctx, decision)
-            decision = await self._ask_llm(conn, ctx)
-            async with conn.transaction():
-                now = await replies.reply_context(conn, conversation_id, upto=ctx.pending[-1].id)
-                if now is None or now.ownership_version != ctx.ownership_version or now.human_owned \
-                        or now.opted_out:
-                    metrics.REPLIES.labels(decision.engine, "stale").inc()
-                    await replies.mark_answered(conn, conversation_id, ctx.pending[-1].id)
-                    return []
-                return await self._apply(conn, now, decision)
+            turns = [Turn("customer" if d == "inbound" else "business", text)
+                     for d, text in await replies.history(conn, ctx.conversation_id, self.rules.llm.history)]
+        decision = await self._ask_llm(ctx, turns)
+        async with pool.acquire() as conn, conn.transaction():
+            now = await replies.reply_context(conn, conversation_id, upto=ctx.pending[-1].id)
+            if now is None or not now.pending or now.pending[0].id != ctx.pending[0].id:
+                # answered meanwhile (this answer outlived its lease): never a second reply to them
+                metrics.REPLIES.labels(decision.engine, "already_answered").inc()
+                return []
+            if now.ownership_version != ctx.ownership_version or now.human_owned or now.opted_out:
+                metrics.REPLIES.labels(decision.engine, "stale").inc()
+                await replies.mark_answered(conn, conversation_id, ctx.pending[-1].id)
+                return []
+            return await self._apply(conn, now, decision)
 
-    async def _ask_llm(self, conn: asyncpg.Connection, ctx: ReplyContext) -> Decision:
+    async def _ask_llm(self, ctx: ReplyContext, turns: list[Turn]) -> Decision:
         assert self.llm is not None
-        turns = [Turn("customer" if d == "inbound" else "business", text)
-                 for d, text in await replies.history(conn, ctx.conversation_id, self.rules.llm.history)]
         started = time.perf_counter()
         try:
             answer = await self.llm.answer(self.rules.llm.system_prompt, turns)

@@ -83,12 +83,19 @@ async def reply_contexts(conn: asyncpg.Connection, conversation_ids: list[int]) 
 
 
 async def schedule_reply(conn: asyncpg.Connection, conversation_id: int, window_s: float) -> None:
-    """Answer this conversation ``window_s`` after its latest message (at most 3 windows after the first)."""
+    """Answer this conversation ``window_s`` after its latest message (at most 3 windows after the first).
+
+    Only ever moves the due time later: a lease that :func:`lease_due` took (its due time set
+    to the end of the lease while a model answers) is never shortened, so no second answer of
+    the same messages starts meanwhile. The messages that arrive during the lease are answered
+    after it: :func:`mark_answered` makes the conversation due again when newer messages exist.
+    """
     await conn.execute(
         """UPDATE conversations SET
                reply_pending_since = COALESCE(reply_pending_since, now()),
-               reply_due_at = LEAST(now() + make_interval(secs => $2),
-                                    COALESCE(reply_pending_since, now()) + make_interval(secs => $2 * 3))
+               reply_due_at = GREATEST(reply_due_at,
+                                       LEAST(now() + make_interval(secs => $2),
+                                             COALESCE(reply_pending_since, now()) + make_interval(secs => $2 * 3)))
            WHERE id = $1""", conversation_id, window_s)
 
 
@@ -113,7 +120,9 @@ async def mark_answered_many(conn: asyncpg.Connection, answered: list[tuple[int,
 
 
 async def lease_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[int]:
-    """Conversations whose reply is due, leased for ``lease_s`` so no other worker takes them meanwhile."""
+    """Conversations whose reply is due, leased for ``lease_s`` so no other worker or tick takes them
+    meanwhile: the lease is the due time moved to its end, which :func:`schedule_reply` never
+    shortens and :func:`mark_answered` ends. A lease that runs out (a crash) makes it due again."""
     rows = await conn.fetch(
         """UPDATE conversations SET reply_due_at = now() + make_interval(secs => $2)
            WHERE id IN (SELECT id FROM conversations WHERE reply_due_at <= now()

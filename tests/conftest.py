@@ -175,14 +175,14 @@ class Stack:
         return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
 
     def env(self) -> dict[str, str]:
-        return procs.env_with(
+        return procs.env_with(**{**dict(
             DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
             WHATSAPP_APP_SECRET=APP_SECRET, WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN, WHATSAPP_ACCESS_TOKEN=ACCESS_TOKEN,
             WHATSAPP_API_BASE_URL=self.fake_meta, PORT=str(self.port), HOST="127.0.0.1",
             WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
             WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
             LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", BURST_WINDOW_SECONDS="1", RETRY_BASE_SECONDS="0.4",
-            RETRY_MULTIPLIER="2", **self.extra_env)
+            RETRY_MULTIPLIER="2"), **self.extra_env})  # a test's own settings win
 
     def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:

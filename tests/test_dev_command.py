@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 import urllib.request
@@ -78,6 +79,11 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         family = _descendants(dev.pid)
         assert len(family) >= 5  # postgres, tansu, fake-meta, serve, worker (and postgres' own children)
         state = json.loads((state_dir / "dev.json").read_text())
+        # Its secrets are its owner's only. (The state dir itself may be opened to others for traversal:
+        # as root, the embedded PostgreSQL runs as a system user that must reach its data dir.)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (state_dir / "logs", state_dir / "dev.json",
+                                                                  state_dir / "secrets.json", state_dir / "dev.lock")}
+        assert modes == {"logs": 0o700, "dev.json": 0o600, "secrets.json": 0o600, "dev.lock": 0o600}
 
         # The banner's first admin signs in to the inbox.
         login = urllib.request.Request(f"{state['base_url']}/api/v1/auth/login", method="POST",

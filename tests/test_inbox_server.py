@@ -47,7 +47,7 @@ async def test_a_schema_behind_the_code_answers_db_mismatch_and_the_webhook_keep
         await conn.close()
     await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker}, "dev"), out=lambda m: None)
     base, proc, log = _serve(tmp_path, url, KAFKA_BOOTSTRAP_SERVERS=broker, WHATSAPP_APP_SECRET=APP_SECRET,
-                             WHATSAPP_VERIFY_TOKEN="v")
+                             WHATSAPP_VERIFY_TOKEN="v" * 12)
     try:
         api = Api(base)
         for method, path in [("GET", "conversations"), ("POST", "auth/login"), ("GET", "events"),

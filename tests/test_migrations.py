@@ -79,8 +79,8 @@ def test_shipped_migrations_are_well_formed() -> None:
 def test_cli_migrate_then_worker_refuses_a_schema_that_is_behind(make_database: Callable[[], str]) -> None:
     # serve does not refuse: its webhook keeps accepting and its inbox answers DB_MISMATCH (test_inbox_api)
     url = make_database()
-    env = procs.env_with(DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", WHATSAPP_APP_SECRET="s",
-                         WHATSAPP_VERIFY_TOKEN="v", WHATSAPP_ACCESS_TOKEN="t")
+    env = procs.env_with(DATABASE_URL=url, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", WHATSAPP_APP_SECRET="s" * 16,
+                         WHATSAPP_VERIFY_TOKEN="v" * 12, WHATSAPP_ACCESS_TOKEN="t" * 16)
     served = subprocess.run(procs.python_cmd("worker"), env=env, capture_output=True, text=True, timeout=60)
     assert served.returncode == 3
     assert "pending migration" in served.stderr and "Run: wacrm migrate" in served.stderr

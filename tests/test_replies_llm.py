@@ -10,14 +10,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
 from conftest import Stack, eventually, own_stack
 from fake_llm import FakeLlm
+from orchestrator.llm import LlmClient
+from orchestrator.rules import load_rules
+from orchestrator.service import Orchestrator
 from storage import replies
-from storage.db import connect
-from test_inbound_fidelity import META, envelope, stored
+from storage.db import connect, create_pool
+from wacrm.cli import run_migrations
+from test_inbound_fidelity import META, contact, envelope, stored, text_msg
 from test_replies import _phone, ledger, say, script, sends_to
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
@@ -38,7 +43,8 @@ async def llm_stack(make_database: Callable[[], str], llm: FakeLlm,
     tmp = tmp_path_factory.mktemp("llm-stack")
     rules = json.loads((Path(__file__).parents[1] / "orchestrator" / "default_rules.json").read_text())
     rules["window_template"] = {"name": "follow_up", "language": "en_US", "parameters": ["friend"]}
-    rules["llm"].update(timeout_seconds=1.5, system_prompt="You are the test shop's assistant.")
+    # A timeout long enough for a slow model during a burst (several seconds), short enough for the fallback test.
+    rules["llm"].update(timeout_seconds=4, system_prompt="You are the test shop's assistant.")
     (tmp / "rules.json").write_text(json.dumps(rules))
     async with own_stack(make_database, tmp, RULES_FILE=str(tmp / "rules.json"), LLM_API_BASE_URL=llm.base_url,
                          LLM_API_KEY="test-llm-key", LLM_MODEL="test-model", PAUSE_SECONDS="3") as (stack, _):
@@ -84,7 +90,7 @@ async def test_the_model_hands_over_through_its_tool(llm_stack: Stack, llm: Fake
 async def test_model_errors_and_timeouts_fall_back_to_the_rules(llm_stack: Stack, llm: FakeLlm,
                                                                 ldb: asyncpg.Connection) -> None:
     before = await llm_stack.worker_metric("wacrm_llm_fallbacks_total")
-    for step in ({"status": 500}, {"delay": 3, "reply": "too late"}):
+    for step in ({"status": 500}, {"delay": 5, "reply": "too late"}):  # the model's timeout is 4 s
         llm.script(step)
         (mid,) = await say(llm_stack, _phone(), "what is the price?")
         (reply,) = await eventually(lambda: llm_stack.replies_to(mid), what="the rules' answer")
@@ -108,9 +114,14 @@ async def test_a_person_taking_over_while_the_model_thinks_stops_the_reply(llm_s
     await eventually(thinking, what="the model to be asked")
     async with ldb.transaction():
         await replies.assign(ldb, conv_id, None)  # a person takes it (ownership version moves on)
-    await asyncio.sleep(2.5)
+
+    async def decided() -> bool:  # the model's answer came back and the orchestrator dealt with it
+        return await ldb.fetchval("SELECT reply_upto_message_id >= $2 AND reply_due_at IS NULL FROM conversations "
+                                  "WHERE id = $1", conv_id, (await stored(ldb, mid))["id"])
+
+    await eventually(decided, what="the orchestrator to settle the model's late answer")
+    assert await ledger(ldb, f"auto:{mid}") is None  # nothing queued, so nothing can be sent
     assert await llm_stack.replies_to(mid) == []
-    assert await ledger(ldb, f"auto:{mid}") is None
 
 
 async def test_outside_the_window_the_template_is_sent(llm_stack: Stack, ldb: asyncpg.Connection) -> None:
@@ -189,3 +200,115 @@ async def test_a_worker_killed_mid_send_sends_no_second_one_and_the_status_settl
     row = await eventually(settled, 90, "the send settled by its status")
     assert row["settled_by"] == "status"
     assert len(await sends_to(llm_stack, wa_id)) == 1  # the row is finished: nothing can send it again
+
+
+def _asked_about(llm: FakeLlm, text: str) -> list[dict]:
+    """The model requests whose conversation includes ``text``."""
+    return [r for r in llm.requests if any(m.get("content") == text for m in (r["body"] or {}).get("messages", []))]
+
+
+async def test_more_due_conversations_than_pool_connections_are_all_answered(llm_stack: Stack, llm: FakeLlm,
+                                                                             ldb: asyncpg.Connection) -> None:
+    count = 20  # the worker's pool holds 12 connections (2 × BATCH_LANES + 4); a lease takes up to 20
+    phones = [_phone() for _ in range(count)]
+    msgs = [text_msg(p, f"pool {p}", int(time.time())) for p in phones]
+    llm.script(*[{"delay": 2, "reply": "pool answer"}] * count)
+    body = envelope({"metadata": META, "contacts": [contact(p, "Pool") for p in phones], "messages": msgs})
+    assert (await llm_stack.post(body))[0] == 200  # one body: all due at about the same time
+
+    async def all_answered() -> bool:
+        return all([await llm_stack.replies_to(m["id"]) for m in msgs])
+
+    await eventually(all_answered, 120, "every conversation to be answered")
+    for m in msgs:
+        (reply,) = await llm_stack.replies_to(m["id"])
+        assert reply["body"]["text"]["body"] == "pool answer"
+    assert llm.pending == 0
+
+
+async def test_no_connection_is_held_while_the_model_answers(make_database: Callable[[], str], llm: FakeLlm) -> None:
+    """Six conversations answered at once through a pool of two connections: every model call is
+    under way before the first returns, which cannot happen if each call held a connection."""
+    url = make_database()  # a database of its own: no worker answers these conversations
+    await run_migrations(url, 10.0, out=lambda m: None)
+    pool = await create_pool(url, timeout=10, min_size=1, max_size=2)
+    delay, count = 3.0, 6
+    try:
+        conversations = []
+        async with pool.acquire() as conn:
+            for n in range(count):
+                wa_id = _phone()
+                contact_id = await conn.fetchval(
+                    "INSERT INTO contacts (phone_number_id, wa_id) VALUES ('1', $1) RETURNING id", wa_id)
+                conv = await conn.fetchval("INSERT INTO conversations (conversation_key, phone_number_id, contact_id) "
+                                           "VALUES ($1, '1', $2) RETURNING id", f"1:{wa_id}", contact_id)
+                await conn.execute("INSERT INTO messages (provider_message_id, conversation_id, contact_id, direction, "
+                                   "type, body, status) VALUES ($1, $2, $3, 'inbound', 'text', $4, 'received')",
+                                   f"wamid.pool{n}{wa_id}", conv, contact_id, f"pool question {wa_id}")
+                conversations.append(conv)
+        asked = len(llm.requests)
+        llm.script(*[{"delay": delay, "reply": "held no connection"}] * count)
+        rules = load_rules(None)
+        async with aiohttp.ClientSession() as session:
+            orchestrator = Orchestrator(rules, LlmClient(session, llm.base_url, "test-llm-key", "test-model",
+                                                         timeout=delay + 30, max_reply_chars=200))
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(orchestrator.answer(pool, c) for c in conversations)), 120)
+        assert [[i.text for i in a] for a in answers] == [["held no connection"]] * count
+        started = [r["received_at"] for r in llm.requests[asked:]]
+        assert len(started) == count
+        assert max(started) < min(started) + delay  # all asked before the first answer came back
+    finally:
+        await pool.close()
+
+
+async def test_a_burst_during_a_slow_model_call_is_answered_once(llm_stack: Stack, llm: FakeLlm,
+                                                                 ldb: asyncpg.Connection) -> None:
+    """Two workers: while one waits on the model, the other's reply timer must not take the same
+    conversation again because new messages arrived (one worker's timer waits for its own calls)."""
+    alone = await llm_stack.worker_metric("wacrm_worker_assigned_partitions")
+
+    async def assigned(check: Callable[[float], bool]) -> bool:
+        return check(await llm_stack.worker_metric("wacrm_worker_assigned_partitions"))
+
+    llm_stack.start("worker2")
+    try:
+        await eventually(lambda: assigned(lambda n: 0 < n < alone), 90, "a second worker to share the partitions")
+        await _burst_during_a_slow_model_call(llm_stack, llm, ldb)
+    finally:
+        llm_stack.stop("worker2")
+        await eventually(lambda: assigned(lambda n: n == alone), 90, "the first worker to hold every partition again")
+
+
+async def _burst_during_a_slow_model_call(llm_stack: Stack, llm: FakeLlm, ldb: asyncpg.Connection) -> None:
+    wa_id = _phone()
+    first_texts = [f"hola {wa_id}", f"precio {wa_id}?"]
+    later_texts = [f"y el envío {wa_id}?", f"¿y el color {wa_id}?"]
+    delay = 4.0
+    llm.script({"delay": delay - 0.5, "reply": "First answer"}, {"reply": "Second answer"})
+    before = await say(llm_stack, wa_id, *first_texts)
+    async def thinking() -> bool:
+        return bool(_asked_about(llm, first_texts[-1]))
+
+    await eventually(thinking, what="the model to be asked")
+    during = await say(llm_stack, wa_id, *later_texts)  # while the model is still answering the first two
+    conv_id = (await stored(ldb, during[-1]))["conversation_id"]
+    last_id = (await stored(ldb, during[-1]))["id"]
+
+    async def settled() -> bool:  # every message answered, no lease in flight, every queued reply sent
+        done = await ldb.fetchval("SELECT reply_upto_message_id >= $2 AND reply_due_at IS NULL FROM conversations "
+                                  "WHERE id = $1", conv_id, last_id)
+        unsent = await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1 "
+                                    "AND state <> 'sent'", conv_id)
+        return bool(done) and unsent == 0
+
+    await eventually(settled, 90, "the burst and the messages during the model call to be answered")
+    sent = await sends_to(llm_stack, wa_id)
+    assert [(x["body"]["context"]["message_id"], x["body"]["text"]["body"]) for x in sent] == [
+        (before[-1], "First answer"), (during[-1], "Second answer")]
+    assert await ldb.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1", conv_id) == 2
+    asked = _asked_about(llm, first_texts[0])
+    assert len(asked) == 2  # never a second model call for the same messages while the first one runs
+    assert asked[1]["received_at"] >= asked[0]["received_at"] + delay - 0.5  # after the first call returned
+    contents = [{m["content"] for m in r["body"]["messages"]} for r in asked]
+    assert not set(later_texts) & contents[0] and set(later_texts) <= contents[1]

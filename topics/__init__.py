@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from topics.records import RAW_TOPIC_MAX_MESSAGE_BYTES
+
 RAW = "wa.webhook.raw"
 INBOUND = "wa.inbound"
 STATUS = "wa.status"
@@ -41,7 +43,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         key="conversation key of the body's first item (none when it has none)",
         why="the source of truth for replay: exact bytes Meta signed; keyed so successive bodies of a "
             "conversation are ingested in order",
-        config=(("retention.ms", _WEEK_MS), ("max.message.bytes", str(8 * 1024 * 1024))),
+        config=(("retention.ms", _WEEK_MS), ("max.message.bytes", str(RAW_TOPIC_MAX_MESSAGE_BYTES))),
     ),
     TopicSpec(
         INBOUND,

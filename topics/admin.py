@@ -8,7 +8,9 @@ to other partitions, breaking per-conversation order).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -25,9 +27,12 @@ class TopicReport:
 
 
 async def ensure_topics(bootstrap_servers: str, partitions: int, replication_factor: int = 1,
-                        timeout: float = 30.0, retry_tiers: int = 4) -> list[TopicReport]:
+                        timeout: float = 30.0, retry_tiers: int = 4,
+                        security: Mapping[str, Any] | None = None) -> list[TopicReport]:
+    """``security``: aiokafka's TLS/SASL arguments (``Settings.kafka_security_kwargs()``); none: PLAINTEXT."""
     specs = catalogue(retry_tiers)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000))
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout * 1000),
+                                **dict(security or {}))
     await asyncio.wait_for(admin.start(), timeout)
     try:
         existing = set(await asyncio.wait_for(admin.list_topics(), timeout))

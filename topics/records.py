@@ -14,8 +14,37 @@ from typing import Any, TypeVar
 import orjson
 
 
+# Size limits (contract): every record we produce stays under these, checked before producing.
+#: faust's producer refuses a request above ``max_request_size`` (1,000,000 bytes by default) and
+#: Kafka's default ``max.message.bytes`` is about 1 MB; the margin covers the key, the headers
+#: and the record batch's own framing.
+RECORD_MAX_BYTES = 900_000
+#: ``wa.webhook.raw`` is created with this ``max.message.bytes``: room for any body Meta sends.
+RAW_TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: A raw body above this can never be published (the topic's limit minus the same margin).
+RAW_RECORD_MAX_BYTES = RAW_TOPIC_MAX_MESSAGE_BYTES - 100_000
+#: How much of a value a reduced dead letter keeps, in characters: enough to recognise it.
+DEAD_LETTER_PREVIEW_CHARS = 2_000
+
+
 class RecordError(ValueError):
     """A value on a topic is not the record it should be; retrying cannot fix it."""
+
+
+class RecordTooLarge(RecordError):
+    """A record is larger than the bus accepts; it must be dead-lettered by reference."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"record of {size:,} bytes is above the bus limit of {limit:,} bytes")
+        self.size = size
+        self.limit = limit
+
+
+def check_size(value: bytes, limit: int = RECORD_MAX_BYTES) -> bytes:
+    """``value`` unchanged if the bus can carry it; :class:`RecordTooLarge` otherwise."""
+    if len(value) > limit:
+        raise RecordTooLarge(len(value), limit)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +157,37 @@ class DeadLetter:
 def encode(record: Any) -> bytes:
     """JSON bytes of a record (orjson serialises dataclasses natively, without copying)."""
     return orjson.dumps(record)
+
+
+def encode_bounded(record: Any, limit: int = RECORD_MAX_BYTES) -> bytes:
+    """JSON bytes of a record the bus can carry.
+
+    Raises :class:`RecordTooLarge` when it is above ``limit``, and :class:`RecordError` when it
+    cannot be encoded at all (orjson refuses more than 254 levels of nesting, non-string keys …).
+    """
+    try:
+        data = orjson.dumps(record)
+    except (TypeError, RecursionError, orjson.JSONEncodeError) as exc:
+        raise RecordError(f"cannot encode the record: {exc}") from None
+    return check_size(data, limit)
+
+
+def bounded_dead_letter(letter: DeadLetter, limit: int = RECORD_MAX_BYTES) -> tuple[DeadLetter, bytes]:
+    """The dead letter and its bytes, reduced to a reference when it is too large to produce.
+
+    A reduced letter keeps where the event can be found (source topic, partition, offset), the
+    reason, the error (shortened) and the first :data:`DEAD_LETTER_PREVIEW_CHARS` characters of
+    its value; ``details`` says it was reduced and how large the value was.
+    """
+    data = orjson.dumps(letter, default=repr)
+    if len(data) <= limit:
+        return letter, data
+    keep = DEAD_LETTER_PREVIEW_CHARS
+    reduced = dataclasses.replace(
+        letter, value=letter.value[:keep], error=letter.error[:keep],
+        details={"reduced": True, "value_chars": len(letter.value), "letter_bytes": len(data),
+                 "details_preview": orjson.dumps(letter.details, default=repr)[:keep].decode("utf-8", "replace")})
+    return reduced, orjson.dumps(reduced, default=repr)
 
 
 T = TypeVar("T")

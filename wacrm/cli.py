@@ -93,7 +93,7 @@ async def create_topics(s: Settings, out: Any = print) -> None:
     assert s.kafka_bootstrap_servers
     try:
         reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor,
-                                      retry_tiers=len(s.retry_delays()))
+                                      retry_tiers=len(s.retry_delays()), security=s.kafka_security_kwargs())
     except Exception as exc:
         raise CommandError(f"cannot reach the broker at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
                            f"{type(exc).__name__}: {exc}") from None

@@ -6,6 +6,12 @@ webhook server, worker. Then it supervises: a child that dies is restarted; when
 embedded broker dies (it keeps everything in memory) it is restarted, the topics are
 created again and the worker restarted with it. Ctrl-C or SIGTERM stops everything in
 reverse order. A second ``wacrm dev`` on the same state dir refuses to start.
+
+What it writes under the state dir is private to its owner: the files (``dev.json`` and
+``secrets.json`` hold the webhook's secrets, ``dev.lock``) are created mode 0600, the
+state dir (when it creates it) and ``logs/`` mode 0700. (Run as root, the embedded
+PostgreSQL runs as a system user and opens the state dir for traversal, o+rx; the files
+and ``logs/`` stay private.)
 """
 
 from __future__ import annotations
@@ -42,6 +48,30 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (created 0700; made 0700 if it exists)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner can read: created 0600, never readable by others
+    even for a moment; an existing file is made 0600 before it is truncated."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.truncate()
+        f.write(text)
+
+
+def open_private(path: Path, mode: str) -> Any:
+    """Open ``path`` (created 0600 if new, made 0600 if not) with ``mode``, e.g. ``"a+"``."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
+
+
 def _persistent_secrets(state_dir: Path) -> dict[str, str]:
     """Generated once per state dir so the webhook's secrets survive restarts."""
     path = state_dir / "secrets.json"
@@ -50,8 +80,7 @@ def _persistent_secrets(state_dir: Path) -> dict[str, str]:
     except (OSError, ValueError):
         values = {"WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_VERIFY_TOKEN": secrets.token_urlsafe(12),
                   "WHATSAPP_ACCESS_TOKEN": "dev-" + secrets.token_hex(8)}
-        path.write_text(json.dumps(values))
-        path.chmod(0o600)
+        write_private(path, json.dumps(values))
         return values
 
 
@@ -71,9 +100,8 @@ async def first_admin(database_url: str, state_dir: Path, timeout: float) -> tup
     try:
         if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM users)"):
             password = auth.generate_password()
+            write_private(path, json.dumps({"email": FIRST_ADMIN_EMAIL, "password": password}))
             await auth.add_user(conn, FIRST_ADMIN_EMAIL, "admin", await auth.hash_password_async(password), "Admin")
-            path.write_text(json.dumps({"email": FIRST_ADMIN_EMAIL, "password": password}))
-            path.chmod(0o600)
     finally:
         await conn.close()
     try:
@@ -137,8 +165,9 @@ def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: f
 
 
 def run_dev(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock_file = open(state_dir / "dev.lock", "a+")
+    if not state_dir.exists():
+        private_dir(state_dir)
+    lock_file = open_private(state_dir / "dev.lock", "a+")
     try:
         fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -172,8 +201,7 @@ def run_dev(state_dir: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    logs = state_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs = private_dir(state_dir / "logs")
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
     children: list[Child] = []
@@ -221,7 +249,7 @@ def run_dev(state_dir: Path) -> int:
                  "fake_meta_url": fake_meta_url, "database_url": database_url, "kafka": bootstrap,
                  "worker_metrics_url": worker_metrics, "inbox_url": f"{base}/",
                  "admin_email": admin[0] if admin else None, "admin_password": admin[1] if admin else None}
-        (state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_private(state_dir / STATE_FILE, json.dumps(state, indent=2))
         _banner(state, logs, time.monotonic() - started)
         _supervise(children, broker, settings)
     except _Stop:

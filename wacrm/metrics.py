@@ -78,6 +78,14 @@ AMBIGUOUS_SENDS = Counter(
 LEDGER_GUARD_MISSES = Counter(
     "wacrm_ledger_guard_misses_total", "Ledger state changes not made because the row had moved on (another worker, "
     "a status or the settle timer got there first), by the change", ["change"])
+AGENT_STALLED = Gauge(
+    "wacrm_agent_stalled_seconds",
+    "How long each agent has been retrying the same batch in place (0 while it flows)", ["agent"])
+AGENT_RETRIES = Counter(
+    "wacrm_agent_retries_total", "Batches an agent retried in place after a transient failure", ["agent"])
+AGENT_HALTS = Counter(
+    "wacrm_agent_halts_total", "Times an agent stopped the worker (dead-letter storm, runner crash), by why",
+    ["agent", "reason"])
 
 # inbox
 INBOX_REQUESTS = Counter("wacrm_inbox_requests_total", "Inbox API requests by route group and outcome",

@@ -6,13 +6,23 @@ what is wrong with it (:class:`SettingsError`).
 
 Profiles: ``dev`` (``wacrm dev``, the tests) makes every variable optional and fills
 the secrets with generated values; ``prod`` (``serve``, ``worker``) requires the
-secrets the process needs.
+secrets the process needs, refuses secrets shorter than :data:`MIN_SECRET_LENGTH` and a
+Graph API base URL over plain ``http://`` (except to a loopback host: a local stand-in).
+
+Kafka security (every profile): ``KAFKA_SECURITY_PROTOCOL`` and its companions are checked
+together, and :meth:`Settings.kafka_security_kwargs` is the one place that turns them into
+client arguments (the webhook's producer, the CLI's admin client; the worker's faust
+credentials are built from the same fields and context).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
 import secrets
+import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +30,12 @@ from typing import Any, Literal
 Profile = Literal["dev", "prod", "tool"]
 
 GRAPH_API_DEFAULT = "https://graph.facebook.com"
+
+KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Production refuses shorter secrets. Meta's app secrets are 32 hex digits and access tokens
+# far longer; the verify token is the operator's own choice.
+MIN_SECRET_LENGTH = {"WHATSAPP_APP_SECRET": 16, "WHATSAPP_ACCESS_TOKEN": 16, "WHATSAPP_VERIFY_TOKEN": 12}
 
 
 class SettingsError(Exception):
@@ -58,8 +74,20 @@ class Settings:
     batch_size: int
     batch_wait_ms: int
     batch_lanes: int
+    # kafka security (validated together in load(); turned into client arguments in one place)
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str | None
+    kafka_sasl_username: str | None
+    kafka_sasl_password: str | None = dataclasses.field(repr=False)
+    kafka_ssl_cafile: str | None
+    dlq_limit_consecutive: int
+    dlq_limit_ratio: float
+    dlq_limit_window: int
+    stop_grace_s: float
     # webhook
     webhook_max_body_bytes: int
+    webhook_body_timeout_s: float
+    webhook_max_unverified_bodies: int
     publish_timeout_s: float
     # worker
     worker_metrics_port: int
@@ -98,6 +126,33 @@ class Settings:
     @property
     def graph_messages_url_base(self) -> str:
         return f"{self.whatsapp_api_base_url.rstrip('/')}/{self.whatsapp_api_version}"
+
+    @property
+    def kafka_uses_ssl(self) -> bool:
+        return self.kafka_security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    def kafka_ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying TLS context (the system's CAs, or ``KAFKA_SSL_CAFILE``) when the protocol uses TLS."""
+        return ssl.create_default_context(cafile=self.kafka_ssl_cafile) if self.kafka_uses_ssl else None
+
+    def kafka_security_kwargs(self) -> dict[str, Any]:
+        """aiokafka client arguments (producer, consumer, admin) for ``KAFKA_SECURITY_PROTOCOL``."""
+        kwargs: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_uses_ssl:
+            kwargs["ssl_context"] = self.kafka_ssl_context()
+        if self.kafka_uses_sasl:
+            kwargs.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                          sasl_plain_password=self.kafka_sasl_password)
+        return kwargs
+
+    def kafka_client_kwargs(self) -> dict[str, Any]:
+        """:meth:`kafka_security_kwargs` with ``bootstrap_servers``: all an aiokafka client needs to connect."""
+        assert self.kafka_bootstrap_servers is not None
+        return {"bootstrap_servers": self.kafka_bootstrap_servers, **self.kafka_security_kwargs()}
 
 
 def _str(env: Mapping[str, str], name: str) -> str | None:
@@ -167,6 +222,70 @@ def _ambiguous_policy(raw: str) -> str:
     return policy
 
 
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _cafile(raw: str) -> str:
+    if not os.path.isfile(raw):
+        raise ValueError("no such file (a PEM bundle of the CA certificates that signed the brokers')")
+    try:
+        ssl.create_default_context(cafile=raw)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"cannot be read as PEM CA certificates ({exc})") from None
+    return raw
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _kafka_security_problems(s: Settings) -> list[str]:
+    """The Kafka security variables checked together (each alone was parsed already)."""
+    problems = []
+    protocol = f"KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol}"
+    sasl = {"KAFKA_SASL_MECHANISM": s.kafka_sasl_mechanism, "KAFKA_SASL_USERNAME": s.kafka_sasl_username,
+            "KAFKA_SASL_PASSWORD": s.kafka_sasl_password}
+    for name, value in sasl.items():
+        if s.kafka_uses_sasl and value is None:
+            hint = f" (one of {', '.join(KAFKA_SASL_MECHANISMS)})" if name == "KAFKA_SASL_MECHANISM" else ""
+            problems.append(f"{name}: required with {protocol}{hint}")
+        elif not s.kafka_uses_sasl and value is not None:
+            problems.append(f"{name}: set, but {protocol} does not use SASL (use SASL_SSL or SASL_PLAINTEXT)")
+    if s.kafka_ssl_cafile is not None and not s.kafka_uses_ssl:
+        problems.append(f"KAFKA_SSL_CAFILE: set, but {protocol} does not use TLS (use SSL or SASL_SSL)")
+    return problems
+
+
+def _production_problems(s: Settings) -> list[str]:
+    """What the ``prod`` profile refuses: plain HTTP to a remote Graph API, short secrets."""
+    problems = []
+    url = urllib.parse.urlsplit(s.whatsapp_api_base_url)
+    if url.scheme != "https" and not _is_loopback(url.hostname):
+        problems.append(f"WHATSAPP_API_BASE_URL: must be https:// in production (plain http:// only to a loopback "
+                        f"host such as 127.0.0.1, e.g. a local stand-in); got {s.whatsapp_api_base_url!r}")
+    values = {"WHATSAPP_APP_SECRET": s.whatsapp_app_secret, "WHATSAPP_ACCESS_TOKEN": s.whatsapp_access_token,
+              "WHATSAPP_VERIFY_TOKEN": s.whatsapp_verify_token}
+    for name, value in values.items():
+        if value and len(value) < MIN_SECRET_LENGTH[name]:  # unset ones are reported by `needs`, if needed
+            problems.append(f"{name}: too short for production ({len(value)} characters, at least "
+                            f"{MIN_SECRET_LENGTH[name]})")
+    return problems
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for o in origins:
@@ -232,7 +351,19 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
         batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 20),
         batch_lanes=get("BATCH_LANES", _int(1, 32), 4),
+        kafka_security_protocol=get("KAFKA_SECURITY_PROTOCOL", _choice(KAFKA_PROTOCOLS), "PLAINTEXT"),
+        kafka_sasl_mechanism=get("KAFKA_SASL_MECHANISM", _choice(KAFKA_SASL_MECHANISMS), None),
+        kafka_sasl_username=get("KAFKA_SASL_USERNAME", str, None),
+        kafka_sasl_password=get("KAFKA_SASL_PASSWORD", str, None),
+        kafka_ssl_cafile=get("KAFKA_SSL_CAFILE", _cafile, None),
+        # A storm of dead letters stops the worker instead of draining a topic into wa.dlq.
+        dlq_limit_consecutive=get("DLQ_LIMIT_CONSECUTIVE", _int(1, 1_000_000), 100),
+        dlq_limit_ratio=get("DLQ_LIMIT_RATIO", _float(0.01, 1.0), 0.5),
+        dlq_limit_window=get("DLQ_LIMIT_WINDOW", _int(10, 1_000_000), 1000),
+        stop_grace_s=get("STOP_GRACE_SECONDS", _float(0, 300), 10.0),
         webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
+        webhook_body_timeout_s=get("WEBHOOK_BODY_TIMEOUT_SECONDS", _float(0.1, 300), 10.0),
+        webhook_max_unverified_bodies=get("WEBHOOK_MAX_UNVERIFIED_BODIES", _int(1, 10000), 64),
         publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
         worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
         graph_timeout_s=get("GRAPH_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
@@ -257,6 +388,9 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
         intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
     )
+    problems += _kafka_security_problems(settings)
+    if profile == "prod":
+        problems += _production_problems(settings)
     if problems:
         raise SettingsError(problems)
     return settings

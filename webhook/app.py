@@ -3,10 +3,27 @@
 ``POST /webhooks/whatsapp`` answers 200 only after the broker acknowledged the raw body
 (``acks=all``); 503 when it cannot within ``PUBLISH_TIMEOUT_SECONDS`` so Meta retries.
 Errors are JSON: ``{"error": "<code>", "message": "<what is wrong>"}``.
+
+Unauthenticated callers are cheap to turn away and cannot exhaust the process:
+
+- the ``X-Hub-Signature-256`` header is checked for form before the body is read: none is
+  401 ``missing_signature``; two of them, another scheme (``sha1=``), not 64 hex digits or
+  not ASCII is 401 ``malformed_signature``; a well-formed one that does not match the body
+  is 403 ``bad_signature``. Never a 500.
+- a body larger than ``WEBHOOK_MAX_BODY_BYTES`` is 413 ``too_large`` (by its
+  Content-Length before reading, or while reading);
+- a body must arrive within ``WEBHOOK_BODY_TIMEOUT_SECONDS`` (slow senders: 408
+  ``body_timeout``, connection closed);
+- at most ``WEBHOOK_MAX_UNVERIFIED_BODIES`` bodies are read and verified at once; beyond
+  that the webhook answers 503 ``busy`` with ``Retry-After`` at once (Meta retries), so
+  memory stays under that many times the body limit.
+
+The JSON is parsed only after the signature matched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -21,7 +38,7 @@ from storage.db import create_pool
 from topics import RAW, catalogue
 from wacrm import metrics
 from wacrm.settings import Settings
-from webhook.publisher import PublishError, RawPublisher
+from webhook.publisher import PublishError, PublishRejected, RawPublisher
 from whatsapp import signature, webhook
 
 log = logging.getLogger("wacrm.webhook")
@@ -29,6 +46,8 @@ log = logging.getLogger("wacrm.webhook")
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", RawPublisher)
 POOL = web.AppKey("pool", asyncpg.Pool)
+
+GATE = web.AppKey("unverified_bodies", asyncio.Semaphore)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 
@@ -69,15 +88,32 @@ async def _receive(request: web.Request) -> web.Response:
     limit = settings.webhook_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return _tagged(_error(413, "too_large", f"body is larger than {limit} bytes"), "too_large")
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return _tagged(_error(413, "too_large", f"body is larger than {limit} bytes"), "too_large")
-    header = request.headers.get(SIGNATURE_HEADER)
-    if not header:
+    headers = request.headers.getall(SIGNATURE_HEADER, [])
+    problem = signature.form(headers)
+    if problem is signature.Verdict.MISSING:
         return _tagged(_error(401, "missing_signature", f"{SIGNATURE_HEADER} header is required"),
                        "missing_signature")
-    if not signature.verify(settings.whatsapp_app_secret, body, header):
+    if problem is not None:
+        return _tagged(_error(401, "malformed_signature", f"send exactly one {SIGNATURE_HEADER} header of the "
+                              "form sha256=<64 hex digits>"), "malformed_signature")
+    gate = request.app[GATE]
+    if gate.locked():  # every slot for unverified bodies is taken: turn away now, Meta retries
+        response = _error(503, "busy", "too many requests are being received at once; retry later")
+        response.headers["Retry-After"] = "1"
+        return _tagged(response, "busy")
+    async with gate:
+        try:
+            async with asyncio.timeout(settings.webhook_body_timeout_s):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _tagged(_error(413, "too_large", f"body is larger than {limit} bytes"), "too_large")
+        except TimeoutError:
+            response = _error(408, "body_timeout",
+                              f"the body did not arrive within {settings.webhook_body_timeout_s:g}s")
+            response.force_close()
+            return _tagged(response, "body_timeout")
+        verdict = signature.check(settings.whatsapp_app_secret, body, headers)
+    if verdict is not signature.Verdict.OK:
         return _tagged(_error(403, "bad_signature", f"{SIGNATURE_HEADER} does not match the body"),
                        "bad_signature")
     try:
@@ -87,6 +123,8 @@ async def _receive(request: web.Request) -> web.Response:
     key = webhook.routing_key(data) if isinstance(data, dict) else None
     try:
         await request.app[PUBLISHER].publish(RAW, body, key.encode() if key else None)
+    except PublishRejected as exc:  # the bus can never carry it: a retry by Meta would not help
+        return _tagged(_error(413 if exc.code == "too_large" else 422, exc.code, str(exc)), exc.code)
     except PublishError as exc:
         return _tagged(_error(503, "broker_unavailable", f"{exc}; retry later"), "broker_unavailable")
     return _tagged(web.Response(status=200, body=b'{"status":"accepted"}', content_type="application/json"),
@@ -98,20 +136,26 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers and the broker has every topic (tansu loses them on restart)."""
+    """Ready when the database answers and the broker has every topic (tansu loses them on restart).
+
+    The body names each dependency that is not ready with a fixed hint; the exception itself
+    (which may carry host names or credentials) goes to the log only.
+    """
     problems: dict[str, str] = {}
     try:
         async with request.app[POOL].acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1", timeout=2)
-    except Exception as exc:  # any failure means not ready; the message says which
-        problems["database"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # any failure means not ready; the log says why
+        log.warning("readyz: the database is not ready: %r", exc)
+        problems["database"] = "not reachable (check DATABASE_URL and the database; details in the log)"
     try:
         missing = {t.name for t in catalogue(len(request.app[SETTINGS].retry_delays()))} - \
             await request.app[PUBLISHER].topics()
         if missing:
             problems["broker"] = f"topics missing: {', '.join(sorted(missing))} (run: wacrm topics)"
     except Exception as exc:
-        problems["broker"] = f"{type(exc).__name__}: {exc}"
+        log.warning("readyz: the broker is not ready: %r", exc)
+        problems["broker"] = "not reachable (check KAFKA_BOOTSTRAP_SERVERS and the broker; details in the log)"
     if problems:
         return web.Response(status=503, body=orjson.dumps({"status": "not_ready", "problems": problems}),
                             content_type="application/json")
@@ -126,11 +170,13 @@ def make_app(settings: Settings) -> web.Application:
     """The aiohttp application; resources are opened and closed in ``cleanup_ctx``."""
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
+    app[GATE] = asyncio.Semaphore(settings.webhook_max_unverified_bodies)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         assert settings.database_url and settings.kafka_bootstrap_servers
         app[POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=1, max_size=4)
-        app[PUBLISHER] = RawPublisher(settings.kafka_bootstrap_servers, timeout=settings.publish_timeout_s)
+        app[PUBLISHER] = RawPublisher(settings.kafka_bootstrap_servers, timeout=settings.publish_timeout_s,
+                                      security=settings.kafka_security_kwargs())
         yield
         await app[PUBLISHER].stop()
         await app[POOL].close()
