@@ -45,7 +45,8 @@ CREATE INDEX tasks_status ON tasks (status, id DESC);
 ALTER TABLE outbound_log ADD COLUMN author_user_id bigint REFERENCES users (id);
 
 -- The live event log: one row per event, NOTIFY'd on channel wacrm_inbox with the row as JSON.
--- Rows carry ids only. Kept a day (the inbox server prunes), long enough for any reconnect.
+-- Rows carry ids only (a status event without message_id: a person's reply moved in the ledger).
+-- Kept a day (the inbox server prunes), long enough for any reconnect.
 CREATE TABLE inbox_events (
     id               bigserial PRIMARY KEY,
     kind             text NOT NULL CHECK (kind IN ('message', 'status', 'conversation', 'notification')),
@@ -133,3 +134,16 @@ END
 $$;
 CREATE TRIGGER notifications_changed AFTER INSERT OR UPDATE ON notifications FOR EACH ROW
     EXECUTE FUNCTION wacrm_notification_changed();
+
+-- A person's reply moving through the ledger (queued, retrying, failed before Meta took it …) shows
+-- in the thread before it is a message: a status event for its conversation.
+CREATE FUNCTION wacrm_manual_reply_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM wacrm_inbox_event('status', NEW.conversation_id, NULL, NULL);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER outbound_log_manual_insert AFTER INSERT ON outbound_log FOR EACH ROW
+    WHEN (NOT NEW.automatic) EXECUTE FUNCTION wacrm_manual_reply_changed();
+CREATE TRIGGER outbound_log_manual_state AFTER UPDATE OF state ON outbound_log FOR EACH ROW
+    WHEN (NOT NEW.automatic AND OLD.state IS DISTINCT FROM NEW.state) EXECUTE FUNCTION wacrm_manual_reply_changed();

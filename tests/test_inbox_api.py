@@ -356,3 +356,27 @@ async def _sse(r):  # type: ignore[no-untyped-def]
             event_id = value
         elif field == "data":
             data += value
+
+
+async def test_live_events_for_an_assignment_and_a_person_s_reply(stack: Stack, db: asyncpg.Connection,
+                                                                  agent: Api) -> None:
+    import aiohttp
+
+    _, cid = await _conversation(stack, db)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        async with s.get(f"{stack.base}/api/v1/events", headers={"Cookie": agent.cookie or ""}) as r:
+            events = _sse(r)
+            assert (await asyncio.wait_for(events.__anext__(), 30))[0] == "ready"
+            await agent.post(f"conversations/{cid}/assign")
+            await agent.post(f"conversations/{cid}/messages", {"text": "on it", "idempotency_key": str(uuid.uuid4())},
+                             expect=202)
+            wanted = {"conversation", "status"}
+
+            async def both() -> None:
+                async for kind, _, data in events:
+                    if data.get("conversation_id") == cid:
+                        wanted.discard(kind)
+                        if not wanted:
+                            return
+
+            await asyncio.wait_for(both(), 60)
