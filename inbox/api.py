@@ -20,6 +20,7 @@ import hmac
 import ipaddress
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -120,7 +121,11 @@ def _user_json(u: User) -> dict[str, Any]:
 # --- sign-in ----------------------------------------------------------------------------------
 
 def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") or "]" in host else host
+    """Whether a Host header ("127.0.0.1:8080", "[::1]:8080", "localhost") names this machine."""
+    try:
+        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
     if name == "localhost":
         return True
     try:

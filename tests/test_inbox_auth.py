@@ -136,3 +136,20 @@ async def test_sign_in_is_rate_limited(stack: Stack, db: asyncpg.Connection, lim
     assert (status, body["code"]) == (429, "RATE_LIMITED")
     await db.execute("DELETE FROM login_failures WHERE address = '127.0.0.1' OR email = $1", user.email)
     await sign_in(stack.base, user.email)
+
+
+async def test_a_session_ends_when_idle_too_long_or_past_its_absolute_expiry(stack: Stack,
+                                                                           db: asyncpg.Connection) -> None:
+    from inbox.auth import digest
+
+    user = await make_user(db)
+    idle, old = await sign_in(stack.base, user.email), await sign_in(stack.base, user.email)
+    assert (await idle.get("auth/me"))["user"]["id"] == user.id
+    # SESSION_IDLE_SECONDS (8 hours by default) without a request; SESSION_MAX_SECONDS since sign-in.
+    await db.execute("UPDATE sessions SET last_seen_at = now() - interval '9 hours' WHERE id_hash = $1",
+                     digest((idle.cookie or "=").split("=", 1)[1]))
+    await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE id_hash = $1",
+                     digest((old.cookie or "=").split("=", 1)[1]))
+    for api in (idle, old):
+        status, body = await api.call("GET", "auth/me")
+        assert (status, body["code"]) == (401, "UNAUTHENTICATED")

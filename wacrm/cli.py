@@ -200,7 +200,7 @@ async def _users(args: argparse.Namespace, database_url: str, timeout: float, pa
             for r in rows:
                 state = " disabled" if r["disabled_at"] else ""
                 print(f"{r['id']:>5}  {r['role']:<6} {r['email']:<40} tokens: {r['tokens']}{state}")
-    except asyncpg.UndefinedTableError:
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
         raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
     finally:
         await conn.close()
