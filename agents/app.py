@@ -42,6 +42,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from agents import runner
 from agents.context import Resources
 from agents.dlqlimit import DlqLimitConfig
+from agents.errors import Next, classify
 from agents.inbound import Inbound
 from agents.ingest import Ingest
 from agents.sender import Sender
@@ -171,8 +172,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
                     log.warning("answering conversation %d failed: %r", conversation_id, result)
                 else:
                     await runner.publish(outbound, result)
-        except Exception:
-            log.exception("the reply timer failed; it runs again")
+        except Exception as exc:
+            _timer_failed("the reply timer", exc)
 
     @app.timer(interval=1.0)
     async def publish_outbox() -> None:
@@ -183,8 +184,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
             async with resources.pool.acquire() as conn, conn.transaction():
                 intents = await replies.due_for_publishing(conn, 200)
             await runner.publish(outbound, intents)
-        except Exception:
-            log.exception("the outbox sweep failed; it runs again")
+        except Exception as exc:
+            _timer_failed("the outbox sweep", exc)
 
     in_flight_after_s = settings.graph_timeout_s + IN_FLIGHT_MARGIN_S
 
@@ -208,8 +209,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
                 log.warning("send %d still ambiguous after %.0fs: %s", row_id, settings.ambiguous_settle_s,
                             "a person checks" if how == "task" else "sent again (AMBIGUOUS_POLICY=resend)")
                 metrics.AMBIGUOUS_SENDS.labels(how).inc()
-        except Exception:
-            log.exception("the ambiguous-send timer failed; it runs again")
+        except Exception as exc:
+            _timer_failed("the ambiguous-send timer", exc)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
@@ -236,3 +237,11 @@ def _agent(agent_runner: runner.Runner) -> Any:
 
     agent.__name__ = agent.__qualname__ = f"{agent_runner.agent}_agent"
     return agent
+
+
+def _timer_failed(what: str, exc: Exception) -> None:
+    """A timer's failure: one line for an outage it waits out (it runs again), a traceback for a bug."""
+    if classify(exc) is Next.RETRY:
+        log.warning("%s failed (%r); it runs again", what, exc)
+    else:
+        log.error("%s failed; it runs again", what, exc_info=exc)

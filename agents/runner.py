@@ -303,7 +303,7 @@ class Runner:
         if not self._limit.allows():
             raise WorkerHalted(
                 f"too many dead letters: {self._limit.describe()}. Find out why these events fail "
-                f"(`wacrm dlq list`, the worker log), fix the cause or raise the limit, then restart the worker")
+                f"(the letters in wa.dlq, the worker log), fix the cause or raise the limit, then restart the worker")
         value, ref, _ = item
         delay = BACKOFF_FIRST_S
         while True:

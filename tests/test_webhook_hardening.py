@@ -83,6 +83,12 @@ async def test_malformed_signatures_are_401_and_mismatches_403(stack: Stack) -> 
     assert (status, err) == (200, {"status": "accepted"})  # hex digits in either case, as before
 
 
+async def test_a_body_not_in_its_declared_content_encoding_is_400(stack: Stack) -> None:
+    status, err = await raw_post(stack.port, _sig(signature.sign(APP_SECRET, EMPTY).encode())
+                                 + [(b"Content-Encoding", b"gzip")])
+    assert (status, err["error"]) == (400, "bad_body")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.text(max_size=80), max_size=3), st.binary(max_size=64))
 def test_the_signature_check_never_raises(headers: list[str], body: bytes) -> None:

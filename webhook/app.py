@@ -107,6 +107,9 @@ async def _receive(request: web.Request) -> web.Response:
                 body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _tagged(_error(413, "too_large", f"body is larger than {limit} bytes"), "too_large")
+        except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
+            return _tagged(_error(400, "bad_body", f"the body cannot be read: {exc.args[0] if exc.args else exc}"),
+                           "bad_body")
         except TimeoutError:
             response = _error(408, "body_timeout",
                               f"the body did not arrive within {settings.webhook_body_timeout_s:g}s")
