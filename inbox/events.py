@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
+from inbox.schema import is_drift
 from storage.db import connect
 from wacrm import metrics
 
@@ -123,8 +124,10 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # any failure: listen again after a pause
-                log.warning("inbox events: listening failed (%s: %s); again in %.1fs", type(exc).__name__, exc,
-                            backoff)
+                # A schema behind the code is reported (once a minute) by the schema guard.
+                level = logging.DEBUG if is_drift(exc) else logging.WARNING
+                log.log(level, "inbox events: listening failed (%s: %s); again in %.1fs", type(exc).__name__, exc,
+                        backoff)
             finally:
                 self.listening.clear()
                 if conn is not None:

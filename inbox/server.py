@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -107,14 +107,31 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     return app
 
 
+def _readyz(api_app: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def readyz(request: web.Request) -> web.Response:
+        """Ready when the database answers and its schema is current (inbox-only servers)."""
+        try:
+            problem = await api_app[api.SCHEMA].problem(api_app[api.POOL])
+        except Exception as exc:  # any failure means not ready; the message says which
+            problem = f"database: {type(exc).__name__}: {exc}"
+        if problem:
+            return web.json_response({"status": "not_ready", "problems": {"database": problem}}, status=503)
+        return web.json_response({"status": "ready"})
+
+    return readyz
+
+
 async def _placeholder(request: web.Request) -> web.Response:
     return web.Response(text=PLACEHOLDER, content_type="text/html")
 
 
-def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> None:
-    root.add_subapp("/api/v1", make_inbox_api(settings, rules))
+def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> web.Application:
+    """Mount the inbox API under /api/v1 and its pages; returns the API application."""
+    api_app = make_inbox_api(settings, rules)
+    root.add_subapp("/api/v1", api_app)
     root.router.add_get("/", _placeholder)
     root.router.add_get("/login", _placeholder)
+    return api_app
 
 
 def make_app(settings: Settings, only: str | None = None) -> web.Application:
@@ -124,11 +141,12 @@ def make_app(settings: Settings, only: str | None = None) -> web.Application:
     if only == "webhook":
         return make_webhook_app(settings)
     rules = rules_of(settings)
-    if only == "inbox":
-        root = web.Application()
-        root.router.add_get("/healthz", healthz)
-        root.router.add_get("/metrics", metrics_view)
-    else:
+    if only != "inbox":
         root = make_webhook_app(settings)
-    add_inbox(root, settings, rules)
+        add_inbox(root, settings, rules)
+        return root
+    root = web.Application()
+    root.router.add_get("/healthz", healthz)
+    root.router.add_get("/metrics", metrics_view)
+    root.router.add_get("/readyz", _readyz(add_inbox(root, settings, rules)))
     return root

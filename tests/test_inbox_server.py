@@ -108,9 +108,12 @@ async def test_only_inbox_llm_intelligence_with_fallback_and_streams_closed_on_s
     base, proc, log = _serve(tmp_path, stack.database_url, "--only", "inbox", LLM_API_BASE_URL=fake_llm.base_url,
                              LLM_MODEL="fake-model", INTELLIGENCE_TIMEOUT_SECONDS="1")
     try:
-        # Only the inbox: no webhook here.
-        async with aiohttp.ClientSession() as s, s.post(f"{base}/webhooks/whatsapp", data=b"{}") as r:
-            assert r.status in (404, 405)
+        # Only the inbox: no webhook here; ready once its database is.
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{base}/webhooks/whatsapp", data=b"{}") as r:
+                assert r.status in (404, 405)
+            async with s.get(f"{base}/readyz") as r:
+                assert r.status == 200 and (await r.json())["status"] == "ready"
         db = await connect(stack.database_url, timeout=10)
         try:
             user = await make_user(db, "agent")
