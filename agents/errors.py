@@ -127,7 +127,12 @@ def _graph(exc: BaseException) -> Next | None:
 
 def _is_asyncpg_connection_gone(exc: BaseException) -> bool:
     # asyncpg raises a bare InterfaceError when a connection closed under an operation
-    # (a database restart); other InterfaceErrors are bugs.
-    return type(exc).__name__ in {"ConnectionDoesNotExistError", "InterfaceError"} \
-        and "closed" in str(exc).lower()
+    # (a database restart); other InterfaceErrors are bugs. When the server dies mid-operation
+    # a pooled connection can also be left in the middle of its protocol ("cannot switch to
+    # state N; another operation is in progress", an InternalClientError; seen in the fault
+    # suite's postgres_stop and postgres_crash): the retry runs on another connection.
+    name, text = type(exc).__name__, str(exc).lower()
+    if name in {"ConnectionDoesNotExistError", "InterfaceError"}:
+        return "closed" in text
+    return name == "InternalClientError" and "another operation" in text
 

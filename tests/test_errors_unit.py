@@ -49,6 +49,7 @@ def _wrapped(inner: BaseException) -> ProducerSendError:
     (asyncpg.exceptions.InvalidTextRepresentationError("x"), Next.DEAD_LETTER),
     (asyncpg.InterfaceError("connection is closed"), Next.RETRY),
     (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), Next.DEAD_LETTER),
+    (asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"), Next.RETRY),
     (ConnectionResetError(), Next.RETRY),
     (asyncio.TimeoutError(), Next.RETRY),
     (KeyError("bug"), Next.DEAD_LETTER),
