@@ -41,6 +41,7 @@ class Expect:
     """What a scenario expects beyond "nothing lost, nothing twice"."""
 
     all_answered: bool = True  # every unit answered, or its conversation has a task
+    no_dead_letters: bool = True  # normal traffic dead-letters nothing (poison may be dead-lettered)
     no_server_errors: bool = True  # the webhook never answered 5xx other than the 503 Meta retries
 
 
@@ -92,9 +93,10 @@ def tally(units: Sequence[Sequence[str]], stored: Iterable[str], sent: Iterable[
                  ambiguous_left=ambiguous_left, lost=len(posted - stored_set))
 
 
-def judge(t: Tally, expect: Expect, *, server_errors: int = 0, posted_min: int = 1) -> Verdict:
+def judge(t: Tally, expect: Expect, *, server_errors: int = 0, posted_min: int = 1,
+          problems: Sequence[str] = ()) -> Verdict:
     """ok when nothing posted was lost and nothing was answered twice, plus the scenario's own
-    expectation; the reasons name every failed condition."""
+    expectation and no ``problems`` it saw itself; the reasons name every failed condition."""
     reasons = []
     if t.posted < posted_min:
         reasons.append(f"only {t.posted} messages posted (the load did not get through)")
@@ -104,6 +106,9 @@ def judge(t: Tally, expect: Expect, *, server_errors: int = 0, posted_min: int =
         reasons.append(f"{t.answered_twice} answered twice")
     if expect.all_answered and t.unanswered_without_task:
         reasons.append(f"{t.unanswered_without_task} unanswered without a task")
+    if expect.no_dead_letters and t.dead_lettered:
+        reasons.append(f"{t.dead_lettered} dead letters from normal traffic")
     if expect.no_server_errors and server_errors:
         reasons.append(f"{server_errors} webhook 5xx answers (not 503)")
+    reasons.extend(problems)
     return Verdict(not reasons, tuple(reasons))

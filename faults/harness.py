@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,7 @@ class System:
         self.group = f"wacrm-faults-{self.port}"
         self.children: dict[str, subprocess.Popen] = {}
         self.llm: FakeLlm | None = None
+        self.letters: Counter[str] = Counter()  # wa.dlq by source topic and reason, as last counted
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -112,12 +114,14 @@ class System:
         return f"http://127.0.0.1:{self.fake_port}"
 
     def env(self, **more: str) -> dict[str, str]:
-        return procs.env_with(
+        """A process's environment: the system's wiring, :data:`BASE_ENV`, the scenario's, ``more``."""
+        wiring = dict(
             DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
             WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="faults-verify",
             WHATSAPP_ACCESS_TOKEN="faults-access-token", WHATSAPP_API_BASE_URL=self.fake_meta,
             PORT=str(self.port), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.metrics_port),
-            KAFKA_GROUP_ID=self.group, **{**BASE_ENV, **self.extra_env, **more})
+            KAFKA_GROUP_ID=self.group)
+        return procs.env_with(**{**wiring, **BASE_ENV, **self.extra_env, **more})
 
     async def start(self, *, workers: int = 1, llm_delay_s: float | None = None) -> None:
         """Broker and topics, fake-meta (and the fake LLM), serve and ``workers`` workers, joined."""
@@ -317,8 +321,18 @@ class System:
                     log(f"  nothing moved for {now - progress_at:.0f}s with no consumer lag: "
                         f"{len(ids) - stored} posted messages not stored")
                     break
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(5.0, 1.0 + n_sent / 10_000))  # /__sent grows: poll it less often
         return time.monotonic() - started
+
+    async def stored(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are inbound messages in ``messages``."""
+        conn = await self._db()
+        try:
+            return {r[0] for r in await conn.fetch("SELECT provider_message_id FROM messages WHERE "
+                                                   "direction = 'inbound' AND provider_message_id = ANY($1)",
+                                                   list(ids))}
+        finally:
+            await conn.close()
 
     async def count(self, units: Sequence[Sequence[str]]) -> Tally:
         ids = [m for u in units for m in u]
@@ -333,7 +347,8 @@ class System:
             settled, left = await ambiguous(conn)
         finally:
             await conn.close()
-        return tally(units, stored, await self.sent(), dead_lettered=await self.dead_letters(),
+        letters = self.letters = await self.dead_letters()
+        return tally(units, stored, await self.sent(), dead_lettered=sum(letters.values()),
                      ambiguous_settled=settled, ambiguous_left=left, with_task=with_task)
 
     async def lag(self) -> dict[str, int] | None:
@@ -362,25 +377,36 @@ class System:
         finally:
             await conn.close()
 
-    async def dead_letters(self, timeout: float = 20) -> int:
-        """Records in ``wa.dlq`` from offset 0 (read until two empty polls in a row)."""
+    async def dead_letters(self, timeout: float = 20) -> Counter[str]:
+        """Records in ``wa.dlq`` from offset 0 by source topic and reason (read until two empty
+        polls in a row)."""
         from aiokafka import AIOKafkaConsumer
 
         consumer = AIOKafkaConsumer(DLQ, bootstrap_servers=self.broker.bootstrap, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     max_partition_fetch_bytes=8 * 1024 * 1024)
         await consumer.start()
-        n, empty = 0, 0
+        found: Counter[str] = Counter()
+        empty = 0
         deadline = time.monotonic() + timeout
         try:
             while empty < 2 and time.monotonic() < deadline:
                 batch = await consumer.getmany(timeout_ms=1500)
-                got = sum(len(v) for v in batch.values())
-                n += got
-                empty = 0 if got else empty + 1
+                records = [r for rs in batch.values() for r in rs]
+                for r in records:
+                    found[_letter_kind(r.value)] += 1
+                empty = 0 if records else empty + 1
         finally:
             await consumer.stop()
-        return n
+        return found
+
+
+def _letter_kind(value: bytes | None) -> str:
+    try:
+        letter = orjson.loads(value or b"")
+        return f"{letter.get('source_topic', '?')}: {letter.get('reason', '?')}"
+    except (orjson.JSONDecodeError, AttributeError):
+        return "not a DeadLetter record"
 
 
 async def _has_column(conn: asyncpg.Connection, table: str, column: str) -> bool:

@@ -64,6 +64,7 @@ class Load:
         self._give_up_at = float("inf")
         self._customers = 0
         self._session: aiohttp.ClientSession | None = None
+        self._failure: BaseException | None = None  # a customer task that crashed: a generator bug
 
     async def run(self, seconds: float) -> None:
         """Post for ``seconds`` (``rate × seconds`` messages); returns when the last one is due,
@@ -84,27 +85,42 @@ class Load:
         self._give_up_at = time.monotonic() + retry_for
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=retry_for + self.timeout_s + 5)
+        await self.close()
+        if self._failure is not None:
+            raise RuntimeError(f"the load generator failed: {self._failure!r}") from self._failure
+        return self.result
+
+    async def close(self) -> None:
+        """Stop every post still going on (idempotent)."""
         for task in list(self._tasks):
             task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=10)
         if self._session is not None:
             await self._session.close()
-        return self.result
+            self._session = None
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._failure = task.exception()
 
     async def _conversation(self) -> None:
         self._customers += 1
-        wa_id = f"4917{self.tag_number()}{self._customers:06d}"  # a valid German mobile number
+        n = self._customers  # the counter moves on while this burst sleeps
+        wa_id = f"4917{self.tag_number()}{n:06d}"  # a valid German mobile number
         acked: list[str] = []
         for k in range(self.burst):
             if k:
                 await asyncio.sleep(self.burst_gap_s)
-            mid = f"wamid.FAULTS_{self.tag}_{self._customers:07d}_{k}"
+            mid = f"wamid.FAULTS_{self.tag}_{n:07d}_{k}"
             body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id,
-                                                     name=f"Customer {self._customers}", message_id=mid))
+                                                     name=f"Customer {n}", message_id=mid))
             if await self._post_until_acked(body):
                 acked.append(mid)
             else:

@@ -16,6 +16,11 @@ from whatsapp import signature, simulate
 BIG_TEXT_BYTES = 1_500_000  # one text message of 1.5 MB: under the webhook's 4 MiB default limit
 OVER_LIMIT_BYTES = 5 * 1024 * 1024  # over the 4 MiB default limit
 NESTING = 100_000
+BIG_ID = "wamid.FAULTS_poison_big"
+
+
+SIGNED_OR_REJECTED = frozenset(range(400, 500)) | {200}  # a 4xx, or taken for the pipeline to dead-letter
+REFUSED = frozenset({401, 403})  # an unauthenticated request is refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +28,8 @@ class Case:
     name: str
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...]  # besides Host, Content-Length and Connection
+    allowed: frozenset[int] = SIGNED_OR_REJECTED  # the answers that are right
+    message_id: str | None = None  # a message that, once taken, must be stored or dead-lettered
 
 
 def _json_headers(*more: tuple[bytes, bytes]) -> tuple[tuple[bytes, bytes], ...]:
@@ -38,27 +45,28 @@ def cases(secret: str) -> list[Case]:
     normal = simulate.dumps(simulate.text_body(text="a normal message", wa_id="491700000001",
                                                message_id="wamid.FAULTS_poison_carrier"))
     big = simulate.dumps(simulate.text_body(text="x" * BIG_TEXT_BYTES, wa_id="491700000002",
-                                            message_id="wamid.FAULTS_poison_big"))
+                                            message_id=BIG_ID))
     nested = b'{"object":"whatsapp_business_account","entry":' + b"[" * NESTING + b"]" * NESTING + b"}"
     invalid_utf8 = normal.replace(b"a normal message", b"a \xff\xfe\xc3 message")
     truncated = normal[: len(normal) // 2]
     over = b'{"pad":"' + b"y" * OVER_LIMIT_BYTES + b'"}'
     wrong = "sha256=" + secrets.token_hex(32)
     return [
-        Case("big_text_1.5MB", big, _signed(secret, big)),
+        Case("big_text_1.5MB", big, _signed(secret, big), message_id=BIG_ID),
         Case("nested_json", nested, _signed(secret, nested)),
         Case("invalid_utf8", invalid_utf8, _signed(secret, invalid_utf8)),
         Case("truncated_json", truncated, _signed(secret, truncated)),
         Case("over_limit_5MB", over, _signed(secret, over)),
-        Case("wrong_signature", normal, _json_headers((b"X-Hub-Signature-256", wrong.encode()))),
+        Case("wrong_signature", normal, _json_headers((b"X-Hub-Signature-256", wrong.encode())), REFUSED),
         Case("non_ascii_signature", normal,
-             _json_headers((b"X-Hub-Signature-256", "sha256=é".encode() + b"0" * 63))),
-        Case("duplicated_signature", normal, _signed(secret, normal) + ((b"X-Hub-Signature-256", wrong.encode()),)),
+             _json_headers((b"X-Hub-Signature-256", "sha256=é".encode() + b"0" * 63)), REFUSED),
+        Case("duplicated_signature", normal,
+             _signed(secret, normal) + ((b"X-Hub-Signature-256", wrong.encode()),), REFUSED),
         Case("wrong_scheme", normal, _json_headers(
-            (b"X-Hub-Signature-256", signature.sign(secret, normal).replace("sha256=", "sha1=").encode()))),
-        Case("missing_signature", normal, _json_headers()),
-        Case("garbage_headers", normal, _signed(secret, normal) + ((b"X-Fuzz", bytes(range(0x80, 0xff))),
-                                                                   (b"Content-Encoding", b"gzip"))),
+            (b"X-Hub-Signature-256", signature.sign(secret, normal).replace("sha256=", "sha1=").encode())), REFUSED),
+        Case("missing_signature", normal, _json_headers(), REFUSED),
+        Case("non_latin_header", normal, _signed(secret, normal) + ((b"X-Fuzz", bytes(range(0x80, 0x100))),)),
+        Case("bogus_content_encoding", normal, _signed(secret, normal) + ((b"Content-Encoding", b"gzip"),)),
     ]
 
 

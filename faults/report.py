@@ -50,8 +50,9 @@ def render(rows: Sequence[Any], scenarios: Sequence[Any], *, date: str, machine:
         "answered and nothing is in flight (or a bound passes). *Answered* counts the replies fake-meta "
         "took whose `context.message_id` is the message (a burst: any of its messages); *lost* is posted "
         "but not stored; *dead-lettered* is every record in `wa.dlq`; *ambiguous* reads `outbound_log` "
-        "(n/a before migration 0006). A verdict is ok when nothing was lost or answered twice and every "
-        "message was answered (or has a task for a person).", "",
+        "(n/a before migration 0006). A verdict is ok when nothing was lost or answered twice, every "
+        "message was answered (or has a task for a person), normal traffic was not dead-lettered, and the "
+        "webhook never answered 5xx (other than the 503 Meta retries).", "",
         table(rows), "",
         ("All scenarios ok." if not failed else "Not ok: " + ", ".join(f"`{n}`" for n in failed) + "."), "",
         "## Scenarios", "",

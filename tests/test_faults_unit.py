@@ -78,6 +78,10 @@ def test_the_verdict_names_every_failure() -> None:
     assert judge(good, Expect()).ok and str(judge(good, Expect())) == "ok"
     assert not judge(count([], [], []), Expect()).ok  # nothing posted proves nothing
     assert judge(count([("a",)], ["a"], []), Expect(all_answered=False)).ok
+    assert judge(good, Expect(), problems=["poison x answered 500"]).reasons == ("poison x answered 500",)
+    lettered = count([("a",)], ["a"], [reply("a")], dead=2)
+    assert judge(lettered, Expect()).reasons == ("2 dead letters from normal traffic",)
+    assert judge(lettered, Expect(no_dead_letters=False)).ok
 
 
 def test_the_catalogue_has_every_scenario_of_the_issue() -> None:
@@ -106,6 +110,10 @@ def test_poison_cases_cover_the_issue() -> None:
     with pytest.raises(UnicodeDecodeError):
         by_name["invalid_utf8"].body.decode()
     assert [k for k, _ in by_name["duplicated_signature"].headers].count(b"X-Hub-Signature-256") == 2
+    for name in ("wrong_signature", "non_ascii_signature", "duplicated_signature", "wrong_scheme",
+                 "missing_signature"):  # refused, never taken
+        assert by_name[name].allowed == {401, 403}
+    assert 500 not in by_name["big_text_1.5MB"].allowed and 200 in by_name["big_text_1.5MB"].allowed
 
 
 def test_the_report_has_the_table_and_a_paragraph_per_scenario() -> None:
