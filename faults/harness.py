@@ -294,10 +294,11 @@ class System:
                     stall_s: float = 20.0) -> float:
         """Wait until the system is quiet, or ``timeout``; returns the seconds it took.
 
-        Quiet: nothing is in flight (no ledger row queued, sending or waiting to retry) and fake-meta
-        took no new request for ``quiet_s``, and either every posted message is stored and every unit
-        answered, or nothing has moved for ``stall_s`` while the worker group has no consumer lag
-        (every input consumed and committed: what is missing now will not come).
+        Quiet: fake-meta took no new request for ``quiet_s``, and either every posted message is
+        stored, every unit answered and no ledger row is in flight (queued, sending, waiting to
+        retry), or nothing has moved for ``stall_s`` while the worker group has no consumer lag (every
+        input consumed and committed: what is missing now will not come, and a row still in flight
+        is stuck; :meth:`in_flight` names them).
         """
         started = time.monotonic()
         ids = [m for u in units for m in u]
@@ -311,18 +312,28 @@ class System:
                 last_sent, last_change = n_sent, now
             if (stored, len(replied)) != last_progress:
                 last_progress, progress_at = (stored, len(replied)), now
-            quiet = busy == 0 and now - last_change >= quiet_s
+            quiet = now - last_change >= quiet_s
             done = stored == len(ids) and all(any(m in replied for m in u) for u in units)
-            if quiet and done:
+            if quiet and busy == 0 and done:
                 break
             if quiet and now - progress_at >= stall_s:
                 lag = await self.lag()
                 if lag is not None and not any(lag.values()):
                     log(f"  nothing moved for {now - progress_at:.0f}s with no consumer lag: "
-                        f"{len(ids) - stored} posted messages not stored")
+                        f"{len(ids) - stored} posted messages not stored, {busy} ledger rows left in flight")
                     break
             await asyncio.sleep(min(5.0, 1.0 + n_sent / 10_000))  # /__sent grows: poll it less often
         return time.monotonic() - started
+
+    async def in_flight(self) -> dict[str, int]:
+        """Ledger rows not settled (queued, sending, waiting to retry) by state."""
+        conn = await self._db()
+        try:
+            rows = await conn.fetch("SELECT state, count(*) AS n FROM outbound_log WHERE state = ANY($1) "
+                                    "GROUP BY 1 ORDER BY 1", list(IN_FLIGHT))
+            return {r["state"]: int(r["n"]) for r in rows}
+        finally:
+            await conn.close()
 
     async def stored(self, ids: Sequence[str]) -> set[str]:
         """Which of ``ids`` are inbound messages in ``messages``."""

@@ -12,7 +12,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,14 @@ def select(names: Sequence[str]) -> list[Scenario]:
     return [s for s in SCENARIOS if not names or s.name in names]
 
 
-async def run_all(harness: Harness, scenarios: Sequence[Scenario], *, quick: bool) -> list[Row]:
-    rows = []
+async def run_all(harness: Harness, scenarios: Sequence[Scenario], *, quick: bool,
+                  each: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
+    """Run ``scenarios`` in order; ``each`` sees the rows so far after every one (the report is
+    rewritten as the run goes, so an interrupted run still leaves its table)."""
+    rows: list[Row] = []
     for s in scenarios:
         rows.append(await run_scenario(harness, s, quick=quick))
+        each(rows)
     return rows
 
 
@@ -55,17 +59,21 @@ def run(names: Sequence[str], quick: bool, out: Path, command: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     rows: list[Row] = []
+
+    def write(so_far: list[Row]) -> None:
+        rows[:] = so_far
+        out.write_text(report.render(so_far, SCENARIOS, date=time.strftime("%Y-%m-%d %H:%M %Z"),
+                                     machine=_machine(), command=command, took_s=time.time() - started))
+
     try:
         log(f"embedded PostgreSQL in {work}")
         harness.start()
-        rows = asyncio.run(run_all(harness, scenarios, quick=quick))
+        asyncio.run(run_all(harness, scenarios, quick=quick, each=write))
     except KeyboardInterrupt:
         print("wacrm faults: interrupted", file=sys.stderr)
     finally:
         harness.stop()
     if rows:
-        out.write_text(report.render(rows, SCENARIOS, date=time.strftime("%Y-%m-%d %H:%M %Z"), machine=_machine(),
-                                     command=command, took_s=time.time() - started))
         log(f"report written to {out}")
         print(report.table(rows))
     ok = bool(rows) and len(rows) == len(scenarios) and all(r.verdict.ok for r in rows)

@@ -314,6 +314,9 @@ async def run_scenario(harness: Harness, scenario: Scenario, *, quick: bool) -> 
             await injected.after_drain(system)
         if system.letters:
             injected.notes.append("dead letters: " + ", ".join(f"{k} ×{n}" for k, n in system.letters.items()))
+        stuck = await system.in_flight()
+        if stuck:
+            injected.notes.append("ledger rows left in flight: " + ", ".join(f"{k} {v}" for k, v in stuck.items()))
         lag = await system.lag()
         if lag is not None:
             injected.notes.append("consumer lag left: " + ", ".join(f"{k} {v}" for k, v in lag.items()))
