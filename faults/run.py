@@ -59,10 +59,11 @@ def run(names: Sequence[str], quick: bool, out: Path, command: str) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     rows: list[Row] = []
+    date = time.strftime("%Y-%m-%d %H:%M %Z")  # when the run started
 
     def write(so_far: list[Row]) -> None:
         rows[:] = so_far
-        out.write_text(report.render(so_far, SCENARIOS, date=time.strftime("%Y-%m-%d %H:%M %Z"),
+        out.write_text(report.render(so_far, SCENARIOS, date=date,
                                      machine=_machine(), command=command, took_s=time.time() - started))
 
     try:
