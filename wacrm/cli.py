@@ -409,6 +409,26 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
     b.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
     b.set_defaults(func=cmd_bench)
+
+    def cmd_faults(args: argparse.Namespace) -> int:
+        from faults.run import run, select
+
+        try:
+            select(args.scenario)
+        except ValueError as exc:
+            raise CommandError(str(exc), EXIT_CONFIG) from None
+        return run(args.scenario, args.quick, Path(args.out), " ".join(["wacrm", *sys.argv[1:]]))
+
+    fl = sub.add_parser("faults", help="the fault suite: kill, stop and starve the system under load; "
+                        "writes FAULTS.md", description="Runs each scenario on real processes (embedded "
+                        "PostgreSQL and broker, serve, worker, fake-meta, a fake LLM) under signed webhook "
+                        "load, injects its faults, drains, counts lost, doubled and unanswered messages and "
+                        "writes a report. Exit 1 if any scenario is not ok. Loopback only.")
+    fl.add_argument("--scenario", action="append", default=[], metavar="NAME",
+                    help="run only this scenario (repeatable); default: all")
+    fl.add_argument("--quick", action="store_true", help="the short forms (the ones `make test` runs)")
+    fl.add_argument("--out", default="FAULTS.md", help="where to write the report (default FAULTS.md)")
+    fl.set_defaults(func=cmd_faults)
     return p
 
 

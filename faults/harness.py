@@ -1,0 +1,473 @@
+"""The system under test and the faults done to it: real processes on this machine.
+
+A :class:`Harness` owns one embedded PostgreSQL server for the whole run (it may be stopped
+or killed by a scenario and is started again). Each scenario gets a :class:`System`: a fresh
+database, a fresh embedded broker with every topic, ``wacrm fake-meta``, ``wacrm serve`` and
+one or more ``wacrm worker`` processes, and (when asked) the fake LLM in this process. The
+fault methods signal those processes as an operator or the kernel would. :meth:`System.count`
+reads the outcome from PostgreSQL, fake-meta's ``/__sent`` and the ``wa.dlq`` topic.
+
+Blocking calls (waiting for a process to exit, starting PostgreSQL) run in a thread so the
+load generator in this event loop keeps its rate. Everything started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import orjson
+
+from faults.count import Tally, tally
+from orchestrator.fake_llm import FakeLlm
+from topics import DLQ
+from wacrm import procs
+from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+
+# The pipeline's own deliberate waiting made short, so that a scenario measures delivery, not
+# patience: no burst window unless the scenario needs one, fast retries, short pauses.
+BASE_ENV = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_INTERVAL_SECONDS": "0",
+            "RETRY_BASE_SECONDS": "0.5", "RETRY_MULTIPLIER": "2", "PAUSE_SECONDS": "3",
+            "PUBLISH_TIMEOUT_SECONDS": "2", "BROKER_SESSION_TIMEOUT": "6", "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            # a send left in doubt by a kill is settled by its status or, past this, becomes a task
+            "AMBIGUOUS_SETTLE_SECONDS": "20"}
+IN_FLIGHT = ("queued", "sending", "retry_wait", "ambiguous")
+# the longest a row in doubt waits to be settled: stuck `sending` past GRAPH_TIMEOUT_SECONDS (10) + 15 s,
+# then `ambiguous` for AMBIGUOUS_SETTLE_SECONDS (20), with the settle timer's second
+SETTLE_WAIT_S = 60.0
+
+
+class HarnessError(Exception):
+    """The system could not be brought up or counted (not a verdict on the pipeline)."""
+
+
+def log(msg: str) -> None:
+    print(f"[faults {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Harness:
+    """One PostgreSQL server for a run, and a work directory for logs and data."""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.pg = EmbeddedPostgres(work / "pg" / "data")
+        self._systems = 0
+
+    def start(self) -> None:
+        self.pg.start()
+
+    def stop(self) -> None:
+        self.pg.stop()
+
+    async def system(self, name: str, env: dict[str, str] | None = None) -> "System":
+        """A fresh system for scenario ``name`` (not started yet: call :meth:`System.start`)."""
+        self._systems += 1
+        if self.pg.proc is None or self.pg.proc.poll() is not None:
+            await asyncio.to_thread(self.pg.start)
+        db = f"faults_{self._systems}_{name}"
+        conn = await asyncpg.connect(self.pg.url, timeout=30)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            await conn.execute(f'CREATE DATABASE "{db}"')
+        finally:
+            await conn.close()
+        url = urllib.parse.urlunsplit(urllib.parse.urlsplit(self.pg.url)._replace(path=f"/{db}"))
+        from wacrm.cli import run_migrations
+
+        await run_migrations(url, 30, out=lambda m: None)
+        return System(self, name, url, self.work / f"{self._systems:02d}-{name}", dict(env or {}))
+
+
+class System:
+    """One running wacrm for one scenario, and the faults that can be done to it."""
+
+    def __init__(self, harness: Harness, name: str, database_url: str, work: Path, env: dict[str, str]) -> None:
+        self.harness, self.name, self.database_url, self.work = harness, name, database_url, work
+        self.logs = work / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.extra_env = env
+        self.secret = secrets.token_hex(16)
+        self.broker = EmbeddedBroker(log_path=self.logs / "tansu.log")
+        self.port, self.fake_port, self.metrics_port = free_port(), free_port(), free_port()
+        self.group = f"wacrm-faults-{self.port}"
+        self.children: dict[str, subprocess.Popen] = {}
+        self.llm: FakeLlm | None = None
+        self.letters: Counter[str] = Counter()  # wa.dlq by source topic and reason, as last counted
+
+    # --- lifetime ----------------------------------------------------------------------
+
+    @property
+    def webhook(self) -> str:
+        return f"http://127.0.0.1:{self.port}/webhooks/whatsapp"
+
+    @property
+    def fake_meta(self) -> str:
+        return f"http://127.0.0.1:{self.fake_port}"
+
+    def env(self, **more: str) -> dict[str, str]:
+        """A process's environment: the system's wiring, :data:`BASE_ENV`, the scenario's, ``more``."""
+        wiring = dict(
+            DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
+            WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="faults-verify",
+            WHATSAPP_ACCESS_TOKEN="faults-access-token", WHATSAPP_API_BASE_URL=self.fake_meta,
+            PORT=str(self.port), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.metrics_port),
+            KAFKA_GROUP_ID=self.group)
+        return procs.env_with(**{**wiring, **BASE_ENV, **self.extra_env, **more})
+
+    async def start(self, *, workers: int = 1, llm_delay_s: float | None = None) -> None:
+        """Broker and topics, fake-meta (and the fake LLM), serve and ``workers`` workers, joined."""
+        await asyncio.to_thread(self.broker.start)
+        from wacrm.cli import create_topics
+        from wacrm.settings import load
+
+        await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}, "dev"), out=lambda m: None)
+        if llm_delay_s is not None:
+            await self._start_llm(llm_delay_s)
+        # fake-meta posts Meta's signed sent/delivered/read statuses back to our webhook, as Meta does:
+        # they settle sends whose answer never came (ambiguous) and move messages forward
+        self.spawn("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.fake_port), "--webhook-url",
+                                                 self.webhook, "--app-secret", self.secret), self.fake_port)
+        self.spawn("serve", procs.python_cmd("serve"), self.port)
+        await self._wait_ready()
+        for i in range(workers):
+            await self.start_worker(i)
+
+    async def _start_llm(self, delay_s: float) -> None:
+        self.llm = FakeLlm(api_key="faults-llm-key")
+        self.llm.default_delay = delay_s
+        await self.llm.start()
+        defaults = Path(__file__).parents[1] / "orchestrator" / "default_rules.json"
+        rules = json.loads(defaults.read_text())
+        rules["llm"].update(timeout_seconds=max(8.0, delay_s * 3))
+        path = self.work / "rules.json"
+        path.write_text(json.dumps(rules))
+        self.extra_env.update(RULES_FILE=str(path), LLM_API_BASE_URL=self.llm.base_url,
+                              LLM_API_KEY="faults-llm-key", LLM_MODEL="faults-model")
+
+    def spawn(self, name: str, cmd: list[str], port: int | None = None, **env: str) -> subprocess.Popen:
+        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(**env))
+        self.children[name] = proc
+        if port is not None:
+            wait_for_port(port, 60, proc)
+        return proc
+
+    @staticmethod
+    def worker_name(i: int) -> str:
+        return "worker" if i == 0 else f"worker{i + 1}"
+
+    async def start_worker(self, i: int = 0, *, group: str | None = None, wait: bool = True) -> None:
+        """Worker ``i`` (0 has the metrics port; the others none); waits until it holds partitions
+        when it is worker 0 and ``wait``."""
+        name = self.worker_name(i)
+        env = {"WORKER_METRICS_PORT": "0"} if i else {}
+        if group:
+            env["KAFKA_GROUP_ID"] = group
+        self.spawn(name, procs.python_cmd("worker"), **env)
+        if i == 0 and wait:
+            await self.wait_worker()
+
+    async def wait_worker(self, timeout: float = 120) -> None:
+        from wacrm.dev import worker_joined
+
+        deadline = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
+            while time.monotonic() < deadline:
+                proc = self.children.get("worker")
+                if proc is None or proc.poll() is not None:
+                    raise HarnessError(f"the worker exited; see {self.logs / 'worker.log'}")
+                try:
+                    async with s.get(url) as r:
+                        if worker_joined(await r.text()):
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(0.3)
+        raise HarnessError(f"the worker did not join its group within {timeout:.0f}s; see {self.logs}")
+
+    async def _wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
+            while time.monotonic() < deadline:
+                try:
+                    async with s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
+                        if r.status == 200:
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(0.3)
+        raise HarnessError(f"wacrm serve not ready within {timeout:.0f}s; see {self.logs / 'serve.log'}")
+
+    async def stop(self) -> None:
+        for name in list(self.children)[::-1]:
+            await self.stop_child(name)
+        if self.broker.proc is not None and self.broker.proc.poll() is None:
+            os.kill(self.broker.proc.pid, signal.SIGCONT)  # a paused broker cannot take its SIGTERM
+        await asyncio.to_thread(self.broker.stop)
+        if self.llm is not None:
+            await self.llm.stop()
+
+    async def stop_child(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        return await asyncio.to_thread(procs.stop, self.children.pop(name, None), sig, timeout)
+
+    # --- faults ------------------------------------------------------------------------
+
+    async def kill_worker(self, i: int = 0, sig: int = signal.SIGTERM) -> None:
+        """Stop worker ``i`` with ``sig`` (SIGTERM: a graceful stop; SIGKILL: a crash) and wait for it."""
+        proc = self.children.pop(self.worker_name(i), None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait)
+
+    async def postgres_stop(self) -> None:
+        """A clean stop (fast shutdown: clients rolled back and disconnected)."""
+        await asyncio.to_thread(self.harness.pg.stop)
+
+    async def postgres_crash(self) -> None:
+        """kill -9 of the postmaster and every backend: every connection drops, nothing is checkpointed."""
+        pg = self.harness.pg
+        assert pg.proc is not None
+        tree = [pg.proc.pid, *_children(pg.proc.pid)]
+        for pid in tree:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await asyncio.to_thread(pg.proc.wait)
+        await asyncio.to_thread(_wait_gone, tree, 30)
+
+    async def postgres_start(self) -> None:
+        await asyncio.to_thread(self.harness.pg.start, 120)
+
+    def broker_pause(self) -> None:
+        assert self.broker.proc is not None
+        os.kill(self.broker.proc.pid, signal.SIGSTOP)
+
+    def broker_resume(self) -> None:
+        assert self.broker.proc is not None
+        os.kill(self.broker.proc.pid, signal.SIGCONT)
+
+    async def meta(self, path: str, payload: Any) -> None:
+        """A control request to fake-meta (``/__fail``, ``/__script``)."""
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+            async with s.post(f"{self.fake_meta}{path}", data=orjson.dumps(payload)) as r:
+                if r.status != 200:
+                    raise HarnessError(f"fake-meta {path}: {r.status} {await r.text()}")
+
+    # --- reading the outcome -----------------------------------------------------------
+
+    async def sent(self) -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async with s.get(f"{self.fake_meta}/__sent") as r:
+                return orjson.loads(await r.read())
+
+    async def _db(self) -> asyncpg.Connection:
+        return await asyncpg.connect(self.database_url, timeout=30)
+
+    async def progress(self, ids: Sequence[str]) -> tuple[int, int, set[str], int]:
+        """(stored of ``ids``, ledger rows still in flight, ids replied to, requests fake-meta took)."""
+        from faults.count import reply_context
+
+        conn = await self._db()
+        try:
+            stored = await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound' "
+                                         "AND provider_message_id = ANY($1)", list(ids))
+            busy = await conn.fetchval("SELECT count(*) FROM outbound_log WHERE state = ANY($1)", list(IN_FLIGHT))
+        finally:
+            await conn.close()
+        sent = await self.sent()
+        return stored, busy, {m for m in map(reply_context, sent) if m is not None}, len(sent)
+
+    async def drain(self, units: Sequence[Sequence[str]], timeout: float, quiet_s: float = 4.0,
+                    stall_s: float = 20.0) -> float:
+        """Wait until the system is quiet, or ``timeout``; returns the seconds it took.
+
+        Quiet: fake-meta took no new request for ``quiet_s``, and either every posted message is
+        stored, every unit answered and no ledger row is in flight (queued, sending, waiting to
+        retry), or nothing has moved for ``stall_s`` while the worker group has no consumer lag (every
+        input consumed and committed: what is missing now will not come, and a row still in flight
+        is stuck; :meth:`in_flight` names them).
+        """
+        started = time.monotonic()
+        ids = [m for u in units for m in u]
+        last_sent, last_change = -1, time.monotonic()
+        last_progress: tuple[int, int, int] = (-1, -1, -1)
+        progress_at = time.monotonic()
+        while time.monotonic() - started < timeout:
+            stored, busy, replied, n_sent = await self.progress(ids)
+            now = time.monotonic()
+            if n_sent != last_sent:
+                last_sent, last_change = n_sent, now
+            if (stored, len(replied), busy) != last_progress:
+                last_progress, progress_at = (stored, len(replied), busy), now
+            quiet = now - last_change >= quiet_s
+            done = stored == len(ids) and all(any(m in replied for m in u) for u in units)
+            if quiet and busy == 0 and done:
+                break
+            # rows in doubt wait for the settle timer: give them its bound before calling them stuck
+            if quiet and now - progress_at >= stall_s + (SETTLE_WAIT_S if busy else 0):
+                lag = await self.lag()
+                if lag is not None and not any(lag.values()):
+                    log(f"  nothing moved for {now - progress_at:.0f}s with no consumer lag: "
+                        f"{len(ids) - stored} posted messages not stored, {busy} ledger rows left in flight")
+                    break
+            await asyncio.sleep(min(5.0, 1.0 + n_sent / 10_000))  # /__sent grows: poll it less often
+        return time.monotonic() - started
+
+    async def in_flight(self) -> dict[str, int]:
+        """Ledger rows not settled (queued, sending, waiting to retry, ambiguous) by state."""
+        conn = await self._db()
+        try:
+            rows = await conn.fetch("SELECT state, count(*) AS n FROM outbound_log WHERE state = ANY($1) "
+                                    "GROUP BY 1 ORDER BY 1", list(IN_FLIGHT))
+            return {r["state"]: int(r["n"]) for r in rows}
+        finally:
+            await conn.close()
+
+    async def stored(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` are inbound messages in ``messages``."""
+        conn = await self._db()
+        try:
+            return {r[0] for r in await conn.fetch("SELECT provider_message_id FROM messages WHERE "
+                                                   "direction = 'inbound' AND provider_message_id = ANY($1)",
+                                                   list(ids))}
+        finally:
+            await conn.close()
+
+    async def count(self, units: Sequence[Sequence[str]]) -> Tally:
+        ids = [m for u in units for m in u]
+        conn = await self._db()
+        try:
+            stored = [r[0] for r in await conn.fetch(
+                "SELECT provider_message_id FROM messages WHERE direction = 'inbound' "
+                "AND provider_message_id = ANY($1)", ids)]
+            with_task = [r[0] for r in await conn.fetch(
+                "SELECT m.provider_message_id FROM messages m WHERE m.provider_message_id = ANY($1) "
+                "AND EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = m.conversation_id)", ids)]
+            settled, left = await ambiguous(conn)
+        finally:
+            await conn.close()
+        letters = self.letters = await self.dead_letters()
+        return tally(units, stored, await self.sent(), dead_lettered=sum(letters.values()),
+                     ambiguous_settled=settled, ambiguous_left=left, with_task=with_task)
+
+    async def lag(self) -> dict[str, int] | None:
+        """The worker group's consumer lag per input topic (None when it cannot be read): 0 with
+        messages lost means the committed offsets passed events that were never handled."""
+        from bench.probes import LagProbe
+        from topics import INBOUND, OUTBOUND, RAW, STATUS
+
+        probe = LagProbe(self.broker.bootstrap, self.group, [RAW, INBOUND, OUTBOUND, STATUS])
+        try:
+            await asyncio.wait_for(probe.start(), 20)
+            return await asyncio.wait_for(probe.sample(), 20)
+        except Exception as exc:  # a diagnostic only: the counts stand without it
+            log(f"  (consumer lag not readable: {type(exc).__name__}: {exc})")
+            return None
+        finally:
+            await probe.stop()
+
+    async def ambiguous_now(self) -> int:
+        """Ledger rows in state ``ambiguous`` or ever marked so, now (for the count per kill)."""
+        conn = await self._db()
+        try:
+            has_since = await _has_column(conn, "outbound_log", "ambiguous_since")
+            where = "ambiguous_since IS NOT NULL OR state = 'ambiguous'" if has_since else "state = 'ambiguous'"
+            return int(await conn.fetchval(f"SELECT count(*) FROM outbound_log WHERE {where}"))
+        finally:
+            await conn.close()
+
+    async def dead_letters(self, timeout: float = 20) -> Counter[str]:
+        """Records in ``wa.dlq`` from offset 0 by source topic and reason (read until two empty
+        polls in a row)."""
+        from aiokafka import AIOKafkaConsumer
+
+        consumer = AIOKafkaConsumer(DLQ, bootstrap_servers=self.broker.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    max_partition_fetch_bytes=8 * 1024 * 1024)
+        await consumer.start()
+        found: Counter[str] = Counter()
+        empty = 0
+        deadline = time.monotonic() + timeout
+        try:
+            while empty < 2 and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=1500)
+                records = [r for rs in batch.values() for r in rs]
+                for r in records:
+                    found[_letter_kind(r.value)] += 1
+                empty = 0 if records else empty + 1
+        finally:
+            await consumer.stop()
+        return found
+
+
+def _letter_kind(value: bytes | None) -> str:
+    try:
+        letter = orjson.loads(value or b"")
+        return f"{letter.get('source_topic', '?')}: {letter.get('reason', '?')}"
+    except (orjson.JSONDecodeError, AttributeError):
+        return "not a DeadLetter record"
+
+
+async def _has_column(conn: asyncpg.Connection, table: str, column: str) -> bool:
+    return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM information_schema.columns "
+                                    "WHERE table_name = $1 AND column_name = $2)", table, column))
+
+
+async def ambiguous(conn: asyncpg.Connection) -> tuple[int | None, int | None]:
+    """(settled, left) from ``outbound_log``; (None, None) before migration 0006 adds ``ambiguous_since``."""
+    if not await _has_column(conn, "outbound_log", "ambiguous_since"):
+        return None, None
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE ambiguous_since IS NOT NULL AND state <> 'ambiguous') AS settled, "
+        "count(*) FILTER (WHERE state = 'ambiguous') AS left FROM outbound_log")
+    return int(row["settled"]), int(row["left"])
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # the name may hold spaces; the rest is fixed
+            if len(fields) > 1 and int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return
+        time.sleep(0.1)
