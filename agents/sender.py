@@ -30,6 +30,7 @@ one that finds the row moved on is counted and logged as ``raced``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # the worker's resources; imported for the type only
     from agents.context import Resources
 
 log = logging.getLogger("wacrm.sender")
+RECORD_EVERY_S = 0.05  # accepted sends are recorded at least this often while a batch runs
 
 
 @dataclasses.dataclass(slots=True)
@@ -88,7 +90,7 @@ class Sender:
 
     async def handle(self, items: list[Item]) -> list[str]:
         """Read the batch's rows and checks, then each intent: decide, claim, call (a conversation's in
-        order, conversations side by side); record every accepted send in one transaction."""
+        order, conversations side by side); accepted sends are recorded as they come (every RECORD_EVERY_S)."""
         events = [decode_intent(value) for value, _, _ in items]
         due = max(e.not_before or 0.0 for e in events)
         if due > time.time():
@@ -115,9 +117,12 @@ class Sender:
             for n in indices:
                 outcomes[n] = await self._one(jobs[n], passed, accepted)
 
+        finished = asyncio.Event()
+        recording = asyncio.ensure_future(self._record_as_accepted(accepted, finished))
         results = await asyncio.gather(*(conversation(ns) for ns in by_conversation.values()),
                                        return_exceptions=True)
-        await self._record(accepted)  # what the Graph API accepted is recorded even if another send failed
+        finished.set()
+        await recording  # what the Graph API accepted is recorded even if another send failed
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -256,6 +261,20 @@ class Sender:
             metrics.AMBIGUOUS_SENDS.labels("marked").inc()
         metrics.SENDS.labels(outcome).inc()
         return outcome
+
+    async def _record_as_accepted(self, accepted: list[tuple[repo.Accepted, SendIntent]],
+                                  finished: asyncio.Event) -> None:
+        """Record accepted sends every ``RECORD_EVERY_S`` while the batch runs, and the rest when it is
+        finished: a crash leaves unrecorded (ambiguous, settled by statuses) only the calls in flight
+        and the sends of the last moment, not a whole batch's."""
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(finished.wait(), RECORD_EVERY_S)
+            taken = accepted[:]
+            del accepted[:len(taken)]
+            await self._record(taken)
+            if finished.is_set() and not accepted:
+                return
 
     async def _record(self, accepted: list[tuple[repo.Accepted, SendIntent]]) -> None:
         """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
