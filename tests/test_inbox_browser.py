@@ -29,9 +29,10 @@ except ImportError as exc:  # the test extra is not installed
 
 import asyncpg  # noqa: E402
 
-from conftest import Stack, run_sync  # noqa: E402
+from conftest import Stack, eventually, run_sync  # noqa: E402
 from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
 from storage.db import connect  # noqa: E402
+from test_replies import sends_to  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -116,6 +117,13 @@ def test_a_person_sees_a_message_arrive_takes_over_replies_and_sees_the_tick_mov
         expect(mine.locator(".tick")).to_have_attribute("data-status", re.compile(r"^(delivered|read)$"), timeout=LIVE_S)
         assert page.evaluate("window.__sameLoad === true")
 
+        page.fill("#note-form textarea[name=note]", "Asked about shipping to Lisbon")
+        page.click("#note-form button[type=submit]")
+        expect(page.locator("#notes")).to_contain_text("Asked about shipping to Lisbon")
+        page.click("#refresh-intel")
+        expect(page.locator("#intel")).to_contain_text("Refreshed", timeout=LIVE_S)
+        box.focus()
+
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "inbox-wide.png"))
         page.set_viewport_size(PHONE)
@@ -124,6 +132,7 @@ def test_a_person_sees_a_message_arrive_takes_over_replies_and_sees_the_tick_mov
         page.screenshot(path=str(SCREENSHOTS / "inbox-phone-thread.png"))
         page.click("#back")
         expect(page.locator("#list-pane")).to_be_visible()
+        expect(page.locator("#thread-pane")).to_be_hidden()
         page.screenshot(path=str(SCREENSHOTS / "inbox-phone-list.png"))
     finally:
         context.close()
@@ -165,4 +174,38 @@ def test_an_admin_deletes_and_restores_a_conversation(stack: Stack, database_url
     deleted.locator("button", has_text="Restore").click()
     expect(deleted).to_have_count(0, timeout=LIVE_S)
     expect(_conversation(page, name)).to_be_visible(timeout=LIVE_S)
+
+
+
+def test_outside_the_window_the_reply_box_offers_a_template(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    name, wa_id = f"Dee {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hola", name))
+    _sign_in(page, stack.base, email)
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = int(item.get_attribute("data-conversation-id") or 0)
+    run_sync(_window_closed(database_url, cid))  # the customer wrote 25 hours ago
+    item.locator("button").click()
+
+    expect(page.locator("#window-state")).to_contain_text("window is closed")
+    expect(page.locator("form#reply textarea[name=text]")).to_be_disabled()
+    page.fill("#template-name", "follow_up")
+    page.fill("#template-params", "Dee")
+    page.click("#send-template")
+    sent = page.locator("#messages li", has_text="[template follow_up]")
+    expect(sent).to_be_visible(timeout=LIVE_S)
+
+    async def at_meta() -> list[dict[str, Any]]:
+        return [x for x in await sends_to(stack, wa_id) if x["body"].get("type") == "template"]
+    (one,) = run_sync(eventually(at_meta, 60, "the template at fake-meta"))
+    assert one["body"]["template"]["name"] == "follow_up"
+
+
+async def _window_closed(database_url: str, cid: int) -> None:
+    conn = await connect(database_url, timeout=10)
+    try:
+        await conn.execute("UPDATE conversations SET last_inbound_at = now() - interval '25 hours' WHERE id = $1", cid)
+    finally:
+        await conn.close()
 

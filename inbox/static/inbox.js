@@ -245,12 +245,9 @@
     ws.className = "window " + (open ? "open" : "closed");
     $("#reply textarea").disabled = !open;
     $("#reply button[type=submit]").disabled = !open;
-    const templates = c.templates || [];
-    $("#templates").hidden = open || !templates.length;
-    const sel = $("#template-name");
-    const chosen = sel.value;
-    sel.replaceChildren(...templates.map((t, i) => el("option", {value: String(i), text: `${t.name} (${t.language})`})));
-    if (chosen) sel.value = chosen;
+    $("#templates").hidden = open;  // outside the window only a template (approved at Meta) can go
+    $("#template-options").replaceChildren(...(c.templates || []).map((t) =>
+      el("option", {value: t.name, text: `${t.language}` + (t.parameters.length ? ` · ${t.parameters.join(", ")}` : "")})));
   }
 
   // --- the info pane ---------------------------------------------------------------------------
@@ -365,13 +362,18 @@
   reply.text.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); reply.requestSubmit(); }
   });
+  $("#template-name").addEventListener("input", (ev) => {  // an offered template brings its language
+    const t = ((state.detail || {}).templates || []).find((x) => x.name === ev.target.value);
+    if (t) $("#template-language").value = t.language;
+  });
   $("#send-template").addEventListener("click", async () => {
-    const t = (state.detail.templates || [])[Number($("#template-name").value)];
-    if (!t) return;
+    const name = $("#template-name").value.trim(), language = $("#template-language").value.trim();
+    if (!name || !language) { flash("A template needs its name and its language."); $("#template-name").focus(); return; }
     const raw = $("#template-params").value;
     const parameters = raw.trim() ? raw.split(",").map((s) => s.trim()) : [];
-    if (await send({template: {name: t.name, language: t.language, parameters}, idempotency_key: newKey()}))
-      $("#template-params").value = "";
+    if (await send({template: {name, language, parameters}, idempotency_key: newKey()})) {
+      $("#template-name").value = ""; $("#template-params").value = "";
+    }
   });
 
   // --- drawers: notifications, tasks, deleted ---------------------------------------------------
