@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
                 "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
 try:
-    from playwright.sync_api import Browser, Page, expect
+    from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
 except ImportError as exc:  # the test extra is not installed
     pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
                 allow_module_level=True)
@@ -46,6 +47,38 @@ LIVE_S = 60_000  # ms: a loaded 2-core machine runs the pipeline, the browser an
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     """pytest-playwright launches the system's chromium, headless, never a downloaded build."""
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
+
+
+# pytest-playwright keeps one sync Playwright for the whole session. While it lives, its event loop
+# stays marked as running in this thread, and every async test after this module would fail with
+# "cannot be called from a running event loop". So Playwright and the browser live for this module only.
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    pw = sync_playwright().start()
+    try:
+        yield pw
+    finally:
+        pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
+    return getattr(playwright, browser_name or "chromium")
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type: BrowserType, browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
+    browser = browser_type.launch(**browser_type_launch_args)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict[str, Any]:
+    """Each test's page: a laptop screen (no device emulation, base URL or video)."""
+    return {"viewport": WIDE}
 
 
 def _user(database_url: str, role: str) -> str:
