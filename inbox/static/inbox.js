@@ -232,11 +232,17 @@
     $("#reopen").hidden = c.status === "open";
     const list = $("#messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.replaceChildren(...c.messages.map(renderMessage), ...(c.outbound || []).map(renderOutbound));
-    if (atBottom || !list.dataset.shown || list.dataset.shown !== String(c.id)) list.scrollTop = list.scrollHeight;
+    const same = list.dataset.shown === String(c.id);
+    const first = c.messages.length ? c.messages[0].id : Infinity;
+    // older pages the person loaded stay when a live refetch brings the newest page again
+    const older = same ? [...list.querySelectorAll("[data-message-id]")].filter((li) => Number(li.dataset.messageId) < first) : [];
+    list.replaceChildren(...older, ...c.messages.map(renderMessage), ...(c.outbound || []).map(renderOutbound));
+    if (atBottom || !same) list.scrollTop = list.scrollHeight;
     list.dataset.shown = String(c.id);
-    $("#older").hidden = !c.more_before;
-    $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+    if (!older.length) {
+      $("#older").hidden = !c.more_before;
+      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+    }
 
     const open = windowOpen(c);
     const ws = $("#window-state");
