@@ -20,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from inbox import api, events, intelligence, store
+from inbox import web as web_pages
 from inbox.schema import SchemaGuard
 from orchestrator.rules import Rules, load_rules
 from storage.db import create_pool
@@ -31,12 +32,6 @@ TICK_S = 2.0
 EVENTS_KEPT_S = 86400.0
 PRUNE_EVERY_S = 600.0
 INTELLIGENCE_PER_TICK = 5
-
-PLACEHOLDER = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>wacrm inbox</title></head>
-<body><main><h1>wacrm inbox</h1><p>The web inbox is not built yet. The inbox API is served under
-<code>/api/v1/</code> (sign in with <code>POST /api/v1/auth/login</code>, or use a token from
-<code>wacrm users token EMAIL</code>).</p></main></body></html>"""
-
 
 def rules_of(settings: Settings) -> Rules:
     """The rules file the inbox reads (templates, stages); raises ``RulesError``."""
@@ -121,16 +116,11 @@ def _readyz(api_app: web.Application) -> Callable[[web.Request], Awaitable[web.R
     return readyz
 
 
-async def _placeholder(request: web.Request) -> web.Response:
-    return web.Response(text=PLACEHOLDER, content_type="text/html")
-
-
 def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> web.Application:
     """Mount the inbox API under /api/v1 and its pages; returns the API application."""
     api_app = make_inbox_api(settings, rules)
     root.add_subapp("/api/v1", api_app)
-    root.router.add_get("/", _placeholder)
-    root.router.add_get("/login", _placeholder)
+    web_pages.add_pages(root, api_app)
     return api_app
 
 

@@ -137,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from inbox.server import make_app
+    from inbox.web import MissingAsset
     from orchestrator.rules import RulesError
 
     needs = {"DATABASE_URL"}
@@ -153,6 +154,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = make_app(s, args.only)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
+    except MissingAsset as exc:  # a broken install: say which file, do not serve a blank page
+        raise CommandError(str(exc), EXIT_FAIL) from None
     what = {"webhook": "webhook", "inbox": "inbox"}.get(args.only, "webhook and inbox")
     log.info("%s listening on http://%s:%d", what, s.host, s.port)
     web.run_app(app, host=s.host, port=s.port, print=None, access_log=None,

@@ -1,0 +1,496 @@
+// The web inbox: three panes filled from the inbox API (/api/v1), live through one EventSource.
+// Our own small script: no framework, nothing loaded from elsewhere. Every request sends the
+// session cookie (same origin) and, when unsafe, the X-CSRF-Token from the page's meta tag.
+"use strict";
+(function () {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const CSRF = $('meta[name="csrf-token"]').content;
+  const ME = Number(document.body.dataset.userId);
+  const ADMIN = document.body.dataset.role === "admin";
+  const TICKS = {sent: "✓", delivered: "✓✓", read: "✓✓", played: "✓✓", failed: "✗"};
+
+  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null};
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+      else if (k.startsWith("data-") || k.startsWith("aria-") || k === "role" || k === "type" || k === "title")
+        node.setAttribute(k, v === true ? "" : String(v));
+      else node[k] = v;
+    }
+    for (const c of children) if (c !== null && c !== undefined) node.append(c);
+    return node;
+  }
+
+  function when(iso) {
+    if (!iso) return "";
+    const d = new Date(iso);
+    return d.toLocaleString([], {dateStyle: "short", timeStyle: "short"});
+  }
+
+  function flash(text, isError = true) {
+    const f = $("#flash");
+    f.textContent = text;
+    f.className = isError ? "flash error" : "flash";
+    f.hidden = false;
+    clearTimeout(flash.timer);
+    flash.timer = setTimeout(() => { f.hidden = true; }, 6000);
+  }
+
+  // --- the API ------------------------------------------------------------------------------
+  async function call(method, path, body) {
+    const opts = {method, credentials: "same-origin", headers: {}};
+    if (method !== "GET") {
+      opts.headers["X-CSRF-Token"] = CSRF;
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(body || {});
+    }
+    let r;
+    try {
+      r = await fetch("/api/v1/" + path, opts);
+    } catch (e) {
+      flash("The server cannot be reached; the page retries when it is back.");
+      throw e;
+    }
+    const data = await r.json().catch(() => ({ok: false, error: `HTTP ${r.status}`}));
+    if (r.status === 401) {
+      window.location.assign("/login");
+      throw new Error("signed out");
+    }
+    if (!r.ok) {
+      const err = new Error(data.error || `HTTP ${r.status}`);
+      err.status = r.status; err.code = data.code; err.body = data;
+      throw err;
+    }
+    return data;
+  }
+
+  async function act(method, path, body, done) {
+    try {
+      const data = await call(method, path, body);
+      if (done) await done(data);
+      return data;
+    } catch (e) {
+      if (e.message !== "signed out") flash(e.message);
+      return null;
+    }
+  }
+
+  // --- narrow screens: one pane at a time -----------------------------------------------------
+  const panes = $("main.panes");
+  function show(view) {
+    panes.dataset.view = view;
+    $("#back").hidden = view === "list";
+  }
+  $("#back").addEventListener("click", () => show(panes.dataset.view === "info" ? "thread" : "list"));
+  $("#show-info").addEventListener("click", () => { show("info"); $("#lead-stage").focus(); });
+
+  // --- the conversation list -------------------------------------------------------------------
+  async function loadList() {
+    const params = new URLSearchParams({status: state.status, assignee: state.assignee, page: state.page});
+    if (state.q) params.set("q", state.q);
+    let data;
+    try { data = await call("GET", "conversations?" + params); } catch (e) { return; }
+    const counts = data.meta.counts;
+    for (const node of document.querySelectorAll("[data-count]")) {
+      const k = node.dataset.count;
+      if (k === "all") node.textContent = counts.open + counts.pending + counts.resolved + counts.snoozed;
+      else if (k === "mine") node.textContent = `mine ${counts.mine}`;
+      else if (k === "unassigned" && node.closest(".assignee-counts")) node.textContent = `unassigned ${counts.unassigned}`;
+      else node.textContent = counts[k] !== undefined ? counts[k] : "";
+    }
+    const list = $("#conversations");
+    const focused = document.activeElement && document.activeElement.closest("[data-conversation-id]");
+    const focusedId = focused ? focused.dataset.conversationId : null;
+    list.replaceChildren(...data.conversations.map(renderItem));
+    if (!data.conversations.length) list.append(el("li", {class: "empty", text: "No conversations here."}));
+    if (focusedId) { const again = list.querySelector(`[data-conversation-id="${focusedId}"] button`); if (again) again.focus(); }
+    $("#page-no").textContent = data.meta.page;
+    $("#prev-page").disabled = state.page <= 1;
+    $("#next-page").disabled = data.conversations.length < data.meta.per_page;
+  }
+
+  function renderItem(c) {
+    const name = c.contact.name || c.contact.phone || `#${c.id}`;
+    const owner = c.assignee_id === null ? "unassigned" : (c.assignee_id === ME ? "mine" : `user ${c.assignee_id}`);
+    const unread = c.unread_count > 0;
+    return el("li", {"data-conversation-id": c.id, class: "conv" + (c.id === state.open ? " current" : "") + (unread ? " unread" : "")},
+      el("button", {type: "button", "aria-current": c.id === state.open ? "true" : null,
+                    "aria-label": `${name}, ${c.status}, ${owner}` + (unread ? `, ${c.unread_count} unread` : ""),
+                    onclick: () => openConversation(c.id, true)},
+        el("span", {class: "name", text: name}),
+        unread ? el("span", {class: "unread-mark", "aria-hidden": "true", text: String(c.unread_count)}) : null,
+        el("span", {class: "preview", text: c.last_message_preview || ""}),
+        el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`})));
+  }
+
+  $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
+  for (const b of document.querySelectorAll("[data-status]")) {
+    b.addEventListener("click", () => {
+      state.status = b.dataset.status; state.page = 1;
+      for (const o of document.querySelectorAll("[data-status]")) o.setAttribute("aria-pressed", String(o === b));
+      loadList();
+    });
+  }
+  $("#filters").assignee.addEventListener("change", (ev) => { state.assignee = ev.target.value; state.page = 1; loadList(); });
+  let searchTimer;
+  $("#filters").q.addEventListener("input", (ev) => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(() => { state.q = ev.target.value.trim(); state.page = 1; loadList(); }, 250);
+  });
+  $("#prev-page").addEventListener("click", () => { state.page -= 1; loadList(); });
+  $("#next-page").addEventListener("click", () => { state.page += 1; loadList(); });
+
+  // --- the thread ------------------------------------------------------------------------------
+  async function openConversation(id, moveFocus) {
+    state.open = id;
+    for (const li of document.querySelectorAll("#conversations [data-conversation-id]")) {
+      const here = Number(li.dataset.conversationId) === id;
+      li.classList.toggle("current", here);
+      li.querySelector("button").setAttribute("aria-current", here ? "true" : "false");
+    }
+    await loadThread();
+    show("thread");
+    if (moveFocus) $("#reply textarea").focus();
+  }
+
+  async function loadThread(before) {
+    if (state.open === null) return;
+    const id = state.open;
+    let data;
+    try {
+      data = await call("GET", `conversations/${id}` + (before ? `?before=${before}` : ""));
+    } catch (e) {
+      if (e.status === 404) { closeThread(); loadList(); }
+      return;
+    }
+    if (state.open !== id) return;
+    const c = data.conversation;
+    if (before) {  // paging back: older messages go on top
+      const list = $("#messages");
+      list.prepend(...c.messages.map(renderMessage));
+      $("#older").hidden = !c.more_before;
+      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+      return;
+    }
+    state.detail = c;
+    renderThread(c);
+    renderInfo(c);
+  }
+
+  function closeThread() {
+    state.open = null; state.detail = null;
+    $("#thread").hidden = true; $("#no-thread").hidden = false; $("#info").hidden = true;
+    show("list");
+  }
+
+  function tick(status, error) {
+    const label = status === "failed" ? `failed${error ? ": " + error : ""}` : status;
+    return el("span", {class: `tick ${status}`, "data-status": status, title: label, "aria-label": label},
+      TICKS[status] || "…");
+  }
+
+  function renderMessage(m) {
+    const mine = m.direction === "outbound";
+    return el("li", {"data-message-id": m.id, "data-status": m.status || null,
+                     class: `msg ${m.direction}` + (m.author ? " person" : "")},
+      el("div", {class: "body", text: m.body || `[${m.type}]`}),
+      el("div", {class: "meta"},
+        el("time", {dateTime: m.created_at, text: when(m.created_at)}),
+        mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
+        mine && !m.author ? el("span", {text: " · bot"}) : null,
+        mine && m.status ? tick(m.status, m.error) : null),
+      mine && m.status === "failed" && m.error ? el("div", {class: "error", text: `Not delivered: ${m.error}`}) : null);
+  }
+
+  function renderOutbound(o) {
+    return el("li", {"data-outbound-id": o.id, "data-state": o.state, class: "msg outbound pending"},
+      el("div", {class: "body", text: o.text || (o.template ? `[template ${o.template.name}]` : "")}),
+      el("div", {class: "meta"}, el("span", {class: "state", text: `sending · ${o.state}`})),
+      o.error ? el("div", {class: "error", text: o.error}) : null);
+  }
+
+  function windowOpen(c) {
+    return c.window_open_until && new Date(c.window_open_until) > new Date();
+  }
+
+  function renderThread(c) {
+    $("#no-thread").hidden = true;
+    $("#thread").hidden = false;
+    const name = c.contact.name || c.contact.phone || `#${c.id}`;
+    $("#thread-title").textContent = name;
+    const owner = c.assignee_id === null ? "unassigned (the bot answers)" : (c.assignee_id === ME ? "you" : `user ${c.assignee_id}`);
+    $("#thread-meta").textContent = `${c.contact.phone || ""} · ${c.status}` +
+      (c.snoozed_until ? ` until ${when(c.snoozed_until)}` : "") + ` · owner: ${owner}`;
+    $("#take-over").hidden = c.assignee_id === ME;
+    $("#hand-back").hidden = c.assignee_id === null;
+    $("#resolve").hidden = c.status === "resolved";
+    $("#reopen").hidden = c.status === "open";
+    const list = $("#messages");
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    const same = list.dataset.shown === String(c.id);
+    const first = c.messages.length ? c.messages[0].id : Infinity;
+    // older pages the person loaded stay when a live refetch brings the newest page again
+    const older = same ? [...list.querySelectorAll("[data-message-id]")].filter((li) => Number(li.dataset.messageId) < first) : [];
+    list.replaceChildren(...older, ...c.messages.map(renderMessage), ...(c.outbound || []).map(renderOutbound));
+    if (atBottom || !same) list.scrollTop = list.scrollHeight;
+    list.dataset.shown = String(c.id);
+    if (!older.length) {
+      $("#older").hidden = !c.more_before;
+      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+    }
+
+    const open = windowOpen(c);
+    const ws = $("#window-state");
+    ws.textContent = open ? `24-hour window open until ${when(c.window_open_until)}.`
+                          : "The 24-hour window is closed: only a template can be sent.";
+    ws.className = "window " + (open ? "open" : "closed");
+    $("#reply textarea").disabled = !open;
+    $("#reply button[type=submit]").disabled = !open;
+    $("#templates").hidden = open;  // outside the window only a template (approved at Meta) can go
+    $("#template-options").replaceChildren(...(c.templates || []).map((t) =>
+      el("option", {value: t.name, text: `${t.language}` + (t.parameters.length ? ` · ${t.parameters.join(", ")}` : "")})));
+  }
+
+  // --- the info pane ---------------------------------------------------------------------------
+  function facts(dl, pairs) {
+    dl.replaceChildren();
+    for (const [k, v] of pairs) {
+      if (v === null || v === undefined || v === "") continue;
+      dl.append(el("dt", {text: k}), el("dd", {text: String(v)}));
+    }
+  }
+
+  const stages = (document.body.dataset.stages || "").split(",").filter(Boolean);
+  function renderInfo(c) {
+    $("#info").hidden = false;
+    facts($("#contact"), [["Name", c.contact.name], ["Phone", c.contact.phone], ["WhatsApp id", c.contact.wa_id]]);
+    const sel = $("#lead-stage");
+    const lead = c.lead;
+    sel.disabled = !lead || !lead.id;
+    const known = stages;
+    const options = known.includes(lead && lead.stage) || !lead ? known : [...known, lead.stage];
+    if (document.activeElement !== sel) {
+      sel.replaceChildren(...options.map((s) => el("option", {value: s, text: s})));
+      if (lead && lead.stage) sel.value = lead.stage;
+    }
+    $("#lead-meta").textContent = lead && lead.id ? `score ${lead.score ?? "–"}` + (lead.stage_set_by ? ` · set by ${lead.stage_set_by}` : "") : "no lead";
+    const i = c.intelligence || {};
+    facts($("#intel"), [["Summary", i.summary], ["Intent", i.intent], ["Suggested stage", i.lead_stage],
+                        ["Score", i.lead_score], ["Sentiment", i.sentiment], ["Refreshed", when(i.refreshed_at)]]);
+    if (!$("#intel").children.length) $("#intel").append(el("dd", {text: "Not computed yet."}));
+    $("#notes").replaceChildren(...(c.notes || []).map((n) =>
+      el("li", {"data-note-id": n.id}, el("span", {text: n.text}),
+         el("span", {class: "muted", text: ` · ${n.author === ME ? "you" : "user " + n.author} · ${when(n.created_at)}`}))));
+  }
+
+  $("#lead-stage").addEventListener("change", (ev) =>
+    act("POST", `conversations/${state.open}/lead`, {stage: ev.target.value}, () => { loadThread(); loadList(); }));
+  $("#refresh-intel").addEventListener("click", (ev) => {
+    ev.target.disabled = true;
+    act("POST", `conversations/${state.open}/intelligence/refresh`, {}, loadThread)
+      .finally(() => { ev.target.disabled = false; });
+  });
+  $("#note-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = ev.target.note.value.trim();
+    if (!text) return;
+    act("POST", `conversations/${state.open}/notes`, {text}, () => { ev.target.note.value = ""; return loadThread(); });
+  });
+
+  // --- actions on the open conversation ---------------------------------------------------------
+  const refreshOpen = () => Promise.all([loadThread(), loadList()]);
+  $("#take-over").addEventListener("click", () => act("POST", `conversations/${state.open}/assign`, {}, refreshOpen));
+  $("#hand-back").addEventListener("click", () => act("POST", `conversations/${state.open}/release`, {}, refreshOpen));
+  $("#resolve").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "resolved"}, refreshOpen));
+  $("#reopen").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "open"}, refreshOpen));
+  $("#snooze").addEventListener("click", () => {
+    const input = $("#snooze-until");
+    if (!input.value) {  // a sensible default the person can change: an hour from now
+      const d = new Date(Date.now() + 3600e3);
+      d.setMinutes(d.getMinutes() - d.getTimezoneOffset());
+      input.value = d.toISOString().slice(0, 16);
+      input.focus();
+      flash("Choose when the conversation comes back, then press Snooze again.", false);
+      return;
+    }
+    act("POST", `conversations/${state.open}/status`,
+        {status: "snoozed", snoozed_until: new Date(input.value).toISOString()}, refreshOpen);
+  });
+  const del = $("#delete");
+  if (del) del.addEventListener("click", () => {
+    if (!window.confirm("Delete this conversation? An admin can restore it from Deleted.")) return;
+    act("POST", `admin/conversations/${state.open}/delete`, {}, () => { closeThread(); loadList(); loadDeleted(); });
+  });
+  $("#older").addEventListener("click", (ev) => loadThread(ev.target.dataset.before));
+
+  // --- replying --------------------------------------------------------------------------------
+  function newKey() {
+    return (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  }
+
+  async function send(payload) {
+    const id = state.open;
+    try {
+      await call("POST", `conversations/${id}/messages`, payload);
+      return true;
+    } catch (e) {
+      if (e.code === "WINDOW_CLOSED") {
+        if (state.detail) { state.detail.templates = e.body.templates; state.detail.window_open_until = null; renderThread(state.detail); }
+        $("#template-name").focus();
+      }
+      if (e.message !== "signed out") flash(e.message);
+      return false;
+    } finally {
+      if (state.open === id) loadThread();
+    }
+  }
+
+  const reply = $("#reply");
+  let pendingKey = null;  // the same key until the reply is accepted: a retried click sends once
+  reply.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const box = reply.text;
+    const text = box.value.trim();
+    if (!text || state.open === null) return;
+    pendingKey = pendingKey || newKey();
+    const button = reply.querySelector("button[type=submit]");
+    button.disabled = true;
+    if (await send({text, idempotency_key: pendingKey})) { box.value = ""; pendingKey = null; }
+    button.disabled = !windowOpen(state.detail || {});
+    box.focus();
+  });
+  reply.text.addEventListener("input", () => { pendingKey = null; });
+  reply.text.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); reply.requestSubmit(); }
+  });
+  $("#template-name").addEventListener("input", (ev) => {  // an offered template brings its language
+    const t = ((state.detail || {}).templates || []).find((x) => x.name === ev.target.value);
+    if (t) $("#template-language").value = t.language;
+  });
+  $("#send-template").addEventListener("click", async () => {
+    const name = $("#template-name").value.trim(), language = $("#template-language").value.trim();
+    if (!name || !language) { flash("A template needs its name and its language."); $("#template-name").focus(); return; }
+    const raw = $("#template-params").value;
+    const parameters = raw.trim() ? raw.split(",").map((s) => s.trim()) : [];
+    if (await send({template: {name, language, parameters}, idempotency_key: newKey()})) {
+      $("#template-name").value = ""; $("#template-params").value = "";
+    }
+  });
+
+  // --- drawers: notifications, tasks, deleted ---------------------------------------------------
+  function drawer(buttonId, drawerId, load) {
+    const button = $(buttonId), box = $(drawerId);
+    if (!button || !box) return;
+    button.addEventListener("click", () => {
+      const opening = box.hidden;
+      for (const other of document.querySelectorAll(".drawer")) other.hidden = true;
+      for (const b of document.querySelectorAll("[aria-controls]")) b.setAttribute("aria-expanded", "false");
+      box.hidden = !opening;
+      button.setAttribute("aria-expanded", String(opening));
+      if (opening) { load(); const first = box.querySelector("button, select"); if (first) first.focus(); }
+    });
+    box.addEventListener("keydown", (ev) => {
+      if (ev.key === "Escape") { box.hidden = true; button.setAttribute("aria-expanded", "false"); button.focus(); }
+    });
+  }
+
+  async function loadBell() {
+    let data;
+    try { data = await call("GET", "notifications"); } catch (e) { return; }
+    const count = $("#bell-count");
+    count.textContent = data.meta.unread;
+    count.hidden = !data.meta.unread;
+    $("#bell-btn").setAttribute("aria-label", `Notifications, ${data.meta.unread} unread`);
+    const list = $("#bell-list");
+    list.replaceChildren(...data.notifications.map((n) =>
+      el("li", {"data-notification-id": n.id, "data-for-conversation": n.conversation_id, class: n.read_at ? "read" : "unread"},
+        el("span", {class: "body", text: n.body || n.kind}),
+        el("span", {class: "muted", text: ` · ${when(n.created_at)}`}),
+        n.conversation_id ? el("button", {type: "button", text: "Open", onclick: () => openConversation(n.conversation_id, true)}) : null,
+        n.read_at ? null : el("button", {type: "button", text: "Mark read",
+          onclick: () => act("POST", `notifications/${n.id}/read`, {}, loadBell)}),
+        el("button", {type: "button", text: "Snooze", class: "snooze",
+          onclick: () => act("POST", `notifications/${n.id}/snooze`,
+            {until: new Date(Date.now() + Number($("#bell-snooze-for").value) * 1000).toISOString()}, loadBell)}))));
+    if (!data.notifications.length) list.append(el("li", {class: "empty", text: "Nothing new."}));
+  }
+
+  async function loadTasks() {
+    let data;
+    try { data = await call("GET", "tasks?state=open"); } catch (e) { return; }
+    const count = $("#tasks-count");
+    count.textContent = data.tasks.length;
+    count.hidden = !data.tasks.length;
+    const list = $("#task-list");
+    list.replaceChildren(...data.tasks.map((t) =>
+      el("li", {"data-task-id": t.id},
+        el("span", {class: "body", text: t.title || t.kind}),
+        el("span", {class: "muted", text: ` · ${t.kind} · ${when(t.created_at)}`}),
+        t.conversation_id ? el("button", {type: "button", text: "Open", onclick: () => openConversation(t.conversation_id, true)}) : null,
+        el("button", {type: "button", text: "Done", onclick: () => act("POST", `tasks/${t.id}/done`, {}, loadTasks)}))));
+    if (!data.tasks.length) list.append(el("li", {class: "empty", text: "No open tasks."}));
+  }
+
+  async function loadDeleted() {
+    if (!ADMIN || $("#deleted").hidden) return;
+    let data;
+    try { data = await call("GET", "admin/conversations?deleted=true"); } catch (e) { return; }
+    const list = $("#deleted-list");
+    list.replaceChildren(...data.conversations.map((c) =>
+      el("li", {"data-deleted-conversation-id": c.id},
+        el("span", {text: c.contact.name || c.contact.phone || `#${c.id}`}),
+        el("span", {class: "muted", text: ` · deleted ${when(c.deleted_at)}`}),
+        el("button", {type: "button", text: "Restore",
+          onclick: () => act("POST", `admin/conversations/${c.id}/restore`, {}, () => { loadDeleted(); loadList(); })}))));
+    if (!data.conversations.length) list.append(el("li", {class: "empty", text: "No deleted conversations."}));
+  }
+
+  drawer("#bell-btn", "#bell", loadBell);
+  drawer("#tasks-btn", "#tasks", loadTasks);
+  drawer("#deleted-btn", "#deleted", loadDeleted);
+  $("#logout").addEventListener("click", () => act("POST", "auth/logout", {}, () => window.location.assign("/login")));
+
+  // --- live: one EventSource; each event names what to refetch ----------------------------------
+  let pending = {list: false, thread: false, bell: false, tasks: false}, timer = null;
+  function schedule(what) {
+    Object.assign(pending, what);
+    if (timer) return;
+    timer = setTimeout(() => {  // a burst of events is one refetch
+      const p = pending; pending = {list: false, thread: false, bell: false, tasks: false}; timer = null;
+      if (p.list) loadList();
+      if (p.thread) loadThread();
+      if (p.bell) loadBell();
+      if (p.tasks) loadTasks();
+    }, 150);
+  }
+
+  function onEvent(ev) {
+    let data = {};
+    try { data = JSON.parse(ev.data); } catch (e) { /* ids only; a bad one refetches all */ }
+    const here = state.open !== null && (data.conversation_id === undefined || data.conversation_id === state.open);
+    if (ev.type === "notification") schedule({bell: true, tasks: true});
+    else schedule({list: true, thread: here});
+  }
+
+  let wasLive = false;
+  function connect() {
+    const source = new EventSource("/api/v1/events");  // the browser resends Last-Event-ID itself
+    for (const kind of ["message", "status", "conversation", "notification"]) source.addEventListener(kind, onEvent);
+    source.addEventListener("ready", () => {
+      document.body.dataset.live = "true";
+      if (wasLive) schedule({list: true, thread: true, bell: true, tasks: true});  // back after a gap
+      wasLive = true;
+    });
+    source.addEventListener("error", () => { document.body.dataset.live = "false"; });
+  }
+
+  loadList();
+  loadBell();
+  loadTasks();
+  connect();
+})();

@@ -1,0 +1,69 @@
+"""The web inbox's pages: ``/login`` and ``/`` rendered with aiohttp-jinja2, and their assets.
+
+The pages are shells; ``static/inbox.js`` (our own, no framework, no third-party file) fills them
+from the inbox API with the session cookie and the CSRF header, and keeps them live with one
+``EventSource('/api/v1/events')``. The page never reads the database: the server here only asks
+whether the visitor's session is alive, to redirect a signed-out visit to ``/login``.
+
+Every asset in :data:`ASSETS` must be present when the application is created; a missing one is
+:class:`MissingAsset` then, not a blank page later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from inbox import api, auth
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+ASSETS = (TEMPLATES / "login.html", TEMPLATES / "inbox.html", STATIC / "inbox.js", STATIC / "login.js",
+          STATIC / "inbox.css")
+
+
+class MissingAsset(RuntimeError):
+    """A template or static file of the web inbox is not installed; the server does not start."""
+
+
+def check_assets() -> None:
+    """Raise :class:`MissingAsset` naming every file of :data:`ASSETS` that is absent."""
+    missing = [str(p) for p in ASSETS if not p.is_file()]
+    if missing:
+        raise MissingAsset(f"the web inbox cannot start: missing {', '.join(missing)} "
+                           "(reinstall wacrm: `pip install -e .` ships inbox/templates and inbox/static)")
+
+
+async def _signed_in(request: web.Request, api_app: web.Application) -> auth.Session | None:
+    session_id = api._session_id(request)
+    if not session_id:
+        return None
+    async with api_app[api.POOL].acquire() as conn:
+        return await auth.session_for(conn, session_id, api_app[api.SETTINGS].session_idle_s)
+
+
+def add_pages(root: web.Application, api_app: web.Application) -> None:
+    """Serve ``/login``, ``/`` and ``/static/`` on ``root``; the API application owns the pool."""
+    check_assets()
+    aiohttp_jinja2.setup(root, loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
+
+    async def login_page(request: web.Request) -> web.StreamResponse:
+        return aiohttp_jinja2.render_template("login.html", request, {})
+
+    async def inbox_page(request: web.Request) -> web.StreamResponse:
+        session = await _signed_in(request, api_app)
+        if session is None:
+            raise web.HTTPFound("/login")
+        response = aiohttp_jinja2.render_template(
+            "inbox.html", request, {"user": session.user, "csrf_token": session.csrf_token,
+                                    "stages": ",".join(api_app[api.RULES].intelligence.stages)})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    root.router.add_get("/", inbox_page)
+    root.router.add_get("/login", login_page)
+    root.router.add_static("/static/", STATIC, name="static", append_version=True)

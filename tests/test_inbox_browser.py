@@ -1,0 +1,244 @@
+"""The web inbox in a real browser: Debian's chromium driven by pytest-playwright, against the
+session's running system (real PostgreSQL and broker, the worker, fake-meta posting delivery
+statuses back to the webhook). The customer's side is signed webhook bodies, as Meta sends them.
+
+Never ``playwright install``: the browser is the system's ``/usr/bin/chromium`` (``make test``
+installs it with apt where it can). Without it these tests are skipped with the reason.
+
+Screenshots of the three panes (wide) and of the phone layout are written to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
+                "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
+try:
+    from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
+except ImportError as exc:  # the test extra is not installed
+    pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
+                allow_module_level=True)
+
+import asyncpg  # noqa: E402
+
+from conftest import Stack, eventually, run_sync  # noqa: E402
+from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
+from storage.db import connect  # noqa: E402
+from test_replies import sends_to  # noqa: E402
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+WIDE = {"width": 1400, "height": 860}
+PHONE = {"width": 390, "height": 844}
+LIVE_S = 60_000  # ms: a loaded 2-core machine runs the pipeline, the browser and other tests at once
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """pytest-playwright launches the system's chromium, headless, never a downloaded build."""
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
+
+
+# pytest-playwright keeps one sync Playwright for the whole session. While it lives, its event loop
+# stays marked as running in this thread, and every async test after this module would fail with
+# "cannot be called from a running event loop". So Playwright and the browser live for this module only.
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    pw = sync_playwright().start()
+    try:
+        yield pw
+    finally:
+        pw.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
+    return getattr(playwright, browser_name or "chromium")
+
+
+@pytest.fixture(scope="module")
+def browser(browser_type: BrowserType, browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
+    browser = browser_type.launch(**browser_type_launch_args)
+    try:
+        yield browser
+    finally:
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict[str, Any]:
+    """Each test's page: a laptop screen (no device emulation, base URL or video)."""
+    return {"viewport": WIDE}
+
+
+def _user(database_url: str, role: str) -> str:
+    async def make() -> str:
+        conn: asyncpg.Connection = await connect(database_url, timeout=10)
+        try:
+            return (await make_user(conn, role)).email
+        finally:
+            await conn.close()
+    return run_sync(make())
+
+
+def _sign_in(page: Page, base: str, email: str) -> None:
+    page.goto(base + "/")
+    expect(page).to_have_url(base + "/login")  # signed out: the inbox sends you to sign in
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page).to_have_url(base + "/")
+    expect(page.locator("body[data-live=true]")).to_have_count(1, timeout=LIVE_S)  # the event stream is live
+
+
+def _conversation(page: Page, name: str) -> Any:
+    return page.locator("#conversations [data-conversation-id]", has_text=name)
+
+
+def test_sign_in_shows_a_wrong_password_inline(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    page.goto(stack.base + "/login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", "not the password")
+    page.click("button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("wrong")
+    expect(page).to_have_url(stack.base + "/login")
+
+
+def test_a_person_sees_a_message_arrive_takes_over_replies_and_sees_the_tick_move(
+        stack: Stack, database_url: str, browser: Browser) -> None:
+    email = _user(database_url, "agent")
+    context = browser.new_context(viewport=WIDE)
+    page = context.new_page()
+    try:
+        _sign_in(page, stack.base, email)
+        page.evaluate("window.__sameLoad = true")  # gone if anything reloads the page
+
+        name, wa_id = f"Ana {uuid.uuid4().hex[:6]}", phone()
+        run_sync(customer_says(stack, wa_id, "Hola, do you ship to Lisbon?", name))
+        item = _conversation(page, name)
+        expect(item).to_be_visible(timeout=LIVE_S)  # arrived live, without reloading
+        expect(item).to_have_class(re.compile(r"\bunread\b"))
+
+        item.locator("button").click()
+        thread = page.locator("#messages")
+        expect(thread.locator("[data-message-id]", has_text="do you ship to Lisbon")).to_be_visible()
+        expect(page.locator("#window-state")).to_contain_text("window open")
+
+        page.click("#take-over")
+        expect(page.locator("#thread-meta")).to_contain_text("owner: you", timeout=LIVE_S)
+        expect(page.locator("#hand-back")).to_be_visible()
+
+        reply = f"Yes, we ship to Lisbon ({uuid.uuid4().hex[:4]})"
+        box = page.locator("form#reply textarea[name=text]")
+        box.fill(reply)
+        box.press("Control+Enter")
+        expect(box).to_have_value("")
+        mine = thread.locator("[data-message-id]", has_text=reply)
+        expect(mine).to_be_visible(timeout=LIVE_S)  # the ledger row became a sent message
+        # fake-meta posts "delivered" (then "read") back to the webhook; the tick follows live
+        expect(mine.locator(".tick")).to_have_attribute("data-status", re.compile(r"^(delivered|read)$"), timeout=LIVE_S)
+        assert page.evaluate("window.__sameLoad === true")
+
+        page.fill("#note-form textarea[name=note]", "Asked about shipping to Lisbon")
+        page.click("#note-form button[type=submit]")
+        expect(page.locator("#notes")).to_contain_text("Asked about shipping to Lisbon")
+        page.click("#refresh-intel")
+        expect(page.locator("#intel")).to_contain_text("Refreshed", timeout=LIVE_S)
+        box.focus()
+
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "inbox-wide.png"))
+        page.set_viewport_size(PHONE)
+        expect(page.locator("#thread-pane")).to_be_visible()
+        expect(page.locator("#list-pane")).to_be_hidden()  # one pane at a time on a phone
+        page.screenshot(path=str(SCREENSHOTS / "inbox-phone-thread.png"))
+        page.click("#back")
+        expect(page.locator("#list-pane")).to_be_visible()
+        expect(page.locator("#thread-pane")).to_be_hidden()
+        page.screenshot(path=str(SCREENSHOTS / "inbox-phone-list.png"))
+    finally:
+        context.close()
+
+
+def test_a_person_snoozes_a_notification(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    _sign_in(page, stack.base, email)
+    name, wa_id = f"Bea {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hello", name))
+    expect(_conversation(page, name)).to_be_visible(timeout=LIVE_S)
+    cid = _conversation(page, name).get_attribute("data-conversation-id")
+
+    page.click("#bell-btn")
+    run_sync(customer_says(stack, wa_id, "I want to talk to a human please", name))
+    note = page.locator(f"#bell-list [data-for-conversation='{cid}']")
+    expect(note).to_be_visible(timeout=LIVE_S)  # the handover notification rings the bell live
+    note.locator("button.snooze").click()
+    expect(note).to_have_count(0, timeout=LIVE_S)  # hidden until its time comes
+
+
+def test_an_admin_deletes_and_restores_a_conversation(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "admin")
+    name, wa_id = f"Cid {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "please forget me", name))
+    _sign_in(page, stack.base, email)
+    page.fill("#filters input[name=q]", name)
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    item.locator("button").click()
+    expect(page.locator("#thread-title")).to_have_text(name)
+
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete")
+    expect(item).to_have_count(0, timeout=LIVE_S)
+    page.click("#deleted-btn")
+    deleted = page.locator("#deleted-list li", has_text=name)
+    expect(deleted).to_be_visible(timeout=LIVE_S)
+    deleted.locator("button", has_text="Restore").click()
+    expect(deleted).to_have_count(0, timeout=LIVE_S)
+    expect(_conversation(page, name)).to_be_visible(timeout=LIVE_S)
+
+
+
+def test_outside_the_window_the_reply_box_offers_a_template(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    name, wa_id = f"Dee {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hola", name))
+    _sign_in(page, stack.base, email)
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = int(item.get_attribute("data-conversation-id") or 0)
+    run_sync(_window_closed(database_url, cid))  # the customer wrote 25 hours ago
+    item.locator("button").click()
+
+    expect(page.locator("#window-state")).to_contain_text("window is closed")
+    expect(page.locator("form#reply textarea[name=text]")).to_be_disabled()
+    page.fill("#template-name", "follow_up")
+    page.fill("#template-params", "Dee")
+    page.click("#send-template")
+    sent = page.locator("#messages li", has_text="[template follow_up]")
+    expect(sent).to_be_visible(timeout=LIVE_S)
+
+    async def at_meta() -> list[dict[str, Any]]:
+        return [x for x in await sends_to(stack, wa_id) if x["body"].get("type") == "template"]
+    (one,) = run_sync(eventually(at_meta, 60, "the template at fake-meta"))
+    assert one["body"]["template"]["name"] == "follow_up"
+
+
+async def _window_closed(database_url: str, cid: int) -> None:
+    conn = await connect(database_url, timeout=10)
+    try:
+        await conn.execute("UPDATE conversations SET last_inbound_at = now() - interval '25 hours' WHERE id = $1", cid)
+    finally:
+        await conn.close()
+
