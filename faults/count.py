@@ -106,6 +106,8 @@ def judge(t: Tally, expect: Expect, *, server_errors: int = 0, posted_min: int =
         reasons.append(f"{t.answered_twice} answered twice")
     if expect.all_answered and t.unanswered_without_task:
         reasons.append(f"{t.unanswered_without_task} unanswered without a task")
+    if t.ambiguous_left:  # every send left in doubt is settled by a status or becomes a task in time
+        reasons.append(f"{t.ambiguous_left} ambiguous sends left unsettled")
     if expect.no_dead_letters and t.dead_lettered:
         reasons.append(f"{t.dead_lettered} dead letters from normal traffic")
     if expect.no_server_errors and server_errors:

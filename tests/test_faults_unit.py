@@ -23,8 +23,9 @@ def reply(mid: str | None, *, ok: bool = True) -> dict[str, Any]:
 
 
 def count(units: list[tuple[str, ...]], stored: list[str], sent: list[dict[str, Any]], **kw: Any) -> Tally:
-    return tally(units, stored, sent, dead_lettered=kw.pop("dead", 0), ambiguous_settled=None,
-                 ambiguous_left=None, **kw)
+    return tally(units, stored, sent, dead_lettered=kw.pop("dead", 0),
+                 ambiguous_settled=kw.pop("ambiguous_settled", None), ambiguous_left=kw.pop("ambiguous_left", None),
+                 **kw)
 
 
 def test_each_message_is_answered_once_twice_or_not_at_all() -> None:
@@ -82,6 +83,8 @@ def test_the_verdict_names_every_failure() -> None:
     lettered = count([("a",)], ["a"], [reply("a")], dead=2)
     assert judge(lettered, Expect()).reasons == ("2 dead letters from normal traffic",)
     assert judge(lettered, Expect(no_dead_letters=False)).ok
+    doubtful = count([("a",)], ["a"], [reply("a")], ambiguous_settled=3, ambiguous_left=1)
+    assert judge(doubtful, Expect()).reasons == ("1 ambiguous sends left unsettled",)
 
 
 def test_the_catalogue_has_every_scenario_of_the_issue() -> None:
