@@ -51,8 +51,9 @@ def render(rows: Sequence[Any], scenarios: Sequence[Any], *, date: str, machine:
         "took whose `context.message_id` is the message (a burst: any of its messages); *lost* is posted "
         "but not stored; *dead-lettered* is every record in `wa.dlq`; *ambiguous* reads `outbound_log` "
         "(n/a before migration 0006). A verdict is ok when nothing was lost or answered twice, every "
-        "message was answered (or has a task for a person), normal traffic was not dead-lettered, and the "
-        "webhook never answered 5xx (other than the 503 Meta retries).", "",
+        "message was answered (or has a task for a person), no ambiguous send was left unsettled, normal "
+        "traffic was not dead-lettered, and the webhook never answered 5xx (other than the 503 Meta "
+        "retries).", "",
         table(rows), "",
         ("All scenarios ok." if not failed else "Not ok: " + ", ".join(f"`{n}`" for n in failed) + "."), "",
         "## Scenarios", "",
