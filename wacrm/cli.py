@@ -42,19 +42,10 @@ def _logging(level: str) -> None:
 
 
 async def _check_schema(database_url: str, timeout: float) -> None:
-    from storage.db import connect
-    from storage.migrate import MigrationError, require_current
-
-    try:
-        conn = await connect(database_url, timeout=timeout)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
-    try:
-        await require_current(conn)
-    except MigrationError as exc:
-        raise CommandError(str(exc), EXIT_SCHEMA) from None
-    finally:
-        await conn.close()
+    """Refuse to go on (exit 3) when the database is behind the code."""
+    problem = await _schema_problem(database_url, timeout)
+    if problem is not None:
+        raise CommandError(problem, EXIT_SCHEMA)
 
 
 # --- migrate -------------------------------------------------------------------------------
@@ -115,6 +106,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 # --- serve ---------------------------------------------------------------------------------
 
 async def _schema_problem(database_url: str, timeout: float) -> str | None:
+    """What is behind in the database (the fix named), ``None`` when it is current."""
     from storage.db import connect
     from storage.migrate import MigrationError, require_current
 
