@@ -38,12 +38,12 @@ chromium:
 # `make bench` (about 15 minutes) or `make bench QUICK=1` (about 2): writes BENCHMARKS.md.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/wacrm bench $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 # `make faults` (about 35 minutes) or `make faults QUICK=1` (the short forms `make test` runs): writes FAULTS.md.
 faults: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[embedded]'
-	$(BIN)/wacrm faults $(if $(QUICK),--quick,) $(if $(SCENARIO),--scenario $(SCENARIO),)
+	$(BIN)/python -m faults $(if $(QUICK),--quick,) $(if $(SCENARIO),--scenario $(SCENARIO),)
 
 clean:
 	rm -rf $(VENV) .wacrm .pytest_cache

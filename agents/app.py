@@ -39,20 +39,20 @@ import faust
 import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from agents import runner
-from agents.context import Resources
-from agents.dlqlimit import DlqLimitConfig
-from agents.errors import Next, classify
-from agents.inbound import Inbound
-from agents.ingest import Ingest
-from agents.sender import Sender
-from agents.status import Status
-from orchestrator.rules import load_rules
-from orchestrator.service import Orchestrator
-from storage import replies, repo
-from topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
-from wacrm import metrics
-from wacrm.settings import Settings
+from wacrm.agents import runner
+from wacrm.agents.context import Resources
+from wacrm.agents.dlqlimit import DlqLimitConfig
+from wacrm.agents.errors import Next, classify
+from wacrm.agents.inbound import Inbound
+from wacrm.agents.ingest import Ingest
+from wacrm.agents.sender import Sender
+from wacrm.agents.status import Status
+from wacrm.core import metrics
+from wacrm.core.settings import Settings
+from wacrm.orchestrator.rules import load_rules
+from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import replies, repo
+from wacrm.topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
 
 log = logging.getLogger("wacrm.worker")
 # A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.

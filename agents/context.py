@@ -16,11 +16,11 @@ import asyncpg
 import faust
 from mode import Service
 
-from orchestrator.llm import LlmClient
-from orchestrator.service import Orchestrator
-from storage.db import create_pool
-from wacrm.settings import Settings
-from whatsapp.graph import GraphClient
+from wacrm.core.settings import Settings
+from wacrm.orchestrator.llm import LlmClient
+from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage.db import create_pool
+from wacrm.whatsapp.graph import GraphClient
 
 log = logging.getLogger("wacrm.worker")
 

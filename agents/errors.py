@@ -25,7 +25,7 @@ import enum
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from topics.records import RecordError
+from wacrm.topics.records import RecordError
 
 
 class Next(enum.Enum):

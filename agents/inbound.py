@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING
 
 import faust
 
-from agents.errors import Raced
-from agents.runner import Item, publish
-from orchestrator.rules import NO_REPLY_TYPES
-from orchestrator.service import Orchestrator, auto_reply_key
-from storage import replies, repo
-from topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
-from wacrm import metrics
-from wacrm.settings import Settings
+from wacrm.agents.errors import Raced
+from wacrm.agents.runner import Item, publish
+from wacrm.core import metrics
+from wacrm.core.settings import Settings
+from wacrm.orchestrator.rules import NO_REPLY_TYPES
+from wacrm.orchestrator.service import Orchestrator, auto_reply_key
+from wacrm.storage import replies, repo
+from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
-    from agents.context import Resources
+    from wacrm.agents.context import Resources
 
 
 class Inbound:

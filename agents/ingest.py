@@ -25,13 +25,21 @@ from typing import Any
 import faust
 import orjson
 
-from agents.errors import Poison
-from agents.runner import Item, Outcome, dead_letter, produce
-from topics import INBOUND, STATUS
-from topics.records import (DEAD_LETTER_PREVIEW_CHARS, Customer, InboundMessage, RawRef, RecordError, StatusUpdate,
-                            conversation_key, encode_bounded)
-from wacrm import metrics
-from whatsapp import model, webhook
+from wacrm.agents.errors import Poison
+from wacrm.agents.runner import Item, Outcome, dead_letter, produce
+from wacrm.core import metrics
+from wacrm.topics import INBOUND, STATUS
+from wacrm.topics.records import (
+    DEAD_LETTER_PREVIEW_CHARS,
+    Customer,
+    InboundMessage,
+    RawRef,
+    RecordError,
+    StatusUpdate,
+    conversation_key,
+    encode_bounded,
+)
+from wacrm.whatsapp import model, webhook
 
 log = logging.getLogger("wacrm.ingest")
 

@@ -46,11 +46,11 @@ from typing import Any
 
 import faust
 
-from agents.dlqlimit import DlqLimit, DlqLimitConfig
-from agents.errors import Next, Poison, classify, expected
-from topics import DLQ
-from topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, check_size, encode
-from wacrm import metrics
+from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
+from wacrm.agents.errors import Next, Poison, classify, expected
+from wacrm.core import metrics
+from wacrm.topics import DLQ
+from wacrm.topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, check_size, encode
 
 log = logging.getLogger("wacrm.agents")
 

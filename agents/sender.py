@@ -35,24 +35,24 @@ import dataclasses
 import logging
 import random
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import faust
 
-from agents import sending
-from agents.errors import Next, Poison, classify
-from agents.ratelimit import PairPacer, TokenBucket
-from agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
-from orchestrator.rules import Rules
-from storage import replies, repo
-from topics import retry_topic
-from topics.records import RawRef, SendIntent, decode_intent, encode
-from wacrm import metrics
-from wacrm.settings import Settings
+from wacrm.agents import sending
+from wacrm.agents.errors import Next, Poison, classify
+from wacrm.agents.ratelimit import PairPacer, TokenBucket
+from wacrm.agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
+from wacrm.core import metrics
+from wacrm.core.settings import Settings
+from wacrm.orchestrator.rules import Rules
+from wacrm.storage import replies, repo
+from wacrm.topics import retry_topic
+from wacrm.topics.records import RawRef, SendIntent, decode_intent, encode
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
-    from agents.context import Resources
+    from wacrm.agents.context import Resources
 
 log = logging.getLogger("wacrm.sender")
 RECORD_EVERY_S = 0.05  # accepted sends are recorded at least this often while a batch runs
@@ -149,7 +149,7 @@ class Sender:
         return await self._carry_out(decision, job, intent)
 
     def _decide(self, job: _Job, checks: replies.SendChecks) -> sending.Decision:
-        return sending.decide(job.row, checks, datetime.now(timezone.utc), attempt=job.event.attempt,
+        return sending.decide(job.row, checks, datetime.now(UTC), attempt=job.event.attempt,
                               template=self._rules.window_template,
                               pair_wait_s=self._pacer.wait_s(job.row.intent.to))
 
@@ -208,7 +208,7 @@ class Sender:
         if isinstance(step, sending.Retry):
             metrics.RETRIES.labels(str(claimed)).inc()
         until = datetime.fromtimestamp(time.time() + (
-            step.delay_s if isinstance(step, sending.Retry) else self._s.pause_s), tz=timezone.utc)
+            step.delay_s if isinstance(step, sending.Retry) else self._s.pause_s), tz=UTC)
         topic, outcome, left, fresh = 0, type(step).__name__.lower(), None, False
         async with self._res.pool.acquire() as conn, conn.transaction():
             if isinstance(step, sending.Ambiguous):

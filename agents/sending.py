@@ -19,15 +19,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from agents.errors import Next, classify
-from orchestrator.rules import Template
-from storage.replies import LedgerRow, SendChecks
-from storage.repo import Earlier
-from topics.records import SendIntent
-from whatsapp.graph import GraphClient
+from wacrm.agents.errors import Next, classify
+from wacrm.orchestrator.rules import Template
+from wacrm.storage.replies import LedgerRow, SendChecks
+from wacrm.storage.repo import Earlier
+from wacrm.topics.records import SendIntent
+from wacrm.whatsapp.graph import GraphClient
 
-__all__ = ["Earlier", "Row", "Checks", "decide", "route", "window_path", "template_intent", "callback_data",
-           "ledger_id"]
+__all__ = [
+    "Checks",
+    "Earlier",
+    "Row",
+    "callback_data",
+    "decide",
+    "ledger_id",
+    "route",
+    "template_intent",
+    "window_path",
+]
 
 WINDOW = timedelta(hours=24)
 REENGAGEMENT = 131047  # Meta: more than 24 hours since the customer last wrote

@@ -17,22 +17,22 @@ the configured template, else the task). Commit: after the transaction and the p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import logging
+from typing import TYPE_CHECKING
 
 import faust
 
-from agents import sending
-from agents.runner import Item, publish
-from orchestrator.rules import Rules
-from storage import replies, repo
-from topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
-from wacrm import metrics
+from wacrm.agents import sending
+from wacrm.agents.runner import Item, publish
+from wacrm.core import metrics
+from wacrm.orchestrator.rules import Rules
+from wacrm.storage import replies, repo
+from wacrm.topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
     import asyncpg
-    from agents.context import Resources
+
+    from wacrm.agents.context import Resources
 
 log = logging.getLogger("wacrm.status")
 

@@ -1,4 +1,4 @@
-"""The benchmark suite behind ``wacrm bench`` / ``make bench``: load generator, ceilings, probes, report.
+"""The benchmark suite behind ``make bench`` (``python -m bench``): load generator, ceilings, probes, report.
 
 Layout: :mod:`bench.stats` (pure arithmetic: percentiles, lost/duplicate counting, memory
 growth, the rate search, profile summaries), :mod:`bench.bodies` (realistic signed webhook

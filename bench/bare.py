@@ -11,7 +11,7 @@ import argparse
 
 from aiohttp import web
 
-from wacrm import eventloop
+from wacrm.core import eventloop
 
 
 async def receive(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from whatsapp import signature
+from wacrm.whatsapp import signature
 
 WABA_ID = "100000000000001"
 BUSINESS_NUMBERS = (("200000000000001", "15550001111"), ("200000000000002", "15550001112"))

@@ -25,7 +25,7 @@ import orjson
 
 from bench import stats
 from bench.bodies import BodyFactory
-from wacrm import eventloop
+from wacrm.core import eventloop
 
 
 async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) -> dict[str, Any]:
@@ -76,11 +76,11 @@ async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) 
 
 async def postgres(database_url: str, seconds: float, connections: int, customers: int,
                    batch: int) -> dict[str, Any]:
-    from storage import repo
-    from storage.db import create_pool
-    from orchestrator.rules import load_rules
-    from orchestrator.service import Orchestrator
-    from topics.records import Customer, InboundMessage, RawRef, conversation_key
+    from wacrm.orchestrator.rules import load_rules
+    from wacrm.orchestrator.service import Orchestrator
+    from wacrm.storage import repo
+    from wacrm.storage.db import create_pool
+    from wacrm.topics.records import Customer, InboundMessage, RawRef, conversation_key
 
     pool = await create_pool(database_url, timeout=10, min_size=connections, max_size=connections)
     rng = random.Random(7)

@@ -29,7 +29,7 @@ import orjson
 
 from bench import stats
 from bench.bodies import BodyFactory, Mix, http_request
-from wacrm import eventloop
+from wacrm.core import eventloop
 
 PREBUILD_LIMIT = 150_000
 MIN_SLEEP_S = 0.001
@@ -38,7 +38,7 @@ MIN_SLEEP_S = 0.001
 class _Conn(asyncio.Protocol):
     """One keep-alive connection with at most one request in flight."""
 
-    def __init__(self, gen: "LoadGen") -> None:
+    def __init__(self, gen: LoadGen) -> None:
         self.gen = gen
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()

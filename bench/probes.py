@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wacrm import procs
+from wacrm.core import procs
 
 
 def parse_kb(status_text: str, field: str) -> int | None:

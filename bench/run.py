@@ -36,11 +36,13 @@ import asyncpg
 import orjson
 
 from bench import probes, report, stats
-from wacrm import procs
-from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.core import procs
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 
 WEBHOOK_P99_BOUND_S = 0.020
 E2E_P99_BOUND_S = 1.0
+# Where `python -m bench.*` subprocesses find the bench package: the checkout, which is not installed.
+CHECKOUT = Path(__file__).resolve().parents[1]
 OWN_CODE = ("(agents/", "(storage/", "(whatsapp/", "(topics/", "(orchestrator/", "(webhook/")
 
 
@@ -126,7 +128,7 @@ class Bench:
         return env
 
     def start(self, name: str, cmd: list[str], port: int | None = None, *, defaults: bool = False) -> subprocess.Popen:
-        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(defaults=defaults))
+        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(defaults=defaults), cwd=CHECKOUT)
         self.children[name] = proc
         if port is not None:
             wait_for_port(port, 60, proc)
@@ -150,14 +152,14 @@ class Bench:
         self._step += 1
         self.broker = EmbeddedBroker(log_path=self.logs / f"tansu-{self._step}.log")
         self.broker.start()
-        from wacrm.cli import create_topics
-        from wacrm.settings import load
+        from wacrm.core.settings import load
+        from wacrm.topics.admin import create_topics
 
         settings = load({"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}, "dev")
         await create_topics(settings, out=lambda m: None)
 
     async def _wait_worker(self, timeout: float = 90) -> None:
-        from wacrm.dev import worker_joined
+        from wacrm.core.procs import worker_joined
 
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.ports['worker-metrics']}/metrics"
@@ -193,7 +195,7 @@ class Bench:
                "--connections", str(connections), "--out", str(out)]
         if ids_out:
             cmd += ["--ids-out", str(ids_out)]
-        proc = procs.spawn(cmd, log_path=self.logs / "loadgen.log")
+        proc = procs.spawn(cmd, log_path=self.logs / "loadgen.log", cwd=CHECKOUT)
         self.children["loadgen"] = proc
         limit = time.monotonic() + seconds + 90
         try:
@@ -245,7 +247,7 @@ class Bench:
                 await conn.close()
 
         self.results["postgres_version"] = asyncio.run(prepare()).split(",")[0]
-        from wacrm.cli import run_migrations
+        from wacrm.storage.migrate import run_migrations
 
         base = self.pg.url.rsplit("/", 1)[0]
         self.db_url = f"{base}/wacrm_bench"
@@ -304,7 +306,7 @@ class Bench:
     async def pipeline(self) -> None:
         p = self.plan
         _log("end to end: fresh broker; serve, worker, fake-meta")
-        from wacrm.settings import load
+        from wacrm.core.settings import load
 
         st = load(self.env())
         self.results["settings"] = {
@@ -419,9 +421,8 @@ class Bench:
     async def e2e_step(self, rate: float, seconds: float, tag: str, connections: int = 32,
                        during: Any = None) -> dict[str, Any]:
         fake = f"http://127.0.0.1:{self.ports['fake-meta']}"
-        async with aiohttp.ClientSession() as s:
-            async with s.delete(f"{fake}/__sent") as r:
-                r.raise_for_status()
+        async with aiohttp.ClientSession() as s, s.delete(f"{fake}/__sent") as r:
+            r.raise_for_status()
         sent_before = await self._metric("wacrm_sends_total", 'outcome="sent"')
         cpu = probes.CpuMeter(self.tracked())
         load, ids_path = await self.load(self.ports["serve"], rate, seconds, tag=tag, connections=connections,

@@ -1,4 +1,4 @@
-"""The fault suite (``make faults``, ``wacrm faults``): the pipeline on real processes, under signed
+"""The fault suite (``make faults``, ``python -m faults``): the pipeline on real processes, under signed
 webhook load, with its processes stopped, killed and starved; counted from PostgreSQL, the Graph
 API stand-in and the dead-letter topic; written to FAULTS.md.
 

@@ -31,10 +31,10 @@ import asyncpg
 import orjson
 
 from faults.count import Tally, tally
-from orchestrator.fake_llm import FakeLlm
-from topics import DLQ
-from wacrm import procs
-from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.core import procs
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.orchestrator.fake_llm import FakeLlm
+from wacrm.topics import DLQ
 
 # The pipeline's own deliberate waiting made short, so that a scenario measures delivery, not
 # patience: no burst window unless the scenario needs one, fast retries, short pauses.
@@ -73,7 +73,7 @@ class Harness:
     def stop(self) -> None:
         self.pg.stop()
 
-    async def system(self, name: str, env: dict[str, str] | None = None) -> "System":
+    async def system(self, name: str, env: dict[str, str] | None = None) -> System:
         """A fresh system for scenario ``name`` (not started yet: call :meth:`System.start`)."""
         self._systems += 1
         if self.pg.proc is None or self.pg.proc.poll() is not None:
@@ -86,7 +86,7 @@ class Harness:
         finally:
             await conn.close()
         url = urllib.parse.urlunsplit(urllib.parse.urlsplit(self.pg.url)._replace(path=f"/{db}"))
-        from wacrm.cli import run_migrations
+        from wacrm.storage.migrate import run_migrations
 
         await run_migrations(url, 30, out=lambda m: None)
         return System(self, name, url, self.work / f"{self._systems:02d}-{name}", dict(env or {}))
@@ -131,8 +131,8 @@ class System:
     async def start(self, *, workers: int = 1, llm_delay_s: float | None = None) -> None:
         """Broker and topics, fake-meta (and the fake LLM), serve and ``workers`` workers, joined."""
         await asyncio.to_thread(self.broker.start)
-        from wacrm.cli import create_topics
-        from wacrm.settings import load
+        from wacrm.core.settings import load
+        from wacrm.topics.admin import create_topics
 
         await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}, "dev"), out=lambda m: None)
         if llm_delay_s is not None:
@@ -181,7 +181,7 @@ class System:
             await self.wait_worker()
 
     async def wait_worker(self, timeout: float = 120) -> None:
-        from wacrm.dev import worker_joined
+        from wacrm.core.procs import worker_joined
 
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
@@ -194,7 +194,7 @@ class System:
                     async with s.get(url) as r:
                         if worker_joined(await r.text()):
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(0.3)
         raise HarnessError(f"the worker did not join its group within {timeout:.0f}s; see {self.logs}")
@@ -207,7 +207,7 @@ class System:
                     async with s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     pass
                 await asyncio.sleep(0.3)
         raise HarnessError(f"wacrm serve not ready within {timeout:.0f}s; see {self.logs / 'serve.log'}")
@@ -375,7 +375,7 @@ class System:
         """The worker group's consumer lag per input topic (None when it cannot be read): 0 with
         messages lost means the committed offsets passed events that were never handled."""
         from bench.probes import LagProbe
-        from topics import INBOUND, OUTBOUND, RAW, STATUS
+        from wacrm.topics import INBOUND, OUTBOUND, RAW, STATUS
 
         probe = LagProbe(self.broker.bootstrap, self.group, [RAW, INBOUND, OUTBOUND, STATUS])
         try:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from whatsapp import signature, simulate
+from wacrm.whatsapp import signature, simulate
 
 TEXTS = ("hi", "hello", "price", "is this available", "can I order two", "what time do you open",
          "thanks", "do you ship to Berlin?", "I want to book a table for 4 tonight", "ok",
@@ -153,5 +153,5 @@ class Load:
                 async with self._session.post(self.url, data=body, headers=headers) as r:
                     await r.read()
                     return r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 return -1

@@ -11,7 +11,7 @@ import asyncio
 import secrets
 from dataclasses import dataclass
 
-from whatsapp import signature, simulate
+from wacrm.whatsapp import signature, simulate
 
 BIG_TEXT_BYTES = 1_500_000  # one text message of 1.5 MB: under the webhook's 4 MiB default limit
 OVER_LIMIT_BYTES = 5 * 1024 * 1024  # over the 4 MiB default limit
@@ -78,7 +78,7 @@ async def post(port: int, case: Case, path: str = "/webhooks/whatsapp", timeout:
     request = b"\r\n".join(head) + b"\r\n\r\n" + case.body
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return -1
     try:
         writer.write(request)
@@ -89,7 +89,7 @@ async def post(port: int, case: Case, path: str = "/webhooks/whatsapp", timeout:
         line = await asyncio.wait_for(reader.readline(), timeout)
         parts = line.split()
         return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else -1
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return -1
     finally:
         writer.close()

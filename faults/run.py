@@ -1,4 +1,4 @@
-"""``wacrm faults``: run the scenarios on real processes and write FAULTS.md.
+"""``python -m faults``: run the scenarios on real processes and write FAULTS.md.
 
 Exit 0 when every verdict is ok, 1 otherwise (or when the run could not start). Everything
 started here is stopped here (and dies with this process); traffic goes to 127.0.0.1 only.
@@ -71,7 +71,7 @@ def run(names: Sequence[str], quick: bool, out: Path, command: str) -> int:
         harness.start()
         asyncio.run(run_all(harness, scenarios, quick=quick, each=write))
     except KeyboardInterrupt:
-        print("wacrm faults: interrupted", file=sys.stderr)
+        print("make faults: interrupted", file=sys.stderr)
     finally:
         harness.stop()
     if rows:
@@ -81,5 +81,5 @@ def run(names: Sequence[str], quick: bool, out: Path, command: str) -> int:
     if ok:
         shutil.rmtree(work, ignore_errors=True)
     else:
-        print(f"wacrm faults: not every scenario is ok; logs kept in {work}", file=sys.stderr)
+        print(f"make faults: not every scenario is ok; logs kept in {work}", file=sys.stderr)
     return 0 if ok else 1

@@ -22,20 +22,20 @@ import logging
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from inbox import auth, events, intelligence, store
-from inbox.auth import User
-from inbox.schema import SchemaGuard, is_drift
-from orchestrator.rules import Rules
-from storage import replies
-from wacrm import metrics
-from wacrm.settings import Settings
+from wacrm.core import metrics
+from wacrm.core.settings import Settings
+from wacrm.inbox import auth, events, intelligence, store
+from wacrm.inbox.auth import User
+from wacrm.inbox.schema import SchemaGuard, is_drift
+from wacrm.orchestrator.rules import Rules
+from wacrm.storage import replies
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -109,7 +109,7 @@ def _future_time(value: Any, name: str) -> datetime:
         raise invalid(f"{name} must be an ISO 8601 time with a zone, e.g. 2026-01-31T09:00:00Z") from None
     if when.tzinfo is None:
         raise invalid(f"{name} needs a time zone (Z or +01:00)")
-    if when <= datetime.now(timezone.utc):
+    if when <= datetime.now(UTC):
         raise invalid(f"{name} must be in the future")
     return when
 
@@ -354,7 +354,7 @@ async def send_message(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         until = store.window_open_until(row["last_inbound_at"])
-        if tpl is None and (until is None or until <= datetime.now(timezone.utc)):
+        if tpl is None and (until is None or until <= datetime.now(UTC)):
             raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
                            templates=_templates(request))
         request_id = f"{user.id}:{key}"

@@ -23,9 +23,9 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from inbox.schema import is_drift
-from storage.db import connect
-from wacrm import metrics
+from wacrm.core import metrics
+from wacrm.inbox.schema import is_drift
+from wacrm.storage.db import connect
 
 log = logging.getLogger("wacrm.inbox.events")
 
@@ -166,7 +166,7 @@ async def _pump(sse: Any, hub: Hub, q: asyncio.Queue[dict[str, Any]], pool: asyn
     while not hub.closed and sse.is_connected():
         try:
             event = await asyncio.wait_for(q.get(), PING_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue  # a client gone away shows in is_connected once a ping failed
         if event is _CLOSE:
             break

@@ -14,19 +14,18 @@ Pure functions (:func:`by_rules`, :func:`advance`, :func:`parse_llm`) are apart 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import asyncpg
 import orjson
 
-from orchestrator.rules import Intelligence as IntelligenceRules
-from orchestrator.rules import mentions
-from wacrm import metrics
+from wacrm.core import metrics
+from wacrm.orchestrator.rules import Intelligence as IntelligenceRules
+from wacrm.orchestrator.rules import mentions
 
 log = logging.getLogger("wacrm.inbox.intelligence")
 
@@ -189,7 +188,7 @@ async def refresh(pool: asyncpg.Pool, conversation_id: int, rules: IntelligenceR
     if llm is not None and turns:
         try:
             result = await by_llm(llm[0], llm[1], rules, turns, current)
-        except (LlmAnswerError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, LlmAnswerError, aiohttp.ClientError) as exc:
             log.warning("intelligence: the LLM failed for conversation %d (%s); the rules answer",
                         conversation_id, type(exc).__name__)
             fallback = by_rules(rules, turns, current)
@@ -198,7 +197,7 @@ async def refresh(pool: asyncpg.Pool, conversation_id: int, rules: IntelligenceR
     if result is None:
         result = by_rules(rules, turns, current)
     stamped = Intelligence(result.summary, result.intent, result.lead_stage, result.lead_score, result.sentiment,
-                           result.engine, datetime.now(timezone.utc).isoformat())
+                           result.engine, datetime.now(UTC).isoformat())
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             """UPDATE conversations SET intelligence = $2, intelligence_at = now(), messages_since_intelligence = 0

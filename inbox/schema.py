@@ -14,7 +14,7 @@ import time
 
 import asyncpg
 
-from storage.migrate import FIX_COMMAND, MigrationError, pending
+from wacrm.storage.migrate import FIX_COMMAND, MigrationError, pending
 
 log = logging.getLogger("wacrm.inbox")
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from inbox import api, events, intelligence, store
-from inbox import web as web_pages
-from inbox.schema import SchemaGuard
-from orchestrator.rules import Rules, load_rules
-from storage.db import create_pool
-from wacrm.settings import Settings
+from wacrm.core.settings import Settings
+from wacrm.inbox import api, events, intelligence, store
+from wacrm.inbox import web as web_pages
+from wacrm.inbox.schema import SchemaGuard
+from wacrm.orchestrator.rules import Rules, load_rules
+from wacrm.storage.db import create_pool
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -126,7 +126,8 @@ def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> web.Ap
 
 def make_app(settings: Settings, only: str | None = None) -> web.Application:
     """The server for ``wacrm serve [--only webhook|inbox]``."""
-    from webhook.app import healthz, make_app as make_webhook_app, metrics_view
+    from wacrm.webhook.app import healthz, metrics_view
+    from wacrm.webhook.app import make_app as make_webhook_app
 
     if only == "webhook":
         return make_webhook_app(settings)

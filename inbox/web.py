@@ -17,7 +17,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from inbox import api, auth
+from wacrm.inbox import api, auth
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"

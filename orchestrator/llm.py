@@ -18,7 +18,6 @@ Exception tree (catch at the level you need)::
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -190,7 +189,7 @@ class LlmClient:
                 raw = await resp.read()
                 status = resp.status
         # aiohttp's timeout errors are also ClientErrors: this clause must come first.
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise LlmTimeout(f"LLM did not answer within {self._timeout.total}s") from None
         except aiohttp.ClientError as exc:
             raise LlmUnavailable(f"LLM unreachable: {exc}") from None

@@ -382,7 +382,7 @@ def load_rules(path: Path | None = None) -> Rules:
     """Read and validate a rules file (the shipped default when ``path`` is None)."""
     try:
         raw = path.read_text() if path is not None else \
-            resources.files("orchestrator").joinpath("default_rules.json").read_text()
+            resources.files("wacrm.orchestrator").joinpath("default_rules.json").read_text()
     except OSError as exc:
         raise RulesError(f"cannot read the rules file {path}: {exc.strerror}") from None
     try:

@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 
-from orchestrator.llm import LlmClient, LlmError, Turn
-from orchestrator.rules import Decision, Rules, Situation, decide
-from storage import replies
-from storage.replies import ReplyContext
-from topics.records import SendIntent
-from wacrm import metrics
+from wacrm.core import metrics
+from wacrm.orchestrator.llm import LlmClient, LlmError, Turn
+from wacrm.orchestrator.rules import Decision, Rules, Situation, decide
+from wacrm.storage import replies
+from wacrm.storage.replies import ReplyContext
+from wacrm.topics.records import SendIntent
 
 log = logging.getLogger("wacrm.orchestrator")
 
@@ -45,7 +45,7 @@ class Orchestrator:
     def _situation(self, ctx: ReplyContext) -> Situation:
         return Situation(texts=tuple(p.body or "" for p in ctx.pending), types=tuple(p.type for p in ctx.pending),
                          new_contact=ctx.new_contact, opted_out=ctx.opted_out, human_owned=ctx.human_owned,
-                         now=datetime.now(timezone.utc), customer_name=ctx.customer_name)
+                         now=datetime.now(UTC), customer_name=ctx.customer_name)
 
     async def answer_in(self, conn: asyncpg.Connection, conversation_id: int,
                         accepted_at: float | None = None) -> list[SendIntent]:

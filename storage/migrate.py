@@ -41,7 +41,7 @@ class Migration:
 def discover(directory: Path | None = None) -> list[Migration]:
     """The migration files, in version order (the shipped ``migrations`` package by default)."""
     files = ([(p.name, p.read_text()) for p in Path(directory).iterdir()] if directory is not None else
-             [(r.name, r.read_text()) for r in resources.files("migrations").iterdir()])
+             [(r.name, r.read_text()) for r in resources.files("wacrm.migrations").iterdir()])
     found: dict[int, Migration] = {}
     for filename, text in files:
         if not filename.endswith(".sql"):
@@ -126,3 +126,24 @@ async def require_current(conn: asyncpg.Connection) -> None:
         raise MigrationError(
             f"the database schema is behind this code: {len(todo)} pending migration(s) "
             f"({', '.join(m.name for m in todo)}). Run: {FIX_COMMAND}")
+
+
+class DatabaseUnreachable(Exception):
+    """The database did not answer; the message names DATABASE_URL and the cause."""
+
+
+async def run_migrations(database_url: str, timeout: float, out: Callable[[str], None] = print) -> int:
+    """Connect, apply what is pending (each applied file reported to ``out``), return how many were applied."""
+    from wacrm.storage.db import connect
+
+    try:
+        conn = await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise DatabaseUnreachable(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        done = await migrate(conn, log=out)
+    finally:
+        await conn.close()
+    if not done:
+        out(f"schema is up to date ({len(discover())} migrations applied)")
+    return len(done)

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from storage.repo import Earlier, create_task
-from topics.records import SendIntent, intent_from_dict
+from wacrm.storage.repo import Earlier, create_task
+from wacrm.topics.records import SendIntent, intent_from_dict
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,18 +7,18 @@ agent can put several effects in one commit.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
-from topics.records import InboundMessage, SendIntent, StatusUpdate
+from wacrm.topics.records import InboundMessage, StatusUpdate
 
 CHANNEL = "whatsapp"
 
 
 def _ts(epoch: float | None) -> datetime | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
+    return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
 
 async def lock_conversations(conn: asyncpg.Connection, *, keys: list[str] | None = None,

@@ -9,10 +9,10 @@ processes, as in production; everything started here is stopped here.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import re
 import concurrent.futures
+import contextlib
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -27,13 +27,14 @@ import aiohttp
 import asyncpg
 import pytest
 
-from storage.db import connect
-from wacrm import procs
-from wacrm.cli import create_topics, run_migrations
-from wacrm.dev import worker_joined
-from wacrm.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
-from wacrm.settings import load
-from whatsapp import signature
+from wacrm.core import procs
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.core.procs import worker_joined
+from wacrm.core.settings import load
+from wacrm.storage.db import connect
+from wacrm.storage.migrate import run_migrations
+from wacrm.topics.admin import create_topics
+from wacrm.whatsapp import signature
 
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 APP_SECRET = "test_app_secret_do_not_use"  # the secret the fixtures' manifest signatures use

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
 from conftest import Stack
-from inbox import auth
 from test_inbound_fidelity import META, contact, envelope, text_msg
+
+from wacrm.inbox import auth
 
 PASSWORD = "correct horse battery staple"
 

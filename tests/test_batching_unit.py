@@ -10,8 +10,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.inbound import lanes, waves
-from topics.records import Customer, InboundMessage, RawRef
+from wacrm.agents.inbound import lanes, waves
+from wacrm.topics.records import Customer, InboundMessage, RawRef
 
 
 def _msg(key: str, n: int) -> InboundMessage:

@@ -11,8 +11,7 @@ import pytest
 from bench import stats
 from bench.bodies import BodyFactory, Mix, http_request
 from bench.probes import parse_kb
-from whatsapp import signature, webhook
-
+from wacrm.whatsapp import signature, webhook
 
 # --- percentiles ---------------------------------------------------------------------------
 

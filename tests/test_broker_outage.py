@@ -10,12 +10,12 @@ from pathlib import Path
 import asyncpg
 import orjson
 import pytest
-
 from conftest import Stack, eventually, own_stack
-from wacrm.cli import create_topics
-from wacrm.embedded import EmbeddedBroker
-from wacrm.settings import load
-from whatsapp import simulate
+
+from wacrm.core.embedded import EmbeddedBroker
+from wacrm.core.settings import load
+from wacrm.topics.admin import create_topics
+from wacrm.whatsapp import simulate
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker this test can stop: the embedded one")

@@ -13,18 +13,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-
 from conftest import Stack, eventually, own_stack
-from storage import replies
-from storage.db import connect
 from test_inbound_fidelity import stored
 from test_replies import ledger, say, script, sends_to
-from topics import OUTBOUND, retry_topic
-from topics.records import SendIntent, encode
+
+from wacrm.storage import replies
+from wacrm.storage.db import connect
+from wacrm.topics import OUTBOUND, retry_topic
+from wacrm.topics.records import SendIntent, encode
 
 TIMEOUT_S = 4
 SLOWER_THAN_TIMEOUT_MS = 6500

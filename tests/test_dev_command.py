@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from wacrm import procs
-from wacrm.embedded import free_port, pg_bin_dir
+from wacrm.core import procs
+from wacrm.core.embedded import free_port, pg_bin_dir
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("DATABASE_URL") or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="exercises the embedded defaults")

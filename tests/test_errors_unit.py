@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import pytest
-from aiokafka.errors import (KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError,
-                             NotLeaderForPartitionError, TopicAuthorizationFailedError)
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    TopicAuthorizationFailedError,
+)
 from faust.exceptions import ProducerSendError
 
-from agents.errors import Ambiguous, Next, Poison, Raced, Stale, classify
-from topics.records import RecordError
+from wacrm.agents.errors import Ambiguous, Next, Poison, Raced, Stale, classify
+from wacrm.topics.records import RecordError
 
 
 def _wrapped(inner: BaseException) -> ProducerSendError:
@@ -51,7 +54,7 @@ def _wrapped(inner: BaseException) -> ProducerSendError:
     (asyncpg.InterfaceError("cannot perform operation: another operation is in progress"), Next.DEAD_LETTER),
     (asyncpg.InternalClientError("cannot switch to state 15; another operation (2) is in progress"), Next.RETRY),
     (ConnectionResetError(), Next.RETRY),
-    (asyncio.TimeoutError(), Next.RETRY),
+    (TimeoutError(), Next.RETRY),
     (KeyError("bug"), Next.DEAD_LETTER),
     (ZeroDivisionError(), Next.DEAD_LETTER),
 ])

@@ -13,7 +13,6 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
-
 from conftest import FIXTURES, Stack, eventually, fresh
 
 MANIFEST = {r["file"]: r for r in csv.DictReader((FIXTURES / "webhooks" / "manifest.csv").open())}

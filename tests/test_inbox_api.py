@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
-
 from conftest import Stack, eventually
 from inbox_client import Api, conversation_of, customer_says, make_user, phone, sign_in
 from test_replies import sends_to
@@ -41,7 +40,7 @@ async def _conversation(stack: Stack, db: asyncpg.Connection, text: str = "hello
 
 
 def _iso(delta_s: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=delta_s)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=delta_s)).isoformat()
 
 
 async def test_list_filters_counts_pages_and_search(stack: Stack, db: asyncpg.Connection, agent: Api) -> None:
@@ -322,11 +321,10 @@ async def test_live_events_carry_ids_and_resume_after_last_event_id(stack: Stack
         "id", "kind", "conversation_id", "message_id", "notification_id"}
     assert event_id == str(data["id"])
     # Reconnect from before that event: it comes again, from the log.
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-        async with s.get(f"{stack.base}/api/v1/events",
-                         headers={**headers, "Last-Event-ID": str(int(event_id) - 1)}) as r:
-            events = _sse(r)
-            first = await asyncio.wait_for(events.__anext__(), 30)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s, s.get(f"{stack.base}/api/v1/events",
+                     headers={**headers, "Last-Event-ID": str(int(event_id) - 1)}) as r:
+        events = _sse(r)
+        first = await asyncio.wait_for(events.__anext__(), 30)
     assert first[1] == event_id and first[2]["message_id"] == data["message_id"]
 
 

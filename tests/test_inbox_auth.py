@@ -9,10 +9,10 @@ from http.cookies import SimpleCookie
 
 import asyncpg
 import pytest
-
 from conftest import Stack
 from inbox_client import PASSWORD, Api, make_user, sign_in
-from wacrm import procs
+
+from wacrm.core import procs
 
 ROUTES = [("GET", "conversations"), ("GET", "conversations/1"), ("POST", "conversations/1/messages"),
           ("POST", "conversations/1/assign"), ("POST", "conversations/1/release"), ("POST", "conversations/1/status"),
@@ -140,7 +140,7 @@ async def test_sign_in_is_rate_limited(stack: Stack, db: asyncpg.Connection, lim
 
 async def test_a_session_ends_when_idle_too_long_or_past_its_absolute_expiry(stack: Stack,
                                                                            db: asyncpg.Connection) -> None:
-    from inbox.auth import digest
+    from wacrm.inbox.auth import digest
 
     user = await make_user(db)
     idle, old = await sign_in(stack.base, user.email), await sign_in(stack.base, user.email)

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,11 +29,11 @@ except ImportError as exc:  # the test extra is not installed
                 allow_module_level=True)
 
 import asyncpg  # noqa: E402
-
 from conftest import Stack, eventually, run_sync  # noqa: E402
 from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
-from storage.db import connect  # noqa: E402
 from test_replies import sends_to  # noqa: E402
+
+from wacrm.storage.db import connect  # noqa: E402
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

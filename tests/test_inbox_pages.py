@@ -9,10 +9,10 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-
 from conftest import Stack
-from inbox import web as pages
 from inbox_client import make_user, sign_in
+
+from wacrm.inbox import web as pages
 
 
 async def _get(base: str, path: str, cookie: str | None = None) -> tuple[int, dict[str, str], str]:

@@ -14,17 +14,17 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-
 from conftest import APP_SECRET, Stack, eventually
 from fake_llm import FakeLlm
 from inbox_client import PASSWORD, Api, customer_says, make_user, phone, sign_in
-from storage.db import connect
-from storage.migrate import discover, migrate
 from test_inbound_fidelity import META, contact, envelope, text_msg
-from wacrm import procs
-from wacrm.cli import create_topics
-from wacrm.embedded import free_port, wait_for_port
-from wacrm.settings import load
+
+from wacrm.core import procs
+from wacrm.core.embedded import free_port, wait_for_port
+from wacrm.core.settings import load
+from wacrm.storage.db import connect
+from wacrm.storage.migrate import discover, migrate
+from wacrm.topics.admin import create_topics
 
 
 def _serve(tmp: Path, database_url: str, *args: str, **env: str) -> tuple[str, object, Path]:

@@ -4,20 +4,20 @@ the LLM's structured answer, FAQ answers per language, hours described from the 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inbox import auth
-from inbox.intelligence import LlmAnswerError, advance, by_rules, parse_llm
-from orchestrator.rules import Situation, decide, describe_hours, language_of, load_rules
+from wacrm.inbox import auth
+from wacrm.inbox.intelligence import LlmAnswerError, advance, by_rules, parse_llm
+from wacrm.orchestrator.rules import Situation, decide, describe_hours, language_of, load_rules
 
 RULES = load_rules()
 STAGES = RULES.intelligence.stages
-NOON_WED = datetime(2026, 1, 7, 12, 0, tzinfo=timezone.utc)
+NOON_WED = datetime(2026, 1, 7, 12, 0, tzinfo=UTC)
 
 
 @given(st.sampled_from(STAGES), st.one_of(st.none(), st.sampled_from(STAGES), st.text(max_size=8)))

@@ -6,15 +6,15 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 
-from storage import replies, repo
-from storage.db import connect
-from topics.records import SendIntent
-from wacrm.cli import run_migrations
+from wacrm.storage import replies, repo
+from wacrm.storage.db import connect
+from wacrm.storage.migrate import run_migrations
+from wacrm.topics.records import SendIntent
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ async def test_a_sent_row_is_never_moved_back(db: asyncpg.Connection) -> None:
     assert isinstance(await repo.claim(db, row_id, 0, []), repo.Claimed)
     wamid = f"wamid.{uuid.uuid4().hex}"
     assert await repo.record_sent_many(db, [_accepted(row_id, conv, wamid)], settled_by="answer") == ["recorded"]
-    until = datetime.now(timezone.utc) + timedelta(seconds=5)
+    until = datetime.now(UTC) + timedelta(seconds=5)
     assert not await repo.finish(db, row_id, repo.UNSETTLED + repo.WAITING, "failed", {"error": "x"})
     assert not await repo.mark_ambiguous(db, row_id, {"error": "x"})
     assert await repo.wait(db, row_id, ("sending",), until, {}, refund=False, on_topic=False) is None
@@ -99,7 +99,7 @@ async def test_a_row_settled_by_a_status_then_answered_with_another_message_keep
 async def test_a_later_reply_is_not_claimed_while_an_earlier_one_waits(db: asyncpg.Connection) -> None:
     conv = await _conversation(db)
     (one, _), (two, _) = await _row(db, conv), await _row(db, conv)
-    until = datetime.now(timezone.utc) + timedelta(seconds=30)
+    until = datetime.now(UTC) + timedelta(seconds=30)
     assert await repo.wait(db, one, repo.WAITING, until, {}, refund=False, on_topic=True, attempts=0) == 0
     behind = await repo.claim(db, two, 0, [])
     assert isinstance(behind, repo.Earlier) and (behind.id, behind.state, behind.next_attempt_at) == \

@@ -8,10 +8,18 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import orjson
 import pytest
-
 from fake_llm import FakeLlm
-from orchestrator.llm import (LlmAnswer, LlmBadAnswer, LlmClient, LlmError, LlmTimeout, LlmUnavailable, Turn,
-                              truncate)
+
+from wacrm.orchestrator.llm import (
+    LlmAnswer,
+    LlmBadAnswer,
+    LlmClient,
+    LlmError,
+    LlmTimeout,
+    LlmUnavailable,
+    Turn,
+    truncate,
+)
 
 SYSTEM = "You answer for Acme Bakery. Be brief."
 HISTORY = [Turn("customer", "Hi, are you open?"), Turn("business", "Yes, until 6pm."),

@@ -11,8 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from storage.migrate import MigrationError, discover, migrate, pending
-from wacrm import procs
+from wacrm.core import procs
+from wacrm.storage.migrate import MigrationError, discover, migrate, pending
 
 
 def _write(directory: Path, files: dict[str, str]) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-
 from conftest import Stack, eventually, own_stack
 from test_inbound_fidelity import META, contact, envelope, text_msg
 

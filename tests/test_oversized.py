@@ -15,10 +15,10 @@ from pathlib import Path
 import asyncpg
 import orjson
 import pytest
-
 from conftest import eventually, own_stack
 from test_runner_faults import answered_once, dlq_letters, message_id
-from whatsapp import simulate
+
+from wacrm.whatsapp import simulate
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker of its own: the embedded one")

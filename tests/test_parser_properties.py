@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.errors import Poison
-from agents.ingest import split
-from topics.records import RawRef, decode_inbound, decode_status
-from whatsapp import webhook
+from wacrm.agents.errors import Poison
+from wacrm.agents.ingest import split
+from wacrm.topics.records import RawRef, decode_inbound, decode_status
+from wacrm.whatsapp import webhook
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False,
                                                                                     allow_infinity=False) | st.text()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import subprocess
 
-import asyncpg
 import aiohttp
-
+import asyncpg
 from conftest import ACCESS_TOKEN, APP_SECRET, FIXTURES, Stack, eventually, fresh
-from wacrm import procs
-from whatsapp import simulate
+
+from wacrm.core import procs
+from wacrm.whatsapp import simulate
 
 
 async def _rows(db: asyncpg.Connection, message_id: str) -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.ratelimit import PairPacer, TokenBucket
+from wacrm.agents.ratelimit import PairPacer, TokenBucket
 
 
 class Clock:

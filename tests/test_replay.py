@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-
 from conftest import Stack, eventually
-from wacrm.embedded import free_port
-from whatsapp import simulate
+
+from wacrm.core.embedded import free_port
+from wacrm.whatsapp import simulate
 
 COUNTS = """SELECT (SELECT count(*) FROM contacts) contacts, (SELECT count(*) FROM conversations) conversations,
                    (SELECT count(*) FROM leads) leads, (SELECT count(*) FROM messages) messages,

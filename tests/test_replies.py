@@ -9,12 +9,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-
 from conftest import Stack, eventually
-from storage import replies
-from storage.db import connect
-from wacrm.cli import run_migrations
 from test_inbound_fidelity import META, contact, envelope, settled, stored, text_msg
+
+from wacrm.storage import replies
+from wacrm.storage.db import connect
+from wacrm.storage.migrate import run_migrations
 
 
 def _phone() -> str:

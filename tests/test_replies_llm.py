@@ -13,17 +13,17 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-
 from conftest import Stack, eventually, own_stack
 from fake_llm import FakeLlm
-from orchestrator.llm import LlmClient
-from orchestrator.rules import load_rules
-from orchestrator.service import Orchestrator
-from storage import replies
-from storage.db import connect, create_pool
-from wacrm.cli import run_migrations
 from test_inbound_fidelity import META, contact, envelope, stored, text_msg
 from test_replies import _phone, ledger, say, script, sends_to
+
+from wacrm.orchestrator.llm import LlmClient
+from wacrm.orchestrator.rules import load_rules
+from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import replies
+from wacrm.storage.db import connect, create_pool
+from wacrm.storage.migrate import run_migrations
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker of its own: the embedded one")

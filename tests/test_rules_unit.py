@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from orchestrator.rules import RulesError, Situation, decide, load_rules
+from wacrm.orchestrator.rules import RulesError, Situation, decide, load_rules
 
-NOON_WED = datetime(2026, 1, 7, 12, 0, tzinfo=timezone.utc)
+NOON_WED = datetime(2026, 1, 7, 12, 0, tzinfo=UTC)
 RULES = load_rules()
 
 
@@ -62,7 +62,7 @@ def test_business_hours_and_fallback_handover(tmp_path: Path) -> None:
     path = tmp_path / "rules.json"
     path.write_text(json.dumps(data))
     rules = load_rules(path)
-    monday_10_madrid = datetime(2026, 1, 5, 9, 0, tzinfo=timezone.utc)
+    monday_10_madrid = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     assert decide(rules, sit("hello", now=monday_10_madrid)).action == "handover"
     d = decide(rules, sit("hello", now=NOON_WED))
     assert d.action == "reply" and d.text == "We are closed."

@@ -16,10 +16,10 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
 from conftest import Stack, eventually, own_stack
-from wacrm import procs
-from whatsapp import simulate
+
+from wacrm.core import procs
+from wacrm.whatsapp import simulate
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker of its own: the embedded one")

@@ -12,15 +12,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.dlqlimit import DlqLimit, DlqLimitConfig
-from agents.errors import expected
-from agents.ingest import WHATSAPP_TEXT_MAX_CHARS, split
-from topics import INBOUND, RAW
-from topics.records import (DEAD_LETTER_PREVIEW_CHARS, RAW_RECORD_MAX_BYTES, RECORD_MAX_BYTES, DeadLetter, RawRef,
-                            RecordError, RecordTooLarge, bounded_dead_letter, check_size, encode_bounded)
-from webhook.publisher import PublishError, PublishRejected, RawPublisher
-from whatsapp import simulate
-
+from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
+from wacrm.agents.errors import expected
+from wacrm.agents.ingest import WHATSAPP_TEXT_MAX_CHARS, split
+from wacrm.topics import INBOUND, RAW
+from wacrm.topics.records import (
+    DEAD_LETTER_PREVIEW_CHARS,
+    RAW_RECORD_MAX_BYTES,
+    RECORD_MAX_BYTES,
+    DeadLetter,
+    RawRef,
+    RecordError,
+    RecordTooLarge,
+    bounded_dead_letter,
+    check_size,
+    encode_bounded,
+)
+from wacrm.webhook.publisher import PublishError, PublishRejected, RawPublisher
+from wacrm.whatsapp import simulate
 
 # --- the storm limit ---------------------------------------------------------------------------
 
@@ -186,7 +195,7 @@ class _Event:
 def test_a_held_event_cannot_be_acked_until_released() -> None:
     from faust.types.tuples import TP, ConsumerMessage
 
-    from agents.runner import hold
+    from wacrm.agents.runner import hold
 
     consumer = _Consumer()
     messages = [ConsumerMessage("wa.inbound", 0, n, 0.0, 0, [], b"k", b"v", None, tp=TP("wa.inbound", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import aiohttp
 import pytest
@@ -13,16 +13,23 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents import sending
-from orchestrator.rules import Template
-from storage.repo import Earlier
-from topics.records import SendIntent
-from wacrm.embedded import free_port
-from whatsapp import fake_meta, signature, webhook
-from whatsapp.graph import (AmbiguousGraphError, GraphClient, InvalidRecipient, PausingGraphError,
-                            PermanentGraphError, RetryableGraphError, classify)
+from wacrm.agents import sending
+from wacrm.core.embedded import free_port
+from wacrm.orchestrator.rules import Template
+from wacrm.storage.repo import Earlier
+from wacrm.topics.records import SendIntent
+from wacrm.whatsapp import fake_meta, signature, webhook
+from wacrm.whatsapp.graph import (
+    AmbiguousGraphError,
+    GraphClient,
+    InvalidRecipient,
+    PausingGraphError,
+    PermanentGraphError,
+    RetryableGraphError,
+    classify,
+)
 
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TEMPLATE = Template("follow_up", "en", ("friend",))
 STATES = ["queued", "retry_wait", "sending", "sent", "failed", "ambiguous", "unconfirmed", "dropped"]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from agents.app import broker_credentials
+from wacrm.agents.app import broker_credentials
+from wacrm.core.settings import Settings, SettingsError, load
 from wacrm.dev import _persistent_secrets, open_private, private_dir, write_private
-from wacrm.settings import Settings, SettingsError, load
 
 SASL = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
         "KAFKA_SASL_USERNAME": "wacrm", "KAFKA_SASL_PASSWORD": "s3cret-password"}

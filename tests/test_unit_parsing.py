@@ -6,12 +6,12 @@ import csv
 
 import orjson
 import pytest
-
-from agents.ingest import split
 from conftest import APP_SECRET, FIXTURES
-from topics import INBOUND, STATUS
-from topics.records import RawRef, decode_inbound, decode_status
-from whatsapp import signature, webhook
+
+from wacrm.agents.ingest import split
+from wacrm.topics import INBOUND, STATUS
+from wacrm.topics.records import RawRef, decode_inbound, decode_status
+from wacrm.whatsapp import signature, webhook
 
 MANIFEST = list(csv.DictReader((FIXTURES / "webhooks" / "manifest.csv").open()))
 SIG_COLUMN = next(c for c in MANIFEST[0] if c.startswith("x_hub_signature_256"))
@@ -101,12 +101,12 @@ def test_unknown_object_and_field_are_ignored_not_errors() -> None:
 
 
 def _content(msg: dict) -> object:
-    from whatsapp import model
+    from wacrm.whatsapp import model
     return model.content_of(msg)
 
 
 def test_typed_content_edge_cases() -> None:
-    from whatsapp import model
+    from wacrm.whatsapp import model
     removed = _content({"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": ""}})
     assert isinstance(removed, model.Reaction) and removed.removed
     omitted = _content({"type": "reaction", "reaction": {"message_id": "wamid.X"}})

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from conftest import FIXTURES
-from topics.records import RecordError, SendIntent, decode_intent, encode
-from wacrm.settings import SettingsError, load
-from whatsapp.graph import (InvalidRecipient, PausingGraphError, PermanentGraphError, RetryableGraphError, classify,
-                            recipient_field)
+
+from wacrm.core.settings import SettingsError, load
+from wacrm.topics.records import RecordError, SendIntent, decode_intent, encode
+from wacrm.whatsapp.graph import (
+    InvalidRecipient,
+    PausingGraphError,
+    PermanentGraphError,
+    RetryableGraphError,
+    classify,
+    recipient_field,
+)
 
 
 def test_dev_profile_needs_nothing_and_generates_secrets() -> None:

@@ -14,14 +14,14 @@ from collections.abc import AsyncIterator
 
 import orjson
 from aiohttp import web
+from conftest import APP_SECRET, Stack, eventually
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import APP_SECRET, Stack, eventually
-from wacrm.embedded import free_port
-from wacrm.settings import load
-from webhook.app import GATE, POOL, make_app
-from whatsapp import signature
+from wacrm.core.embedded import free_port
+from wacrm.core.settings import load
+from wacrm.webhook.app import GATE, POOL, make_app
+from wacrm.whatsapp import signature
 
 EMPTY = b'{"object":"whatsapp_business_account","entry":[]}'  # valid, and nothing for the worker to do
 

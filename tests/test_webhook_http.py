@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
-
 from conftest import FIXTURES, VERIFY_TOKEN, Stack
-from whatsapp import simulate
+
+from wacrm.whatsapp import simulate
 
 
 async def _get(url: str, **params: str) -> tuple[int, str, str]:

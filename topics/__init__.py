@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from topics.records import RAW_TOPIC_MAX_MESSAGE_BYTES
+from wacrm.topics.records import RAW_TOPIC_MAX_MESSAGE_BYTES
 
 RAW = "wa.webhook.raw"
 INBOUND = "wa.inbound"

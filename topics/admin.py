@@ -8,14 +8,15 @@ to other partitions, breaking per-conversation order).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from topics import catalogue, partitions_for
+from wacrm.core.settings import Settings
+from wacrm.topics import catalogue, partitions_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +61,25 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication_fac
         return sorted(reports, key=lambda r: [s.name for s in specs].index(r.name))
     finally:
         await admin.close()
+
+
+class TopicsError(Exception):
+    """The broker is unreachable or its topics disagree with the configuration."""
+
+
+async def create_topics(s: Settings, out: Callable[[str], None] = print) -> None:
+    """``wacrm topics``: create the catalogue's topics, one line each to ``out``."""
+    assert s.kafka_bootstrap_servers
+    try:
+        reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor,
+                                      retry_tiers=len(s.retry_delays()), security=s.kafka_security_kwargs())
+    except Exception as exc:
+        raise TopicsError(f"cannot reach the broker at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
+                          f"{type(exc).__name__}: {exc}") from None
+    bad = False
+    for r in reports:
+        what = "created" if r.created else "exists"
+        out(f"  {r.name:<16} {r.partitions:>4} partitions  {what}" + (f"  PROBLEM: {r.problem}" if r.problem else ""))
+        bad = bad or r.problem is not None
+    if bad:
+        raise TopicsError("some topics do not match the configuration (see above)")

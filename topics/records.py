@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import orjson
 
-
 # Size limits (contract): every record we produce stays under these, checked before producing.
 #: faust's producer refuses a request above ``max_request_size`` (1,000,000 bytes by default) and
 #: Kafka's default ``max.message.bytes`` is about 1 MB; the margin covers the key, the headers

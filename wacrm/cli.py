@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from wacrm import eventloop
-from wacrm.settings import Settings, SettingsError, load
+from wacrm.core import eventloop
+from wacrm.core.settings import Settings, SettingsError, load
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_SCHEMA = 1, 2, 3
 
@@ -50,25 +50,6 @@ async def _check_schema(database_url: str, timeout: float) -> None:
 
 # --- migrate -------------------------------------------------------------------------------
 
-async def run_migrations(database_url: str, timeout: float, out: Any = print) -> int:
-    from storage.db import connect
-    from storage.migrate import MigrationError, discover, migrate
-
-    try:
-        conn = await connect(database_url, timeout=timeout)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
-    try:
-        done = await migrate(conn, log=out)
-    except MigrationError as exc:
-        raise CommandError(str(exc), EXIT_SCHEMA) from None
-    finally:
-        await conn.close()
-    if not done:
-        out(f"schema is up to date ({len(discover())} migrations applied)")
-    return len(done)
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings("prod", {"DATABASE_URL"})
     assert s.database_url
@@ -76,26 +57,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- topics --------------------------------------------------------------------------------
+async def run_migrations(database_url: str, timeout: float, out: Any = print) -> int:
+    """``storage.migrate.run_migrations`` with its failures as command errors (exit 1 unreachable, 3 refused)."""
+    from wacrm.storage.migrate import DatabaseUnreachable, MigrationError
+    from wacrm.storage.migrate import run_migrations as apply
 
-async def create_topics(s: Settings, out: Any = print) -> None:
-    from topics.admin import ensure_topics
-
-    assert s.kafka_bootstrap_servers
     try:
-        reports = await ensure_topics(s.kafka_bootstrap_servers, s.topic_partitions, s.topic_replication_factor,
-                                      retry_tiers=len(s.retry_delays()), security=s.kafka_security_kwargs())
-    except Exception as exc:
-        raise CommandError(f"cannot reach the broker at KAFKA_BOOTSTRAP_SERVERS={s.kafka_bootstrap_servers}: "
-                           f"{type(exc).__name__}: {exc}") from None
-    bad = False
-    for r in reports:
-        what = "created" if r.created else "exists"
-        out(f"  {r.name:<16} {r.partitions:>4} partitions  {what}" + (f"  PROBLEM: {r.problem}" if r.problem else ""))
-        bad = bad or r.problem is not None
-    if bad:
-        raise CommandError("some topics do not match the configuration (see above)")
+        return await apply(database_url, timeout, out)
+    except DatabaseUnreachable as exc:
+        raise CommandError(str(exc)) from None
+    except MigrationError as exc:
+        raise CommandError(str(exc), EXIT_SCHEMA) from None
 
+
+# --- topics --------------------------------------------------------------------------------
 
 def cmd_topics(args: argparse.Namespace) -> int:
     s = _settings("prod", {"KAFKA_BOOTSTRAP_SERVERS"})
@@ -103,12 +78,23 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
+async def create_topics(s: Settings, out: Any = print) -> None:
+    """``topics.admin.create_topics`` with its failure as a command error (exit 1)."""
+    from wacrm.topics.admin import TopicsError
+    from wacrm.topics.admin import create_topics as create
+
+    try:
+        await create(s, out)
+    except TopicsError as exc:
+        raise CommandError(str(exc)) from None
+
+
 # --- serve ---------------------------------------------------------------------------------
 
 async def _schema_problem(database_url: str, timeout: float) -> str | None:
     """What is behind in the database (the fix named), ``None`` when it is current."""
-    from storage.db import connect
-    from storage.migrate import MigrationError, require_current
+    from wacrm.storage.db import connect
+    from wacrm.storage.migrate import MigrationError, require_current
 
     try:
         conn = await connect(database_url, timeout=timeout)
@@ -128,9 +114,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     the webhook only publishes and keeps accepting, and the inbox answers 500 DB_MISMATCH."""
     from aiohttp import web
 
-    from inbox.server import make_app
-    from inbox.web import MissingAsset
-    from orchestrator.rules import RulesError
+    from wacrm.inbox.server import make_app
+    from wacrm.inbox.web import MissingAsset
+    from wacrm.orchestrator.rules import RulesError
 
     needs = {"DATABASE_URL"}
     if args.only != "inbox":
@@ -160,8 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _users(args: argparse.Namespace, database_url: str, timeout: float, password: str | None) -> None:
     import asyncpg
 
-    from inbox import auth
-    from storage.db import connect
+    from wacrm.inbox import auth
+    from wacrm.storage.db import connect
 
     try:
         conn = await connect(database_url, timeout=timeout)
@@ -220,8 +206,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
     from prometheus_client import start_http_server
 
-    from agents.app import build
-    from orchestrator.rules import RulesError
+    from wacrm.agents.app import build
+    from wacrm.orchestrator.rules import RulesError
 
     s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
     assert s.database_url
@@ -240,7 +226,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 # --- fake-meta -----------------------------------------------------------------------------
 
 def cmd_fake_meta(args: argparse.Namespace) -> int:
-    from whatsapp.fake_meta import serve
+    from wacrm.whatsapp.fake_meta import serve
 
     _logging("WARNING")
     secret = args.app_secret or os.environ.get("WHATSAPP_APP_SECRET", "").strip() or None
@@ -273,7 +259,7 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
     import aiohttp
     import orjson
 
-    from whatsapp import signature, simulate
+    from wacrm.whatsapp import signature, simulate
 
     body = simulate.dumps(simulate.text_body(
         text=args.text, wa_id=args.from_ or None, name=args.name, user_id=args.user_id,
@@ -392,38 +378,6 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--state-dir", default=".wacrm", help=argparse.SUPPRESS)
     sm.set_defaults(func=cmd_simulate)
 
-    def cmd_bench(args: argparse.Namespace) -> int:
-        from bench.run import run
-
-        return run(args.quick, Path(args.out), " ".join(["wacrm", *sys.argv[1:]]))
-
-    b = sub.add_parser("bench", help="measure webhook, end-to-end throughput/latency and memory; writes BENCHMARKS.md",
-                       description="Runs the system on this machine (embedded PostgreSQL and broker, serve, worker, "
-                       "fake-meta) against a load generator, next to the machine's ceilings, and writes a report. "
-                       "Loopback only; bounded in time; stops everything it started.")
-    b.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
-    b.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
-    b.set_defaults(func=cmd_bench)
-
-    def cmd_faults(args: argparse.Namespace) -> int:
-        from faults.run import run, select
-
-        try:
-            select(args.scenario)
-        except ValueError as exc:
-            raise CommandError(str(exc), EXIT_CONFIG) from None
-        return run(args.scenario, args.quick, Path(args.out), " ".join(["wacrm", *sys.argv[1:]]))
-
-    fl = sub.add_parser("faults", help="the fault suite: kill, stop and starve the system under load; "
-                        "writes FAULTS.md", description="Runs each scenario on real processes (embedded "
-                        "PostgreSQL and broker, serve, worker, fake-meta, a fake LLM) under signed webhook "
-                        "load, injects its faults, drains, counts lost, doubled and unanswered messages and "
-                        "writes a report. Exit 1 if any scenario is not ok. Loopback only.")
-    fl.add_argument("--scenario", action="append", default=[], metavar="NAME",
-                    help="run only this scenario (repeatable); default: all")
-    fl.add_argument("--quick", action="store_true", help="the short forms (the ones `make test` runs)")
-    fl.add_argument("--out", default="FAULTS.md", help="where to write the report (default FAULTS.md)")
-    fl.set_defaults(func=cmd_faults)
     return p
 
 

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wacrm import procs
 from wacrm.cli import CommandError, create_topics, run_migrations
-from wacrm.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port
-from wacrm.settings import SettingsError, load
+from wacrm.core import procs
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port
+from wacrm.core.procs import worker_joined
+from wacrm.core.settings import SettingsError, load
 
 STATE_FILE = "dev.json"
 RESTARTS_PER_MINUTE = 5
@@ -92,8 +93,8 @@ async def first_admin(database_url: str, state_dir: Path, timeout: float) -> tup
     """The dev inbox's first admin: created (with a generated password, kept in the state dir,
     mode 0600) when the database has no user yet. Returns (email, password), or None when the
     users were made another way and the password is not known here."""
-    from inbox import auth
-    from storage.db import connect
+    from wacrm.inbox import auth
+    from wacrm.storage.db import connect
 
     path = state_dir / ADMIN_FILE
     conn = await connect(database_url, timeout=timeout)
@@ -132,14 +133,6 @@ class Child:
 
 class _Stop(Exception):
     pass
-
-
-def worker_joined(metrics_text: str) -> bool:
-    """Whether a worker's /metrics says it holds partitions (it joined its consumer group)."""
-    for line in metrics_text.splitlines():
-        if line.startswith("wacrm_worker_assigned_partitions "):
-            return float(line.split()[1]) > 0
-    return False
 
 
 def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: float) -> None:

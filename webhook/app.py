@@ -34,12 +34,12 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from storage.db import create_pool
-from topics import RAW, catalogue
-from wacrm import metrics
-from wacrm.settings import Settings
-from webhook.publisher import PublishError, PublishRejected, RawPublisher
-from whatsapp import signature, webhook
+from wacrm.core import metrics
+from wacrm.core.settings import Settings
+from wacrm.storage.db import create_pool
+from wacrm.topics import RAW, catalogue
+from wacrm.webhook.publisher import PublishError, PublishRejected, RawPublisher
+from wacrm.whatsapp import signature, webhook
 
 log = logging.getLogger("wacrm.webhook")
 

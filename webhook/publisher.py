@@ -24,9 +24,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from agents.errors import Next, classify, expected
-from topics.records import RAW_RECORD_MAX_BYTES, RAW_TOPIC_MAX_MESSAGE_BYTES, RecordTooLarge, check_size
-from wacrm import metrics
+from wacrm.agents.errors import Next, classify, expected
+from wacrm.core import metrics
+from wacrm.topics.records import RAW_RECORD_MAX_BYTES, RAW_TOPIC_MAX_MESSAGE_BYTES, RecordTooLarge, check_size
 
 log = logging.getLogger("wacrm.webhook")
 

@@ -35,7 +35,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from whatsapp import signature
+from wacrm.whatsapp import signature
 
 log = logging.getLogger("wacrm.fake_meta")
 WABA_ID = "100000000000001"
@@ -113,7 +113,7 @@ class FakeMeta:
                 async with self._session.post(self._webhook_url, data=raw, headers=headers) as resp:
                     await resp.read()
                     answer: Any = resp.status
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 answer = repr(exc)
             self.status_posts.append({"id": wamid, "status": status, "attempt": attempt, "answer": answer,
                                       "at": time.time()})

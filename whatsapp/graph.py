@@ -19,7 +19,6 @@ Each class carries flags that :func:`agents.errors.classify` reads duck-typed: `
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -180,7 +179,7 @@ class GraphClient:
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
             # before the request was written: Meta cannot have it
             raise RetryableGraphError(f"Graph API unreachable: {exc!r}") from None
-        except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             # the connection was up (the connect timeout is shorter than the total): the request went out
             raise AmbiguousGraphError(f"Graph API did not answer within {self._timeout.total}s or dropped the "
                                       f"connection after the request was written: {exc!r}") from None

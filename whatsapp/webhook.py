@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from whatsapp import model
+from wacrm.whatsapp import model
 
 
 class BodyError(ValueError):

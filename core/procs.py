@@ -71,3 +71,11 @@ def env_with(**values: str | None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+def worker_joined(metrics_text: str) -> bool:
+    """Whether a worker's /metrics says it holds partitions (it joined its consumer group)."""
+    for line in metrics_text.splitlines():
+        if line.startswith("wacrm_worker_assigned_partitions "):
+            return float(line.split()[1]) > 0
+    return False

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from wacrm import procs
+from wacrm.core import procs
 
 PG_SYSTEM_USER = "wacrm_pg"  # PostgreSQL refuses to run as root
 

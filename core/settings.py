@@ -116,7 +116,7 @@ class Settings:
     intelligence_every: int
     intelligence_timeout_s: float
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     def retry_delays(self) -> list[float]:
