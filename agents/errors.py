@@ -66,6 +66,7 @@ _RETRY_SQLSTATES = frozenset({
     "42P01", "42703", "42883",  # undefined table/column/function: the schema is behind the code,
     # `wacrm migrate` fixes it; dead-lettering would drain every event meanwhile
 })
+UNIQUE_VIOLATION = "23505"  # dead-lettered by default; a caller that knows it raced says so (Raced)
 _RETRY_CONNECTION_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError, KafkaTimeoutError)
 
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents.errors import Raced
+from wacrm.agents.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
@@ -78,7 +78,7 @@ class Inbound:
                 stored.add(msg.message_id)
                 fresh.append(n)
             for wave in waves(msgs, fresh):
-                conversation_ids = await repo.store_inbound_many(conn, [msgs[n] for n in wave])
+                conversation_ids = await _store(conn, [msgs[n] for n in wave])
                 stored_in = []
                 for n, conversation_id in zip(wave, conversation_ids):
                     if conversation_id is None:
@@ -95,6 +95,18 @@ class Inbound:
                     if msgs[n].type not in NO_REPLY_TYPES:
                         await replies.schedule_reply(conn, conversation_id, self._window)
                     outcomes[n] = "stored"
+
+
+async def _store(conn: Any, msgs: list[InboundMessage]) -> list[int | None]:
+    """Store a wave; a unique violation means a new contact or conversation of this wave was created
+    meanwhile by a worker of another group (a replay) or a rebalance: the whole transaction rolls back
+    and the retry finds the row."""
+    try:
+        return await repo.store_inbound_many(conn, msgs)
+    except Exception as exc:
+        if sqlstate(exc) == UNIQUE_VIOLATION:
+            raise Raced(f"a contact or conversation was created meanwhile by another worker: {exc}") from exc
+        raise
 
 
 def waves(msgs: list[InboundMessage], indices: list[int]) -> list[list[int]]:
