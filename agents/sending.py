@@ -58,7 +58,8 @@ def payload(graph: GraphClient, outbound_log_id: int, intent: SendIntent) -> dic
         t = intent.template or {}
         return graph.template_payload(intent.to, t["name"], t["language"], t.get("parameters") or (),
                                       callback_data=callback)
-    return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to, callback_data=callback)
+    return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to if intent.quote else None,
+                              callback_data=callback)
 
 
 def ledger_id(callback: str | None) -> int | None:

@@ -2,8 +2,9 @@
 
 A *unit* is what must get exactly one reply: one customer message, or one burst (several
 messages of a conversation within the burst window). Replies are the Graph API requests
-fake-meta took (answered with a message id, not a scripted error) whose ``context.message_id``
-is one of the unit's messages. Nothing here does I/O; :mod:`faults.harness` gathers the inputs.
+fake-meta took (answered with a message id, not a scripted error) whose ledger row (named in
+``biz_opaque_callback_data``) answers one of the unit's messages: the bot quotes only the first
+answer of an exchange, so ``context.message_id`` is not on every reply. Nothing here does I/O; :mod:`faults.harness` gathers the inputs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from wacrm.agents.sending import ledger_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,27 +57,32 @@ class Verdict:
         return "ok" if self.ok else "FAIL: " + "; ".join(self.reasons)
 
 
-def reply_context(record: Mapping[str, Any]) -> str | None:
-    """The inbound message id a fake-meta record replies to, if Meta took the send (a scripted
-    error is not a reply the customer sees)."""
+def ledger_row(record: Mapping[str, Any]) -> int | None:
+    """The ledger row a fake-meta record names, if Meta took the send (a scripted error is not a
+    reply the customer sees)."""
     answered = record.get("answered")
-    if not isinstance(answered, Mapping) or "id" not in answered:
-        return None
     body = record.get("body")
-    context = body.get("context") if isinstance(body, Mapping) else None
-    mid = context.get("message_id") if isinstance(context, Mapping) else None
-    return mid if isinstance(mid, str) else None
+    if not isinstance(answered, Mapping) or "id" not in answered or not isinstance(body, Mapping):
+        return None
+    return ledger_id(body.get("biz_opaque_callback_data"))
 
 
-def tally(units: Sequence[Sequence[str]], stored: Iterable[str], sent: Iterable[Mapping[str, Any]], *,
+def answered_messages(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[str]:
+    """The inbound message id each send Meta took answers (``answers``: ledger row → message id)."""
+    rows = (ledger_row(record) for record in sent)
+    return [answers[row] for row in rows if row is not None and row in answers]
+
+
+def tally(units: Sequence[Sequence[str]], stored: Iterable[str], replies_to: Iterable[str], *,
           dead_lettered: int, ambiguous_settled: int | None, ambiguous_left: int | None,
           with_task: Iterable[str] = ()) -> Tally:
     """Count ``units`` (each the message ids posted together that need one reply) against the
-    ids found in ``messages`` (``stored``) and fake-meta's records (``sent``); ``with_task``: the
+    ids found in ``messages`` (``stored``) and the message each reply answers (``replies_to``, one entry
+    per reply: :func:`answered_messages`); ``with_task``: the
     ids of messages whose conversation has a task for a person."""
     posted = {mid for unit in units for mid in unit}
     stored_set = set(stored) & posted
-    replies = Counter(mid for mid in map(reply_context, sent) if mid is not None)
+    replies = Counter(replies_to)
     tasked = set(with_task)
     once = twice = none = none_tasked = 0
     for unit in units:

@@ -30,10 +30,11 @@ import aiohttp
 import asyncpg
 import orjson
 
-from faults.count import Tally, tally
+from faults.count import Tally, answered_messages, ledger_row, tally
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.orchestrator.fake_llm import FakeLlm
+from wacrm.storage import repo
 from wacrm.topics import DLQ
 
 # The pipeline's own deliberate waiting made short, so that a scenario measures delivery, not
@@ -286,17 +287,21 @@ class System:
 
     async def progress(self, ids: Sequence[str]) -> tuple[int, int, set[str], int]:
         """(stored of ``ids``, ledger rows still in flight, ids replied to, requests fake-meta took)."""
-        from faults.count import reply_context
-
         conn = await self._db()
         try:
             stored = await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound' "
                                          "AND provider_message_id = ANY($1)", list(ids))
             busy = await conn.fetchval("SELECT count(*) FROM outbound_log WHERE state = ANY($1)", list(IN_FLIGHT))
+            sent = await self.sent()
+            replied = await self.replies_to(conn, sent)
         finally:
             await conn.close()
-        sent = await self.sent()
-        return stored, busy, {m for m in map(reply_context, sent) if m is not None}, len(sent)
+        return stored, busy, set(replied), len(sent)
+
+    async def replies_to(self, conn: asyncpg.Connection, sent: list[dict[str, Any]]) -> list[str]:
+        """The message each send Meta took answers, from the ledger rows the sends name."""
+        rows = [row for row in map(ledger_row, sent) if row is not None]
+        return answered_messages(sent, await repo.answered_messages(conn, rows))
 
     async def drain(self, units: Sequence[Sequence[str]], timeout: float, quiet_s: float = 4.0,
                     stall_s: float = 20.0) -> float:
@@ -365,10 +370,11 @@ class System:
                 "SELECT m.provider_message_id FROM messages m WHERE m.provider_message_id = ANY($1) "
                 "AND EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = m.conversation_id)", ids)]
             settled, left = await ambiguous(conn)
+            replied = await self.replies_to(conn, await self.sent())
         finally:
             await conn.close()
         letters = self.letters = await self.dead_letters()
-        return tally(units, stored, await self.sent(), dead_lettered=sum(letters.values()),
+        return tally(units, stored, replied, dead_lettered=sum(letters.values()),
                      ambiguous_settled=settled, ambiguous_left=left, with_task=with_task)
 
     async def lag(self) -> dict[str, int] | None:

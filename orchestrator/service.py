@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -35,6 +35,20 @@ log = logging.getLogger("wacrm.orchestrator")
 
 def auto_reply_key(message_id: str) -> str:
     return f"auto:{message_id}"
+
+
+#: A customer message written this long after the last one the bot answered starts a new exchange.
+NEW_EXCHANGE_AFTER = timedelta(minutes=2)
+
+
+def quotes(ctx: ReplyContext) -> bool:
+    """Whether the reply quotes the message it answers: only the first answer to a burst, where the
+    quote shows what is being answered. In a running exchange (the customer writes again within
+    :data:`NEW_EXCHANGE_AFTER` of the last answered message) a quote on every reply is noise."""
+    first = ctx.pending[0].provider_timestamp if ctx.pending else None
+    if ctx.answered_upto_at is None or first is None:
+        return True
+    return first - ctx.answered_upto_at >= NEW_EXCHANGE_AFTER
 
 
 class Orchestrator:
@@ -156,6 +170,6 @@ class Orchestrator:
         return SendIntent(
             dedupe_key=auto_reply_key(last.provider_message_id), conversation_key=ctx.conversation_key,
             conversation_id=ctx.conversation_id, phone_number_id=ctx.phone_number_id, to=ctx.customer,
-            text=decision.text, reply_to=last.provider_message_id, ownership_version=version,
+            text=decision.text, reply_to=last.provider_message_id, quote=quotes(ctx), ownership_version=version,
             customer_timestamp=last.provider_timestamp.timestamp() if last.provider_timestamp else None,
             accepted_at=accepted_at, kind=kind)

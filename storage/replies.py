@@ -42,6 +42,7 @@ class ReplyContext:
     ownership_version: int
     new_contact: bool  # nothing from this customer before these messages
     pending: tuple[Pending, ...]
+    answered_upto_at: datetime | None = None  # when the last message answered before these was written
 
 
 _REPLY_CONTEXT = """
@@ -52,7 +53,8 @@ _REPLY_CONTEXT = """
                    AND m.id > c.reply_upto_message_id AND ($2::bigint IS NULL OR m.id <= $2)
                  ORDER BY m.id) AS pending,
            NOT EXISTS (SELECT 1 FROM messages m WHERE m.contact_id = c.contact_id
-                       AND m.id <= c.reply_upto_message_id) AS first_time
+                       AND m.id <= c.reply_upto_message_id) AS first_time,
+           (SELECT m.provider_timestamp FROM messages m WHERE m.id = c.reply_upto_message_id) AS answered_upto_at
     FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1 FOR UPDATE OF c"""
 
 
@@ -66,7 +68,7 @@ def _reply_context(row: asyncpg.Record | None) -> ReplyContext | None:
         opted_out=row["opted_out"],
         human_owned=row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"],
         ownership_version=row["ownership_version"], new_contact=bool(pending) and row["first_time"],
-        pending=pending)
+        pending=pending, answered_upto_at=row["answered_upto_at"])
 
 
 async def reply_context(conn: asyncpg.Connection, conversation_id: int, upto: int | None = None) -> ReplyContext | None:

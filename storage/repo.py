@@ -378,3 +378,11 @@ async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate])
         (CHANNEL, st.message_id, st.status, _ts(st.timestamp), st.errors or None, st.payload) for st in statuses])
     return ["duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] else "pending"
             for r in rows]
+
+
+async def answered_messages(conn: asyncpg.Connection, ledger_ids: list[int]) -> dict[int, str]:
+    """The inbound message id each of these ledger rows answers (rows that answer none are left out).
+    What a reply answers is in its intent, whether or not the customer sees it quoted."""
+    rows = await conn.fetch("SELECT id, intent->>'reply_to' AS reply_to FROM outbound_log "
+                            "WHERE id = ANY($1::bigint[]) AND intent->>'reply_to' IS NOT NULL", ledger_ids)
+    return {r["id"]: r["reply_to"] for r in rows}

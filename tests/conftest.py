@@ -31,6 +31,8 @@ from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import load
+from wacrm.agents.sending import ledger_id
+from wacrm.storage import repo
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
 from wacrm.topics.admin import create_topics
@@ -237,9 +239,21 @@ class Stack:
         async with aiohttp.ClientSession() as s, s.get(f"{self.fake_meta}/__sent") as r:
             return await r.json()
 
+    async def answered(self) -> list[tuple[dict[str, Any], str]]:
+        """Each send at fake-meta that answers a customer message, with that message's id: a send
+        names its ledger row (``biz_opaque_callback_data``), whose intent says what it answers,
+        quoted or not."""
+        sent = await self.sent()
+        rows = [ledger_id((x.get("body") or {}).get("biz_opaque_callback_data")) for x in sent]
+        conn = await connect(self.database_url, timeout=10)
+        try:
+            answers = await repo.answered_messages(conn, [r for r in rows if r is not None])
+        finally:
+            await conn.close()
+        return [(x, answers[row]) for x, row in zip(sent, rows, strict=True) if row in answers]
+
     async def replies_to(self, message_id: str) -> list[dict[str, Any]]:
-        return [x for x in await self.sent()
-                if ((x.get("body") or {}).get("context") or {}).get("message_id") == message_id]
+        return [x for x, answered in await self.answered() if answered == message_id]
 
     async def worker_metric(self, name: str, labels: str = "") -> float:
         async with aiohttp.ClientSession() as s, s.get(self.worker_metrics) as r:

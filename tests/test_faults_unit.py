@@ -9,21 +9,28 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from faults import report
-from faults.count import Expect, Tally, judge, reply_context, tally
+from faults.count import Expect, Tally, answered_messages, judge, ledger_row, tally
 from faults.poison import cases
 from faults.run import select
 from faults.scenarios import BY_NAME, SCENARIOS, Row
 
 
+# The ledger as the harness reads it: row id -> the inbound message the row's intent answers.
+ANSWERS: dict[int, str] = {}
+
+
 def reply(mid: str | None, *, ok: bool = True) -> dict[str, Any]:
-    body: dict[str, Any] = {"messaging_product": "whatsapp", "type": "text", "text": {"body": "hi"}}
+    """A fake-meta record of a send naming a ledger row that answers ``mid`` (unquoted, as most are)."""
+    row = len(ANSWERS) + 1
     if mid is not None:
-        body["context"] = {"message_id": mid}
+        ANSWERS[row] = mid
+    body: dict[str, Any] = {"messaging_product": "whatsapp", "type": "text", "text": {"body": "hi"},
+                            "biz_opaque_callback_data": f"ol:{row}"}
     return {"body": body, "answered": {"id": "wamid.OUT"} if ok else {"error": 131000}}
 
 
 def count(units: list[tuple[str, ...]], stored: list[str], sent: list[dict[str, Any]], **kw: Any) -> Tally:
-    return tally(units, stored, sent, dead_lettered=kw.pop("dead", 0),
+    return tally(units, stored, answered_messages(sent, ANSWERS), dead_lettered=kw.pop("dead", 0),
                  ambiguous_settled=kw.pop("ambiguous_settled", None), ambiguous_left=kw.pop("ambiguous_left", None),
                  **kw)
 
@@ -38,8 +45,9 @@ def test_each_message_is_answered_once_twice_or_not_at_all() -> None:
 def test_a_scripted_error_is_not_a_reply() -> None:
     t = count([("a",)], ["a"], [reply("a", ok=False), reply("a")])
     assert (t.answered_once, t.answered_twice) == (1, 0)
-    assert reply_context(reply("a", ok=False)) is None
-    assert reply_context({"answered": {"id": "w"}, "body": None}) is None
+    assert ledger_row(reply("a", ok=False)) is None
+    assert ledger_row({"answered": {"id": "w"}, "body": None}) is None
+    assert ledger_row({"answered": {"id": "w"}, "body": {"biz_opaque_callback_data": "not ours"}}) is None
 
 
 def test_a_burst_needs_one_reply_to_any_of_its_messages() -> None:

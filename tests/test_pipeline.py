@@ -17,8 +17,9 @@ async def _rows(db: asyncpg.Connection, message_id: str) -> dict:
     if inbound is None:
         return {}
     conv = await db.fetchrow("SELECT * FROM conversations WHERE id = $1", inbound["conversation_id"])
-    outbound = await db.fetch("SELECT * FROM messages WHERE conversation_id = $1 AND direction = 'outbound' "
-                              "AND payload->'context'->>'message_id' = $2", conv["id"], message_id)
+    outbound = await db.fetch("SELECT m.* FROM messages m JOIN outbound_log o ON o.provider_message_id = "
+                              "m.provider_message_id WHERE m.conversation_id = $1 AND m.direction = 'outbound' "
+                              "AND o.intent->>'reply_to' = $2", conv["id"], message_id)
     return {"inbound": inbound, "conversation": conv, "outbound": outbound}
 
 

@@ -58,8 +58,7 @@ async def wait_exit(stack: Stack, name: str, timeout: float = 60) -> int:
 
 async def answered_once(stack: Stack, db: asyncpg.Connection, ids: list[str]) -> bool:
     stored = await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids)
-    sent = await stack.sent()
-    replied = {((x.get("body") or {}).get("context") or {}).get("message_id") for x in sent}
+    replied = {message_id for _, message_id in await stack.answered()}
     return stored == len(ids) and set(ids) <= replied
 
 

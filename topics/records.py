@@ -125,6 +125,7 @@ class SendIntent:
     to: str  # wa_id / phone, or a business-scoped user id
     text: str
     reply_to: str | None = None  # the inbound message id this answers
+    quote: bool = True  # show ``reply_to`` quoted above the reply (``context.message_id``)
     ownership_version: int = 0
     customer_timestamp: float | None = None  # when the customer wrote (Meta's timestamp, 1 s resolution)
     accepted_at: float | None = None  # when our webhook accepted the customer's body (pipeline latency)
