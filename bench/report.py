@@ -301,8 +301,41 @@ def render(results: dict[str, Any]) -> str:
     elif results.get("sustained"):
         out += ["## Where the time goes", "", "No profile: py-spy could not attach (see the run's log).", ""]
 
+    if results.get("inbox"):
+        out += inbox_section(results["inbox"])
     out += ["## Closing note", "", closing_note(results), ""]
     return "\n".join(out)
+
+
+def inbox_section(r: dict[str, Any]) -> list[str]:
+    """The inbox phase: the seed, a row per route, the live events' delay and the verdict."""
+    from bench.inbox import EVENT_AIM_S, LIST_P99_AIM_S, ROUTE_NAMES
+
+    seed, sse, aim = r["seed"], r["sse"], r["aim"]
+    rows = [[name, ms(x["p50"]), ms(x["p99"]), ms(x["max"]), num(x["requests"]), num(x["errors"])]
+            for name in ROUTE_NAMES if (x := r["routes"].get(name))]
+    out = ["## Inbox", "",
+           f"A database of its own seeded with {num(seed['conversations'])} conversations and "
+           f"{num(seed['messages'])} messages ({num(seed['contacts'])} contacts and leads, "
+           f"{num(seed['outbound_log'])} bot replies in the ledger, {num(seed['tasks'])} tasks, "
+           f"{num(seed['notifications'])} notifications) by COPY in {num(seed['seconds'], 1)} s. "
+           f"Then {r['agents']} people, each with an API token and an open event stream, against "
+           f"`wacrm serve --only inbox` for {num(r['seconds'])} s: each visits every route below in turn with "
+           f"a pause of {num(r['think_s'], 1)} s on average between requests ({num(r['requests_per_s'])} "
+           "requests/s in all). The `list` rows are `GET /api/v1/conversations` with the filters named; "
+           "`detail` is `GET /api/v1/conversations/{id}` (the conversation and its newest 50 messages); "
+           "`reply` is `POST /api/v1/conversations/{id}/messages`. No worker runs in this phase: a reply "
+           "stays queued in the ledger, and its latency is the API's answer time.", "",
+           table(["route", "p50 ms", "p99 ms", "max ms", "requests", "errors"], rows), "",
+           f"Live events: a customer message stored through the inbound agent's store function "
+           f"(`wacrm_store_inbound`), one at a time, reached an open `/api/v1/events` stream after p50 "
+           f"{ms(sse['p50'])} ms, p99 {ms(sse['p99'])} ms, max {ms(sse['max'])} ms ({sse['count']} events, "
+           f"{sse['missed']} not seen within 5 s), timed from just before the commit.", "",
+           f"Aim: list and detail p99 ≤ {LIST_P99_AIM_S * 1000:.0f} ms at {r['agents']} people, "
+           f"{_met(aim['reads'])}; an event ≤ {EVENT_AIM_S:.0f} s after its message, {_met(aim['events'])}.", ""]
+    if r.get("error_samples"):
+        out += ["First errors: " + "; ".join(f"`{e}`" for e in r["error_samples"]), ""]
+    return out
 
 
 CPU_COLUMNS = ("serve", "worker", "fake-meta", "broker", "postgres", "generator")
