@@ -79,9 +79,16 @@ QUICK_LOAD = Load(seconds=15, think_s=0.5, events=40, event_gap_s=0.2)
 
 # --- the seed's shape (pure) -------------------------------------------------------------------
 
+_MASK = (1 << 64) - 1
+
+
 def _mix(i: int, salt: int) -> int:
-    """A well-spread, repeatable number for conversation ``i`` (Knuth's multiplicative hash)."""
-    return ((i + 1) * 2654435761 + salt * 40503) % 4294967296
+    """A well-spread, repeatable number for conversation ``i``, independent across ``salt`` values
+    (the splitmix64 finaliser)."""
+    x = (i * 0x9E3779B97F4A7C15 + salt * 0xD1B54A32D192ED03) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +220,31 @@ def route_summary(latencies: list[float], errors: int) -> dict[str, Any]:
     return {"p50": s.p50, "p99": s.p99, "max": s.max, "requests": s.count + errors, "errors": errors}
 
 
+def server_times(before: str, after: str) -> dict[str, dict[str, float]]:
+    """The server's own time per route group between two ``/metrics`` texts: requests and mean
+    seconds, from ``wacrm_inbox_request_duration_seconds`` (the time inside the handler, without
+    the client's or the network's)."""
+    def sums(text: str) -> dict[tuple[str, str], float]:
+        out: dict[tuple[str, str], float] = {}
+        for line in text.splitlines():
+            for part in ("sum", "count"):
+                prefix = f"wacrm_inbox_request_duration_seconds_{part}{{route=\""
+                if line.startswith(prefix):
+                    route, _, value = line[len(prefix):].partition("\"} ")
+                    out[(route, part)] = float(value)
+        return out
+
+    a, b = sums(before), sums(after)
+    result = {}
+    for route, part in b:
+        if part != "count":
+            continue
+        n = b[(route, "count")] - a.get((route, "count"), 0.0)
+        if n > 0:
+            result[route] = {"requests": n, "mean": (b[(route, "sum")] - a.get((route, "sum"), 0.0)) / n}
+    return result
+
+
 def aim_met(routes: dict[str, dict[str, Any]], sse: dict[str, Any]) -> dict[str, bool]:
     """Lists and the detail within ``LIST_P99_AIM_S`` at p99 without errors; events within ``EVENT_AIM_S``."""
     def ok(r: dict[str, Any]) -> bool:
@@ -269,7 +301,7 @@ async def seed(conn: asyncpg.Connection, plan: Seed, users: list[int],
     for table in written:
         await conn.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                            f"GREATEST((SELECT max(id) FROM {table}), 1))")
-    await conn.execute("ANALYZE")
+    await conn.execute("VACUUM ANALYZE")  # statistics and the visibility map, as autovacuum would leave them
     return {**written, "seconds": time.monotonic() - started}
 
 

@@ -116,6 +116,9 @@ def render(results: dict[str, Any]) -> str:
                 ["packages", ", ".join(f"{k} {v}" for k, v in m.get("packages", {}).items())],
                 ["command", f"`{results.get('command', '?')}`"]]), ""]
 
+    if results.get("only") == "inbox":  # `python -m bench --only inbox`: that phase alone
+        return "\n".join(out + (inbox_section(results["inbox"]) if results.get("inbox") else []))
+
     # --- headline -----------------------------------------------------------------------------
     wh, bare = _best(results.get("webhook")), _best(results.get("bare"))
     produce, pg = results.get("produce") or {}, results.get("postgres") or {}
@@ -149,6 +152,8 @@ def render(results: dict[str, Any]) -> str:
         g = (mem.get(name) or {}).get("growth")
         if g is not None and not math.isnan(g):
             rows.append([f"RSS growth over the soak: {name}", pct(g), "< 10 %", _met(g < TARGETS["rss_growth"])])
+    if results.get("inbox"):
+        rows += _inbox_summary(results["inbox"])
     out += [table(["figure", "measured", "target", ""], rows), ""]
 
     # --- ceilings -----------------------------------------------------------------------------
@@ -307,6 +312,16 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _inbox_summary(r: dict[str, Any]) -> list[list[str]]:
+    from bench.inbox import EVENT_AIM_S, LIST_P99_AIM_S, REPLY
+
+    worst = max((x["p99"] for name, x in r["routes"].items() if name != REPLY), default=None)
+    return [[f"inbox: worst list/detail p99 at {r['agents']} people (ms)", ms(worst),
+             f"≤ {LIST_P99_AIM_S * 1000:.0f}", _met(r["aim"]["reads"])],
+            ["inbox: event after its message, p99 (ms)", ms(r["sse"]["p99"]), f"≤ {EVENT_AIM_S * 1000:.0f}",
+             _met(r["aim"]["events"])]]
+
+
 def inbox_section(r: dict[str, Any]) -> list[str]:
     """The inbox phase: the seed, a row per route, the live events' delay and the verdict."""
     from bench.inbox import EVENT_AIM_S, LIST_P99_AIM_S, ROUTE_NAMES
@@ -333,6 +348,14 @@ def inbox_section(r: dict[str, Any]) -> list[str]:
            f"{sse['missed']} not seen within 5 s), timed from just before the commit.", "",
            f"Aim: list and detail p99 ≤ {LIST_P99_AIM_S * 1000:.0f} ms at {r['agents']} people, "
            f"{_met(aim['reads'])}; an event ≤ {EVENT_AIM_S:.0f} s after its message, {_met(aim['events'])}.", ""]
+    if r.get("server"):
+        cores = r.get("cpu_cores") or {}
+        out += ["The server's own time per route group (`wacrm_inbox_request_duration_seconds`, from inside "
+                "the handler: without the client's queueing): "
+                + ", ".join(f"`{route}` {ms(x['mean'])} ms mean over {num(x['requests'])}"
+                            for route, x in sorted(r["server"].items())) + ". "
+                + "CPU over the load, in cores: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
+                + " (the simulated people run in the bench process, on the same cores).", ""]
     if r.get("error_samples"):
         out += ["First errors: " + "; ".join(f"`{e}`" for e in r["error_samples"]), ""]
     return out

@@ -556,7 +556,14 @@ class Bench:
             wait_for_port(port, 60, proc)
             await _wait_ready(f"http://127.0.0.1:{port}/readyz")
             _log(f"inbox: {seed.agents} people for {load.seconds:.0f}s")
+            assert self.pg.proc is not None
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+            before = await _text(metrics_url)
+            cpu = probes.CpuMeter({"serve": (proc.pid, False), "postgres": (self.pg.proc.pid, True),
+                                   "bench": (os.getpid(), False)})
             result = await inbox.run_load(f"http://127.0.0.1:{port}", tokens, dsn, seed, load)
+            result["cpu_cores"] = cpu.cores()
+            result["server"] = inbox.server_times(before, await _text(metrics_url))
         finally:
             self.stop("inbox")
         result["seed"] = {**seeded, "conversations": seed.conversations, "messages": seed.messages}
@@ -608,6 +615,11 @@ def _brief_e2e(s: dict[str, Any]) -> str:
     return (f"{s['messages']} msgs, replies {s['replies_per_s']:.0f}/s, p50 {lat['p50'] * 1000:.0f} ms, "
             f"p99 {lat['p99'] * 1000:.0f} ms, lost {s['lost']}, dup {s['duplicated']}, "
             f"webhook errors {s['load']['errors']}")
+
+
+async def _text(url: str) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, s.get(url) as r:
+        return await r.text()
 
 
 async def _wait_ready(url: str, timeout: float = 60) -> None:
