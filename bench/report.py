@@ -353,7 +353,8 @@ def inbox_section(r: dict[str, Any]) -> list[str]:
         out += ["The server's own time per route group (`wacrm_inbox_request_duration_seconds`, from inside "
                 "the handler: without the client's queueing): "
                 + ", ".join(f"`{route}` {ms(x['mean'])} ms mean over {num(x['requests'])}"
-                            for route, x in sorted(r["server"].items())) + ". "
+                            for route, x in sorted(r["server"].items())
+                            if not route.endswith("/events")) + ". "
                 + "CPU over the load, in cores: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items())
                 + " (the simulated people run in the bench process, on the same cores).", ""]
     if r.get("error_samples"):
