@@ -17,6 +17,7 @@ Everything started here is stopped here (and dies with this process); traffic go
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import secrets
@@ -531,6 +532,8 @@ class Bench:
         """The inbox phase (:mod:`bench.inbox`): a database of its own, migrated and seeded, then
         ``wacrm serve --only inbox`` on it under ``seed.agents`` people; no worker runs."""
         assert self.pg is not None
+        for name in ("worker", "serve", "fake-meta"):  # the pipeline's phases are over; they would share the cores
+            self.stop(name)
         _log(f"inbox: seeding {seed.conversations:,} conversations, {seed.messages:,} messages")
         from wacrm.storage.migrate import run_migrations
 
@@ -637,12 +640,14 @@ async def _wait_ready(url: str, timeout: float = 60) -> None:
 
 
 def run(quick: bool, out: Path, command: str, only: str | None = None,
-        seed: inbox.Seed | None = None) -> int:
+        seed: inbox.Seed | None = None, think_s: float | None = None) -> int:
     """Run the whole benchmark (or ``only`` its inbox phase) and write the report to ``out``; 0 on success.
-    ``seed``: the inbox phase's seed instead of the plan's."""
+    ``seed``, ``think_s``: the inbox phase's seed and people's mean pause instead of the plan's."""
     plan = QUICK if quick else FULL
     seed = seed or (inbox.QUICK_SEED if quick else inbox.FULL_SEED)
     load = inbox.QUICK_LOAD if quick else inbox.FULL_LOAD
+    if think_s is not None:
+        load = dataclasses.replace(load, think_s=think_s)
     work = Path(tempfile.mkdtemp(prefix="wacrm-bench-"))
     bench = Bench(plan, work)
     started = time.time()
