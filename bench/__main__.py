@@ -16,12 +16,26 @@ def main(argv: list[str] | None = None) -> int:
         "Loopback only; bounded in time; stops everything it started.")
     p.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
     p.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
+    p.add_argument("--only", choices=("inbox",), default=None,
+                   help="run only the inbox phase: a seeded database and 50 people working the inbox API")
+    p.add_argument("--seed", metavar="CONVERSATIONS", type=int, default=None,
+                   help="the inbox phase's seed: this many conversations and ten times as many messages "
+                        "(default 100,000, or 10,000 with --quick)")
+    p.add_argument("--think", metavar="SECONDS", type=float, default=None,
+                   help="the inbox phase: each person's mean pause between requests (default 0.5)")
     args = p.parse_args(argv)
+    if args.seed is not None and args.seed < 100:
+        p.error("--seed needs at least 100 conversations")
+    if args.think is not None and not 0 < args.think <= 60:
+        p.error("--think must be more than 0 and at most 60 seconds")
     eventloop.install()
+    from bench.inbox import Seed
     from bench.run import run
 
+    seed = Seed(args.seed, args.seed * 10) if args.seed is not None else None
     try:
-        return run(args.quick, Path(args.out), " ".join(["make bench", *sys.argv[1:]]))
+        command = " ".join(["python -m bench" if args.only else "make bench", *sys.argv[1:]])
+        return run(args.quick, Path(args.out), command, args.only, seed, args.think)
     except KeyboardInterrupt:
         return 130
 

@@ -17,6 +17,7 @@ Everything started here is stopped here (and dies with this process); traffic go
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import secrets
@@ -35,7 +36,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from bench import probes, report, stats
+from bench import inbox, probes, report, stats
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 
@@ -77,6 +78,7 @@ SUSTAIN_TRIES = 3
 # The deliberate waiting switched off to measure the pipeline itself (the issue asks for that).
 PIPELINE_ONLY = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_INTERVAL_SECONDS": "0"}
 SUSTAIN_STEP_DOWN = 0.85
+INBOX_DEADLINE_S = 900  # seeding a million messages, migrations, the load
 
 
 class BenchError(Exception):
@@ -102,7 +104,7 @@ class Bench:
         self.broker: EmbeddedBroker | None = None
         self.children: dict[str, subprocess.Popen] = {}
         self.ports = {"serve": free_port(), "fake-meta": free_port(), "worker-metrics": free_port(),
-                      "bare": free_port()}
+                      "bare": free_port(), "inbox": free_port()}
         self.db_url = ""
         self.group = f"wacrm-bench-{os.getpid()}"
         self.results: dict[str, Any] = {"plan": plan.name}
@@ -526,6 +528,58 @@ class Bench:
         self.results["memory"] = memory
 
 
+    async def inbox(self, seed: inbox.Seed, load: inbox.Load) -> None:
+        """The inbox phase (:mod:`bench.inbox`): a database of its own, migrated and seeded, then
+        ``wacrm serve --only inbox`` on it under ``seed.agents`` people; no worker runs."""
+        assert self.pg is not None
+        for name in ("worker", "serve", "fake-meta"):  # the pipeline's phases are over; they would share the cores
+            self.stop(name)
+        _log(f"inbox: seeding {seed.conversations:,} conversations, {seed.messages:,} messages")
+        from wacrm.storage.migrate import run_migrations
+
+        conn = await asyncpg.connect(self.pg.url)
+        try:
+            await conn.execute('CREATE DATABASE "wacrm_bench_inbox"')
+        finally:
+            await conn.close()
+        dsn = f"{self.pg.url.rsplit('/', 1)[0]}/wacrm_bench_inbox"
+        await run_migrations(dsn, 10, out=lambda m: None)
+        conn = await asyncpg.connect(dsn)
+        try:
+            users, tokens = await inbox.create_agents(conn, seed.agents)
+            seeded = await inbox.seed(conn, seed, users, _log)
+        finally:
+            await conn.close()
+        _log(f"inbox: seeded in {seeded['seconds']:.0f}s")
+        port = self.ports["inbox"]
+        proc = procs.spawn(procs.python_cmd("serve", "--only", "inbox"), log_path=self.logs / "inbox.log",
+                           env={**self.env(), "DATABASE_URL": dsn, "PORT": str(port)}, cwd=CHECKOUT)
+        self.children["inbox"] = proc
+        try:
+            wait_for_port(port, 60, proc)
+            await _wait_ready(f"http://127.0.0.1:{port}/readyz")
+            _log(f"inbox: {seed.agents} people for {load.seconds:.0f}s")
+            assert self.pg.proc is not None
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+            before = await _text(metrics_url)
+            cpu = probes.CpuMeter({"serve": (proc.pid, False), "postgres": (self.pg.proc.pid, True),
+                                   "bench": (os.getpid(), False)})
+            result = await inbox.run_load(f"http://127.0.0.1:{port}", tokens, dsn, seed, load)
+            result["cpu_cores"] = cpu.cores()
+            result["server"] = inbox.server_times(before, await _text(metrics_url))
+        finally:
+            self.stop("inbox")
+        result["seed"] = {**seeded, "conversations": seed.conversations, "messages": seed.messages}
+        result["aim"] = inbox.aim_met(result["routes"], result["sse"])
+        self.results["inbox"] = result
+        for name, r in result["routes"].items():
+            _log(f"  {name}: p50 {r['p50'] * 1000:.1f} ms, p99 {r['p99'] * 1000:.1f} ms, "
+                 f"{r['requests']} requests, {r['errors']} errors")
+        sse = result["sse"]
+        _log(f"  event after its message: p50 {sse['p50'] * 1000:.0f} ms, p99 {sse['p99'] * 1000:.0f} ms "
+             f"({sse['count']} events, {sse['missed']} missed)")
+
+
 def _profile(path: Path, seconds: float) -> dict[str, Any] | None:
     """The worker's profile (collapsed stacks) as shares: by package, innermost frames, our functions."""
     if not path.exists():
@@ -566,6 +620,11 @@ def _brief_e2e(s: dict[str, Any]) -> str:
             f"webhook errors {s['load']['errors']}")
 
 
+async def _text(url: str) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, s.get(url) as r:
+        return await r.text()
+
+
 async def _wait_ready(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     last = ""
@@ -580,9 +639,15 @@ async def _wait_ready(url: str, timeout: float = 60) -> None:
     raise BenchError(f"{url} not ready within {timeout:.0f}s: {last}")
 
 
-def run(quick: bool, out: Path, command: str) -> int:
-    """Run the whole benchmark and write the report to ``out``; 0 on success."""
+def run(quick: bool, out: Path, command: str, only: str | None = None,
+        seed: inbox.Seed | None = None, think_s: float | None = None) -> int:
+    """Run the whole benchmark (or ``only`` its inbox phase) and write the report to ``out``; 0 on success.
+    ``seed``, ``think_s``: the inbox phase's seed and people's mean pause instead of the plan's."""
     plan = QUICK if quick else FULL
+    seed = seed or (inbox.QUICK_SEED if quick else inbox.FULL_SEED)
+    load = inbox.QUICK_LOAD if quick else inbox.FULL_LOAD
+    if think_s is not None:
+        load = dataclasses.replace(load, think_s=think_s)
     work = Path(tempfile.mkdtemp(prefix="wacrm-bench-"))
     bench = Bench(plan, work)
     started = time.time()
@@ -595,18 +660,21 @@ def run(quick: bool, out: Path, command: str) -> int:
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
-    signal.alarm(int(plan.deadline_s))
+    bound = INBOX_DEADLINE_S + (0 if only == "inbox" else plan.deadline_s)
+    signal.alarm(int(bound))
     ok = False
     try:
         bench.start_storage()
-        bench.ceilings()
-        asyncio.run(bench.http_ceiling())
-        asyncio.run(bench.webhook())
-        asyncio.run(bench.pipeline())
+        if only != "inbox":
+            bench.ceilings()
+            asyncio.run(bench.http_ceiling())
+            asyncio.run(bench.webhook())
+            asyncio.run(bench.pipeline())
+        asyncio.run(bench.inbox(seed, load))
         ok = True
     except _Deadline:
-        print(f"wacrm bench: the run overran its bound of {plan.deadline_s:.0f}s; stopped", file=sys.stderr)
-    except (BenchError, OSError) as exc:
+        print(f"wacrm bench: the run overran its bound of {bound:.0f}s; stopped", file=sys.stderr)
+    except (BenchError, OSError, ValueError, asyncpg.PostgresError) as exc:
         print(f"wacrm bench: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("wacrm bench: interrupted", file=sys.stderr)
@@ -617,6 +685,7 @@ def run(quick: bool, out: Path, command: str) -> int:
     bench.results["machine"] = report.machine(bench.results.get("postgres_version"))
     bench.results["command"] = command
     bench.results["complete"] = ok
+    bench.results["only"] = only
     (work / "results.json").write_bytes(orjson.dumps(bench.results, option=orjson.OPT_INDENT_2))
     out.write_text(report.render(bench.results))
     _log(f"report written to {out} (raw results in {work / 'results.json'})")

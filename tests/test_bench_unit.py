@@ -280,3 +280,121 @@ def test_report_names_the_broker_slowing_down_over_the_soak() -> None:
     flat = [{**r, "cpu": {**r["cpu"], "broker": 0.5}} for r in samples]
     assert "no marked growth" in report.render({"plan": "full", "samples": flat, "soak": soak,
                                                 "memory": {"broker": {"start": 1, "end": 1, "peak": 1, "growth": 0}}})
+
+
+# --- the inbox phase ------------------------------------------------------------------------------
+
+def test_message_counts_sum_exactly_and_some_threads_page() -> None:
+    from bench.inbox import message_counts
+    from wacrm.inbox.store import MESSAGES_PER_PAGE as MESSAGES_PAGE
+
+    counts = message_counts(10_000, 100_000)
+    assert sum(counts) == 100_000
+    assert min(counts) >= 1
+    assert sum(1 for c in counts if c > MESSAGES_PAGE) >= 50  # the detail's "before" paging has work
+    assert message_counts(200, 200) == [1] * 200
+    with pytest.raises(ValueError):
+        message_counts(10, 9)
+
+
+def test_seed_shape_gives_every_list_filter_rows() -> None:
+    from bench.inbox import STATUS_MIX, shape
+
+    shapes = [shape(i, 50) for i in range(2000)]
+    live = [s for s in shapes if not s.deleted]
+    for status, _ in STATUS_MIX:
+        assert any(s.status == status for s in live), status
+        assert any(s.status == status and s.assignee == 0 for s in live), f"{status} for agent 0"
+        assert any(s.status == status and s.assignee is None for s in live), f"{status} unassigned"
+    assert all(any(s.assignee == a for s in live) for a in range(50))  # every agent owns some
+    assert 0 < sum(s.deleted for s in shapes) < 60  # about 1 %
+    assert 100 < sum(s.window_open for s in live) < 300  # about 10 %: replies have somewhere to go
+    assert all(s.unread == 0 for s in shapes if s.status != "open")
+    assert shape(17, 50) == shape(17, 50)  # the same seed every run
+
+
+def test_targets_are_visible_and_replyable_ones() -> None:
+    from bench.inbox import Seed, shape, targets
+
+    visible, replyable = targets(Seed(500, 5000))
+    assert set(replyable) <= set(visible)
+    assert all(not shape(cid - 1, 50).deleted for cid in visible)
+    assert all(shape(cid - 1, 50).window_open for cid in replyable)
+    assert len(visible) + sum(shape(i, 50).deleted for i in range(500)) == 500
+
+
+def test_request_cycle_visits_every_route_and_people_start_apart() -> None:
+    import itertools
+
+    from bench.inbox import LIST_ROUTES, ROUTE_NAMES, request_cycle
+
+    for agent in range(3):
+        first = list(itertools.islice(request_cycle(agent), len(ROUTE_NAMES)))
+        assert sorted(first) == sorted(ROUTE_NAMES)
+    assert next(request_cycle(0)) != next(request_cycle(1))
+    queries = [q for _, q in LIST_ROUTES]
+    for status in ("open", "pending", "resolved", "snoozed", "all"):
+        assert any(f"status={status}" in q for q in queries)
+    for assignee in ("me", "unassigned", "all"):
+        assert any(f"assignee={assignee}" in q for q in queries)
+    assert any("q=" in q for q in queries) and any("page=" in q for q in queries)
+
+
+def test_sse_parser_reads_events_as_aiohttp_sse_writes_them() -> None:
+    from bench.inbox import SseParser
+
+    stream = ("event: ready\r\ndata: {}\r\n\r\n: ping\r\n\r\n"
+              'id: 7\r\nevent: message\r\ndata: {"id": 7, "conversation_id": 3}\r\n\r\n'
+              "data: a\ndata: b\n\n")
+    p = SseParser()
+    got = [e for line in stream.splitlines(keepends=True) if (e := p.feed(line)) is not None]
+    assert got == [("ready", "{}"), ("message", '{"id": 7, "conversation_id": 3}'), ("message", "a\nb")]
+
+
+def test_inbox_aim_and_its_report() -> None:
+    from bench.inbox import ROUTE_NAMES, aim_met, route_summary
+    from bench.report import inbox_section
+
+    fast = {n: route_summary([0.004] * 99 + [0.030], 0) for n in ROUTE_NAMES}
+    sse = {"count": 100, "missed": 0, "p50": 0.005, "p99": 0.02, "max": 0.03}
+    assert aim_met(fast, sse) == {"reads": True, "events": True}
+    slow_reply = {**fast, "reply": route_summary([0.2] * 10, 0)}
+    assert aim_met(slow_reply, sse)["reads"]  # the reply is reported, not judged
+    one_slow = {**fast, "detail": route_summary([0.004] * 98 + [0.080, 0.090], 0)}
+    assert not aim_met(one_slow, sse)["reads"]
+    errors = {**fast, "list status=open": route_summary([0.004] * 10, 1)}
+    assert not aim_met(errors, sse)["reads"]
+    assert not aim_met(fast, {**sse, "missed": 1})["events"]
+    assert not aim_met(fast, {**sse, "p99": 1.5})["events"]
+    assert fast["detail"]["requests"] == 100 and errors["list status=open"]["requests"] == 11
+
+    seed = {"conversations": 200, "messages": 2000, "contacts": 200, "outbound_log": 900, "tasks": 4,
+            "notifications": 4, "seconds": 0.4}
+    text = "\n".join(inbox_section({"seed": seed, "agents": 50, "seconds": 15, "think_s": 0.5,
+                                    "requests_per_s": 90, "routes": one_slow, "sse": sse,
+                                    "aim": aim_met(one_slow, sse), "error_samples": []}))
+    for name in ROUTE_NAMES:
+        assert f"| {name} |" in text
+    assert "| detail | 4.0 | 80.0 | 90.0 | 100 | 0 |" in text
+    assert "list and detail p99 ≤ 50 ms at 50 people, **NOT MET**" in text
+    assert "an event ≤ 1 s after its message, met" in text
+
+
+def test_server_times_are_the_difference_between_two_scrapes() -> None:
+    from bench.inbox import server_times
+
+    before = ('wacrm_inbox_request_duration_seconds_count{route="/conversations"} 10.0\n'
+              'wacrm_inbox_request_duration_seconds_sum{route="/conversations"} 0.5\n')
+    after = ('# HELP wacrm_inbox_request_duration_seconds Inbox API request duration\n'
+             'wacrm_inbox_request_duration_seconds_bucket{le="0.005",route="/conversations"} 3.0\n'
+             'wacrm_inbox_request_duration_seconds_count{route="/conversations"} 110.0\n'
+             'wacrm_inbox_request_duration_seconds_sum{route="/conversations"} 1.5\n'
+             'wacrm_inbox_request_duration_seconds_count{route="/conversations/{id}"} 4.0\n'
+             'wacrm_inbox_request_duration_seconds_sum{route="/conversations/{id}"} 0.02\n'
+             'wacrm_inbox_request_duration_seconds_count{route="/auth/me"} 0.0\n'
+             'wacrm_inbox_request_duration_seconds_sum{route="/auth/me"} 0.0\n')
+    got = server_times(before, after)
+    assert set(got) == {"/conversations", "/conversations/{id}"}
+    assert got["/conversations"]["requests"] == 100
+    assert got["/conversations"]["mean"] == pytest.approx(0.01)
+    assert got["/conversations/{id}"]["mean"] == pytest.approx(0.005)

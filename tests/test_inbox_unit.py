@@ -102,3 +102,13 @@ def test_secrets_are_stored_as_hashes_and_passwords_as_argon2id() -> None:
     hashed = auth.hash_password("pw-123456")
     assert hashed.startswith("$argon2id$")
     assert auth._verify(hashed, "pw-123456") and not auth._verify(hashed, "nope") and not auth._verify(None, "x")
+
+
+def test_list_counts_fold_groups_per_status_and_owner() -> None:
+    from wacrm.inbox.store import list_counts
+
+    groups = [("open", None, 3), ("open", 7, 2), ("open", 8, 1), ("snoozed", 7, 4), ("resolved", None, 5)]
+    assert list_counts(groups, 7) == {"open": 6, "pending": 0, "resolved": 5, "snoozed": 4, "all": 15,
+                                      "mine": 6, "unassigned": 8}
+    assert list_counts([], 7) == {"open": 0, "pending": 0, "resolved": 0, "snoozed": 0, "all": 0, "mine": 0,
+                                  "unassigned": 0}
