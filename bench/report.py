@@ -212,7 +212,7 @@ def render(results: dict[str, Any]) -> str:
                 "waiting switched off: `BURST_WINDOW_SECONDS=0` (default 2 s), `RATE_LIMIT_PER_SECOND=1000` "
                 "(default 80) and no per-recipient pacing; everything else at its default ("
                 + ", ".join(f"`{k}={v}`" for k, v in st.items()) + "). Every inbound id the webhook accepted "
-                "is counted against the sends fake-meta recorded (`GET /__sent`, by `context.message_id`) and "
+                "is counted against the sends fake-meta recorded (`GET /__sent`, each send matched to the message it answers through the ledger row it names) and "
                 "the inbound rows in PostgreSQL. 10 % of bodies are statuses, 10 % carry 2–5 messages, so a "
                 "body carries about 1.15 messages; rates are offered in bodies/s, the targets count messages/s.",
                 ""]

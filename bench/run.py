@@ -37,8 +37,10 @@ import asyncpg
 import orjson
 
 from bench import inbox, probes, report, stats
+from wacrm.agents.sending import ledger_id
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.storage import repo
 
 WEBHOOK_P99_BOUND_S = 0.020
 E2E_P99_BOUND_S = 1.0
@@ -448,11 +450,11 @@ class Bench:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
             async with s.get(f"{fake}/__sent") as r:
                 sent = orjson.loads(await r.read())
-        replies = [(((x.get("body") or {}).get("context") or {}).get("message_id"), x["received_at"])
-                   for x in sent]
-        replies = [(m, at) for m, at in replies if isinstance(m, str)]
         conn = await asyncpg.connect(self.db_url)
         try:
+            rows_of = [ledger_id((x.get("body") or {}).get("biz_opaque_callback_data")) for x in sent]
+            answers = await repo.answered_messages(conn, [r for r in rows_of if r is not None])
+            replies = [(answers[r], x["received_at"]) for x, r in zip(sent, rows_of, strict=True) if r in answers]
             rows = await conn.fetch(
                 """SELECT provider_message_id, count(*) AS n FROM messages
                    WHERE direction = 'inbound' AND provider_message_id LIKE $1 GROUP BY 1""",

@@ -88,7 +88,8 @@ def count_delivery(accepted_ids: Iterable[str], reply_ids: Iterable[str],
 
     ``accepted_ids``: inbound message ids in bodies the webhook answered 200 (an id the
     generator sent twice counts once). ``reply_ids``: for each send the Graph API stand-in
-    recorded, the inbound id it answers (``context.message_id``); repeats are duplicates.
+    recorded, the inbound id it answers (its ledger row's ``reply_to``: a reply is not always
+    quoted); repeats are duplicates.
     ``stored_rows``: inbound id → number of rows in PostgreSQL.
     """
     accepted = set(accepted_ids)

@@ -4,7 +4,8 @@ A *unit* is what must get exactly one reply: one customer message, or one burst 
 messages of a conversation within the burst window). Replies are the Graph API requests
 fake-meta took (answered with a message id, not a scripted error) whose ledger row (named in
 ``biz_opaque_callback_data``) answers one of the unit's messages: the bot quotes only the first
-answer of an exchange, so ``context.message_id`` is not on every reply. Nothing here does I/O; :mod:`faults.harness` gathers the inputs.
+answer of an exchange, so ``context.message_id`` is not on every reply. Nothing here does I/O;
+:mod:`faults.harness` gathers the inputs.
 """
 
 from __future__ import annotations
