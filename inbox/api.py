@@ -44,6 +44,7 @@ POOL = web.AppKey("inbox_pool", asyncpg.Pool)
 HUB = web.AppKey("inbox_hub", events.Hub)
 SCHEMA = web.AppKey("inbox_schema", SchemaGuard)
 RULES = web.AppKey("inbox_rules", Rules)
+COUNTS = web.AppKey("inbox_counts", store.CountsCache)
 LLM = web.AppKey("inbox_llm", object)  # tuple[aiohttp.ClientSession, intelligence.LlmConfig] | None
 USER = "inbox_user"
 
@@ -227,7 +228,11 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise ApiError(500, "DB_MISMATCH", problem)
         if request.match_info.handler not in PUBLIC:
             await _authenticate(request)
-        return await handler(request)
+        try:
+            return await handler(request)
+        finally:
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                request.app[HUB].changed()  # this write's own event may not have arrived yet
     except ApiError as exc:
         outcome = exc.code
         return exc.response()
@@ -298,9 +303,10 @@ async def list_conversations(request: web.Request) -> web.Response:
     page = _int_param(q.get("page", "1"), "page")
     if page < 1:
         raise invalid("page starts at 1")
+    stamp = request.app[HUB].stamp()
     async with request.app[POOL].acquire() as conn:
         items, counts = await store.list_conversations(
-            conn, store.ListQuery(status, assignee, q.get("q"), page), request[USER].id)
+            conn, store.ListQuery(status, assignee, q.get("q"), page), request[USER].id, request.app[COUNTS], stamp)
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 
@@ -512,9 +518,11 @@ async def admin_list(request: web.Request) -> web.Response:
     page = _int_param(request.query.get("page", "1"), "page")
     if page < 1:
         raise invalid("page starts at 1")
+    stamp = request.app[HUB].stamp()
     async with request.app[POOL].acquire() as conn:
         items, counts = await store.list_conversations(
-            conn, store.ListQuery("all", "all", request.query.get("q"), page, deleted=True), request[USER].id)
+            conn, store.ListQuery("all", "all", request.query.get("q"), page, deleted=True), request[USER].id,
+            request.app[COUNTS], stamp)
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 

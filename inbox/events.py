@@ -2,7 +2,7 @@
 
 The database writes every event (a stored message, a status change, a conversation's owner or
 status, a notification) to ``inbox_events`` and NOTIFYs it in the same transaction, by triggers
-(migration 0011), so every writer — agents, the API, a script — is covered and an event is seen
+(migration 0008), so every writer — agents, the API, a script — is covered and an event is seen
 only once its change is committed. Events carry ids only; the page refetches what changed.
 
 One :class:`Hub` per process holds one listening connection (reconnected with backoff; after a
@@ -57,7 +57,18 @@ class Hub:
         self._task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
         self._last_id = 0
+        self._changes = 0
         self.listening = asyncio.Event()
+
+    def stamp(self) -> int | None:
+        """A number that moves whenever the inbox may have changed (an event arrived, this process
+        wrote, the listener reconnected); ``None`` while not listening, when nothing can be known.
+        What was read under one stamp may be reused while the stamp stays the same."""
+        return self._changes if self.listening.is_set() else None
+
+    def changed(self) -> None:
+        """This process wrote: its own event may not have arrived yet."""
+        self._changes += 1
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="inbox-events-listener")
@@ -94,6 +105,7 @@ class Hub:
             q.put_nowait(_CLOSE)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
+        self._changes += 1
         self._last_id = max(self._last_id, int(event["id"]))
         for q in list(self._queues):
             self._offer(q, event)
@@ -116,6 +128,7 @@ class Hub:
                         self._dispatch(event)
                 else:
                     self._last_id = int(await conn.fetchval("SELECT COALESCE(max(id), 0) FROM inbox_events"))
+                self._changes += 1
                 self.listening.set()
                 backoff = 0.5
                 while not conn.is_closed() and not self._closed.is_set():

@@ -76,6 +76,7 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
         hub = events.Hub(settings.database_url, settings.db_timeout_s)
         hub.start()
         app[api.HUB] = hub
+        app[api.COUNTS] = store.CountsCache()
         session: aiohttp.ClientSession | None = None
         if settings.llm_api_base_url and settings.llm_model:
             session = aiohttp.ClientSession()

@@ -67,6 +67,31 @@ async def test_list_filters_counts_pages_and_search(stack: Stack, db: asyncpg.Co
         assert (status, err["code"]) == (422, "INVALID"), bad
 
 
+async def test_counts_follow_every_change_although_they_are_reused_between_changes(
+        stack: Stack, db: asyncpg.Connection, agent: Api) -> None:
+    async def counts() -> dict[str, int]:
+        return (await agent.get("conversations"))["meta"]["counts"]
+
+    async def truth() -> dict[str, int]:
+        return dict(await db.fetchrow(
+            "SELECT count(*) FILTER (WHERE inbox_status = 'open') open, count(*) \"all\", count(*) FILTER "
+            "(WHERE assigned_user_id = $1) mine FROM conversations WHERE deleted_at IS NULL", agent.user_id))
+
+    async def agree() -> bool:
+        got = await counts()
+        return {k: got[k] for k in ("open", "all", "mine")} == await truth()
+
+    await eventually(agree, what="the list's counts to agree with the database")
+    _, cid = await _conversation(stack, db)  # a new conversation, written by the worker: an event
+    await eventually(agree, what="a new conversation counted")
+    await agent.post(f"conversations/{cid}/assign")  # this server's own write: counted at once
+    assert await agree()
+    await agent.post(f"conversations/{cid}/status", {"status": "resolved"})
+    assert await agree()
+    await db.execute("UPDATE conversations SET inbox_status = 'pending' WHERE id = $1", cid)  # another writer
+    await eventually(agree, what="a change by another writer counted")
+
+
 async def test_detail_pages_messages_back_by_id(stack: Stack, db: asyncpg.Connection, agent: Api) -> None:
     _, cid = await _conversation(stack, db)
     await eventually(lambda: db.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1 AND "
