@@ -220,27 +220,34 @@ def _notification_json(r: asyncpg.Record) -> dict[str, Any]:
 
 
 async def notifications(conn: asyncpg.Connection, user_id: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
-    """The user's notifications (theirs and everyone's), newest first, snoozed ones hidden; and
-    how many are unread."""
+    """The user's notifications (theirs and everyone's), newest first, the ones they snoozed hidden;
+    and how many they have not read. Read and snoozed are each person's own (notification_states)."""
     rows = await conn.fetch(
-        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, n.read_at, n.snoozed_until, n.created_at
+        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, s.read_at, s.snoozed_until, n.created_at
            FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
-           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND (n.snoozed_until IS NULL OR n.snoozed_until <= now())
+           LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
+           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())
            ORDER BY n.id DESC LIMIT $2""", user_id, limit)
     unread = await conn.fetchval(
-        """SELECT count(*) FROM notifications WHERE (user_id = $1 OR user_id IS NULL) AND read_at IS NULL
-           AND (snoozed_until IS NULL OR snoozed_until <= now())""", user_id)
+        """SELECT count(*) FROM notifications n
+           LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
+           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND s.read_at IS NULL
+             AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())""", user_id)
     return [_notification_json(r) for r in rows], int(unread)
 
 
 async def notification_update(conn: asyncpg.Connection, notification_id: int, user_id: int, *,
                               read: bool = False, snooze_until: datetime | None = None) -> bool:
-    """Mark read or snooze one of the user's notifications; False when there is no such notification."""
+    """Mark read or snooze one of the user's notifications, for them alone; False when they have no
+    such notification."""
     done = await conn.execute(
-        """UPDATE notifications SET read_at = CASE WHEN $3 THEN COALESCE(read_at, now()) ELSE read_at END,
-               snoozed_until = COALESCE($4, snoozed_until)
-           WHERE id = $1 AND (user_id = $2 OR user_id IS NULL)""", notification_id, user_id, read, snooze_until)
-    return done != "UPDATE 0"
+        """INSERT INTO notification_states AS s (notification_id, user_id, read_at, snoozed_until)
+           SELECT n.id, $2, CASE WHEN $3 THEN now() END, $4 FROM notifications n
+           WHERE n.id = $1 AND (n.user_id = $2 OR n.user_id IS NULL)
+           ON CONFLICT (user_id, notification_id) DO UPDATE
+           SET read_at = CASE WHEN $3 THEN COALESCE(s.read_at, now()) ELSE s.read_at END,
+               snoozed_until = COALESCE($4, s.snoozed_until)""", notification_id, user_id, read, snooze_until)
+    return done != "INSERT 0 0"
 
 
 async def tasks(conn: asyncpg.Connection, state: str, limit: int = 200) -> list[dict[str, Any]]:

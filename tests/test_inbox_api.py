@@ -270,20 +270,26 @@ async def test_a_fallback_that_promises_a_follow_up_leaves_the_conversation_pend
     assert (status, body["code"]) == (422, "INVALID")
 
 
-async def test_notifications_read_and_snoozed(stack: Stack, db: asyncpg.Connection, agent: Api) -> None:
+async def test_notifications_read_and_snoozed(stack: Stack, db: asyncpg.Connection, agent: Api,
+                                              admin: Api) -> None:
     wa_id, cid = await _conversation(stack, db)
     await customer_says(stack, wa_id, "I want to talk to a human please")
 
-    async def notification() -> dict | None:
-        return next((n for n in (await agent.get("notifications"))["notifications"]
+    async def notification(who: Api = agent) -> dict | None:
+        return next((n for n in (await who.get("notifications"))["notifications"]
                      if n["conversation_id"] == cid and n["kind"] == "handover"), None)
 
     n = await eventually(notification, 30, "the handover notification")
     assert n["read_at"] is None
+    unread_for_admin = (await admin.get("notifications"))["meta"]["unread"]
     await agent.post(f"notifications/{n['id']}/read")
     assert (await notification())["read_at"] is not None  # type: ignore[index]
+    # The handover is everyone's: one person reading or snoozing it does it for them alone.
+    assert (await notification(admin))["read_at"] is None  # type: ignore[index]
+    assert (await admin.get("notifications"))["meta"]["unread"] == unread_for_admin
     await agent.post(f"notifications/{n['id']}/snooze", {"until": _iso(3)})
     assert await notification() is None  # hidden while snoozed
+    assert await notification(admin) is not None
     await eventually(notification, 30, "the snoozed notification to come back")
     status, body = await agent.call("POST", f"notifications/{n['id']}/snooze", {"until": _iso(-5)})
     assert (status, body["code"]) == (422, "INVALID")

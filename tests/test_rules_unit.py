@@ -20,10 +20,18 @@ def sit(*texts: str, new: bool = False, opted_out: bool = False, human: bool = F
 
 
 def test_faq_is_case_and_accent_insensitive_in_several_languages() -> None:
-    for text in ("What is the PRICE?", "¿Cuál es el precio?", "Qual é o preço?", "Was ist der Preis?"):
+    for text, said in (("What is the PRICE?", "prices"), ("¿Cuál es el precio?", "precios"),
+                       ("Qual é o preço?", "preços"), ("Was ist der Preis?", "Preise")):
         d = decide(RULES, sit(text))
-        assert d.action == "reply" and d.rule == "faq" and "prices" in (d.text or ""), text
+        assert d.action == "reply" and d.rule == "faq" and said in (d.text or ""), text
     assert decide(RULES, sit("¿Hacen ENVIO?")).text == decide(RULES, sit("hacen envío")).text
+
+
+def test_the_shipped_faq_answers_in_the_customers_language_else_the_default() -> None:
+    assert "Enviamos" in (decide(RULES, sit("¿hacen envío a Madrid?")).text or "")
+    assert "ship" in (decide(RULES, sit("do you do shipping?")).text or "")
+    # written once (the hours come from business_hours, in English): that answer for everyone
+    assert "We are open" in (decide(RULES, sit("¿cuál es el horario?")).text or "")
 
 
 def test_greeting_for_a_new_contact_and_fallback_otherwise() -> None:
