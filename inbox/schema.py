@@ -27,7 +27,7 @@ EXPECTED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("login_failures", "address"), ("conversations", "inbox_status"), ("conversations", "deleted_at"),
     ("conversations", "intelligence"), ("conversations", "messages_since_intelligence"), ("leads", "score"),
     ("notes", "body"), ("notifications", "snoozed_until"), ("outbound_log", "author_user_id"),
-    ("inbox_events", "kind"),
+    ("inbox_events", "kind"), ("notification_states", "read_at"),
 )
 
 
