@@ -46,7 +46,8 @@ class Status:
         self._outbound = outbound
 
     async def handle(self, items: list[Item]) -> list[str]:
-        statuses = [decode_status(value) for value, _, _ in items]
+        statuses = [decode_status(item.value) for item in items]
+        request_ids = [item.request_id for item in items]
         named = [sending.ledger_id(st.biz_opaque_callback_data) for st in statuses]
         templates: list[SendIntent] = []
         async with self._res.pool.acquire() as conn, conn.transaction():
@@ -63,7 +64,9 @@ class Status:
         await publish(self._outbound, templates)
         for step in settled:
             metrics.AMBIGUOUS_SENDS.labels(step).inc()
-        for st, outcome in zip(statuses, outcomes):
+        for st, outcome, request_id in zip(statuses, outcomes, request_ids, strict=True):
+            log.info("status %s of message %s: %s", st.status, st.message_id, outcome,
+                     extra={"request_id": request_id})
             metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
             if outcome == "duplicate":
                 metrics.DUPLICATES.labels("status").inc()

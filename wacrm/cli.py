@@ -37,8 +37,10 @@ def _settings(profile: str, needs: set[str] | None = None) -> Settings:
         raise CommandError(str(exc), EXIT_CONFIG) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(level: str, fmt: str = "text") -> None:
+    from wacrm.core.logs import configure
+
+    configure(level, fmt)
 
 
 async def _check_schema(database_url: str, timeout: float) -> None:
@@ -122,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.only != "inbox":
         needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
     s = _settings("prod", needs)
-    _logging(s.log_level)
+    _logging(s.log_level, s.log_format)
     assert s.database_url
     problem = asyncio.run(_schema_problem(s.database_url, s.db_timeout_s))
     log = logging.getLogger("wacrm")
@@ -218,7 +220,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app, resources = build(s)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
-    worker = faust.Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            _logging(s.log_level, s.log_format)  # ours instead of mode's: request ids, JSON, repeats summarised
+
+    worker = Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0
 
