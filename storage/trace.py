@@ -162,7 +162,7 @@ def render(rows: Rows, bus: BusFacts) -> list[str]:
             stops.append(stop)
     for st in rows.statuses:
         errors = f" errors {st['errors']}" if st["errors"] else ""
-        out.append(_line(st["received_at"], st["status"], f"Graph message {st['provider_message_id']} "
+        out.append(_line(st["received_at"], st["status"], f"status of Graph message {st['provider_message_id']} "
                                                           f"(Meta's time {_when(st['occurred_at'])}){errors}"))
     for t in rows.tasks:
         if t["kind"] != "handover" or not rows.inbound:

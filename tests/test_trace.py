@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
+from pathlib import Path
 
+import aiohttp
 import asyncpg
-from conftest import Stack, eventually
+import orjson
+from conftest import APP_SECRET, Stack, eventually
 
 from wacrm.core import procs
+from wacrm.core.embedded import free_port, wait_for_port
 from wacrm.core.settings import load
 from wacrm.topics import DLQ, scan
 from wacrm.topics.records import REQUEST_ID_MAX_CHARS
-from wacrm.whatsapp import simulate
+from wacrm.whatsapp import signature, simulate
 
 
 def _trace(stack: Stack, request_id: str, *more: str) -> subprocess.CompletedProcess:
@@ -21,7 +26,6 @@ def _trace(stack: Stack, request_id: str, *more: str) -> subprocess.CompletedPro
 
 
 def _message_id(body: bytes) -> str:
-    import orjson
     return orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
 
 
@@ -73,10 +77,7 @@ async def test_one_request_id_from_the_webhook_to_the_read_receipt(stack: Stack,
 
 async def test_the_webhook_returns_the_request_id_and_replaces_one_it_cannot_carry(stack: Stack) -> None:
     body = simulate.dumps(simulate.text_body(text="hi", wa_id="15550007002"))
-    async with __import__("aiohttp").ClientSession() as s:
-        from conftest import APP_SECRET
-
-        from wacrm.whatsapp import signature
+    async with aiohttp.ClientSession() as s:
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature.sign(APP_SECRET, body)}
         async with s.post(stack.webhook, data=body, headers={**headers, "X-Request-Id": "kept-1"}) as r:
             assert r.status == 200 and r.headers["X-Request-Id"] == "kept-1"
@@ -112,3 +113,29 @@ def test_an_unknown_request_id_is_exit_1_with_a_message(stack: Stack) -> None:
     assert "no request 'no-such-request'" in done.stderr and "Traceback" not in done.stderr
     bad = _trace(stack, "two words")
     assert bad.returncode == 2 and "REQUEST_ID" in bad.stderr
+
+
+async def test_json_logs_are_one_object_a_line_with_the_request_id(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve-json.log"
+    env = {**stack.env(), "PORT": str(port), "LOG_FORMAT": "json"}
+    proc = procs.spawn(procs.python_cmd("serve", "--only", "webhook"), log_path=log_path, env=env)
+    try:
+        wait_for_port(port, 30, proc)
+        body = simulate.dumps(simulate.text_body(text="json please", wa_id="15550007003"))
+        async with aiohttp.ClientSession() as s, s.post(
+                f"http://127.0.0.1:{port}/webhooks/whatsapp", data=body,
+                headers={"Content-Type": "application/json", "X-Request-Id": "json-rid-1",
+                         "X-Hub-Signature-256": signature.sign(APP_SECRET, body)}) as r:
+            assert r.status == 200
+
+        async def logged() -> list[dict]:
+            lines = [orjson.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            return lines if any(x["request_id"] == "json-rid-1" for x in lines) else []
+
+        lines = await eventually(logged, what="the call's JSON log line")
+    finally:
+        procs.stop(proc, signal.SIGTERM, 20)
+    (call,) = [x for x in lines if x["request_id"] == "json-rid-1"]
+    assert call["logger"] == "wacrm.webhook" and call["level"] == "INFO"
+    assert call["message"].startswith("received webhook call: accepted") and call["time"]
