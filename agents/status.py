@@ -105,7 +105,7 @@ class Status:
                 else:
                     assert isinstance(decision, sending.Fail)
                     await repo.record_failed(conn, row.id, repo.UNSETTLED, error, row.conversation_id,
-                                             decision.kind, decision.title)
+                                             decision.kind, decision.title, request_id=intent.request_id)
                 outcomes[n] = "settled_failed"
                 if row.state != "sending":
                     steps.append("settled_failed")

@@ -219,12 +219,12 @@ async def _bus_facts(s: Settings, rows: Any, request_id: str, timeout: float) ->
         except orjson.JSONDecodeError:
             letter = {"reason": "unreadable dead letter", "error": rec.value[:200]}
         letters.append({**letter, "at_ref": f"{rec.topic}:{rec.partition}@{rec.offset}", "at": rec.timestamp})
-    ref = (rows.inbound[0]["raw_ref"] if rows.inbound else None) or \
+    ref: dict[str, Any] | None = (rows.inbound[0]["raw_ref"] if rows.inbound else None) or \
         next(({"topic": x.get("source_topic"), "partition": x.get("source_partition"), "offset": x.get("source_offset")}
               for x in letters if x.get("source_topic") == RAW), None)
     raw = None
     if ref and ref.get("topic") is not None:
-        raw = await scan.at(client, ref["topic"], int(ref["partition"]), int(ref["offset"]), timeout)
+        raw = await scan.at(client, str(ref["topic"]), int(ref["partition"]), int(ref["offset"]), timeout)
     where = f"{ref['topic']}:{ref['partition']}@{ref['offset']}" if ref else None
     return BusFacts(raw.timestamp if raw is not None else None, where, letters)
 
