@@ -144,6 +144,12 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 
+def shared_request_id(items: Sequence[Item]) -> str | None:
+    """The request id of a batch whose events all came from one webhook call (always so for a batch of one)."""
+    ids = {item.request_id for item in items}
+    return ids.pop() if len(ids) == 1 else None
+
+
 def hold(events: Sequence[faust.EventT]) -> None:
     """Make every ack of these events a no-op until :func:`release`: their offsets cannot become
     committable meanwhile, whatever closes the batch.
@@ -247,7 +253,8 @@ class Runner:
     async def _finish_or_leave(self, items: list[Item]) -> tuple[list[str], bool]:
         """The batch's outcomes, and whether a stop came meanwhile. Cancelled: the batch gets up to
         ``stop_grace_s`` more to finish (the caller acks it, then stops); else CancelledError."""
-        task = asyncio.ensure_future(self._handle(items))
+        with request_scope(shared_request_id(items)):  # the task's log lines carry it (the task copies the context)
+            task = asyncio.ensure_future(self._handle(items))
         try:
             return await asyncio.shield(task), False
         except asyncio.CancelledError:

@@ -95,3 +95,16 @@ def test_request_ids_are_bounded_and_printable() -> None:
     assert request_id_of([("other", b"x"), ("wacrm-request-id", b"r-1")]) == "r-1"
     assert request_id_of({"wacrm-request-id": b"r-2"}) == "r-2"
     assert request_id_of(None) is None and request_id_of([("wacrm-request-id", b"bad id")]) is None
+
+
+def test_a_batch_has_a_request_id_only_when_one_call_caused_all_of_it() -> None:
+    from wacrm.agents.runner import Item, shared_request_id
+    from wacrm.topics.records import RawRef
+
+    def item(n: int, rid: str | None) -> Item:
+        return Item(b"{}", RawRef("wa.inbound", 0, n), 0.0, rid)
+
+    assert shared_request_id([item(1, "a")]) == "a"
+    assert shared_request_id([item(1, "a"), item(2, "a")]) == "a"
+    assert shared_request_id([item(1, "a"), item(2, "b")]) is None
+    assert shared_request_id([item(1, "a"), item(2, None)]) is None
