@@ -54,7 +54,7 @@ class Status:
             open_rows = await repo.unsettled(conn, sorted({i for i in named if i is not None}))
             if open_rows:  # the conversations first, in id order, as every multi-conversation writer does
                 await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
-            outcomes = await repo.apply_statuses(conn, statuses)
+            outcomes = await repo.apply_statuses(conn, statuses, request_ids)
             settled = await self._settle(conn, statuses, named, open_rows, outcomes, templates)
             for st, outcome in zip(statuses, outcomes):
                 if outcome == "applied" and st.status == "failed":

@@ -31,6 +31,9 @@ _OUTBOUND = """
 _STATUSES = """
     SELECT provider_message_id, status, occurred_at, received_at, errors FROM message_status_events
     WHERE channel = 'whatsapp' AND provider_message_id = ANY($1::text[]) ORDER BY received_at, id"""
+_STATUS_CALL = """
+    SELECT provider_message_id, status, occurred_at, received_at, errors FROM message_status_events
+    WHERE request_id = $1 ORDER BY id"""
 _TASKS = "SELECT id, kind, title, status, created_at FROM tasks WHERE request_id = $1 ORDER BY id"
 
 
@@ -44,10 +47,11 @@ class Rows:
     outbound: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    status_call: list[dict[str, Any]] = field(default_factory=list)  # statuses this call brought (a status webhook)
 
     @property
     def empty(self) -> bool:
-        return not (self.inbound or self.ledger or self.outbound or self.tasks)
+        return not (self.inbound or self.ledger or self.outbound or self.tasks or self.status_call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,8 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Rows:
         [r["provider_message_id"] for r in ledger if r["provider_message_id"]]
     statuses = [dict(r) for r in await conn.fetch(_STATUSES, sorted(set(wamids)))] if wamids else []
     tasks = [dict(r) for r in await conn.fetch(_TASKS, request_id)]
-    return Rows(request_id, inbound, ledger, outbound, statuses, tasks)
+    status_call = [dict(r) for r in await conn.fetch(_STATUS_CALL, request_id)]
+    return Rows(request_id, inbound, ledger, outbound, statuses, tasks, status_call)
 
 
 def _when(value: datetime | float | None) -> str:
@@ -160,6 +165,9 @@ def render(rows: Rows, bus: BusFacts) -> list[str]:
             sent_wamids.append(row["provider_message_id"])
         else:
             stops.append(stop)
+    for st in rows.status_call:
+        out.append(_line(st["received_at"], "status", f"{st['status']} of Graph message {st['provider_message_id']} "
+                                                      f"recorded (Meta's time {_when(st['occurred_at'])})"))
     for st in rows.statuses:
         errors = f" errors {st['errors']}" if st["errors"] else ""
         out.append(_line(st["received_at"], st["status"], f"status of Graph message {st['provider_message_id']} "
@@ -179,6 +187,8 @@ def render(rows: Rows, bus: BusFacts) -> list[str]:
             stops.append(f"Graph message {wamid}: Meta reported it failed")
     if stops:
         out += ["", "stopped:"] + [f"  {s}" for s in stops]
+    elif rows.status_call and not rows.inbound:
+        out += ["", f"done: a status webhook; {len(rows.status_call)} status(es) recorded"]
     elif sent_wamids:
         latest = ", ".join(f"{w} {seen.get(w, 'accepted, no status yet')}" for w in sent_wamids)
         out += ["", f"done: every reply sent ({latest})"]

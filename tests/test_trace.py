@@ -62,6 +62,14 @@ async def test_one_request_id_from_the_webhook_to_the_read_receipt(stack: Stack,
     times = [line[:23] for line in out.splitlines()[1:] if re.match(r"\d{4}-", line)]
     assert times == sorted(times)
 
+    # a status webhook is a call of its own: its id is on the status event it brought
+    status_rid = await db.fetchval("SELECT request_id FROM message_status_events WHERE provider_message_id = $1 "
+                                   "AND status = 'read'", wamid)
+    assert status_rid and status_rid != rid
+    status_trace = _trace(stack, status_rid, "--no-bus")
+    assert status_trace.returncode == 0, status_trace.stderr
+    assert f"read of Graph message {wamid} recorded" in status_trace.stdout
+
     async def logged() -> str:
         text = (stack.logs / "worker.log").read_text(errors="replace")
         return text if f"sent auto:{message_id}" in text else ""
