@@ -16,6 +16,7 @@ failed is recognised as done when the batch is retried.
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, int
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
     from wacrm.agents.context import Resources
 
+log = logging.getLogger("wacrm.inbound")
+
 
 class Inbound:
     def __init__(self, settings: Settings, resources: Resources, orchestrator: Orchestrator,
@@ -48,11 +51,12 @@ class Inbound:
     async def handle(self, items: list[Item]) -> list[str]:
         """Store the batch in lanes (its conversations spread over ``BATCH_LANES`` connections, each
         lane one transaction, a conversation's messages in order), then publish every reply."""
-        msgs = [decode_inbound(value) for value, _, _ in items]
+        msgs = [decode_inbound(item.value) for item in items]
+        request_ids = [item.request_id for item in items]
         outcomes = [""] * len(msgs)
         intents: list[list[SendIntent]] = [[] for _ in msgs]
         results = await asyncio.gather(
-            *(self._lane(msgs, lane, outcomes, intents) for lane in lanes(msgs, self._lanes)),
+            *(self._lane(msgs, request_ids, lane, outcomes, intents) for lane in lanes(msgs, self._lanes)),
             return_exceptions=True)
         for result in results:  # a lane that committed is recognised as done when the batch is retried
             if isinstance(result, BaseException):
@@ -60,8 +64,8 @@ class Inbound:
         await publish(self._outbound, [i for answer in intents for i in answer])
         return outcomes
 
-    async def _lane(self, msgs: list[InboundMessage], lane: list[int], outcomes: list[str],
-                    intents: list[list[SendIntent]]) -> None:
+    async def _lane(self, msgs: list[InboundMessage], request_ids: list[str | None], lane: list[int],
+                    outcomes: list[str], intents: list[list[SendIntent]]) -> None:
         async with self._res.pool.acquire() as conn, conn.transaction():
             await repo.lock_conversations(conn, keys=[msgs[n].conversation_key for n in lane])
             stored = await repo.stored_message_ids(conn, [msgs[n].message_id for n in lane])
@@ -74,6 +78,9 @@ class Inbound:
                     if pending is not None:  # a crash between commit and publish: publish it again
                         intents[n].append(intent_from_dict(pending))
                     outcomes[n] = "duplicate_republished" if pending is not None else "duplicate"
+                    log.info("duplicate message %s: already stored%s", msg.message_id,
+                             "; its queued reply is published again" if pending is not None else "",
+                             extra={"request_id": request_ids[n]})
                     continue
                 stored.add(msg.message_id)
                 fresh.append(n)
@@ -84,6 +91,11 @@ class Inbound:
                     if conversation_id is None:
                         raise Raced(f"message {msgs[n].message_id} was stored meanwhile by another worker")
                     stored_in.append(conversation_id)
+                # before answering: the reply inherits the request id of the message it answers
+                await repo.tag_request_ids(conn, [(msgs[n].message_id, request_ids[n]) for n in wave])
+                for n, conversation_id in zip(wave, stored_in, strict=True):
+                    log.info("stored message %s conversation %d", msgs[n].message_id, conversation_id,
+                             extra={"request_id": request_ids[n]})
                 if self._inline:
                     answers = await self._orchestrator.answer_many_in(
                         conn, [(c, msgs[n].received_at) for n, c in zip(wave, stored_in)])

@@ -2,7 +2,8 @@
 
 Input: raw webhook bodies, unkeyed, as Meta signed them. Output key: the conversation key,
 so one partition sees a conversation in order; within a body, items go out in timestamp
-order. Each event carries a reference to the raw body (topic, partition, offset).
+order. Each event carries a reference to the raw body (topic, partition, offset), and the raw
+record's request id in its headers.
 Commit: after every output of the batch's bodies is acknowledged by the broker. Idempotency: none
 needed here (a replayed body yields the same events, deduplicated downstream).
 Failures: a body that is not a JSON object is returned to the runner as poison (it
@@ -118,23 +119,24 @@ class Ingest:
         """Split every body of the batch, then wait once for all their outputs' acknowledgements."""
         futures: list[Any] = []
         outcomes: list[Outcome] = []
-        for value, ref, received_at in items:
+        for value, ref, received_at, request_id in items:
             try:
                 records, parsed = split(value, ref, received_at)
             except Poison as exc:  # this body only: the runner dead-letters it; the others of the batch go on
                 outcomes.append(exc)
                 continue
-            futures += [await produce(self._topics[topic], key.encode(), data) for topic, key, data in records]
+            futures += [await produce(self._topics[topic], key.encode(), data, request_id)
+                        for topic, key, data in records]
             for problem in parsed.problems:
                 metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
                 await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
-                                  problem.reason, {"where": problem.where})
+                                  problem.reason, {"where": problem.where}, request_id=request_id)
             for kind in parsed.ignored_fields:
                 metrics.IGNORED_SHAPES.labels(kind.split(":", 1)[0]).inc()
             for error in parsed.errors:
                 metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
                 log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition,
-                            ref.offset, orjson.dumps(error).decode()[:500])
+                            ref.offset, orjson.dumps(error).decode()[:500], extra={"request_id": request_id})
             outcomes.append("processed" if records else ("ignored" if not parsed.problems else "dead_lettered"))
         await asyncio.gather(*futures)
         return outcomes

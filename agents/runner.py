@@ -42,20 +42,39 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import faust
 
 from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
 from wacrm.agents.errors import Next, Poison, classify, expected
 from wacrm.core import metrics
+from wacrm.core.logs import request_scope
 from wacrm.topics import DLQ
-from wacrm.topics.records import DeadLetter, RawRef, SendIntent, bounded_dead_letter, check_size, encode
+from wacrm.topics.records import (
+    DeadLetter,
+    RawRef,
+    SendIntent,
+    bounded_dead_letter,
+    check_size,
+    encode,
+    request_headers,
+    request_id_of,
+)
 
 log = logging.getLogger("wacrm.agents")
 
-# (value, where it came from, the record's timestamp in epoch seconds)
-Item = tuple[bytes, RawRef, float]
+
+
+class Item(NamedTuple):
+    """One event of a batch as a handler sees it."""
+
+    value: bytes
+    ref: RawRef  # where it came from
+    timestamp: float  # the record's timestamp, epoch seconds
+    request_id: str | None = None  # the webhook call that caused it (record header wacrm-request-id)
+
+
 # a batch of items, in order -> one outcome per item: a label for the metrics, or the Poison
 # that makes the item a dead letter (the runner writes it, within the storm limit)
 Outcome = str | Poison
@@ -84,29 +103,32 @@ class RunnerConfig:
     dlq_limit: DlqLimitConfig
 
 
-async def produce(topic: faust.TopicT, key: bytes, value: bytes) -> Awaitable[Any]:
+async def produce(topic: faust.TopicT, key: bytes, value: bytes, request_id: str | None = None) -> Awaitable[Any]:
     """Hand a record to the app's producer; returns the future of the broker's acknowledgement.
 
     Straight to the producer: ``Topic.send`` wraps every record in a message object with
     callbacks and channel bookkeeping we do not use, a third of the worker's cost of a send.
     A value above :data:`topics.records.RECORD_MAX_BYTES` raises
     :class:`~topics.records.RecordTooLarge` before it reaches the producer (a dead letter for
-    the event that made it, not a producer error after the fact).
+    the event that made it, not a producer error after the fact). ``request_id`` goes in the record's
+    headers (:data:`topics.records.REQUEST_ID_HEADER`).
     """
     check_size(value)
-    return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None, None)
+    return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None,
+                                         request_headers(request_id))
 
 
 async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
     """Publish intents keyed by conversation and wait for the broker's acknowledgements."""
-    futures = [await produce(topic, i.conversation_key.encode(), encode(i)) for i in intents]
+    futures = [await produce(topic, i.conversation_key.encode(), encode(i), i.request_id) for i in intents]
     for fut in futures:
         await fut
 
 
 async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reason: str, error: str,
-                      details: dict[str, Any] | None = None) -> None:
-    """Publish a dead letter and wait for the broker's ack.
+                      details: dict[str, Any] | None = None, request_id: str | None = None) -> None:
+    """Publish a dead letter (with the request id of the event's webhook call in its headers) and wait
+    for the broker's ack.
 
     A letter too large for the bus is reduced to a reference (source topic, partition and
     offset, the reason, the start of its value): :func:`topics.records.bounded_dead_letter`.
@@ -118,8 +140,14 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
     if letter.details.get("reduced"):
         log.warning("dead letter of %s:%d@%d reduced to a reference (%s bytes)", ref.topic, ref.partition,
                     ref.offset, letter.details.get("letter_bytes"))
-    await (await produce(dlq, ref.topic.encode(), data))
+    await (await produce(dlq, ref.topic.encode(), data, request_id))
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
+
+
+def shared_request_id(items: Sequence[Item]) -> str | None:
+    """The request id of a batch whose events all came from one webhook call (always so for a batch of one)."""
+    ids = {item.request_id for item in items}
+    return ids.pop() if len(ids) == 1 else None
 
 
 def hold(events: Sequence[faust.EventT]) -> None:
@@ -175,8 +203,8 @@ class Runner:
     async def run(self, stream: faust.StreamT) -> None:
         await self._ready.wait()
         async for events in stream.take_events(self._config.batch_size, within=self._config.batch_wait_s):
-            items = [(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset), e.message.timestamp)
-                     for e in events]
+            items = [Item(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset),
+                          e.message.timestamp, request_id_of(e.message.headers)) for e in events]
             started = time.perf_counter()
             hold(events)  # first thing: nothing but release() may ack them
             try:
@@ -225,7 +253,8 @@ class Runner:
     async def _finish_or_leave(self, items: list[Item]) -> tuple[list[str], bool]:
         """The batch's outcomes, and whether a stop came meanwhile. Cancelled: the batch gets up to
         ``stop_grace_s`` more to finish (the caller acks it, then stops); else CancelledError."""
-        task = asyncio.ensure_future(self._handle(items))
+        with request_scope(shared_request_id(items)):  # the task's log lines carry it (the task copies the context)
+            task = asyncio.ensure_future(self._handle(items))
         try:
             return await asyncio.shield(task), False
         except asyncio.CancelledError:
@@ -269,8 +298,10 @@ class Runner:
     async def _outcome(self, item: Item, outcome: Outcome) -> str:
         """Count a handled event; dead-letter the ones the handler returned as poison."""
         if isinstance(outcome, Poison):
-            value, ref, _ = item
-            log.warning("%s: dead-lettering %s:%d@%d: %s", self.agent, ref.topic, ref.partition, ref.offset, outcome)
+            ref = item.ref
+            with request_scope(item.request_id):
+                log.warning("%s: dead-lettering %s:%d@%d: %s", self.agent, ref.topic, ref.partition, ref.offset,
+                            outcome)
             return await self._dead_letter(item, f"{self.agent}: poison event", repr(outcome))
         self._limit.record(outcome == DEAD_LETTERED)
         return outcome
@@ -281,7 +312,12 @@ class Runner:
             log.info("%s: a batch of %d failed (%r); handling its events one by one", self.agent, len(items), exc)
             return [o for item in items for o in await self._handle([item])]
         item = items[0]
-        ref = item[1]
+        with request_scope(item.request_id):
+            return await self._route_failed(item, exc)
+
+    async def _route_failed(self, item: Item, exc: Exception) -> list[str]:
+        """One event that failed for good: dropped (stale) or dead-lettered, with its reason logged."""
+        ref = item.ref
         at = f"{ref.topic}:{ref.partition}@{ref.offset}"
         step = classify(exc)
         if step is Next.STALE:
@@ -304,11 +340,10 @@ class Runner:
             raise WorkerHalted(
                 f"too many dead letters: {self._limit.describe()}. Find out why these events fail "
                 f"(the letters in wa.dlq, the worker log), fix the cause or raise the limit, then restart the worker")
-        value, ref, _ = item
         delay = BACKOFF_FIRST_S
         while True:
             try:
-                await dead_letter(self._dlq, ref, value, reason, error)
+                await dead_letter(self._dlq, item.ref, item.value, reason, error, request_id=item.request_id)
                 break
             except Exception as exc:
                 if classify(exc) is not Next.RETRY:

@@ -91,7 +91,7 @@ class Sender:
     async def handle(self, items: list[Item]) -> list[str]:
         """Read the batch's rows and checks, then each intent: decide, claim, call (a conversation's in
         order, conversations side by side); accepted sends are recorded as they come (every RECORD_EVERY_S)."""
-        events = [decode_intent(value) for value, _, _ in items]
+        events = [decode_intent(item.value) for item in items]
         due = max(e.not_before or 0.0 for e in events)
         if due > time.time():
             # A retry topic's head: everything behind it waits the same delay, so sleeping holds up nothing.
@@ -106,7 +106,7 @@ class Sender:
         for (key, n), read in zip(first.items(), reads):
             if read is None:
                 raise Poison(f"send intent {key!r} has no row in outbound_log")
-            jobs[n] = _Job(items[n][0], items[n][1], events[n], *read)
+            jobs[n] = _Job(items[n].value, items[n].ref, events[n], *read)
         by_conversation: dict[int, list[int]] = {}
         for n, job in jobs.items():
             by_conversation.setdefault(job.row.intent.conversation_id, []).append(n)
@@ -182,10 +182,13 @@ class Sender:
             error = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
             if getattr(exc, "invalid_recipient", False):
                 error["code"] = "INVALID_RECIPIENT"
-            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r)
+            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
+                        extra={"request_id": intent.request_id})
             return await self._carry_out(r, job, intent, error, claimed=attempts)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
+        log.info("sent %s ledger row %d attempt %d: message %s", intent.dedupe_key, job.row.id, attempts,
+                 answer.message_id, extra={"request_id": intent.request_id})
         accepted.append((repo.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body),
                          intent))
         return "sent"
@@ -240,15 +243,18 @@ class Sender:
             else:
                 assert isinstance(step, sending.Fail), step
                 done = await repo.record_failed(conn, row.id, expected, step.error, intent.conversation_id,
-                                                step.kind, step.title, attempts=guard)
+                                                step.kind, step.title, attempts=guard,
+                                                request_id=intent.request_id)
                 outcome = step.kind
         if not done:
             metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
-            log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome)
+            log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome,
+                        extra={"request_id": intent.request_id})
             return "raced"
         if topic and left is not None:
             retry = dataclasses.replace(intent, attempt=left, not_before=until.timestamp())
-            await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry)))
+            await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry),
+                                 intent.request_id))
         elif isinstance(step, sending.UseTemplate) and fresh:
             await publish(self._topics["outbound"], [step.replacement])
         elif isinstance(step, sending.Fail) and step.dead_letter:
@@ -256,10 +262,13 @@ class Sender:
             await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), job.value,
                               f"sender: {step.kind}", str(step.error.get("error")),
                               {**step.error, "attempts": claimed or row.attempts,
-                               "first_attempt_at": intent.first_attempt_at, "dedupe_key": intent.dedupe_key})
+                               "first_attempt_at": intent.first_attempt_at, "dedupe_key": intent.dedupe_key},
+                              request_id=intent.request_id)
         elif isinstance(step, sending.Ambiguous):
             metrics.AMBIGUOUS_SENDS.labels("marked").inc()
         metrics.SENDS.labels(outcome).inc()
+        log.info("send %s ledger row %d: %s", intent.dedupe_key, row.id, outcome,
+                 extra={"request_id": intent.request_id})
         return outcome
 
     async def _record_as_accepted(self, accepted: list[tuple[repo.Accepted, SendIntent]],

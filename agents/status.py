@@ -46,14 +46,15 @@ class Status:
         self._outbound = outbound
 
     async def handle(self, items: list[Item]) -> list[str]:
-        statuses = [decode_status(value) for value, _, _ in items]
+        statuses = [decode_status(item.value) for item in items]
+        request_ids = [item.request_id for item in items]
         named = [sending.ledger_id(st.biz_opaque_callback_data) for st in statuses]
         templates: list[SendIntent] = []
         async with self._res.pool.acquire() as conn, conn.transaction():
             open_rows = await repo.unsettled(conn, sorted({i for i in named if i is not None}))
             if open_rows:  # the conversations first, in id order, as every multi-conversation writer does
                 await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
-            outcomes = await repo.apply_statuses(conn, statuses)
+            outcomes = await repo.apply_statuses(conn, statuses, request_ids)
             settled = await self._settle(conn, statuses, named, open_rows, outcomes, templates)
             for st, outcome in zip(statuses, outcomes):
                 if outcome == "applied" and st.status == "failed":
@@ -63,7 +64,9 @@ class Status:
         await publish(self._outbound, templates)
         for step in settled:
             metrics.AMBIGUOUS_SENDS.labels(step).inc()
-        for st, outcome in zip(statuses, outcomes):
+        for st, outcome, request_id in zip(statuses, outcomes, request_ids, strict=True):
+            log.info("status %s of message %s: %s", st.status, st.message_id, outcome,
+                     extra={"request_id": request_id})
             metrics.STATUSES.labels(st.status if st.status in _KNOWN else "other", outcome).inc()
             if outcome == "duplicate":
                 metrics.DUPLICATES.labels("status").inc()
@@ -102,7 +105,7 @@ class Status:
                 else:
                     assert isinstance(decision, sending.Fail)
                     await repo.record_failed(conn, row.id, repo.UNSETTLED, error, row.conversation_id,
-                                             decision.kind, decision.title)
+                                             decision.kind, decision.title, request_id=intent.request_id)
                 outcomes[n] = "settled_failed"
                 if row.state != "sending":
                     steps.append("settled_failed")

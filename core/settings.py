@@ -94,6 +94,7 @@ class Settings:
     graph_timeout_s: float
     db_timeout_s: float
     log_level: str
+    log_format: str  # text | json (core.logs)
     # replies
     rules_file: str | None
     burst_window_s: float
@@ -220,6 +221,13 @@ def _ambiguous_policy(raw: str) -> str:
     if policy not in {"task", "resend"}:
         raise ValueError("must be task (a person checks an unsettled send) or resend (send it again once)")
     return policy
+
+
+def _log_format(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("text", "json"):
+        raise ValueError("must be text (one readable line per event) or json (one JSON object per line)")
+    return value
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -369,6 +377,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         graph_timeout_s=get("GRAPH_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
         db_timeout_s=get("DB_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
         log_level=get("LOG_LEVEL", _log_level, "INFO"),
+        log_format=get("LOG_FORMAT", _log_format, "text"),
         rules_file=get("RULES_FILE", str, None),
         burst_window_s=get("BURST_WINDOW_SECONDS", _float(0, 60), 2.0),
         send_attempts=get("SEND_ATTEMPTS", _int(1, 10), 5),

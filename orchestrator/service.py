@@ -158,13 +158,17 @@ class Orchestrator:
             reason = str(decision.extra.get("reason") or decision.rule)
             version = await replies.hand_over(conn, ctx.conversation_id, reason,
                                               {"message_id": last.provider_message_id, "rule": decision.rule,
-                                               "text": last.body})
+                                               "text": last.body}, request_id=last.request_id)
             kind = "notice"
             metrics.HANDOVERS.labels(decision.engine).inc()
         elif decision.extra.get("follow_up"):
             await replies.promise_follow_up(conn, ctx.conversation_id, last.provider_message_id,
-                                            {"message_id": last.provider_message_id, "rule": decision.rule})
+                                            {"message_id": last.provider_message_id, "rule": decision.rule},
+                                            request_id=last.request_id)
         metrics.REPLIES.labels(decision.engine, decision.rule).inc()
+        log.info("decided conversation %d message %s: %s (rule %s, engine %s)", ctx.conversation_id,
+                 last.provider_message_id, decision.action, decision.rule, decision.engine,
+                 extra={"request_id": last.request_id})
         if decision.action == "none" or not decision.text:
             return None
         return SendIntent(
@@ -172,4 +176,4 @@ class Orchestrator:
             conversation_id=ctx.conversation_id, phone_number_id=ctx.phone_number_id, to=ctx.customer,
             text=decision.text, reply_to=last.provider_message_id, quote=quotes(ctx), ownership_version=version,
             customer_timestamp=last.provider_timestamp.timestamp() if last.provider_timestamp else None,
-            accepted_at=accepted_at, kind=kind)
+            accepted_at=accepted_at, kind=kind, request_id=last.request_id)

@@ -25,6 +25,7 @@ class Pending:
     type: str
     body: str | None
     provider_timestamp: datetime | None
+    request_id: str | None = None  # the webhook call that brought it
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +49,7 @@ class ReplyContext:
 _REPLY_CONTEXT = """
     SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, c.assigned_user_id, c.needs_human,
            c.bot_paused, c.ownership_version, k.wa_id, k.user_id, k.profile_name, k.opted_out,
-           ARRAY(SELECT ROW(m.id, m.provider_message_id, m.type, m.body, m.provider_timestamp)
+           ARRAY(SELECT ROW(m.id, m.provider_message_id, m.type, m.body, m.provider_timestamp, m.request_id)
                  FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'inbound'
                    AND m.id > c.reply_upto_message_id AND ($2::bigint IS NULL OR m.id <= $2)
                  ORDER BY m.id) AS pending,
@@ -145,7 +146,8 @@ async def set_opted_out(conn: asyncpg.Connection, contact_id: int, opted_out: bo
     await conn.execute("UPDATE contacts SET opted_out = $2, updated_at = now() WHERE id = $1", contact_id, opted_out)
 
 
-async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str, details: dict[str, Any]) -> int:
+async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str, details: dict[str, Any], *,
+                    request_id: str | None = None) -> int:
     """Mark the conversation as needing a human (bot stops), with a task and a notification.
 
     Returns the new ownership version: drafts made before it are stale.
@@ -154,18 +156,18 @@ async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str,
         """UPDATE conversations SET needs_human = true, ownership_version = ownership_version + 1
            WHERE id = $1 RETURNING ownership_version""", conversation_id)
     await create_task(conn, conversation_id, "handover", f"Customer needs a person: {reason}", details,
-                      dedupe_key=f"handover:{conversation_id}:{version}")
+                      dedupe_key=f"handover:{conversation_id}:{version}", request_id=request_id)
     return int(version)
 
 
 async def promise_follow_up(conn: asyncpg.Connection, conversation_id: int, message_id: str,
-                            details: dict[str, Any]) -> None:
+                            details: dict[str, Any], *, request_id: str | None = None) -> None:
     """The bot told the customer a person will get back to them: the conversation waits (``pending``)
     with a task for a person, once per customer message."""
     await conn.execute("UPDATE conversations SET inbox_status = 'pending', snoozed_until = NULL WHERE id = $1",
                        conversation_id)
     await create_task(conn, conversation_id, "follow_up", "The bot promised the customer an answer: reply",
-                      details, dedupe_key=f"follow_up:{message_id}")
+                      details, dedupe_key=f"follow_up:{message_id}", request_id=request_id)
 
 
 async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> int:
@@ -186,15 +188,15 @@ async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
 # One row whether it inserted or not, so that a pipelined batch's results line up with its intents.
 _QUEUE = """
     WITH inserted AS (
-        INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at)
-        VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END)
+        INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at, request_id)
+        VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END, $6)
         ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
     SELECT EXISTS (SELECT 1 FROM inserted)"""
 
 
 def _queue_args(intent: SendIntent, published: bool) -> tuple[Any, ...]:
     # the jsonb codec serialises the dataclass itself (orjson), without asdict's deep copy
-    return intent.dedupe_key, intent.conversation_id, intent, intent.automatic, published
+    return intent.dedupe_key, intent.conversation_id, intent, intent.automatic, published, intent.request_id
 
 
 async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool) -> bool:

@@ -78,6 +78,18 @@ async def store_inbound_many(conn: asyncpg.Connection, msgs: list[InboundMessage
     return [r[0] for r in await conn.fetchmany(_STORE_INBOUND, [_store_args(m) for m in msgs])]
 
 
+async def tag_request_ids(conn: asyncpg.Connection, tags: list[tuple[str, str | None]]) -> None:
+    """Stamp stored inbound messages (by provider message id) with the request id of the webhook call
+    that brought them; a message stamped before keeps its first id (a replay does not move it)."""
+    tagged = [(m, r) for m, r in tags if r]
+    if tagged:
+        await conn.execute(
+            """UPDATE messages m SET request_id = t.request_id
+               FROM unnest($1::text[], $2::text[]) AS t(provider_message_id, request_id)
+               WHERE m.channel = $3 AND m.provider_message_id = t.provider_message_id AND m.request_id IS NULL""",
+            [m for m, _ in tagged], [r for _, r in tagged], CHANNEL)
+
+
 async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, Any] | None:
     """The intent of a ledger row still waiting to be sent (for republishing after a crash)."""
     row = await conn.fetchrow("SELECT intent FROM outbound_log WHERE dedupe_key = $1 AND state = 'queued'",
@@ -174,12 +186,12 @@ async def finish(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple
 
 async def record_failed(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple[str, ...],
                         error: dict[str, Any], conversation_id: int, task_kind: str, task_title: str, *,
-                        attempts: int | None = None) -> bool:
+                        attempts: int | None = None, request_id: str | None = None) -> bool:
     """The intent will not be sent: ``failed``, and a person gets a task. False if the guard did not match."""
     if not await finish(conn, outbound_log_id, expected, "failed", error, attempts=attempts):
         return False
     await create_task(conn, conversation_id, task_kind, task_title, error,
-                      dedupe_key=f"outbound:{outbound_log_id}:failed")
+                      dedupe_key=f"outbound:{outbound_log_id}:failed", request_id=request_id)
     return True
 
 
@@ -205,9 +217,10 @@ _RECORD_SENT = """
         RETURNING id),
     message AS (
         INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
-                              payload, status, status_at, provider_timestamp, outbound_log_id, error)
+                              payload, status, status_at, provider_timestamp, outbound_log_id, error, request_id)
         SELECT $1, $2, c.id, c.contact_id, 'outbound', $7, $3, $4, COALESCE(e.status, 'accepted'),
-               COALESCE(e.occurred_at, now()), now(), $5, e.errors
+               COALESCE(e.occurred_at, now()), now(), $5, e.errors,
+               (SELECT request_id FROM outbound_log WHERE id = $5)
         FROM conversations c
         LEFT JOIN LATERAL (SELECT status, occurred_at, errors FROM message_status_events
                            WHERE channel = $1 AND provider_message_id = $2
@@ -338,12 +351,13 @@ async def unsettled(conn: asyncpg.Connection, ids: list[int]) -> dict[int, Unset
 
 
 async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kind: str, title: str,
-                      details: dict[str, Any], *, dedupe_key: str) -> None:
-    """A task for a human plus a notification, once per ``dedupe_key``."""
+                      details: dict[str, Any], *, dedupe_key: str, request_id: str | None = None) -> None:
+    """A task for a human plus a notification, once per ``dedupe_key``; ``request_id``: the webhook call
+    that caused it."""
     task_id = await conn.fetchval(
-        """INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
-        conversation_id, kind, title, details, dedupe_key)
+        """INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key, request_id)
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
+        conversation_id, kind, title, details, dedupe_key, request_id)
     if task_id is not None:
         await conn.execute("INSERT INTO notifications (task_id, kind, body) VALUES ($1, $2, $3)",
                            task_id, kind, title)
@@ -353,8 +367,9 @@ async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kin
 # by a new event, and whether the message exists (seen before the statement, as it began).
 _APPLY_STATUS = """
     WITH inserted AS (
-        INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, payload)
-        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (channel, provider_message_id, status) DO NOTHING
+        INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, payload,
+                                           request_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel, provider_message_id, status) DO NOTHING
         RETURNING id),
     moved AS (
         UPDATE messages SET status = $3, status_at = $4, error = COALESCE($5, error)
@@ -365,17 +380,20 @@ _APPLY_STATUS = """
            EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND provider_message_id = $2) AS known"""
 
 
-async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate]) -> list[str]:
-    """Record each status once per (message, status) and move its message forward, in order,
-    pipelined; the outcome of each.
+async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate],
+                         request_ids: list[str | None] | None = None) -> list[str]:
+    """Record each status once per (message, status) (with the request id of the webhook call that
+    brought it) and move its message forward, in order, pipelined; the outcome of each.
 
     ``duplicate``: seen before. ``applied``: the message changed. ``stale``: an older state
     than the message has. ``pending``: no such message yet (kept, applied when it is stored).
     """
     if not statuses:
         return []
+    ids = request_ids or [None] * len(statuses)
     rows = await conn.fetchmany(_APPLY_STATUS, [
-        (CHANNEL, st.message_id, st.status, _ts(st.timestamp), st.errors or None, st.payload) for st in statuses])
+        (CHANNEL, st.message_id, st.status, _ts(st.timestamp), st.errors or None, st.payload, rid)
+        for st, rid in zip(statuses, ids, strict=True)])
     return ["duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] else "pending"
             for r in rows]
 

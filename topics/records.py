@@ -8,6 +8,8 @@ dead-letter it) when it does not fit.
 from __future__ import annotations
 
 import dataclasses
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,6 +26,43 @@ RAW_TOPIC_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 RAW_RECORD_MAX_BYTES = RAW_TOPIC_MAX_MESSAGE_BYTES - 100_000
 #: How much of a value a reduced dead letter keeps, in characters: enough to recognise it.
 DEAD_LETTER_PREVIEW_CHARS = 2_000
+
+
+# Request ids (contract): every webhook call has one; it rides in this header of every record the call
+# causes, on every topic (wa.webhook.raw → wa.inbound / wa.status → wa.outbound → retries → wa.dlq).
+REQUEST_ID_HEADER = "wacrm-request-id"
+#: A caller's ``X-Request-Id`` is kept when it is 1 to this many printable ASCII characters.
+REQUEST_ID_MAX_CHARS = 128
+
+Headers = list[tuple[str, bytes]]
+
+
+def valid_request_id(value: str | None) -> str | None:
+    """``value`` when it can be a request id (1..REQUEST_ID_MAX_CHARS printable ASCII, no spaces), else None."""
+    if value and len(value) <= REQUEST_ID_MAX_CHARS and all("!" <= c <= "~" for c in value):
+        return value
+    return None
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits."""
+    return secrets.token_hex(16)
+
+
+def request_headers(request_id: str | None) -> Headers | None:
+    """The record headers that carry ``request_id`` (None: no headers)."""
+    return [(REQUEST_ID_HEADER, request_id.encode())] if request_id else None
+
+
+def request_id_of(headers: Iterable[tuple[str, bytes]] | dict[str, bytes] | None) -> str | None:
+    """The request id in a record's headers (a list of pairs or a mapping), if a valid one is there."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    for name, value in pairs:
+        if name == REQUEST_ID_HEADER and value is not None:
+            return valid_request_id(bytes(value).decode("ascii", "replace"))
+    return None
 
 
 class RecordError(ValueError):
@@ -137,6 +176,7 @@ class SendIntent:
     not_before: float | None = None  # retry topics: do not try before this epoch time
     first_attempt_at: float | None = None
     origin: dict[str, Any] | None = None  # topic/partition/offset of the first delivery (for the DLQ)
+    request_id: str | None = None  # the webhook call that caused it; the ledger is the outbox, so it is kept here
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,10 @@ def _settings(profile: str, needs: set[str] | None = None) -> Settings:
         raise CommandError(str(exc), EXIT_CONFIG) from None
 
 
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(level: str, fmt: str = "text") -> None:
+    from wacrm.core.logs import configure
+
+    configure(level, fmt)
 
 
 async def _check_schema(database_url: str, timeout: float) -> None:
@@ -122,7 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.only != "inbox":
         needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
     s = _settings("prod", needs)
-    _logging(s.log_level)
+    _logging(s.log_level, s.log_format)
     assert s.database_url
     problem = asyncio.run(_schema_problem(s.database_url, s.db_timeout_s))
     log = logging.getLogger("wacrm")
@@ -200,6 +202,78 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- trace ---------------------------------------------------------------------------------
+
+async def _bus_facts(s: Settings, rows: Any, request_id: str, timeout: float) -> Any:
+    """When the raw body was accepted, and the dead letters that carry ``request_id`` (``topics.scan``)."""
+    import orjson
+
+    from wacrm.storage.trace import BusFacts
+    from wacrm.topics import DLQ, RAW, scan
+
+    client = s.kafka_client_kwargs()
+    letters = []
+    for rec in await scan.with_request_id(client, DLQ, request_id, timeout):
+        try:
+            letter = orjson.loads(rec.value)
+        except orjson.JSONDecodeError:
+            letter = {"reason": "unreadable dead letter", "error": rec.value[:200]}
+        letters.append({**letter, "at_ref": f"{rec.topic}:{rec.partition}@{rec.offset}", "at": rec.timestamp})
+    ref: dict[str, Any] | None = (rows.inbound[0]["raw_ref"] if rows.inbound else None) or \
+        next(({"topic": x.get("source_topic"), "partition": x.get("source_partition"), "offset": x.get("source_offset")}
+              for x in letters if x.get("source_topic") == RAW), None)
+    raw = None
+    if ref and ref.get("topic") is not None:
+        raw = await scan.at(client, str(ref["topic"]), int(ref["partition"]), int(ref["offset"]), timeout)
+    where = f"{ref['topic']}:{ref['partition']}@{ref['offset']}" if ref else None
+    return BusFacts(raw.timestamp if raw is not None else None, where, letters)
+
+
+async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) -> list[str]:
+    import asyncpg
+
+    from wacrm.storage import trace
+    from wacrm.storage.db import connect
+
+    assert s.database_url
+    try:
+        conn = await connect(s.database_url, timeout=s.db_timeout_s)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    try:
+        rows = await trace.load(conn, request_id)
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+    bus = trace.BusFacts()
+    if use_bus:
+        try:
+            bus = await _bus_facts(s, rows, request_id, timeout)
+        except Exception as exc:  # the database's part is still worth printing
+            print(f"wacrm trace: the bus could not be read ({type(exc).__name__}); dead letters not shown",
+                  file=sys.stderr)
+    if rows.empty and not bus.dead_letters:
+        where = "the database or wa.dlq" if use_bus else "the database (the bus was not read)"
+        raise CommandError(f"no request {request_id!r} in {where}: unknown request id, or its rows were written "
+                           "before request ids were recorded")
+    return trace.render(rows, bus)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from wacrm.topics.records import valid_request_id
+
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    if valid_request_id(args.request_id) is None:
+        raise CommandError("REQUEST_ID must be 1 to 128 printable characters without spaces", EXIT_CONFIG)
+    use_bus = not args.no_bus and s.kafka_bootstrap_servers is not None
+    for line in asyncio.run(_trace(s, args.request_id, use_bus, args.bus_timeout)):
+        print(line)
+    return 0
+
+
 # --- worker --------------------------------------------------------------------------------
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -218,7 +292,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         app, resources = build(s)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
-    worker = faust.Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            _logging(s.log_level, s.log_format)  # ours instead of mode's: request ids, JSON, repeats summarised
+
+    worker = Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
     return 0
 
@@ -351,6 +431,18 @@ def parser() -> argparse.ArgumentParser:
         func=cmd_migrate)
     sub.add_parser("topics", help="create every topic with its final partition count "
                    "(needs KAFKA_BOOTSTRAP_SERVERS)").set_defaults(func=cmd_topics)
+
+    tr = sub.add_parser("trace", help="the path of one webhook call through every stage, with times "
+                        "(needs DATABASE_URL; reads wa.dlq too when KAFKA_BOOTSTRAP_SERVERS is set)",
+                        description="Prints what one webhook call caused: received, stored (message ids, "
+                        "conversation), decided (reply, handover, no reply and why), sent (Graph message id), "
+                        "delivered/read, or where it stopped and why (dead letter, task, still queued, ambiguous). "
+                        "Exit 1 when the request id is unknown.")
+    tr.add_argument("request_id", metavar="REQUEST_ID", help="the X-Request-Id the webhook returned (or was sent)")
+    tr.add_argument("--no-bus", action="store_true", help="read only the database: no dead letters, no receive time")
+    tr.add_argument("--bus-timeout", type=float, default=10.0,
+                    help="seconds to spend reading the bus (wa.dlq, the raw body) (default 10)")
+    tr.set_defaults(func=cmd_trace)
 
     f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives")
     f.add_argument("--port", type=int, default=8090)

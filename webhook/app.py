@@ -19,6 +19,11 @@ Unauthenticated callers are cheap to turn away and cannot exhaust the process:
   memory stays under that many times the body limit.
 
 The JSON is parsed only after the signature matched.
+
+Request ids: every POST gets one, the caller's ``X-Request-Id`` when it is a valid one
+(:func:`topics.records.valid_request_id`), else a new one; the response carries it in
+``X-Request-Id``, the raw record in its ``wacrm-request-id`` header, and the call's log line
+(``received webhook call: <outcome>``) in its ``request_id``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from wacrm.core import metrics
+from wacrm.core.logs import request_scope
 from wacrm.core.settings import Settings
 from wacrm.storage.db import create_pool
 from wacrm.topics import RAW, catalogue
+from wacrm.topics.records import new_request_id, request_headers, valid_request_id
 from wacrm.webhook.publisher import PublishError, PublishRejected, RawPublisher
 from wacrm.whatsapp import signature, webhook
 
@@ -50,6 +57,7 @@ POOL = web.AppKey("pool", asyncpg.Pool)
 GATE = web.AppKey("unverified_bodies", asyncio.Semaphore)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
+REQUEST_ID_HEADER = "X-Request-Id"
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -69,10 +77,20 @@ async def handshake(request: web.Request) -> web.Response:
     return _error(403, "forbidden", "hub.mode must be subscribe and hub.verify_token must match")
 
 
+def request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` when it is one we can carry (one header, bounded, printable), else a new id."""
+    given = request.headers.getall(REQUEST_ID_HEADER, [])
+    return (valid_request_id(given[0]) if len(given) == 1 else None) or new_request_id()
+
+
 async def receive(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    response = await _receive(request)
-    outcome = response.headers.get("X-Wacrm-Outcome", "unknown")
+    rid = request_id(request)
+    with request_scope(rid):
+        response = await _receive(request, rid)
+        outcome = response.headers.get("X-Wacrm-Outcome", "unknown")
+        log.info("received webhook call: %s (%d bytes)", outcome, request.content_length or 0)
+    response.headers[REQUEST_ID_HEADER] = rid
     metrics.WEBHOOK_REQUESTS.labels(outcome).inc()
     metrics.WEBHOOK_DURATION.labels(outcome).observe(time.perf_counter() - started)
     return response
@@ -83,7 +101,7 @@ def _tagged(response: web.Response, outcome: str) -> web.Response:
     return response
 
 
-async def _receive(request: web.Request) -> web.Response:
+async def _receive(request: web.Request, rid: str) -> web.Response:
     settings = request.app[SETTINGS]
     limit = settings.webhook_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
@@ -125,7 +143,7 @@ async def _receive(request: web.Request) -> web.Response:
         return _tagged(_error(400, "bad_json", f"body is not JSON: {exc}"), "bad_json")
     key = webhook.routing_key(data) if isinstance(data, dict) else None
     try:
-        await request.app[PUBLISHER].publish(RAW, body, key.encode() if key else None)
+        await request.app[PUBLISHER].publish(RAW, body, key.encode() if key else None, request_headers(rid))
     except PublishRejected as exc:  # the bus can never carry it: a retry by Meta would not help
         return _tagged(_error(413 if exc.code == "too_large" else 422, exc.code, str(exc)), exc.code)
     except PublishError as exc:

@@ -74,9 +74,10 @@ class RawPublisher:
                 self._producer = producer
         return self._producer
 
-    async def publish(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-        """Return once the broker acknowledged ``value``; :class:`PublishError` (retry later) or
-        :class:`PublishRejected` (never) otherwise."""
+    async def publish(self, topic: str, value: bytes, key: bytes | None = None,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
+        """Return once the broker acknowledged ``value`` (with ``headers``); :class:`PublishError` (retry
+        later) or :class:`PublishRejected` (never) otherwise."""
         try:
             check_size(value, self._max_record_bytes)
         except RecordTooLarge as exc:
@@ -86,7 +87,7 @@ class RawPublisher:
         try:
             async with asyncio.timeout(self._timeout):
                 producer = await self._ensure()
-                await producer.send_and_wait(topic, value, key=key)
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
         except Exception as exc:
             step = classify(exc)
             if step is Next.RETRY:
