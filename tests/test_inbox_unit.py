@@ -112,3 +112,17 @@ def test_list_counts_fold_groups_per_status_and_owner() -> None:
                                       "mine": 6, "unassigned": 8}
     assert list_counts([], 7) == {"open": 0, "pending": 0, "resolved": 0, "snoozed": 0, "all": 0, "mine": 0,
                                   "unassigned": 0}
+
+
+def test_the_list_statement_has_a_condition_only_for_each_filter_given() -> None:
+    from wacrm.inbox.store import ListQuery, list_sql
+
+    sql, args = list_sql(ListQuery("all", "all", None, 1), me=7)
+    assert "inbox_status =" not in sql and "assigned_user_id" not in sql.split("WHERE", 1)[1]
+    assert args == [50, 0]  # LIMIT, OFFSET
+    sql, args = list_sql(ListQuery("open", "me", " Ana ", 3), me=7)
+    where = sql.split("WHERE", 1)[1]
+    assert "c.inbox_status = $1" in where and "c.assigned_user_id = $2" in where and "ILIKE $3" in where
+    assert args[:3] == ["open", 7, "%Ana%"] and args[4] == 2 * args[3]
+    sql, _ = list_sql(ListQuery("all", "unassigned", None, 1, deleted=True), me=7)
+    assert "c.deleted_at IS NOT NULL" in sql and "c.assigned_user_id IS NULL" in sql
