@@ -53,11 +53,13 @@ from wacrm.orchestrator.rules import load_rules
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import replies, repo
 from wacrm.topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
+from wacrm.topics.lag import LagProbe
 
 log = logging.getLogger("wacrm.worker")
 # A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.
 # A row still ``sending`` this long after that lost its worker mid-call.
 IN_FLIGHT_MARGIN_S = 15.0
+HEALTH_EVERY_S = 5.0  # how often the worker samples consumer lag, paused numbers and unsettled sends
 _fetch_wait_ms = 30
 _fetch_min_bytes = 1
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -211,6 +213,37 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
                 metrics.AMBIGUOUS_SENDS.labels(how).inc()
         except Exception as exc:
             _timer_failed("the ambiguous-send timer", exc)
+
+    lag_probe = LagProbe(settings.kafka_group_id, [RAW, INBOUND, STATUS, OUTBOUND, *retries],
+                         **settings.kafka_client_kwargs())
+    lag_started = False
+
+    @app.timer(interval=HEALTH_EVERY_S)
+    async def sample_health() -> None:
+        """The gauges an operator alerts on: consumer lag per partition, paused numbers, unsettled sends."""
+        nonlocal lag_started
+        if not resources.ready.is_set():
+            return
+        try:
+            if not lag_started:
+                await asyncio.wait_for(lag_probe.start(), 20)
+                lag_started = True
+            lags = await asyncio.wait_for(lag_probe.sample(), 20)
+            metrics.CONSUMER_LAG.clear()
+            for p in lags:
+                metrics.CONSUMER_LAG.labels(p.topic, str(p.partition), str(p.reliable).lower()).set(p.lag)
+            metrics.LAG_SAMPLES.labels("ok").inc()
+        except Exception as exc:
+            metrics.LAG_SAMPLES.labels("failed").inc()
+            _timer_failed("the lag sampler", exc)
+        try:
+            async with resources.pool.acquire() as conn:
+                health = await repo.delivery_health(conn)
+            metrics.PAUSED_NUMBERS.set(health.paused_numbers)
+            metrics.AMBIGUOUS_OPEN.labels("count").set(health.unsettled)
+            metrics.AMBIGUOUS_OPEN.labels("oldest_seconds").set(health.oldest_unsettled_s)
+        except Exception as exc:
+            _timer_failed("the delivery-health sampler", exc)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:

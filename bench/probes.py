@@ -97,59 +97,6 @@ class CpuMeter:
                 for name, (pid, tree) in self.processes.items()}
 
 
-class LagProbe:
-    """Consumer lag of a group: high-water mark minus committed offset, summed per topic.
-
-    The high-water marks come from a fetch (``end_offsets`` is wrong on the embedded broker);
-    the probe reads at most a few bytes per partition from the committed offset.
-    """
-
-    def __init__(self, bootstrap: str, group: str, topics: list[str]) -> None:
-        self.bootstrap, self.group, self.topics = bootstrap, group, topics
-        self._consumer: Any = None
-        self._admin: Any = None
-        self._tps: list[Any] = []
-
-    async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                          max_partition_fetch_bytes=1024, fetch_max_wait_ms=50,
-                                          auto_offset_reset="earliest")
-        await self._consumer.start()
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
-        await self._admin.start()
-        for topic in self.topics:
-            for p in sorted(self._consumer.partitions_for_topic(topic) or ()):
-                self._tps.append(TopicPartition(topic, p))
-        self._consumer.assign(self._tps)
-
-    async def sample(self) -> dict[str, int]:
-        committed_raw = await self._admin.list_consumer_group_offsets(self.group, partitions=self._tps)
-        committed = {tp: (om.offset if om is not None and om.offset >= 0 else 0)
-                     for tp, om in committed_raw.items()}
-        for tp in self._tps:
-            self._consumer.seek(tp, committed.get(tp, 0))
-        self._consumer.resume(*self._tps)
-        await self._consumer.getmany(*self._tps, timeout_ms=300, max_records=1)
-        self._consumer.pause(*self._tps)  # no background fetching between samples: it would load the broker
-        lag: dict[str, int] = {t: 0 for t in self.topics}
-        for tp in self._tps:
-            hw = self._consumer.highwater(tp)
-            if hw is not None:
-                lag[tp.topic] += max(0, hw - committed.get(tp, 0))
-        return lag
-
-    async def stop(self) -> None:
-        for client in (self._consumer, self._admin):
-            if client is not None:
-                try:
-                    await asyncio.wait_for(client.stop() if client is self._consumer else client.close(), 5)
-                except Exception:  # shutting down a probe: nothing to do about it
-                    pass
-
-
 def ensure_py_spy() -> str | None:
     """The py-spy binary next to this interpreter, installed with pip if missing; None if impossible."""
     here = Path(sys.executable).parent / "py-spy"

@@ -41,6 +41,7 @@ from wacrm.agents.sending import ledger_id
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.storage import repo
+from wacrm.topics.lag import LagProbe
 
 WEBHOOK_P99_BOUND_S = 0.020
 E2E_P99_BOUND_S = 1.0
@@ -489,8 +490,8 @@ class Bench:
         assert self.broker is not None and self.pg is not None and self.pg.proc
         pids = {name: pid for name, (pid, tree) in self.tracked().items() if not tree}
         pg_pid = self.pg.proc.pid
-        lag = probes.LagProbe(self.broker.bootstrap, self.group,
-                              ["wa.webhook.raw", "wa.inbound", "wa.outbound", "wa.status"])
+        lag = LagProbe(self.group, ["wa.webhook.raw", "wa.inbound", "wa.outbound", "wa.status"],
+                       bootstrap_servers=self.broker.bootstrap)
         await lag.start()
         samples: list[dict[str, Any]] = []
         interval = max(1.0, p.soak_s / 60)
@@ -509,7 +510,7 @@ class Bench:
                     row[name] = probes.rss(pid)
                 row["postgres"] = probes.pss_tree(pg_pid)
                 try:
-                    row["lag"] = await asyncio.wait_for(lag.sample(), 3)
+                    row["lag"] = await asyncio.wait_for(lag.sample_per_topic(), 3)
                 except Exception as exc:  # a missed sample is reported as missing, the soak goes on
                     row["lag"] = {"error": repr(exc)}
                 samples.append(row)

@@ -87,6 +87,24 @@ AGENT_HALTS = Counter(
     "wacrm_agent_halts_total", "Times an agent stopped the worker (dead-letter storm, runner crash), by why",
     ["agent", "reason"])
 
+CONSUMER_LAG = Gauge(
+    "wacrm_consumer_lag", "Records not yet handled by the worker group, per input topic and partition (the log's "
+    "end minus the committed offset); reliable=\"false\" where the end came from ListOffsets, which the embedded "
+    "broker answers wrongly, instead of a fetched high-water mark", ["topic", "partition", "reliable"])
+LAG_SAMPLES = Counter("wacrm_consumer_lag_samples_total", "Lag samples taken, by outcome", ["outcome"])
+PAUSED_NUMBERS = Gauge(
+    "wacrm_paused_numbers", "Business numbers whose sends are paused now (an account error from Meta)")
+AMBIGUOUS_OPEN = Gauge(
+    "wacrm_ambiguous_unsettled", "Sends Meta may or may not have taken that no status has settled yet, and their "
+    "oldest age in seconds", ["measure"])
+
+# database
+DB_POOL_WAIT = Histogram("wacrm_db_pool_wait_seconds", "Time waiting for a pooled database connection",
+                         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+DB_STATEMENT = Histogram("wacrm_db_statement_seconds", "Database statement time, by the statement's first word",
+                         ["verb"], buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                            2.5, 5))
+
 # inbox
 INBOX_REQUESTS = Counter("wacrm_inbox_requests_total", "Inbox API requests by route group and outcome",
                          ["route", "outcome"])

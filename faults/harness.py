@@ -380,13 +380,13 @@ class System:
     async def lag(self) -> dict[str, int] | None:
         """The worker group's consumer lag per input topic (None when it cannot be read): 0 with
         messages lost means the committed offsets passed events that were never handled."""
-        from bench.probes import LagProbe
         from wacrm.topics import INBOUND, OUTBOUND, RAW, STATUS
+        from wacrm.topics.lag import LagProbe
 
-        probe = LagProbe(self.broker.bootstrap, self.group, [RAW, INBOUND, OUTBOUND, STATUS])
+        probe = LagProbe(self.group, [RAW, INBOUND, OUTBOUND, STATUS], bootstrap_servers=self.broker.bootstrap)
         try:
             await asyncio.wait_for(probe.start(), 20)
-            return await asyncio.wait_for(probe.sample(), 20)
+            return await asyncio.wait_for(probe.sample_per_topic(), 20)
         except Exception as exc:  # a diagnostic only: the counts stand without it
             log(f"  (consumer lag not readable: {type(exc).__name__}: {exc})")
             return None

@@ -1,9 +1,25 @@
-"""The asyncpg pool: one per process, every query bounded by a timeout."""
+"""The asyncpg pool: one per process, every query bounded by a timeout, its waits and statement
+times measured (``wacrm_db_pool_wait_seconds``, ``wacrm_db_statement_seconds``)."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import asyncpg
+import asyncpg.pool
 import orjson
+
+from wacrm.core import metrics
+
+
+def _observe(query: Any) -> None:
+    """asyncpg's query logger: each statement's elapsed time, by its first word."""
+    verb = (query.query.lstrip().split(None, 1) or ["?"])[0].upper()
+    metrics.DB_STATEMENT.labels(verb if verb in _VERBS else "OTHER").observe(query.elapsed)
+
+
+_VERBS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH", "COPY", "BEGIN", "COMMIT", "ROLLBACK"})
 
 
 async def _init(conn: asyncpg.Connection) -> None:
@@ -12,12 +28,30 @@ async def _init(conn: asyncpg.Connection) -> None:
                                   schema="pg_catalog")
 
 
+async def _init_pooled(conn: asyncpg.Connection) -> None:
+    await _init(conn)
+    conn.add_query_logger(_observe)
+
+
+class _MeasuredPool(asyncpg.pool.Pool):
+    """A pool that measures how long each acquire waited for a connection."""
+
+    async def _acquire(self, timeout: float | None) -> Any:  # asyncpg's one path for every acquire
+        started = time.perf_counter()
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        finally:
+            metrics.DB_POOL_WAIT.observe(time.perf_counter() - started)
+
+
 async def create_pool(dsn: str, *, timeout: float, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     """A pool whose connections decode json/jsonb with orjson and time out every statement."""
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init, timeout=timeout, command_timeout=timeout,
+    pool = _MeasuredPool(
+        dsn, min_size=min_size, max_size=max_size, max_queries=50000, max_inactive_connection_lifetime=300.0,
+        connection_class=asyncpg.Connection, record_class=asyncpg.Record, setup=None, init=_init_pooled,
+        reset=None, connect=None, loop=None, timeout=timeout, command_timeout=timeout,
         server_settings={"application_name": "wacrm"})
-    assert pool is not None
+    await pool
     return pool
 
 

@@ -404,3 +404,19 @@ async def answered_messages(conn: asyncpg.Connection, ledger_ids: list[int]) -> 
     rows = await conn.fetch("SELECT id, intent->>'reply_to' AS reply_to FROM outbound_log "
                             "WHERE id = ANY($1::bigint[]) AND intent->>'reply_to' IS NOT NULL", ledger_ids)
     return {r["id"]: r["reply_to"] for r in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryHealth:
+    paused_numbers: int  # business numbers whose sends are paused now
+    unsettled: int  # sends Meta may have taken that nothing settled yet (ambiguous, unconfirmed)
+    oldest_unsettled_s: float  # the oldest of those, seconds since it became ambiguous (0: none)
+
+
+async def delivery_health(conn: asyncpg.Connection) -> DeliveryHealth:
+    row = await conn.fetchrow(
+        """SELECT (SELECT count(*) FROM number_pauses WHERE until > now()) paused,
+                  count(*) unsettled,
+                  COALESCE(EXTRACT(EPOCH FROM now() - min(ambiguous_since)), 0)::float8 oldest
+           FROM outbound_log WHERE state IN ('ambiguous', 'unconfirmed')""")
+    return DeliveryHealth(int(row["paused"]), int(row["unsettled"]), float(row["oldest"]))
