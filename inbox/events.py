@@ -34,6 +34,11 @@ REPLAY_LIMIT = 1000  # events replayed after a reconnect; older gaps: the page r
 QUEUE_SIZE = 1000
 PING_S = 15.0
 
+# The event kinds that can change what the conversation list counts: a message (a new conversation,
+# a reopened one) and a conversation's owner, status or deletion. Delivery ticks and notifications
+# cannot; they are most of the events.
+CHANGES_CONVERSATIONS = frozenset({"message", "conversation"})
+
 _CLOSE: dict[str, Any] = {}  # the sentinel that ends a stream
 
 _COLUMNS = "id, kind, conversation_id, message_id, notification_id"
@@ -61,9 +66,9 @@ class Hub:
         self.listening = asyncio.Event()
 
     def stamp(self) -> int | None:
-        """A number that moves whenever the inbox may have changed (an event arrived, this process
-        wrote, the listener reconnected); ``None`` while not listening, when nothing can be known.
-        What was read under one stamp may be reused while the stamp stays the same."""
+        """A number that moves whenever the conversations may have changed (a message or conversation
+        event arrived, this process wrote, the listener reconnected); ``None`` while not listening,
+        when nothing can be known. What was read under one stamp may be reused while it stays."""
         return self._changes if self.listening.is_set() else None
 
     def changed(self) -> None:
@@ -105,7 +110,8 @@ class Hub:
             q.put_nowait(_CLOSE)
 
     def _dispatch(self, event: dict[str, Any]) -> None:
-        self._changes += 1
+        if event["kind"] in CHANGES_CONVERSATIONS:
+            self._changes += 1
         self._last_id = max(self._last_id, int(event["id"]))
         for q in list(self._queues):
             self._offer(q, event)

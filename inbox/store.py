@@ -7,6 +7,8 @@ and of ownership); this module reads what people see and records what only peopl
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -70,11 +72,8 @@ async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int
     (from ``counts`` while ``stamp`` says nothing changed since they were read)."""
     sql, args = list_sql(query, me)
     rows = await conn.fetch(sql, *args)
-    groups = counts.get(query.deleted, stamp) if counts is not None else None
-    if groups is None:
-        groups = await count_groups(conn, query.deleted)
-        if counts is not None:
-            counts.put(query.deleted, stamp, groups)
+    groups = await (counts.groups(lambda: count_groups(conn, query.deleted), query.deleted, stamp)
+                    if counts is not None else count_groups(conn, query.deleted))
     return [_conversation_json(r) for r in rows], list_counts(groups, me)
 
 
@@ -98,19 +97,31 @@ class CountsCache:
 
     def __init__(self) -> None:
         self._stamp: int | None = None
-        self._groups: dict[bool, list[tuple[str, int | None, int]]] = {}
+        self._groups: dict[bool, asyncio.Future[list[tuple[str, int | None, int]]]] = {}
 
-    def get(self, deleted: bool, stamp: int | None) -> list[tuple[str, int | None, int]] | None:
-        return self._groups.get(deleted) if stamp is not None and stamp == self._stamp else None
-
-    def put(self, deleted: bool, stamp: int | None, groups: list[tuple[str, int | None, int]]) -> None:
-        """Keep groups read under ``stamp`` (read before the count began, so a change during the
-        count leaves them already out of date)."""
+    async def groups(self, count: Callable[[], Awaitable[list[tuple[str, int | None, int]]]], deleted: bool,
+                     stamp: int | None) -> list[tuple[str, int | None, int]]:
+        """The groups read under ``stamp`` (taken before the count began, so a change during the
+        count leaves them already out of date); one count at a time per stamp: the lists that ask
+        meanwhile wait for it instead of counting too."""
         if stamp is None:
-            return
+            return await count()
         if stamp != self._stamp:
             self._stamp, self._groups = stamp, {}
-        self._groups[deleted] = groups
+        pending = self._groups.get(deleted)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[list[tuple[str, int | None, int]]] = asyncio.get_running_loop().create_future()
+        self._groups[deleted] = future
+        try:
+            future.set_result(await count())
+        except BaseException as exc:  # the lists waiting get the failure; the next list counts again
+            if self._groups.get(deleted) is future:
+                del self._groups[deleted]
+            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the count was cancelled"))
+            future.exception()  # retrieved
+            raise
+        return future.result()
 
 
 def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:

@@ -126,3 +126,26 @@ def test_the_list_statement_has_a_condition_only_for_each_filter_given() -> None
     assert args[:3] == ["open", 7, "%Ana%"] and args[4] == 2 * args[3]
     sql, _ = list_sql(ListQuery("all", "unassigned", None, 1, deleted=True), me=7)
     assert "c.deleted_at IS NOT NULL" in sql and "c.assigned_user_id IS NULL" in sql
+
+
+async def test_the_counts_are_counted_once_per_stamp_while_lists_wait_for_them() -> None:
+    import asyncio
+
+    from wacrm.inbox.store import CountsCache
+
+    calls = 0
+
+    async def count() -> list[tuple[str, int | None, int]]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05)
+        return [("open", None, calls)]
+
+    cache = CountsCache()
+    first = await asyncio.gather(*(cache.groups(count, False, 1) for _ in range(5)))
+    assert calls == 1 and all(g == [("open", None, 1)] for g in first)
+    assert await cache.groups(count, False, 1) == [("open", None, 1)]  # same stamp: reused
+    assert await cache.groups(count, True, 1) == [("open", None, 2)]  # the deleted list: its own count
+    assert await cache.groups(count, False, 2) == [("open", None, 3)]  # moved: counted again
+    assert await cache.groups(count, False, None) == [("open", None, 4)]  # not listening: every time
+    assert await cache.groups(count, False, None) == [("open", None, 5)]
