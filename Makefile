@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench faults install clean chromium
+.PHONY: run test bench faults install clean chromium prometheus
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wacrm needs Python 3.11 or newer")'
@@ -19,7 +19,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/wacrm dev
 
-test: $(STAMP) chromium
+test: $(STAMP) chromium prometheus
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The web inbox's browser tests drive Debian's chromium (never a browser that playwright downloads).
@@ -33,6 +33,18 @@ chromium:
 	    ($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	      || echo "make test: apt-get could not install chromium; the browser tests will be skipped"; \
 	  else echo "make test: chromium is missing and apt-get is not available to this user; the browser tests will be skipped"; fi; \
+	  true; }
+
+# The alert rules' promtool tests and the dashboards' test against a real Prometheus use Debian's
+# prometheus package (promtool and prometheus); installed like chromium, and skipped with a reason without it.
+prometheus:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make test: installing prometheus (promtool) with apt-get for the alert and dashboard tests"; \
+	    ($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
+	      || echo "make test: apt-get could not install prometheus; the alert and dashboard tests will be skipped"; \
+	  else echo "make test: promtool is missing and apt-get is not available to this user; those tests will be skipped"; fi; \
 	  true; }
 
 # `make bench` (about 15 minutes) or `make bench QUICK=1` (about 2): writes BENCHMARKS.md.
