@@ -55,8 +55,66 @@ async def _check_schema(database_url: str, timeout: float) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     s = _settings("prod", {"DATABASE_URL"})
     assert s.database_url
+    if args.status:
+        return asyncio.run(_migrate_status(s.database_url, s.db_timeout_s))
     asyncio.run(run_migrations(s.database_url, s.db_timeout_s))
     return 0
+
+
+async def _connected(database_url: str, timeout: float) -> Any:
+    from wacrm.storage.db import connect
+
+    try:
+        return await connect(database_url, timeout=timeout)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+
+
+async def _migrate_status(database_url: str, timeout: float) -> int:
+    """Applied and pending migrations with checksums; exit 1 when any is pending, edited or unknown."""
+    from wacrm.storage.migrate import FIX_COMMAND, MigrationError
+    from wacrm.storage.verify import status
+
+    conn = await _connected(database_url, timeout)
+    try:
+        rows = await status(conn)
+    except MigrationError as exc:
+        raise CommandError(str(exc), EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+    for row in rows:
+        print(row.line())
+    behind = [r for r in rows if r.state != "applied"]
+    print(f"{len(rows) - len(behind)} applied, {sum(r.state == 'pending' for r in behind)} pending"
+          + (f", {len(behind) - sum(r.state == 'pending' for r in behind)} edited or unknown" if behind else ""))
+    if any(r.state == "pending" for r in behind):
+        print(f"run: {FIX_COMMAND}")
+    return EXIT_FAIL if behind else 0
+
+
+def cmd_verify_schema(args: argparse.Namespace) -> int:
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    return asyncio.run(_verify_schema(s.database_url, s.db_timeout_s, args.quiet))
+
+
+async def _verify_schema(database_url: str, timeout: float, quiet: bool) -> int:
+    from wacrm.storage.verify import verify
+
+    conn = await _connected(database_url, timeout)
+    try:
+        checks = await verify(conn)
+    finally:
+        await conn.close()
+    gaps = [c for c in checks if not c.ok]
+    for c in checks:
+        if not (quiet and c.ok):
+            print(c.line())
+    kinds = sorted({c.item.kind for c in checks})
+    print(f"{len(checks) - len(gaps)} of {len(checks)} items as the migrations make them ({', '.join(kinds)})"
+          + (f"; {len(gaps)} gap(s)" if gaps else ""))
+    return EXIT_FAIL if gaps else 0
 
 
 async def run_migrations(database_url: str, timeout: float, out: Any = print) -> int:
@@ -427,8 +485,21 @@ def parser() -> argparse.ArgumentParser:
     us.set_defaults(func=cmd_users)
     sub.add_parser("worker", help="the agents: ingest, inbound, sender, status (needs DATABASE_URL, "
                    "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)").set_defaults(func=cmd_worker)
-    sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)").set_defaults(
-        func=cmd_migrate)
+    mg = sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)",
+                        description="Applies the numbered migrations not yet applied, in order, each in its own "
+                        "transaction, under an advisory lock (two at once are safe). Refuses (exit 3) when an "
+                        "applied migration's file was edited afterwards.")
+    mg.add_argument("--status", action="store_true", help="list applied and pending migrations with their "
+                    "checksums instead of applying anything; exit 1 when any is pending, edited or unknown")
+    mg.set_defaults(func=cmd_migrate)
+    vs = sub.add_parser("verify-schema", help="check the live database against what the migrations make "
+                        "(needs DATABASE_URL)",
+                        description="Applies every migration to a scratch schema inside a transaction that is "
+                        "rolled back, then compares its tables, columns and types, indexes, constraints, foreign "
+                        "keys, functions and triggers with the live schema's. One line per item (✓, or ✗ with "
+                        "the fix); exit 1 on any gap. Changes nothing.")
+    vs.add_argument("--quiet", action="store_true", help="print only the gaps and the summary")
+    vs.set_defaults(func=cmd_verify_schema)
     sub.add_parser("topics", help="create every topic with its final partition count "
                    "(needs KAFKA_BOOTSTRAP_SERVERS)").set_defaults(func=cmd_topics)
 
