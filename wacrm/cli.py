@@ -467,24 +467,41 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_dev)
 
     sv = sub.add_parser("serve", help="webhook, inbox, health and /metrics (needs DATABASE_URL, "
-                        "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)")
+                        "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)",
+                        description="Serves on HOST:PORT the webhook Meta calls (POST /webhooks/whatsapp: answered "
+                        "200 only once the bus has the body; GET: the subscription handshake), the inbox API and "
+                        "pages (/api/v1, /inbox), /healthz, /readyz and /metrics. Refuses to start (exit 3) when "
+                        "the database schema is behind. SIGTERM drains and stops within the shutdown bound.")
     sv.add_argument("--only", choices=("webhook", "inbox"), default=None,
                     help="serve only the webhook, or only the inbox (which needs only DATABASE_URL)")
     sv.set_defaults(func=cmd_serve)
-    us = sub.add_parser("users", help="people who sign in to the inbox (needs DATABASE_URL)")
+    us = sub.add_parser("users", help="people who sign in to the inbox (needs DATABASE_URL)",
+                        description="Adds, lists and issues API tokens for the people of the inbox. Roles: "
+                        "admin (also deletes and restores conversations) and agent.")
     usub = us.add_subparsers(dest="users_command", required=True, metavar="ACTION")
     ua = usub.add_parser("add", help="add a user; the password is read from standard input, or generated and "
-                         "printed once")
-    ua.add_argument("email")
-    ua.add_argument("--role", choices=("admin", "agent"), default="agent")
-    ua.add_argument("--name", default=None)
-    ut = usub.add_parser("token", help="print a new API token for the user (Authorization: Bearer …)")
-    ut.add_argument("email")
+                         "printed once", description="Adds a person who signs in to the inbox. The password is "
+                         "read from standard input when one is piped in; otherwise one is generated and printed "
+                         "once (it is stored only as an argon2id hash).")
+    ua.add_argument("email", help="the address they sign in with")
+    ua.add_argument("--role", choices=("admin", "agent"), default="agent",
+                    help="agent (default) or admin (also deletes and restores conversations)")
+    ua.add_argument("--name", default=None, help="the name shown in the inbox (default: the email's local part)")
+    ut = usub.add_parser("token", help="print a new API token for the user (Authorization: Bearer …)",
+                         description="Prints a new API token for scripts (sent as Authorization: Bearer TOKEN); "
+                         "stored hashed, shown once. --revoke revokes every token of the user instead.")
+    ut.add_argument("email", help="the user the token acts as")
     ut.add_argument("--revoke", action="store_true", help="revoke every token of the user instead")
-    usub.add_parser("list", help="list users")
+    usub.add_parser("list", help="list users", description="Lists the users: email, role, name, and whether "
+                    "they are disabled.")
     us.set_defaults(func=cmd_users)
     sub.add_parser("worker", help="the agents: ingest, inbound, sender, status (needs DATABASE_URL, "
-                   "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)").set_defaults(func=cmd_worker)
+                   "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)",
+                   description="Runs the agents in one consumer group (KAFKA_GROUP_ID): ingest splits webhook "
+                   "bodies, inbound stores and decides, sender calls the Graph API, status applies Meta's "
+                   "statuses; plus the reply, outbox and ambiguous-send timers. /metrics on WORKER_METRICS_PORT. "
+                   "Refuses to start (exit 3) when the schema is behind; SIGTERM finishes the batch in hand "
+                   "within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
     mg = sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)",
                         description="Applies the numbered migrations not yet applied, in order, each in its own "
                         "transaction, under an advisory lock (two at once are safe). Refuses (exit 3) when an "
@@ -501,7 +518,12 @@ def parser() -> argparse.ArgumentParser:
     vs.add_argument("--quiet", action="store_true", help="print only the gaps and the summary")
     vs.set_defaults(func=cmd_verify_schema)
     sub.add_parser("topics", help="create every topic with its final partition count "
-                   "(needs KAFKA_BOOTSTRAP_SERVERS)").set_defaults(func=cmd_topics)
+                   "(needs KAFKA_BOOTSTRAP_SERVERS)",
+                   description="Creates every topic of the catalogue (wa.webhook.raw, wa.inbound, wa.status, "
+                   "wa.outbound, the retry topics, wa.dlq) with TOPIC_PARTITIONS partitions and "
+                   "TOPIC_REPLICATION_FACTOR replicas. Idempotent; reports a topic whose partition count "
+                   "differs (exit 1): growing a topic would move conversations between partitions.").set_defaults(
+                       func=cmd_topics)
 
     tr = sub.add_parser("trace", help="the path of one webhook call through every stage, with times "
                         "(needs DATABASE_URL; reads wa.dlq too when KAFKA_BOOTSTRAP_SERVERS is set)",
@@ -515,9 +537,13 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds to spend reading the bus (wa.dlq, the raw body) (default 10)")
     tr.set_defaults(func=cmd_trace)
 
-    f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives")
-    f.add_argument("--port", type=int, default=8090)
-    f.add_argument("--host", default="127.0.0.1")
+    f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives",
+                       description="Answers POST /{version}/{phone_number_id}/messages as Meta does, records every "
+                       "request (GET /__sent), can be told to fail (POST /__fail) or follow a script "
+                       "(POST /__script), and with --webhook-url posts signed sent/delivered/read statuses back. "
+                       "For development and tests only: loopback, no authentication.")
+    f.add_argument("--port", type=int, default=8090, help="the port to listen on (default 8090)")
+    f.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     f.add_argument("--webhook-url", default=None,
                    help="post signed sent/delivered/read status webhooks for every accepted send here, as Meta does "
                    "(default: none)")
