@@ -329,3 +329,25 @@ async def pause_number(conn: asyncpg.Connection, phone_number_id: str, reason: s
     await create_task(conn, conversation_id, "sending_paused",
                       f"Sending from {phone_number_id} is paused: {reason}", {"phone_number_id": phone_number_id},
                       dedupe_key=f"pause:{phone_number_id}:{created}")
+
+
+async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[bool, str] | None:
+    """Why a customer message got no reply, once that is decided: (intended, why). ``None`` while the
+    message is not stored or not decided yet. Intended: the customer opted out, a person owns the
+    conversation, or the rules chose none; not intended: the reply failed or is in doubt."""
+    row = await conn.fetchrow(
+        """SELECT m.id, c.reply_upto_message_id, c.assigned_user_id, c.needs_human, c.bot_paused, k.opted_out,
+                  (SELECT o.state FROM outbound_log o WHERE o.dedupe_key = 'auto:' || $1) AS ledger_state
+           FROM messages m JOIN conversations c ON c.id = m.conversation_id JOIN contacts k ON k.id = c.contact_id
+           WHERE m.provider_message_id = $1 AND m.direction = 'inbound'""", message_id)
+    if row is None:
+        return None
+    if row["ledger_state"] in ("failed", "dropped", "ambiguous", "unconfirmed"):
+        return False, f"the reply is {row['ledger_state']} in the send ledger"
+    if row["opted_out"]:
+        return True, "the customer opted out (they sent STOP; START opts back in), so the bot stays quiet"
+    if row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"]:
+        return True, "a person owns this conversation (it was handed over), so the bot stays quiet: see the inbox"
+    if row["reply_upto_message_id"] >= row["id"] and row["ledger_state"] is None:
+        return True, "the rules chose not to answer this message"
+    return None

@@ -393,7 +393,8 @@ def _install_sigterm_as_interrupt() -> None:
 
 # --- simulate ------------------------------------------------------------------------------
 
-async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: str | None) -> int:
+async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: str | None,
+                    database_url: str | None) -> int:
     import aiohttp
     import orjson
 
@@ -405,7 +406,9 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
     message_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
     headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature.sign(secret, body)}
     timeout = aiohttp.ClientTimeout(total=15)
+    recipient = f"+{args.from_}" if args.from_ else args.user_id
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        seen = len(await _sent(session, fake_meta)) if fake_meta and not args.no_wait else 0
         try:
             async with session.post(url, data=body, headers=headers) as resp:
                 text = await resp.text()
@@ -417,19 +420,48 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
             raise CommandError(f"cannot reach the webhook at {url}: {exc} (is `wacrm dev` or `wacrm serve` running?)")
         if not fake_meta or args.no_wait:
             return 0
+        # The reply: the first send to this customer after the post (a reply quotes the message only
+        # when it opens an exchange, so the recipient is what tells).
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
-            async with session.get(f"{fake_meta}/__sent") as resp:
-                sent = await resp.json()
-            for item in sent:
+            for item in (await _sent(session, fake_meta))[seen:]:
                 body_sent = item.get("body") or {}
-                if (body_sent.get("context") or {}).get("message_id") == message_id:
-                    reply = (body_sent.get("text") or {}).get("body")
-                    print(f"reply sent to {body_sent.get('to') or body_sent.get('recipient')}: {reply!r}")
+                if recipient in (body_sent.get("to"), body_sent.get("recipient")):
+                    reply = (body_sent.get("text") or {}).get("body") or f"template {body_sent.get('template')}"
+                    print(f"reply sent to {recipient}: {reply!r}")
                     return 0
-            await asyncio.sleep(0.1)
-        print(f"no reply recorded by {fake_meta} within {args.wait:.0f}s", file=sys.stderr)
+            silence = await _silence(database_url, message_id)
+            if silence is not None:
+                intended, why = silence
+                print(f"no reply, {'as intended' if intended else 'a failure'}: {why}",
+                      file=sys.stdout if intended else sys.stderr)
+                return 0 if intended else EXIT_FAIL
+            await asyncio.sleep(0.2)
+        print(f"no reply recorded by {fake_meta} within {args.wait:.0f}s (`wacrm trace` with the request id the "
+              "webhook returned shows where it stopped)", file=sys.stderr)
         return EXIT_FAIL
+
+
+async def _sent(session: Any, fake_meta: str | None) -> list[dict[str, Any]]:
+    async with session.get(f"{fake_meta}/__sent") as resp:
+        return list(await resp.json())
+
+
+async def _silence(database_url: str | None, message_id: str) -> tuple[bool, str] | None:
+    """Why the message got no reply, from the database, once decided (None: not known, or no database)."""
+    if database_url is None:
+        return None
+    from wacrm.storage.db import connect
+    from wacrm.storage.replies import silence_reason
+
+    try:
+        conn = await connect(database_url, timeout=5)
+    except Exception:  # the database is optional here: the wait goes on without it
+        return None
+    try:
+        return await silence_reason(conn, message_id)
+    finally:
+        await conn.close()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -442,7 +474,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         raise CommandError("no app secret: set WHATSAPP_APP_SECRET, or start `wacrm dev` first", EXIT_CONFIG)
     url = args.url or (state or {}).get("webhook_url") or f"http://127.0.0.1:{s.port}/webhooks/whatsapp"
     fake_meta = args.fake_meta or (state or {}).get("fake_meta_url")
-    return asyncio.run(_simulate(args, secret, url, fake_meta))
+    database_url = os.environ.get("DATABASE_URL") or (state or {}).get("database_url")
+    return asyncio.run(_simulate(args, secret, url, fake_meta, database_url))
 
 
 # --- dev -----------------------------------------------------------------------------------
@@ -553,7 +586,8 @@ def parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("simulate", help="sign and POST a realistic inbound text message to a running webhook",
                         description="Builds a Cloud API `messages` webhook body, signs it with the app secret "
                         "(WHATSAPP_APP_SECRET, or the one `wacrm dev` generated) and POSTs it. With the fake "
-                        "Graph API, waits for the reply and prints it.")
+                        "Graph API, waits for the reply and prints it; when no reply is meant to come (the customer "
+                        "opted out, a person owns the conversation, the rules chose none) it says why and exits 0.")
     sm.add_argument("--text", required=True, help="the customer's message")
     sm.add_argument("--from", dest="from_", default="15550002222", help="customer phone (wa_id); '' for none")
     sm.add_argument("--name", default="Alice Test", help="customer profile name")
@@ -564,7 +598,8 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--fake-meta", default=None, help="fake Graph API base URL to watch for the reply")
     sm.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the reply (default 15)")
     sm.add_argument("--no-wait", action="store_true", help="do not wait for the reply")
-    sm.add_argument("--state-dir", default=".wacrm", help=argparse.SUPPRESS)
+    sm.add_argument("--state-dir", default=".wacrm",
+                    help="the state directory of the running `wacrm dev` to use (its --state-dir; default .wacrm)")
     sm.set_defaults(func=cmd_simulate)
 
     return p
