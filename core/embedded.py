@@ -31,6 +31,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``port`` on ``host`` now (as servers do, SO_REUSEADDR: a port
+    whose last connections are in TIME_WAIT is free; one another process listens on is not)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def remembered_port(path: Path, host: str = "127.0.0.1") -> tuple[int, str | None]:
+    """The port saved in ``path`` if it is free, else a new free one (saved); and a note when it changed."""
+    try:
+        saved = int(path.read_text().strip())
+    except (OSError, ValueError):
+        saved = None
+    if saved is not None and port_free(host, saved):
+        return saved, None
+    port = free_port()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{port}\n")
+    return port, None if saved is None else f"port {saved} is taken now; using {port} from here on"
+
+
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

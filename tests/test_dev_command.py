@@ -100,6 +100,14 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         second = subprocess.run(procs.python_cmd("dev", "--state-dir", str(state_dir)), env=env,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "already running" in second.stderr
+        # Another state dir on the same port: refused before anything starts, with the way out.
+        other = tmp_path / "other"
+        third = subprocess.run(procs.python_cmd("dev", "--state-dir", str(other)), env=env,
+                               capture_output=True, text=True, timeout=60)
+        assert third.returncode == 1, third.stdout + third.stderr
+        assert f"port {env['PORT']} on 127.0.0.1 (PORT) is in use" in third.stderr and "Nothing was started" \
+            in third.stderr
+        assert not (other / "pg").exists() and "Traceback" not in third.stderr
 
         dev.send_signal(signal.SIGINT)
         dev.wait(90)
@@ -112,6 +120,7 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         dev = _start_dev(state_dir, env)
         state2 = json.loads((state_dir / "dev.json").read_text())
         assert state2["app_secret"] == state["app_secret"]  # the generated secrets are kept too
+        assert state2["database_url"] == state["database_url"]  # the embedded PostgreSQL keeps its port
         check = subprocess.run(
             [str(pg_bin_dir() / "psql"),
              state2["database_url"], "-tAc", "SELECT count(*) FROM messages WHERE body = 'hello from the dev test'"],

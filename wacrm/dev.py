@@ -33,7 +33,8 @@ from typing import Any
 
 from wacrm.cli import CommandError, create_topics, run_migrations
 from wacrm.core import procs
-from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port
+from wacrm.core.embedded import (EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free,
+                                 remembered_port)
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
 
@@ -135,6 +136,19 @@ class _Stop(Exception):
     pass
 
 
+def busy_ports(host: str, port: int, worker_metrics_port: str | None) -> str | None:
+    """What is in the way of starting, checked before anything starts: the ports this run must bind."""
+    wanted = [("PORT", port)]
+    if worker_metrics_port and worker_metrics_port.isdigit():
+        wanted.append(("WORKER_METRICS_PORT", int(worker_metrics_port)))
+    for name, number in wanted:
+        if not port_free(host, number):
+            return (f"port {number} on {host} ({name}) is in use: another `wacrm dev` or another server holds it. "
+                    f"Stop that one, or start this one on another port: {name}={number + 1} wacrm dev "
+                    "--state-dir OTHER_DIR. Nothing was started.")
+    return None
+
+
 def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: float) -> None:
     """Wait for the webhook's /readyz and for the worker to hold its partitions."""
     deadline = time.monotonic() + timeout
@@ -183,6 +197,11 @@ def run_dev(state_dir: Path) -> int:
         print(f"wacrm dev: {exc}", file=sys.stderr)
         return 2
 
+    busy = busy_ports(settings.host, settings.port, env.get("WORKER_METRICS_PORT"))
+    if busy:
+        print(f"wacrm dev: {busy}", file=sys.stderr)
+        return 1
+
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -202,7 +221,10 @@ def run_dev(state_dir: Path) -> int:
     try:
         database_url = settings.database_url
         if database_url is None:
-            pg = EmbeddedPostgres(state_dir / "pg" / "data")
+            pg_port, moved = remembered_port(state_dir / "pg" / "port")
+            if moved:
+                print(f"embedded PostgreSQL: {moved}", flush=True)
+            pg = EmbeddedPostgres(state_dir / "pg" / "data", port=pg_port)
             print(f"starting embedded PostgreSQL (data in {pg.data_dir}) …", flush=True)
             pg.start()
             database_url = pg.url
