@@ -135,3 +135,7 @@ async def test_replaying_everything_during_live_traffic_changes_nothing(stack: S
     for mid in ids:
         assert len(await stack.replies_to(mid)) == 1
     assert len(await stack.sent()) - sends_before == len(ids)  # no extra send for any replayed event
+
+    again = await asyncio.to_thread(_replay, stack, "--topic", RAW, "--from-offset", "0", "--settle", "20", db=True)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip().endswith("nothing changed"), again.stdout

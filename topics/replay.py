@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 EMPTY_FETCH_MS = 700  # a fetch that waits this long and brings nothing: the end of the partition
 READ_BATCH = 500
@@ -165,6 +166,7 @@ class PartitionReader:
 class PartitionResult:
     span: Span
     matched: int  # records in the span (with the key, if one was given), replayed unless a dry run
+    produced_end: int | None = None  # the offset after the last record this replay produced
 
 
 Progress = Callable[[int, int], None]  # (records read so far, records in every span)
@@ -190,23 +192,43 @@ async def replay(client: dict[str, Any], topic: str, sel: Selection, dry_run: bo
             await producer.start()
         results, done = [], 0
         for reader, span in zip(readers, spans, strict=True):
-            matched = 0
+            matched, last = 0, None
             async for r in reader.records(span):
                 done += 1
                 if sel.key is None or r.key == sel.key:
                     matched += 1
                     if producer is not None:
-                        await producer.send(topic, r.value, key=r.key, partition=span.partition,
-                                            headers=list(r.headers or ()))
+                        last = await producer.send(topic, r.value, key=r.key, partition=span.partition,
+                                                   headers=list(r.headers or ()))
                 progress(done, total)
-            results.append(PartitionResult(span, matched))
-        if producer is not None:
-            await producer.flush()
+            results.append(PartitionResult(span, matched, None if last is None else (await last).offset + 1))
         return results
     finally:
         if producer is not None:
             await producer.stop()
         await consumer.stop()
+
+
+async def consumed(client: dict[str, Any], group: str, topic: str, results: list[PartitionResult],
+                   timeout: float, poll_s: float = 0.5) -> bool:
+    """Wait until consumer ``group`` has committed past every record the replay produced (at most ``timeout``);
+    whether it did."""
+    ends = {TopicPartition(topic, r.span.partition): r.produced_end for r in results if r.produced_end is not None}
+    if not ends:
+        return True
+    deadline = time.monotonic() + timeout
+    admin = AIOKafkaAdminClient(**client)
+    await admin.start()
+    try:
+        while True:
+            committed = await admin.list_consumer_group_offsets(group, partitions=list(ends))
+            if all((c := committed.get(tp)) is not None and c.offset >= end for tp, end in ends.items()):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
+    finally:
+        await admin.close()
 
 
 # --- what changed in PostgreSQL ---------------------------------------------------------------

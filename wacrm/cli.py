@@ -343,9 +343,12 @@ async def _replay(args: argparse.Namespace, s: Settings) -> list[str]:
                  if r.span.size else f"partition {r.span.partition}: nothing in the range" for r in results]
         lines.append(f"{verb} {sum(r.matched for r in results)} records of {args.topic}")
         if conn is not None and before is not None:
-            after, settled = await replay.settled_counts(conn, args.settle)
+            started = time.monotonic()
+            read = await replay.consumed(s.kafka_client_kwargs(), s.kafka_group_id, args.topic, results, args.settle)
+            after, settled = await replay.settled_counts(conn, max(0.0, args.settle - (time.monotonic() - started)))
             moved = replay.changes(before, after)
-            note = "" if settled else f" (the pipeline had not settled after {args.settle:g}s)"
+            note = "" if read and settled else \
+                f" (the pipeline had not {'settled' if read else 'read every replayed record'} after {args.settle:g}s)"
             lines.append("nothing changed" + note if not moved else
                          "changed: " + ", ".join(f"{t} {d:+d}" for t, d in moved.items()) + note)
         return lines
