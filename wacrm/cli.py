@@ -412,11 +412,16 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    import asyncpg
+
     s = _bus_settings(needs_db=args.dlq_command == "redrive")
     try:
         lines = asyncio.run(_dlq(args, s))
     except CommandError:
         raise
+    except asyncpg.UndefinedTableError:
+        raise CommandError("the database schema is behind this code (no dlq_redrives table). Run: wacrm migrate",
+                           EXIT_SCHEMA) from None
     except Exception as exc:
         raise CommandError(f"cannot read wa.dlq: {type(exc).__name__}: {exc}") from None
     for line in lines:
