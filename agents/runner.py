@@ -53,10 +53,12 @@ from wacrm.core.logs import request_scope
 from wacrm.topics import DLQ
 from wacrm.topics.records import (
     DeadLetter,
+    Headers,
     RawRef,
     SendIntent,
     bounded_dead_letter,
     check_size,
+    dead_letter_headers,
     encode,
     request_headers,
     request_id_of,
@@ -103,7 +105,8 @@ class RunnerConfig:
     dlq_limit: DlqLimitConfig
 
 
-async def produce(topic: faust.TopicT, key: bytes, value: bytes, request_id: str | None = None) -> Awaitable[Any]:
+async def produce(topic: faust.TopicT, key: bytes, value: bytes, request_id: str | None = None,
+                  headers: Headers | None = None) -> Awaitable[Any]:
     """Hand a record to the app's producer; returns the future of the broker's acknowledgement.
 
     Straight to the producer: ``Topic.send`` wraps every record in a message object with
@@ -111,11 +114,11 @@ async def produce(topic: faust.TopicT, key: bytes, value: bytes, request_id: str
     A value above :data:`topics.records.RECORD_MAX_BYTES` raises
     :class:`~topics.records.RecordTooLarge` before it reaches the producer (a dead letter for
     the event that made it, not a producer error after the fact). ``request_id`` goes in the record's
-    headers (:data:`topics.records.REQUEST_ID_HEADER`).
+    headers (:data:`topics.records.REQUEST_ID_HEADER`); ``headers``, when given, are the record's whole headers.
     """
     check_size(value)
     return await topic.app.producer.send(topic.get_topic_name(), key, value, None, None,
-                                         request_headers(request_id))
+                                         headers if headers is not None else request_headers(request_id))
 
 
 async def publish(topic: faust.TopicT, intents: list[SendIntent]) -> None:
@@ -140,7 +143,7 @@ async def dead_letter(dlq: faust.TopicT, ref: RawRef, value: bytes | None, reaso
     if letter.details.get("reduced"):
         log.warning("dead letter of %s:%d@%d reduced to a reference (%s bytes)", ref.topic, ref.partition,
                     ref.offset, letter.details.get("letter_bytes"))
-    await (await produce(dlq, ref.topic.encode(), data, request_id))
+    await (await produce(dlq, ref.topic.encode(), data, headers=dead_letter_headers(letter, request_id)))
     metrics.DLQ_ENTRIES.labels(reason.split(":", 1)[0]).inc()
 
 

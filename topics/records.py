@@ -230,6 +230,33 @@ def bounded_dead_letter(letter: DeadLetter, limit: int = RECORD_MAX_BYTES) -> tu
     return reduced, orjson.dumps(reduced, default=repr)
 
 
+# Dead-letter headers (contract): where a letter came from and why, readable without decoding its value
+# (the practice of Kafka Connect and Sentry's arroyo). The value stays the JSON :class:`DeadLetter`.
+DLQ_HEADER_TOPIC = "wacrm-dlq-original-topic"
+DLQ_HEADER_PARTITION = "wacrm-dlq-original-partition"
+DLQ_HEADER_OFFSET = "wacrm-dlq-original-offset"
+DLQ_HEADER_REASON = "wacrm-dlq-reason"
+DLQ_HEADER_ERROR = "wacrm-dlq-error"
+DLQ_HEADER_AGENT = "wacrm-dlq-agent"
+DLQ_HEADER_TIME = "wacrm-dlq-time"
+#: An error header keeps this many characters (the whole error is in the value).
+DLQ_HEADER_ERROR_CHARS = 1_000
+
+
+def agent_of(reason: str) -> str:
+    """The agent named at the start of a dead letter's reason (``"inbound: poison event"`` → ``inbound``)."""
+    return reason.split(":", 1)[0].strip() if ":" in reason else "unknown"
+
+
+def dead_letter_headers(letter: DeadLetter, request_id: str | None) -> Headers:
+    """The headers of a dead letter's record: its origin, reason, error, agent, time, and request id if any."""
+    pairs = [(DLQ_HEADER_TOPIC, letter.source_topic), (DLQ_HEADER_PARTITION, str(letter.source_partition)),
+             (DLQ_HEADER_OFFSET, str(letter.source_offset)), (DLQ_HEADER_REASON, letter.reason),
+             (DLQ_HEADER_ERROR, letter.error[:DLQ_HEADER_ERROR_CHARS]), (DLQ_HEADER_AGENT, agent_of(letter.reason)),
+             (DLQ_HEADER_TIME, repr(letter.at))]
+    return [(name, value.encode("utf-8", "replace")) for name, value in pairs] + (request_headers(request_id) or [])
+
+
 T = TypeVar("T")
 
 

@@ -26,10 +26,13 @@ class BusRecord:
     timestamp: float  # epoch seconds
     value: bytes
     request_id: str | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def _record(r: Any) -> BusRecord:
-    return BusRecord(r.topic, r.partition, r.offset, r.timestamp / 1000, r.value or b"", request_id_of(r.headers))
+    return BusRecord(r.topic, r.partition, r.offset, r.timestamp / 1000, r.value or b"", request_id_of(r.headers),
+                     r.key, tuple((name, bytes(value or b"")) for name, value in (r.headers or ())))
 
 
 async def _consumer(client: dict[str, Any], timeout: float) -> AIOKafkaConsumer:
@@ -41,6 +44,11 @@ async def _consumer(client: dict[str, Any], timeout: float) -> AIOKafkaConsumer:
 
 async def with_request_id(client: dict[str, Any], topic: str, request_id: str, timeout: float) -> list[BusRecord]:
     """Every record of ``topic`` whose ``wacrm-request-id`` header is ``request_id`` (read from the start)."""
+    return [rec for rec in await every(client, topic, timeout) if rec.request_id == request_id]
+
+
+async def every(client: dict[str, Any], topic: str, timeout: float) -> list[BusRecord]:
+    """Every record of ``topic``, read from the start of each partition to its end (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     consumer = await _consumer(client, timeout)
     found: list[BusRecord] = []
@@ -56,8 +64,7 @@ async def with_request_id(client: dict[str, Any], topic: str, request_id: str, t
             batch = await consumer.getmany(timeout_ms=EMPTY_FETCH_MS, max_records=1000)
             if not batch:
                 break
-            found += [rec for records in batch.values() for r in records
-                      if (rec := _record(r)).request_id == request_id]
+            found += [_record(r) for records in batch.values() for r in records]
     finally:
         await consumer.stop()
     return found
