@@ -560,6 +560,8 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
         phone_number_id=args.phone_number_id, message_id=args.message_id))
     message_id = orjson.loads(body)["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
     headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature.sign(secret, body)}
+    if args.request_id:
+        headers["X-Request-Id"] = args.request_id
     timeout = aiohttp.ClientTimeout(total=15)
     recipient = f"+{args.from_}" if args.from_ else args.user_id
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -569,6 +571,7 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                 text = await resp.text()
                 print(f"POST {url} -> {resp.status} {text}")
                 print(f"message id: {message_id}")
+                print(f"request id: {resp.headers.get('X-Request-Id', '-')} (wacrm trace ID shows its path)")
                 if resp.status != 200:
                     return EXIT_FAIL
         except aiohttp.ClientError as exc:
@@ -798,6 +801,7 @@ def parser() -> argparse.ArgumentParser:
     sm.add_argument("--message-id", default=None, help="wamid to use (default: a new unique one)")
     sm.add_argument("--url", default=None, help="webhook URL (default: the running `wacrm dev`, else PORT)")
     sm.add_argument("--fake-meta", default=None, help="fake Graph API base URL to watch for the reply")
+    sm.add_argument("--request-id", default=None, help="the X-Request-Id to send (default: the webhook makes one)")
     sm.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the reply (default 15)")
     sm.add_argument("--no-wait", action="store_true", help="do not wait for the reply")
     sm.add_argument("--state-dir", default=".wacrm",
