@@ -169,7 +169,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
                 due = await replies.lease_due(conn, 20, lease_s)
             results = await asyncio.gather(*(orchestrator.answer(resources.pool, c) for c in due),
                                            return_exceptions=True)
-            for conversation_id, result in zip(due, results):
+            for conversation_id, result in zip(due, results, strict=True):
                 if isinstance(result, BaseException):  # the lease runs out and another tick tries again
                     log.warning("answering conversation %d failed: %r", conversation_id, result)
                 else:

@@ -87,7 +87,7 @@ class Inbound:
             for wave in waves(msgs, fresh):
                 conversation_ids = await _store(conn, [msgs[n] for n in wave])
                 stored_in = []
-                for n, conversation_id in zip(wave, conversation_ids):
+                for n, conversation_id in zip(wave, conversation_ids, strict=True):
                     if conversation_id is None:
                         raise Raced(f"message {msgs[n].message_id} was stored meanwhile by another worker")
                     stored_in.append(conversation_id)
@@ -98,12 +98,12 @@ class Inbound:
                              extra={"request_id": request_ids[n]})
                 if self._inline:
                     answers = await self._orchestrator.answer_many_in(
-                        conn, [(c, msgs[n].received_at) for n, c in zip(wave, stored_in)])
-                    for n, answer in zip(wave, answers):
+                        conn, [(c, msgs[n].received_at) for n, c in zip(wave, stored_in, strict=True)])
+                    for n, answer in zip(wave, answers, strict=True):
                         intents[n] = answer
                         outcomes[n] = "replied" if answer else "stored"
                     continue
-                for n, conversation_id in zip(wave, stored_in):
+                for n, conversation_id in zip(wave, stored_in, strict=True):
                     if msgs[n].type not in NO_REPLY_TYPES:
                         await replies.schedule_reply(conn, conversation_id, self._window)
                     outcomes[n] = "stored"

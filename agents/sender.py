@@ -103,7 +103,7 @@ class Sender:
         async with self._res.pool.acquire() as conn:
             reads = await replies.send_reads_many(conn, list(first))
         jobs: dict[int, _Job] = {}
-        for (key, n), read in zip(first.items(), reads):
+        for (key, n), read in zip(first.items(), reads, strict=True):
             if read is None:
                 raise Poison(f"send intent {key!r} has no row in outbound_log")
             jobs[n] = _Job(items[n].value, items[n].ref, events[n], *read)
@@ -302,7 +302,7 @@ class Sender:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX_S)
         now = time.time()
-        for (a, intent), outcome in zip(accepted, outcomes):
+        for (a, intent), outcome in zip(accepted, outcomes, strict=True):
             metrics.SEND_RECORDS.labels(outcome).inc()
             if outcome in ("conflict", "second_copy"):
                 log.error("send %s: message %s %s", intent.dedupe_key, a.wamid, repo.RECORD_PROBLEMS[outcome])

@@ -56,7 +56,7 @@ class Status:
                 await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
             outcomes = await repo.apply_statuses(conn, statuses, request_ids)
             settled = await self._settle(conn, statuses, named, open_rows, outcomes, templates)
-            for st, outcome in zip(statuses, outcomes):
+            for st, outcome in zip(statuses, outcomes, strict=True):
                 if outcome == "applied" and st.status == "failed":
                     template = await self._failed(conn, st)
                     if template is not None:
@@ -78,7 +78,7 @@ class Status:
         """Settle the open rows these statuses name (each once); the metric steps of those that were ambiguous."""
         taken: list[tuple[repo.Accepted, repo.Unsettled]] = []
         steps: list[str] = []
-        for n, (st, row_id) in enumerate(zip(statuses, named)):
+        for n, (st, row_id) in enumerate(zip(statuses, named, strict=True)):
             row = open_rows.pop(row_id, None) if row_id is not None else None
             if row is None:
                 continue
@@ -96,7 +96,8 @@ class Status:
                          "provider_message_id": st.message_id}
                 decision: sending.Decision = sending.window_path(intent, self._rules.window_template) \
                     if sending.REENGAGEMENT in codes else sending.Fail(
-                        "delivery_failed", error, f"A message was not delivered (codes {sorted(c for c in codes if c)})",
+                        "delivery_failed", error,
+                        f"A message was not delivered (codes {sorted(c for c in codes if c)})",
                         dead_letter=False)
                 if isinstance(decision, sending.UseTemplate):
                     if await repo.finish(conn, row.id, repo.UNSETTLED, "failed", error) and \
@@ -110,7 +111,7 @@ class Status:
                 if row.state != "sending":
                     steps.append("settled_failed")
         results = await repo.record_sent_many(conn, [a for a, _ in taken], settled_by="status")
-        for (a, row), result in zip(taken, results):
+        for (a, row), result in zip(taken, results, strict=True):
             metrics.SEND_RECORDS.labels(result).inc()
             if result in repo.RECORD_PROBLEMS:
                 log.error("ledger row %d: message %s %s", a.outbound_log_id, a.wamid, repo.RECORD_PROBLEMS[result])

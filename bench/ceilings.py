@@ -124,7 +124,7 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
         async with pool.acquire() as conn, conn.transaction():
             ids = await repo.store_inbound_many(conn, msgs)
             assert None not in ids
-            await orchestrator.answer_many_in(conn, [(c, m.received_at) for c, m in zip(ids, msgs)])
+            await orchestrator.answer_many_in(conn, [(c, m.received_at) for c, m in zip(ids, msgs, strict=True)])
         return time.perf_counter() - t
 
     async def run(concurrency: int, size: int) -> dict[str, Any]:

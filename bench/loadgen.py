@@ -212,7 +212,8 @@ class LoadGen:
                 break
 
 
-def make_source(secret: str, host: str, tag: str, mix: Mix, seed: int, total: int) -> Callable[[int], tuple[bytes, tuple[str, ...]]]:
+def make_source(secret: str, host: str, tag: str, mix: Mix, seed: int,
+                total: int) -> Callable[[int], tuple[bytes, tuple[str, ...]]]:
     """Request bytes by index: built up front for short runs, on the fly for long ones."""
     factory = BodyFactory(tag, mix, seed)
     if total <= PREBUILD_LIMIT:

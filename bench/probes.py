@@ -4,14 +4,12 @@ and a short py-spy profile of the worker. Read-only: nothing here changes the sy
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from wacrm.core import procs
 

@@ -212,7 +212,8 @@ def render(results: dict[str, Any]) -> str:
                 "waiting switched off: `BURST_WINDOW_SECONDS=0` (default 2 s), `RATE_LIMIT_PER_SECOND=1000` "
                 "(default 80) and no per-recipient pacing; everything else at its default ("
                 + ", ".join(f"`{k}={v}`" for k, v in st.items()) + "). Every inbound id the webhook accepted "
-                "is counted against the sends fake-meta recorded (`GET /__sent`, each send matched to the message it answers through the ledger row it names) and "
+                "is counted against the sends fake-meta recorded (`GET /__sent`, each send matched to the message "
+                "it answers through the ledger row it names) and "
                 "the inbound rows in PostgreSQL. 10 % of bodies are statuses, 10 % carry 2–5 messages, so a "
                 "body carries about 1.15 messages; rates are offered in bodies/s, the targets count messages/s.",
                 ""]
@@ -295,7 +296,8 @@ def render(results: dict[str, Any]) -> str:
         at = results.get("profiled") or {}
         out += ["## Where the time goes (py-spy, worker)", "",
                 f"A run of its own at {num(at.get('messages_per_s'))} messages/s (the sustained rate), so the "
-                f"profiler's cost stays out of the judged runs: {prof['seconds']:.0f} s at 100 Hz, {num(prof['samples'])} samples in which the worker's Python "
+                f"profiler's cost stays out of the judged runs: {prof['seconds']:.0f} s at 100 Hz, "
+                f"{num(prof['samples'])} samples in which the worker's Python "
                 "held the GIL (`py-spy --gil`): its CPU time, not its waiting. Shares are of those samples.",
                 "", "By package of the innermost frame:", "",
                 table(["package", "share"], [[p, pct(s)] for p, s in prof["packages"]]), "",

@@ -9,7 +9,8 @@ rising steps until one fails, the highest clean step's rate held for ``sustain_s
 down if it does not hold), a py-spy profile of the worker at that rate, a soak at a quarter
 of it for memory, consumer lag and CPU over time, and the latency a customer sees with the
 shipped settings. In the full run each of those phases starts on a fresh broker: the embedded
-one keeps every message in memory and slows down as they pile up. Every end-to-end run records the CPU each process used.
+one keeps every message in memory and slows down as they pile up. Every end-to-end run records
+the CPU each process used.
 Everything started here is stopped here (and dies with this process); traffic goes to
 127.0.0.1 only; every phase is bounded in time.
 """
@@ -17,6 +18,7 @@ Everything started here is stopped here (and dies with this process); traffic go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import os
@@ -27,7 +29,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,7 +316,8 @@ class Bench:
 
         st = load(self.env())
         self.results["settings"] = {
-            "CONSUMER_FETCH_WAIT_MS": st.consumer_fetch_wait_ms, "CONSUMER_FETCH_MIN_BYTES": st.consumer_fetch_min_bytes,
+            "CONSUMER_FETCH_WAIT_MS": st.consumer_fetch_wait_ms,
+            "CONSUMER_FETCH_MIN_BYTES": st.consumer_fetch_min_bytes,
             "BATCH_SIZE": st.batch_size, "BATCH_WAIT_MS": st.batch_wait_ms, "BATCH_LANES": st.batch_lanes,
             "TOPIC_PARTITIONS": st.topic_partitions, "WACRM_EVENT_LOOP": os.environ.get("WACRM_EVENT_LOOP", "uvloop")}
         self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
@@ -408,10 +410,8 @@ class Bench:
             self.results["profiled"] = await self.e2e_step(rate, p.profile_s + 4, "prof", during=during)
         finally:
             if profiler is not None:
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     profiler.wait(p.profile_s + 30)
-                except subprocess.TimeoutExpired:
-                    pass
                 self.stop("py-spy")
         self.results["profile"] = _profile(out, p.profile_s)
 
@@ -448,9 +448,8 @@ class Bench:
         cores = cpu.cores()  # over the load and the drain: the work these messages caused
         cores["generator"] = load["generator_cpu_s"] / max(cpu.span, 1e-9)
         await asyncio.sleep(0.5)  # a duplicate would come right behind
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-            async with s.get(f"{fake}/__sent") as r:
-                sent = orjson.loads(await r.read())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s, s.get(f"{fake}/__sent") as r:
+            sent = orjson.loads(await r.read())
         conn = await asyncpg.connect(self.db_url)
         try:
             rows_of = [ledger_id((x.get("body") or {}).get("biz_opaque_callback_data")) for x in sent]
@@ -633,10 +632,10 @@ async def _wait_ready(url: str, timeout: float = 60) -> None:
     last = ""
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, s.get(url) as r:
                 if r.status == 200:
                     return
-        except OSError as exc:
+        except (OSError, aiohttp.ClientError, TimeoutError) as exc:
             last = str(exc)
         await asyncio.sleep(0.2)
     raise BenchError(f"{url} not ready within {timeout:.0f}s: {last}")

@@ -1,1 +1,3 @@
-"""The bottom layer: settings, metrics, logging, the event loop and process helpers; everything may import it, it imports nothing of ours."""
+"""The bottom layer: settings, metrics, logging, the event loop and process helpers.
+
+Everything may import it; it imports nothing of ours."""

@@ -4,6 +4,7 @@ their parent dies (Linux ``PR_SET_PDEATHSIG``), stopped with a signal and a boun
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -21,10 +22,8 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
         return None
 
     def preexec() -> None:
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
-        except OSError:
-            pass
 
     return preexec
 
@@ -32,14 +31,11 @@ def _die_with_parent(sig: int) -> Callable[[], None] | None:
 def spawn(cmd: list[str], *, log_path: Path | None = None, env: dict[str, str] | None = None,
           death_signal: int = signal.SIGTERM, **kwargs: Any) -> subprocess.Popen:
     """Start ``cmd`` in a new session, output appended to ``log_path`` (or discarded)."""
-    out: Any = open(log_path, "ab") if log_path else subprocess.DEVNULL
-    try:
+    with contextlib.ExitStack() as stack:
+        out: Any = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, preexec_fn=_die_with_parent(death_signal),
                                 **kwargs)
-    finally:
-        if log_path:
-            out.close()
 
 
 def stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int | None:

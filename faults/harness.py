@@ -14,6 +14,7 @@ load generator in this event loop keeps its rate. Everything started here is sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -250,10 +251,8 @@ class System:
         assert pg.proc is not None
         tree = [pg.proc.pid, *_children(pg.proc.pid)]
         for pid in tree:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         await asyncio.to_thread(pg.proc.wait)
         await asyncio.to_thread(_wait_gone, tree, 30)
 
@@ -270,17 +269,17 @@ class System:
 
     async def meta(self, path: str, payload: Any) -> None:
         """A control request to fake-meta (``/__fail``, ``/__script``)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-            async with s.post(f"{self.fake_meta}{path}", data=orjson.dumps(payload)) as r:
-                if r.status != 200:
-                    raise HarnessError(f"fake-meta {path}: {r.status} {await r.text()}")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s, \
+                s.post(f"{self.fake_meta}{path}", data=orjson.dumps(payload)) as r:
+            if r.status != 200:
+                raise HarnessError(f"fake-meta {path}: {r.status} {await r.text()}")
 
     # --- reading the outcome -----------------------------------------------------------
 
     async def sent(self) -> list[dict[str, Any]]:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
-            async with s.get(f"{self.fake_meta}/__sent") as r:
-                return orjson.loads(await r.read())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s, \
+                s.get(f"{self.fake_meta}/__sent") as r:
+            return orjson.loads(await r.read())
 
     async def _db(self) -> asyncpg.Connection:
         return await asyncpg.connect(self.database_url, timeout=30)

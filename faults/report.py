@@ -21,9 +21,8 @@ def _cells(row: Any) -> list[str]:
     if t is None:
         return head + ["-"] * 9 + [str(row.verdict)]
     unanswered = str(t.unanswered) + (f" ({t.unanswered_with_task} with a task)" if t.unanswered_with_task else "")
-    return head + [str(t.posted), str(t.stored), str(t.answered_once), str(t.answered_twice), unanswered,
-                   str(t.dead_lettered), _na(t.ambiguous_settled), _na(t.ambiguous_left), str(t.lost),
-                   str(row.verdict)]
+    return [*head, str(t.posted), str(t.stored), str(t.answered_once), str(t.answered_twice), unanswered,
+            str(t.dead_lettered), _na(t.ambiguous_settled), _na(t.ambiguous_left), str(t.lost), str(row.verdict)]
 
 
 def _escape(text: str) -> str:
@@ -64,7 +63,7 @@ def render(rows: Sequence[Any], scenarios: Sequence[Any], *, date: str, machine:
         if row is None:
             continue
         out.append(f"**`{s.name}`.** {s.about}")
-        extra = list(row.notes) + [f"took {row.took_s:.0f} s"]
+        extra = [*list(row.notes), f"took {row.took_s:.0f} s"]
         out.append("")
         out.append("Notes: " + "; ".join(extra) + ".")
         out.append("")

@@ -56,7 +56,7 @@ class Scenario:
     quick: Params
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
-    expect: Expect = Expect()
+    expect: Expect = field(default_factory=Expect)
 
 
 @dataclass
@@ -110,7 +110,7 @@ def _worker_kills(sig: signal.Signals) -> Inject:
 
         async def per_kill(system: System) -> None:
             ends = [*marks[1:], await system.ambiguous_now()]
-            counts = [b - a for a, b in zip(marks, ends)]
+            counts = [b - a for a, b in zip(marks, ends, strict=True)]
             # Reported, not judged: what a kill catches in flight depends on how loaded the machine is
             # (up to a batch's conversations can be mid-call at once). The verdict asks what matters:
             # none is left unsettled, none was sent twice, every one never sent has a task.
@@ -195,7 +195,7 @@ async def _replay(system: System, p: Params, tl: Timeline, out: Injected) -> Non
 async def _poison(system: System, p: Params, tl: Timeline, out: Injected) -> None:
     cases = poison_bodies.cases(system.secret)
     codes: dict[str, int] = {}
-    for moment, case in zip(_spread(len(cases)), cases):
+    for moment, case in zip(_spread(len(cases)), cases, strict=True):
         await tl.at(moment)
         codes[case.name] = status = await poison_bodies.post(system.port, case)
         log(f"  poison {case.name}: {status}")

@@ -181,7 +181,7 @@ def describe_hours(hours: BusinessHours | None) -> str:
             groups.append(([day], text))
     if not groups:
         return "by appointment only"
-    names = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")))
+    names = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"), strict=True))
     parts = []
     for days, text in groups:
         which = "every day" if len(days) == 7 else names[days[0]] if len(days) == 1 else \
@@ -332,7 +332,7 @@ def _parse(data: Any) -> Rules:
         problems.append("intelligence.stages: must be a non-empty list of stage names, in order")
         stages = ["new"]
     stage_keywords = []
-    for stage in obj(intel, "stage_keywords", "intelligence.").keys():
+    for stage in obj(intel, "stage_keywords", "intelligence."):
         if stage not in stages:
             problems.append(f"intelligence.stage_keywords.{stage}: not one of intelligence.stages")
             continue
@@ -413,7 +413,7 @@ def decide(rules: Rules, s: Situation, *, engine_answers: bool = False) -> Decis
     (opt-out/in, blocked conversations, handover keywords) and ``none``/``rule="engine"`` means
     "ask the engine".
     """
-    texts = [t for t, kind in zip(s.texts, s.types) if kind not in NO_REPLY_TYPES and t]
+    texts = [t for t, kind in zip(s.texts, s.types, strict=True) if kind not in NO_REPLY_TYPES and t]
     if not texts:
         return Decision("none", None, "no_reply_type")
     last = texts[-1]

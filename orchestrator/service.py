@@ -73,7 +73,7 @@ class Orchestrator:
         contexts = await replies.reply_contexts(conn, [c for c, _ in conversations])
         drafts: list[tuple[int, ReplyContext, SendIntent | None]] = []
         seen: set[int] = set()
-        for n, (ctx, (conversation_id, accepted_at)) in enumerate(zip(contexts, conversations)):
+        for n, (ctx, (conversation_id, accepted_at)) in enumerate(zip(contexts, conversations, strict=True)):
             if conversation_id in seen:  # one customer under two keys: answered once, for all its messages
                 continue
             seen.add(conversation_id)
@@ -84,7 +84,7 @@ class Orchestrator:
         drafted = [(n, i) for n, _, i in drafts if i is not None]
         queued = await replies.queue_many(conn, [i for _, i in drafted], published=True)
         answers: list[list[SendIntent]] = [[] for _ in conversations]
-        for (n, intent), new in zip(drafted, queued):
+        for (n, intent), new in zip(drafted, queued, strict=True):
             if new:  # else answered before (a replay): the ledger already has it
                 answers[n].append(intent)
         return answers

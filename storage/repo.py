@@ -272,7 +272,7 @@ async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, se
         (CHANNEL, a.wamid, a.text, a.payload, a.outbound_log_id, a.conversation_id, a.payload.get("type", "text"),
          settled_by) for a in sent])
     out = []
-    for a, r in zip(sent, rows):
+    for a, r in zip(sent, rows, strict=True):
         if r["stored"]:
             out.append("recorded" if r["settled"] else "second_copy")
             continue

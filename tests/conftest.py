@@ -27,11 +27,11 @@ import aiohttp
 import asyncpg
 import pytest
 
+from wacrm.agents.sending import ledger_id
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import load
-from wacrm.agents.sending import ledger_id
 from wacrm.storage import repo
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations

@@ -209,7 +209,7 @@ async def test_fake_meta_ids_are_unique_across_restarts_and_every_reply_is_in_th
     dstack.stop("fake-meta")
     dstack.start("fake-meta")
     assert await sends_to(dstack, wa_id) == []  # a new process: nothing recorded yet
-    (second,) = await say(dstack, wa_id, "and the price?")
+    (_second,) = await say(dstack, wa_id, "and the price?")
     (two,) = await eventually(lambda: _accepted(dstack, wa_id), what="the reply after the restart")
     assert one["answered"]["id"] != two["answered"]["id"]
     conv_id = (await stored(ddb, first))["conversation_id"]

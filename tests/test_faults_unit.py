@@ -14,7 +14,6 @@ from faults.poison import cases
 from faults.run import select
 from faults.scenarios import BY_NAME, SCENARIOS, Row
 
-
 # The ledger as the harness reads it: row id -> the inbound message the row's intent answers.
 ANSWERS: dict[int, str] = {}
 

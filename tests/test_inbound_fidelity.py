@@ -334,7 +334,8 @@ async def test_a_status_overtaking_its_message_is_applied_when_it_appears(stack:
                                        "messages": [msg]})))[0] == 200
     await stored(db, msg["id"])
     for state in ("delivered", "read"):
-        body = envelope({"metadata": META, "statuses": [{"id": wamid, "status": state, "timestamp": str(int(time.time())),
+        body = envelope({"metadata": META, "statuses": [{"id": wamid, "status": state,
+                                                          "timestamp": str(int(time.time())),
                                                          "recipient_id": "15550010701"}]})
         assert (await stack.post(body))[0] == 200
 

@@ -130,7 +130,7 @@ async def test_a_reply_is_sent_once_for_two_posts_with_one_key(stack: Stack, db:
         return [x for x in await sends_to(stack, wa_id) if (x["body"].get("text") or {}).get("body")
                 == "A person answers"]
 
-    (one,) = await eventually(sent, 60, "the person's reply at fake-meta")
+    (_one,) = await eventually(sent, 60, "the person's reply at fake-meta")
     row = await eventually(lambda: db.fetchrow("SELECT * FROM outbound_log WHERE id = $1 AND state = 'sent'",
                                                first["outbound"]["id"]), 30, "the ledger row sent")
     assert row["author_user_id"] == agent.user_id and not row["automatic"]  # type: ignore[attr-defined]
@@ -214,7 +214,7 @@ async def test_status_and_snooze_reopen_at_the_time_or_on_the_next_message(stack
 
 async def test_notes_are_private_and_listed_with_the_conversation(stack: Stack, db: asyncpg.Connection,
                                                                   agent: Api) -> None:
-    wa_id, cid = await _conversation(stack, db)
+    _wa_id, cid = await _conversation(stack, db)
     note = (await agent.post(f"conversations/{cid}/notes", {"text": "VIP, call after 5"}, expect=201))["note"]
     assert note["author"] == agent.user_id  # type: ignore[attr-defined]
     notes = (await agent.get(f"conversations/{cid}"))["conversation"]["notes"]
@@ -331,22 +331,22 @@ async def test_live_events_carry_ids_and_resume_after_last_event_id(stack: Stack
 
     headers = {"Cookie": agent.cookie or ""}
     wa_id = phone()
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-        async with s.get(f"{stack.base}/api/v1/events", headers=headers) as r:
-            assert r.status == 200 and r.content_type == "text/event-stream"
-            events = _sse(r)
-            assert (await asyncio.wait_for(events.__anext__(), 30))[0] == "ready"
-            await customer_says(stack, wa_id, "live?")
-            seen: list[tuple[str, str | None, dict]] = []
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s, \
+            s.get(f"{stack.base}/api/v1/events", headers=headers) as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        events = _sse(r)
+        assert (await asyncio.wait_for(events.__anext__(), 30))[0] == "ready"
+        await customer_says(stack, wa_id, "live?")
+        seen: list[tuple[str, str | None, dict]] = []
 
-            async def message_event() -> tuple[str, str | None, dict]:
-                async for event in events:
-                    seen.append(event)
-                    if event[0] == "message":
-                        return event
-                raise AssertionError("stream ended")
+        async def message_event() -> tuple[str, str | None, dict]:
+            async for event in events:
+                seen.append(event)
+                if event[0] == "message":
+                    return event
+            raise AssertionError("stream ended")
 
-            kind, event_id, data = await asyncio.wait_for(message_event(), 60)
+        _kind, event_id, data = await asyncio.wait_for(message_event(), 60)
     cid = await conversation_of(db, wa_id)
     assert data["conversation_id"] == cid and data["message_id"] and set(data) <= {
         "id", "kind", "conversation_id", "message_id", "notification_id"}
@@ -392,20 +392,20 @@ async def test_live_events_for_an_assignment_and_a_person_s_reply(stack: Stack, 
     import aiohttp
 
     _, cid = await _conversation(stack, db)
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-        async with s.get(f"{stack.base}/api/v1/events", headers={"Cookie": agent.cookie or ""}) as r:
-            events = _sse(r)
-            assert (await asyncio.wait_for(events.__anext__(), 30))[0] == "ready"
-            await agent.post(f"conversations/{cid}/assign")
-            await agent.post(f"conversations/{cid}/messages", {"text": "on it", "idempotency_key": str(uuid.uuid4())},
-                             expect=202)
-            wanted = {"conversation", "status"}
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s, \
+            s.get(f"{stack.base}/api/v1/events", headers={"Cookie": agent.cookie or ""}) as r:
+        events = _sse(r)
+        assert (await asyncio.wait_for(events.__anext__(), 30))[0] == "ready"
+        await agent.post(f"conversations/{cid}/assign")
+        await agent.post(f"conversations/{cid}/messages", {"text": "on it", "idempotency_key": str(uuid.uuid4())},
+                         expect=202)
+        wanted = {"conversation", "status"}
 
-            async def both() -> None:
-                async for kind, _, data in events:
-                    if data.get("conversation_id") == cid:
-                        wanted.discard(kind)
-                        if not wanted:
-                            return
+        async def both() -> None:
+            async for kind, _, data in events:
+                if data.get("conversation_id") == cid:
+                    wanted.discard(kind)
+                    if not wanted:
+                        return
 
-            await asyncio.wait_for(both(), 60)
+        await asyncio.wait_for(both(), 60)

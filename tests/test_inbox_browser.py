@@ -147,7 +147,8 @@ def test_a_person_sees_a_message_arrive_takes_over_replies_and_sees_the_tick_mov
         mine = thread.locator("[data-message-id]", has_text=reply)
         expect(mine).to_be_visible(timeout=LIVE_S)  # the ledger row became a sent message
         # fake-meta posts "delivered" (then "read") back to the webhook; the tick follows live
-        expect(mine.locator(".tick")).to_have_attribute("data-status", re.compile(r"^(delivered|read)$"), timeout=LIVE_S)
+        expect(mine.locator(".tick")).to_have_attribute("data-status", re.compile(r"^(delivered|read)$"),
+                                                        timeout=LIVE_S)
         assert page.evaluate("window.__sameLoad === true")
 
         page.fill("#note-form textarea[name=note]", "Asked about shipping to Lisbon")

@@ -141,14 +141,14 @@ async def test_only_inbox_llm_intelligence_with_fallback_and_streams_closed_on_s
         assert bad["engine"] == "rules_fallback"
 
         # An open stream does not hold the server past its shutdown bound.
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
-            async with s.get(f"{base}/api/v1/events", headers={"Cookie": api.cookie or ""}) as r:
-                assert r.status == 200
-                await asyncio.wait_for(r.content.readline(), 30)  # the "ready" event began
-                started = time.monotonic()
-                proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-                rest = await asyncio.wait_for(r.content.read(), 30)  # the server ends the stream
-                assert b"event: message" not in rest
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s, \
+                s.get(f"{base}/api/v1/events", headers={"Cookie": api.cookie or ""}) as r:
+            assert r.status == 200
+            await asyncio.wait_for(r.content.readline(), 30)  # the "ready" event began
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
+            rest = await asyncio.wait_for(r.content.read(), 30)  # the server ends the stream
+            assert b"event: message" not in rest
         await eventually(lambda: asyncio.sleep(0, proc.poll() is not None), 30,  # type: ignore[attr-defined]
                          "serve to exit")
         assert time.monotonic() - started < 15 and proc.returncode == 0  # type: ignore[attr-defined]

@@ -35,7 +35,7 @@ async def test_applies_in_order_once_and_detects_edits(make_database: Callable[[
         assert all(len(r["checksum"]) == 64 and r["applied_at"] for r in rows)
 
         (d / "0001_a.sql").write_text("CREATE TABLE t (a bigint);")
-        with pytest.raises(MigrationError, match="0001_a.sql was edited after it was applied"):
+        with pytest.raises(MigrationError, match=r"0001_a\.sql was edited after it was applied"):
             await migrate(conn, discover(d))
     finally:
         await conn.close()

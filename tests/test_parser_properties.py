@@ -83,9 +83,9 @@ def test_deeply_nested_and_huge_bodies() -> None:
     _check(_envelope(deep))
     # Deeper than the JSON decoder goes: a typed rejection, and for the ingest agent a dead letter.
     too_deep = b'{"object":"whatsapp_business_account","entry":' + b"[" * 3000 + b"]" * 3000 + b"}"
-    with pytest.raises(webhook.BodyError, match="^not JSON"):
+    with pytest.raises(webhook.BodyError, match=r"^not JSON"):
         webhook.loads(too_deep)
-    with pytest.raises(Poison, match="^not JSON"):
+    with pytest.raises(Poison, match=r"^not JSON"):
         split(too_deep, RawRef("wa.webhook.raw", 0, 0), 0.0)
     # A valid message carrying a part nested deeper than can be re-encoded: that item is a problem, the
     # other one goes through.

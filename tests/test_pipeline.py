@@ -95,7 +95,7 @@ async def test_batch_of_three_messages_from_two_contacts(stack: Stack, db: async
     assert contacts == 2
     # One reply per customer: 0023 and 0025 are one burst of the same customer, answered once.
     for mid in ("wamid.TEST_IN_0024", "wamid.TEST_IN_0025"):
-        await eventually(lambda: stack.replies_to(mid), what=f"a reply to {mid}")
+        await eventually(lambda mid=mid: stack.replies_to(mid), what=f"a reply to {mid}")
     assert await stack.replies_to("wamid.TEST_IN_0023") == []
 
 

@@ -93,7 +93,7 @@ async def test_model_errors_and_timeouts_fall_back_to_the_rules(llm_stack: Stack
     for step in ({"status": 500}, {"delay": 5, "reply": "too late"}):  # the model's timeout is 4 s
         llm.script(step)
         (mid,) = await say(llm_stack, _phone(), "what is the price?")
-        (reply,) = await eventually(lambda: llm_stack.replies_to(mid), what="the rules' answer")
+        (reply,) = await eventually(lambda mid=mid: llm_stack.replies_to(mid), what="the rules' answer")
         assert "prices" in reply["body"]["text"]["body"]
     assert await llm_stack.worker_metric("wacrm_llm_fallbacks_total") >= before + 2
 

@@ -44,7 +44,7 @@ def _naive_allows(history: list[bool], config: DlqLimitConfig) -> bool:
         return False
     if len(history) < config.window:
         return True
-    recent = (history + [True])[-config.window:]
+    recent = ([*history, True])[-config.window:]
     return sum(recent) / config.window <= config.ratio
 
 

@@ -52,8 +52,9 @@ intents = st.builds(
     intent, kind=st.sampled_from(["text", "template", "notice"]), automatic=st.booleans(),
     ownership_version=st.integers(0, 3), text=st.text(max_size=5000) | st.just("x" * 4097),
     template=st.just({"name": "t", "language": "en", "parameters": []}))
-earliers = st.none() | st.builds(Earlier, id=st.integers(1, 10), state=st.sampled_from(["queued", "retry_wait", "sending"]),
-                                 next_attempt_at=st.none() | st.integers(-100, 100).map(lambda s: NOW + timedelta(seconds=s)))
+earliers = st.none() | st.builds(
+    Earlier, id=st.integers(1, 10), state=st.sampled_from(["queued", "retry_wait", "sending"]),
+    next_attempt_at=st.none() | st.integers(-100, 100).map(lambda s: NOW + timedelta(seconds=s)))
 all_checks = st.builds(
     checks, ownership_version=st.integers(0, 3), human_owned=st.booleans(), opted_out=st.booleans(),
     last_inbound_at=st.none() | st.integers(0, 48 * 3600).map(lambda s: NOW - timedelta(seconds=s)),

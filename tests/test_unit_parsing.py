@@ -42,7 +42,7 @@ def test_split_keys_events_by_conversation_and_keeps_the_raw_reference() -> None
     records, _ = split(body, ref, 1767225700.0)
     assert [t for t, _, _ in records] == [INBOUND] * 3
     events = [decode_inbound(v) for _, _, v in records]
-    for (_, key, _), ev in zip(records, events):
+    for (_, key, _), ev in zip(records, events, strict=True):
         assert key == ev.conversation_key == f"{ev.phone_number_id}:{ev.customer.key}"
         assert ev.raw_ref == ref
     assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)

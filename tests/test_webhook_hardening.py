@@ -84,8 +84,8 @@ async def test_malformed_signatures_are_401_and_mismatches_403(stack: Stack) -> 
 
 
 async def test_a_body_not_in_its_declared_content_encoding_is_400(stack: Stack) -> None:
-    status, err = await raw_post(stack.port, _sig(signature.sign(APP_SECRET, EMPTY).encode())
-                                 + [(b"Content-Encoding", b"gzip")])
+    headers = [*_sig(signature.sign(APP_SECRET, EMPTY).encode()), (b"Content-Encoding", b"gzip")]
+    status, err = await raw_post(stack.port, headers)
     assert (status, err["error"]) == (400, "bad_body")
 
 

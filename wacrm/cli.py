@@ -526,7 +526,8 @@ def cmd_fake_meta(args: argparse.Namespace) -> int:
     if args.webhook_url and not secret:
         raise CommandError("--webhook-url needs the app secret to sign the statuses: --app-secret or "
                            "WHATSAPP_APP_SECRET", EXIT_CONFIG)
-    where = f"; statuses posted to {args.webhook_url}" if args.webhook_url else "; no statuses posted (no --webhook-url)"
+    where = (f"; statuses posted to {args.webhook_url}" if args.webhook_url
+             else "; no statuses posted (no --webhook-url)")
     print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent){where}", flush=True)
     try:
         asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret))
@@ -575,7 +576,8 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                 if resp.status != 200:
                     return EXIT_FAIL
         except aiohttp.ClientError as exc:
-            raise CommandError(f"cannot reach the webhook at {url}: {exc} (is `wacrm dev` or `wacrm serve` running?)")
+            raise CommandError(f"cannot reach the webhook at {url}: {exc} (is `wacrm dev` or `wacrm serve` "
+                               "running?)") from None
         if not fake_meta or args.no_wait:
             return 0
         # The reply: the first send to this customer after the post (a reply quotes the message only

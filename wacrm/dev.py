@@ -33,8 +33,7 @@ from typing import Any
 
 from wacrm.cli import CommandError, create_topics, run_migrations
 from wacrm.core import procs
-from wacrm.core.embedded import (EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free,
-                                 remembered_port)
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
 
@@ -247,7 +246,8 @@ def run_dev(state_dir: Path) -> int:
             fake_port = free_port()
             fake_meta_url = f"http://127.0.0.1:{fake_port}"
             env["WHATSAPP_API_BASE_URL"] = fake_meta_url
-            webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"  # statuses flow back, as from Meta
+            # statuses flow back, as from Meta
+            webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"
             children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),
                                                                 "--webhook-url", webhook_url),
                                   env, logs / "fake-meta.log"))

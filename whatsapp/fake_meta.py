@@ -44,7 +44,8 @@ STATUS_ATTEMPTS = 5
 _ERROR_TITLES = {
     1: "Invalid request or possible server error", 2: "Service temporarily unavailable",
     100: "Invalid parameter", 130429: "Rate limit hit", 131000: "Something went wrong",
-    131026: "Message undeliverable", 131047: "Re-engagement message", 131056: "(Business Account, Consumer Account) pair rate limit hit",
+    131026: "Message undeliverable", 131047: "Re-engagement message",
+    131056: "(Business Account, Consumer Account) pair rate limit hit",
     190: "Error validating access token",
 }
 

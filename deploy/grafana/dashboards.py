@@ -35,7 +35,8 @@ DASHBOARDS: dict[str, tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] 
     ]),
     "wacrm-bus": ("wacrm: the bus", [
         ("Consumer lag by topic and partition", "short", [
-            ("{{topic}}/{{partition}} reliable={{reliable}}", "sum by (topic, partition, reliable) (wacrm_consumer_lag)")]),
+            ("{{topic}}/{{partition}} reliable={{reliable}}",
+             "sum by (topic, partition, reliable) (wacrm_consumer_lag)")]),
         ("Batch time p99 by agent", "s", [
             ("{{agent}}", f"{Q}(0.99, sum by (le, agent) (rate(wacrm_batch_duration_seconds_bucket[5m])))")]),
         ("Events handled by agent and outcome", "ops", [
