@@ -38,6 +38,7 @@ from typing import Any
 import faust
 import mode
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from mode.types.signals import BaseSignalT
 
 from wacrm.agents import runner
 from wacrm.agents.context import Resources
@@ -72,7 +73,8 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
     return consumer
 
 
-faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+# A deliberate patch of faust's consumer factory (there is no setting for these two knobs).
+faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
 
 
 def broker_credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -245,12 +247,14 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         except Exception as exc:
             _timer_failed("the delivery-health sampler", exc)
 
-    @app.on_partitions_assigned.connect
-    async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
-        metrics.WORKER_PARTITIONS.set(len(assigned))
+    # mode types a receiver as a union of two callables that mypy does not match to any function;
+    # this is the signature mode calls: (sender, *args, signal=..., **kwargs).
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    def on_assigned(sender: Any, *args: Any, signal: BaseSignalT, **kwargs: Any) -> None:
+        metrics.WORKER_PARTITIONS.set(len(args[0]) if args else 0)  # args: (the assigned partitions,)
 
-    @app.on_partitions_revoked.connect
-    async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    def on_revoked(sender: Any, *args: Any, signal: BaseSignalT, **kwargs: Any) -> None:
         metrics.WORKER_PARTITIONS.set(0)
 
     return app, resources
@@ -265,7 +269,7 @@ def runner_config(settings: Settings) -> runner.RunnerConfig:
 
 
 def _agent(agent_runner: runner.Runner) -> Any:
-    async def agent(stream: faust.StreamT) -> None:
+    async def agent(stream: faust.Stream) -> None:
         await agent_runner.run(stream)
 
     agent.__name__ = agent.__qualname__ = f"{agent_runner.agent}_agent"

@@ -203,7 +203,7 @@ class Runner:
         self._limit = DlqLimit(config.dlq_limit)
         self._stall = _Stall(agent)
 
-    async def run(self, stream: faust.StreamT) -> None:
+    async def run(self, stream: faust.Stream) -> None:
         await self._ready.wait()
         async for events in stream.take_events(self._config.batch_size, within=self._config.batch_wait_s):
             items = [Item(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset),

@@ -72,7 +72,7 @@ class BodyFactory:
         number = self._rng.choice(BUSINESS_NUMBERS)
         value = self._value(number)
         contacts: dict[str, dict[str, Any]] = {}
-        messages = []
+        messages: list[dict[str, Any]] = []
         for _ in range(count):
             wa_id, name = self._customer()
             contacts[wa_id] = {"profile": {"name": name}, "wa_id": wa_id}

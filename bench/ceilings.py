@@ -113,7 +113,7 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
         return time.perf_counter() - t
 
     async def batch_tx(size: int, lane: int, lanes: int) -> float:
-        msgs = []
+        msgs: list[InboundMessage] = []
         seen: set[str] = set()
         while len(msgs) < size:  # one wave: a message per conversation, as the agent stores them
             msg = message(lane, lanes)
@@ -123,8 +123,10 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
         t = time.perf_counter()
         async with pool.acquire() as conn, conn.transaction():
             ids = await repo.store_inbound_many(conn, msgs)
-            assert None not in ids
-            await orchestrator.answer_many_in(conn, [(c, m.received_at) for c, m in zip(ids, msgs, strict=True)])
+            stored: list[tuple[int, float | None]] = [
+                (c, m.received_at) for c, m in zip(ids, msgs, strict=True) if c is not None]
+            assert len(stored) == len(msgs)
+            await orchestrator.answer_many_in(conn, stored)
         return time.perf_counter() - t
 
     async def run(concurrency: int, size: int) -> dict[str, Any]:

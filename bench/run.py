@@ -226,12 +226,12 @@ class Bench:
             fixed.append(result)
         search = stats.RateSearch(start=2000, ceiling=40000, max_steps=p.search_steps, resolution=0.08)
         trials = []
-        while (rate := search.next_rate()) is not None:
-            result, _ = await self.load(port, rate, p.search_step_s, tag=f"{label}s{int(rate)}")
+        while (trial_rate := search.next_rate()) is not None:
+            result, _ = await self.load(port, trial_rate, p.search_step_s, tag=f"{label}s{int(trial_rate)}")
             passed = _ingest_passes(result)
-            search.record(rate, passed)
+            search.record(trial_rate, passed)
             trials.append(result)
-            _log(f"{label} search {rate:.0f}/s: {'pass' if passed else 'fail'} {_brief(result)}")
+            _log(f"{label} search {trial_rate:.0f}/s: {'pass' if passed else 'fail'} {_brief(result)}")
         best = max((t for t in trials if _ingest_passes(t)), key=lambda t: t["offered_rate"], default=None)
         return {"fixed": fixed, "search": trials, "best": best}
 
@@ -371,7 +371,7 @@ class Bench:
         """Hold the highest clean step's rate for ``sustain_s``, stepping down when it fails; then
         profile the worker in a short run at the rate that held. Returns that rate, if any."""
         p = self.plan
-        tries = []
+        tries: list[dict[str, Any]] = []
         held = None
         for _ in range(SUSTAIN_TRIES):
             _log(f"sustained: {rate:.0f}/s for {p.sustain_s:.0f}s")

@@ -160,8 +160,9 @@ class System:
         self.extra_env.update(RULES_FILE=str(path), LLM_API_BASE_URL=self.llm.base_url,
                               LLM_API_KEY="faults-llm-key", LLM_MODEL="faults-model")
 
-    def spawn(self, name: str, cmd: list[str], port: int | None = None, **env: str) -> subprocess.Popen:
-        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(**env))
+    def spawn(self, name: str, cmd: list[str], port: int | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(**(env or {})))
         self.children[name] = proc
         if port is not None:
             wait_for_port(port, 60, proc)
@@ -178,7 +179,7 @@ class System:
         env = {"WORKER_METRICS_PORT": "0"} if i else {}
         if group:
             env["KAFKA_GROUP_ID"] = group
-        self.spawn(name, procs.python_cmd("worker"), **env)
+        self.spawn(name, procs.python_cmd("worker"), env=env)
         if i == 0 and wait:
             await self.wait_worker()
 

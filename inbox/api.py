@@ -357,6 +357,7 @@ async def send_message(request: web.Request) -> web.Response:
         raise invalid(f"text must be 1 to {MAX_TEXT} characters")
     tpl = _template_of(template) if template is not None else None
     user: User = request[USER]
+    shown = f"[template {tpl['name']}]" if tpl is not None else str(text)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         until = store.window_open_until(row["last_inbound_at"])
@@ -364,8 +365,7 @@ async def send_message(request: web.Request) -> web.Response:
             raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
                            templates=_templates(request))
         request_id = f"{user.id}:{key}"
-        created = await replies.queue_manual_reply(conn, cid, text if tpl is None else f"[template {tpl['name']}]",
-                                                   request_id, user.id, tpl)
+        created = await replies.queue_manual_reply(conn, cid, shown, request_id, user.id, tpl)
         ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
     assert ledger is not None
     if ledger["conversation_id"] != cid:

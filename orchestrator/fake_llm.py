@@ -116,7 +116,8 @@ class FakeLlm:
                 or not isinstance(body.get("messages"), list):
             return _error(400, "model and messages are required.")
 
-        step = self._steps.pop(0) if self._steps else {"reply": self.default_reply, "delay": self.default_delay}
+        step: dict[str, Any] = self._steps.pop(0) if self._steps else {"reply": self.default_reply,
+                                                                        "delay": self.default_delay}
         if step.get("delay"):
             await asyncio.sleep(step["delay"])
         status = int(step.get("status", 200))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -54,11 +54,11 @@ def request_headers(request_id: str | None) -> Headers | None:
     return [(REQUEST_ID_HEADER, request_id.encode())] if request_id else None
 
 
-def request_id_of(headers: Iterable[tuple[str, bytes]] | dict[str, bytes] | None) -> str | None:
+def request_id_of(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None) -> str | None:
     """The request id in a record's headers (a list of pairs or a mapping), if a valid one is there."""
     if not headers:
         return None
-    pairs = headers.items() if isinstance(headers, dict) else headers
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
     for name, value in pairs:
         if name == REQUEST_ID_HEADER and value is not None:
             return valid_request_id(bytes(value).decode("ascii", "replace"))

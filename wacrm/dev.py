@@ -130,6 +130,10 @@ class Child:
     def died(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
 
+    @property
+    def exit_code(self) -> int | None:
+        return self.proc.returncode if self.proc is not None else None
+
 
 class _Stop(Exception):
     pass
@@ -155,7 +159,7 @@ def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: f
     while time.monotonic() < deadline:
         for c in children:
             if c.died():
-                raise CommandError(f"{c.name} exited with code {c.proc.returncode} during start; see {c.log}")
+                raise CommandError(f"{c.name} exited with code {c.exit_code} during start; see {c.log}")
         try:
             with urllib.request.urlopen(url, timeout=2) as resp, \
                     urllib.request.urlopen(worker_metrics, timeout=2) as wm:
@@ -330,6 +334,6 @@ def _supervise(children: list[Child], broker: EmbeddedBroker | None, settings: A
                 now = time.monotonic()
                 c.restarts = [t for t in c.restarts if now - t < 60] + [now]
                 if len(c.restarts) > RESTARTS_PER_MINUTE:
-                    raise CommandError(f"{c.name} keeps exiting (code {c.proc.returncode}); see {c.log}")
-                print(f"{c.name} exited with code {c.proc.returncode}; restarting (log: {c.log})", flush=True)
+                    raise CommandError(f"{c.name} keeps exiting (code {c.exit_code}); see {c.log}")
+                print(f"{c.name} exited with code {c.exit_code}; restarting (log: {c.log})", flush=True)
                 c.start()

@@ -80,7 +80,8 @@ def classify(http_status: int, body: Any) -> GraphError:
         cls = RetryableGraphError if http_status >= 500 or http_status == 429 else PermanentGraphError
         return cls(message, http_status=http_status)
     code = err["code"]
-    data = err.get("error_data") if isinstance(err.get("error_data"), dict) else {}
+    raw_data = err.get("error_data")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     details = data.get("details") if isinstance(data.get("details"), str) else None
     message = str(err.get("message") or f"Graph API error {code}")
     if code in PAUSING_CODES:
@@ -194,6 +195,7 @@ class GraphClient:
                 or not isinstance(messages[0].get("id"), str):
             # Meta accepted something: sending again could duplicate it; its statuses settle it.
             raise AmbiguousGraphError("Graph API answered 200 without a message id", http_status=status)
-        contacts = body.get("contacts") if isinstance(body.get("contacts"), list) else []
+        raw_contacts = body.get("contacts") if isinstance(body, dict) else None
+        contacts: list[Any] = raw_contacts if isinstance(raw_contacts, list) else []
         wa_id = contacts[0].get("wa_id") if contacts and isinstance(contacts[0], dict) else None
         return Sent(messages[0]["id"], wa_id, messages[0].get("message_status"))

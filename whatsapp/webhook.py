@@ -8,6 +8,7 @@ object at all raises :class:`BodyError`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,7 +105,8 @@ def _senders(value: dict[str, Any]) -> list[Sender]:
     for c in contacts:
         if not isinstance(c, dict):
             continue
-        profile = c.get("profile") if isinstance(c.get("profile"), dict) else {}
+        raw_profile = c.get("profile")
+        profile: dict[str, Any] = raw_profile if isinstance(raw_profile, dict) else {}
         try:
             out.append(Sender(
                 wa_id=_opt_str(c, "wa_id"),
@@ -222,7 +224,9 @@ def _parse_value(value: Any, where: str, out: Parsed) -> None:
     display = metadata.get("display_phone_number") if isinstance(metadata, dict) else None
     meta = (str(pnid), display if isinstance(display, str) else None)
     contacts = _senders(value)
-    for key, build, sink in (("messages", _message, out.messages), ("statuses", _status, out.statuses)):
+    sinks: tuple[tuple[str, Callable[..., Any], list[Any]], ...] = (
+        ("messages", _message, out.messages), ("statuses", _status, out.statuses))
+    for key, build, sink in sinks:
         items = value.get(key)
         if items is None:
             continue
@@ -231,7 +235,7 @@ def _parse_value(value: Any, where: str, out: Parsed) -> None:
             continue
         for i, item in enumerate(items):
             try:
-                sink.append(build(meta, item, contacts))  # type: ignore[operator]
+                sink.append(build(meta, item, contacts))
             except ValueError as exc:
                 out.problems.append(Problem(str(exc), f"{where}.value.{key}[{i}]", item))
     errors = value.get("errors")
