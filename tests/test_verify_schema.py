@@ -102,6 +102,16 @@ async def test_migrate_status_lists_applied_pending_and_edited(make_database: Ca
     assert [r.state for r in rows[:2]] == ["edited", "applied"] and rows[-1].state == "pending"
     assert "restore it and put the change in a new migration" in rows[0].line()
 
+    # An applied migration this code does not know (its file is gone from the copy).
+    (copy / names[1]).unlink()
+    conn = await connect(url, timeout=10)
+    try:
+        rows = await status(conn, discover(copy))
+    finally:
+        await conn.close()
+    unknown = [r for r in rows if r.name == names[1]]
+    assert [r.state for r in unknown] == ["unknown"] and unknown[0].line().startswith(f"✗ {names[1]}")
+
 
 def test_compare_is_by_kind_name_and_shape() -> None:
     want = [Item("table", "t"), Item("column", "t.a", "bigint not null"), Item("index", "t_a", "CREATE INDEX …")]
