@@ -94,9 +94,10 @@ async def expected(conn: asyncpg.Connection, migrations: list[Migration] | None 
         await tx.rollback()
 
 
-def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, str] | None = None) -> list[Check]:
+def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, str] | None = None,
+            pending: frozenset[str] = frozenset()) -> list[Check]:
     """Each wanted item against the live ones (pure). ``defined_in``: item name -> the migration
-    file that creates it, for the fix."""
+    file that creates it, for the fix; ``pending``: the migration files not applied yet."""
     live = {(i.kind, i.name): i for i in have}
     where = defined_in or {}
     checks = []
@@ -107,8 +108,11 @@ def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, st
             continue
         problem = "missing" if found is None else f"is {found.shape or 'different'}"
         identifier = re.match(r"[a-z0-9_]*", item.name.split(".")[-1])
-        checks.append(Check(item, False, problem, fix_for(item, found,
-                                                          where.get(identifier.group(0) if identifier else ""))))
+        migration = where.get(identifier.group(0) if identifier else "")
+        if migration in pending:  # not drift: the database is behind, and migrating is the only right fix
+            checks.append(Check(item, False, problem, f"run: {FIX_COMMAND} ({migration} is pending)"))
+            continue
+        checks.append(Check(item, False, problem, fix_for(item, found, migration)))
     return checks
 
 
@@ -149,7 +153,8 @@ async def verify(conn: asyncpg.Connection, migrations: list[Migration] | None = 
     migrations = discover() if migrations is None else migrations
     want = await expected(conn, migrations)
     have = await catalogue(conn, await conn.fetchval("SELECT current_schema()"))
-    return compare(want, have, definitions(migrations))
+    pending = frozenset(r.name for r in await status(conn, migrations) if r.state == "pending")
+    return compare(want, have, definitions(migrations), pending)
 
 
 # --- migrate --status ---------------------------------------------------------------------------

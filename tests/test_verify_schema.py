@@ -78,6 +78,17 @@ async def test_a_drifted_database_is_reported_item_by_item_with_the_fix(make_dat
     assert done.stdout.splitlines()[-1].endswith(f"{4 + len(not_null)} gap(s)")
 
 
+async def test_a_database_behind_the_code_is_told_to_migrate(make_database: Callable[[], str]) -> None:
+    url = await migrated(make_database, upto=-1)
+    last = discover()[-1].name
+    done = wacrm(url, "verify-schema", "--quiet")
+    assert done.returncode == 1
+    gaps = [line for line in done.stdout.splitlines() if line.startswith("✗")]
+    assert gaps and all(g.endswith(f"— run: wacrm migrate ({last} is pending)") for g in gaps), done.stdout
+    assert wacrm(url, "migrate").returncode == 0
+    assert wacrm(url, "verify-schema", "--quiet").returncode == 0
+
+
 async def test_migrate_status_lists_applied_pending_and_edited(make_database: Callable[[], str],
                                                                 tmp_path: Path) -> None:
     url = await migrated(make_database, upto=-2)
@@ -102,6 +113,16 @@ async def test_migrate_status_lists_applied_pending_and_edited(make_database: Ca
     assert [r.state for r in rows[:2]] == ["edited", "applied"] and rows[-1].state == "pending"
     assert "restore it and put the change in a new migration" in rows[0].line()
 
+    # An applied migration this code does not know (its file is gone from the copy).
+    (copy / names[1]).unlink()
+    conn = await connect(url, timeout=10)
+    try:
+        rows = await status(conn, discover(copy))
+    finally:
+        await conn.close()
+    unknown = [r for r in rows if r.name == names[1]]
+    assert [r.state for r in unknown] == ["unknown"] and unknown[0].line().startswith(f"✗ {names[1]}")
+
 
 def test_compare_is_by_kind_name_and_shape() -> None:
     want = [Item("table", "t"), Item("column", "t.a", "bigint not null"), Item("index", "t_a", "CREATE INDEX …")]
@@ -109,3 +130,5 @@ def test_compare_is_by_kind_name_and_shape() -> None:
     checks = compare(want, have, {"t_a": "0002_x.sql"})
     assert [(c.item.name, c.ok, c.problem) for c in checks] == [
         ("t.a", False, "is bigint"), ("t_a", False, "missing"), ("t", True, "")]
+    pending = compare(want, have, {"t_a": "0002_x.sql"}, frozenset({"0002_x.sql"}))
+    assert [c.fix for c in pending if not c.ok][-1] == "run: wacrm migrate (0002_x.sql is pending)"
