@@ -109,3 +109,19 @@ def test_compare_is_by_kind_name_and_shape() -> None:
     checks = compare(want, have, {"t_a": "0002_x.sql"})
     assert [(c.item.name, c.ok, c.problem) for c in checks] == [
         ("t.a", False, "is bigint"), ("t_a", False, "missing"), ("t", True, "")]
+
+
+async def test_migrate_status_flags_an_applied_version_the_code_does_not_know(make_database: Callable[[], str],
+                                                                              tmp_path: Path) -> None:
+    url = await migrated(make_database)
+    names = [m.name for m in discover()]
+    copy = tmp_path / "migrations"
+    shutil.copytree(Path(discover.__code__.co_filename).parents[1] / "migrations", copy)
+    (copy / names[-1]).unlink()  # older code: it has not got the last migration the database already has
+    conn = await connect(url, timeout=10)
+    try:
+        rows = await status(conn, discover(copy))
+    finally:
+        await conn.close()
+    unknown = [r for r in rows if r.state == "unknown"]
+    assert [r.name for r in unknown] == [names[-1]] and all(r.state == "applied" for r in rows if r not in unknown)
