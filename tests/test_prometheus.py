@@ -62,6 +62,12 @@ scrape_configs:
         procs.stop(proc, timeout=20)
 
 
+async def ready(base: str) -> bool:
+    """Prometheus opens its port before its storage is loaded; until then its API answers 503 in plain text."""
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/-/ready") as r:
+        return r.status == 200
+
+
 async def query(base: str, expr: str) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.get(f"{base}/api/v1/query", params={"query": expr}) as r:
         body = await r.json()
@@ -88,6 +94,7 @@ async def feed(stack: Stack, round: int) -> None:
 
 
 async def test_every_dashboard_panel_returns_data(stack: Stack, prometheus: str) -> None:
+    await eventually(lambda: ready(prometheus), 60, "Prometheus to be ready")
     await eventually(lambda: query(prometheus, 'up{job="wacrm-worker"} == 1'), 60, "the first scrapes")
     await asyncio.sleep(2)  # a scrape before the traffic: rates need an increase between two samples
     # Twice: a labelled series is born with its first event, so a rate needs a second one after a scrape.
