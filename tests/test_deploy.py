@@ -82,3 +82,17 @@ def test_the_image_installs_every_package_pyproject_maps() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     for folder in {folder.split("/")[0] for folder in mapping.values()}:
         assert f"COPY {folder} {folder}" in dockerfile, folder
+
+
+def test_every_alert_links_a_runbook_section_that_exists() -> None:
+    import re
+
+    import yaml
+
+    headings = re.findall(r"^#{2,3} (.+)$", (ROOT / "docs/RUNBOOK.md").read_text(), re.M)
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in headings}
+    rules = [r for g in yaml.safe_load((DEPLOY / "prometheus/alerts.yml").read_text())["groups"] for r in g["rules"]
+             if "alert" in r]
+    for rule in rules:
+        link = rule["annotations"]["runbook"]
+        assert link.startswith("docs/RUNBOOK.md#") and link.split("#", 1)[1] in anchors, (rule["alert"], link)
