@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench faults install clean chromium prometheus
+.PHONY: run test lint bench faults install clean chromium prometheus
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wacrm needs Python 3.11 or newer")'
@@ -19,8 +19,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/wacrm dev
 
-test: $(STAMP) chromium prometheus
+test: $(STAMP) chromium prometheus lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff and mypy (configured in pyproject.toml; mypy checks the installed wacrm.* layout).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python scripts/typecheck.py
 
 # The web inbox's browser tests drive Debian's chromium (never a browser that playwright downloads).
 # Installed with apt when missing and we may; this step never fails: without chromium those tests
