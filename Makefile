@@ -27,30 +27,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python scripts/typecheck.py
 
-# The web inbox's browser tests drive Debian's chromium (never a browser that playwright downloads).
-# Installed with apt when missing and we may; this step never fails: without chromium those tests
-# are skipped, and pytest prints why.
+# The web inbox's browser tests drive Debian's chromium (never a browser that playwright downloads);
+# the alert rules' promtool tests and the dashboards' test against a real Prometheus use Debian's
+# prometheus package. Each is installed with apt when missing and we may; these steps never fail:
+# without the tool those tests are skipped, and pytest prints why.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "make test: installing chromium with apt-get for the browser tests"; \
-	    ($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
-	      || echo "make test: apt-get could not install chromium; the browser tests will be skipped"; \
-	  else echo "make test: chromium is missing and apt-get is not available to this user; the browser tests will be skipped"; fi; \
-	  true; }
+	@sh scripts/apt-tool.sh chromium chromium "browser tests"
 
-# The alert rules' promtool tests and the dashboards' test against a real Prometheus use Debian's
-# prometheus package (promtool and prometheus); installed like chromium, and skipped with a reason without it.
 prometheus:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
-	  if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "make test: installing prometheus (promtool) with apt-get for the alert and dashboard tests"; \
-	    ($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null 2>&1 \
-	      || echo "make test: apt-get could not install prometheus; the alert and dashboard tests will be skipped"; \
-	  else echo "make test: promtool is missing and apt-get is not available to this user; those tests will be skipped"; fi; \
-	  true; }
+	@sh scripts/apt-tool.sh promtool prometheus "alert and dashboard tests"
 
 # `make bench` (about 15 minutes) or `make bench QUICK=1` (about 2): writes BENCHMARKS.md.
 bench: $(STAMP)

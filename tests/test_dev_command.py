@@ -69,11 +69,16 @@ def _simulate(state_dir: Path, text: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=60)
 
 
+def dev_env() -> dict[str, str]:
+    """The environment of a `wacrm dev` on its own embedded servers and free ports."""
+    return procs.env_with(PORT=str(free_port()), WORKER_METRICS_PORT=str(free_port()), BROKER_SESSION_TIMEOUT="6",
+                          DATABASE_URL=None, KAFKA_BOOTSTRAP_SERVERS=None, WHATSAPP_APP_SECRET=None,
+                          WHATSAPP_API_BASE_URL=None)
+
+
 def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
-    env = procs.env_with(PORT=str(free_port()), WORKER_METRICS_PORT=str(free_port()), BROKER_SESSION_TIMEOUT="6",
-                         DATABASE_URL=None, KAFKA_BOOTSTRAP_SERVERS=None, WHATSAPP_APP_SECRET=None,
-                         WHATSAPP_API_BASE_URL=None)
+    env = dev_env()
     dev = _start_dev(state_dir, env)
     try:
         family = _descendants(dev.pid)

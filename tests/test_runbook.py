@@ -15,10 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from test_dev_command import _start_dev
-
-from wacrm.core import procs
-from wacrm.core.embedded import free_port
+from test_dev_command import _start_dev, dev_env
 
 RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "RUNBOOK.md"
 PATIENCE_S = 60.0
@@ -78,9 +75,7 @@ def test_every_runbook_command_does_what_the_runbook_says(tmp_path: Path) -> Non
     all_steps = steps(RUNBOOK.read_text())
     assert len(all_steps) >= 12
     state_dir = tmp_path / "state"
-    env = procs.env_with(PORT=str(free_port()), WORKER_METRICS_PORT=str(free_port()), BROKER_SESSION_TIMEOUT="6",
-                         DATABASE_URL=None, KAFKA_BOOTSTRAP_SERVERS=None, WHATSAPP_APP_SECRET=None,
-                         WHATSAPP_API_BASE_URL=None)
+    env = dev_env()
     dev = _start_dev(state_dir, env)
     try:
         state = json.loads((state_dir / "dev.json").read_text())
