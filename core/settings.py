@@ -25,7 +25,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 Profile = Literal["dev", "prod", "tool"]
 
@@ -164,24 +164,26 @@ def _str(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw)
+N = TypeVar("N", int, float)
+
+
+def _bounded(kind: Callable[[str], N], lo: N, hi: N) -> Callable[[str], N]:
+    """A parser of ``kind`` (int, float) that accepts ``lo`` to ``hi`` inclusive."""
+    def parse(raw: str) -> N:
+        value = kind(raw)
         if not lo <= value <= hi:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
 
     return parse
+
+
+def _int(lo: int, hi: int) -> Callable[[str], int]:
+    return _bounded(int, lo, hi)
 
 
 def _float(lo: float, hi: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
-        value = float(raw)
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
-        return value
-
-    return parse
+    return _bounded(float, lo, hi)
 
 
 def _url(raw: str) -> str:

@@ -153,13 +153,9 @@ async def create_topics(s: Settings, out: Any = print) -> None:
 
 async def _schema_problem(database_url: str, timeout: float) -> str | None:
     """What is behind in the database (the fix named), ``None`` when it is current."""
-    from wacrm.storage.db import connect
     from wacrm.storage.migrate import MigrationError, require_current
 
-    try:
-        conn = await connect(database_url, timeout=timeout)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    conn = await _connected(database_url, timeout)
     try:
         await require_current(conn)
     except MigrationError as exc:
@@ -207,12 +203,8 @@ async def _users(args: argparse.Namespace, database_url: str, timeout: float, pa
     import asyncpg
 
     from wacrm.inbox import auth
-    from wacrm.storage.db import connect
 
-    try:
-        conn = await connect(database_url, timeout=timeout)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    conn = await _connected(database_url, timeout)
     try:
         if args.users_command == "add":
             generated = password is None
@@ -291,13 +283,9 @@ async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) ->
     import asyncpg
 
     from wacrm.storage import trace
-    from wacrm.storage.db import connect
 
     assert s.database_url
-    try:
-        conn = await connect(s.database_url, timeout=s.db_timeout_s)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+    conn = await _connected(s.database_url, s.db_timeout_s)
     try:
         rows = await trace.load(conn, request_id)
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
@@ -357,15 +345,6 @@ def _bus_settings(needs_db: bool) -> Settings:
     return s
 
 
-async def _connect(database_url: str, timeout: float) -> Any:
-    from wacrm.storage.db import connect
-
-    try:
-        return await connect(database_url, timeout=timeout)
-    except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
-
-
 def _progress_line(done: int, total: int, last: list[float]) -> None:
     now = time.monotonic()
     if done == total or now - last[0] >= 1.0:
@@ -379,7 +358,7 @@ async def _replay(args: argparse.Namespace, s: Settings) -> list[str]:
 
     sel = replay.Selection(args.from_offset, args.to_offset, _epoch(args.from_time, "--from-time"),
                            _epoch(args.to_time, "--to-time"), None if args.key is None else args.key.encode())
-    conn = None if args.dry_run or s.database_url is None else await _connect(s.database_url, s.db_timeout_s)
+    conn = None if args.dry_run or s.database_url is None else await _connected(s.database_url, s.db_timeout_s)
     try:
         before = await replay.counts(conn) if conn is not None else None
         last = [time.monotonic()]
@@ -458,7 +437,7 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
                 *([f"reduced:    the letter kept the start of a {x.details.get('value_chars')}-character value"]
                   if x.reduced else []), "value:", x.value]
     assert s.database_url
-    conn = await _connect(s.database_url, s.db_timeout_s)
+    conn = await _connected(s.database_url, s.db_timeout_s)
     try:
         results = await dlq.redrive(client, conn, _dlq_filter(args), args.dry_run, args.bus_timeout,
                                     lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"))
