@@ -16,8 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         "Loopback only; bounded in time; stops everything it started.")
     p.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
     p.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
-    p.add_argument("--only", choices=("inbox",), default=None,
-                   help="run only the inbox phase: a seeded database and 50 people working the inbox API")
+    p.add_argument("--only", choices=("inbox", "pipeline", "budget"), default=None,
+                   help="run one part: 'inbox' (a seeded database and 50 people working the inbox API), "
+                        "'pipeline' (the ceilings, the webhook and the pipeline end to end, without the inbox) or "
+                        "'budget' (the CPU and SQL statements each message costs, at a fixed rate: a minute)")
     p.add_argument("--seed", metavar="CONVERSATIONS", type=int, default=None,
                    help="the inbox phase's seed: this many conversations and ten times as many messages "
                         "(default 100,000, or 10,000 with --quick)")

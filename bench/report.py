@@ -186,6 +186,8 @@ def render(results: dict[str, Any]) -> str:
         out += [f"Raw produce ack latency with {produce.get('concurrency')} tasks: p50 {ms(a.get('p50'))} ms, "
                 f"p99 {ms(a.get('p99'))} ms; bodies of {num(produce.get('body_bytes_mean'))} bytes on average.", ""]
 
+    out += budget_section(results)
+
     # --- webhook ------------------------------------------------------------------------------
     for key, title in (("webhook", "Webhook ingest (`wacrm serve`, durable publish in the path)"),
                        ("bare", "HTTP ceiling (bare aiohttp handler)")):
@@ -312,6 +314,28 @@ def render(results: dict[str, Any]) -> str:
         out += inbox_section(results["inbox"])
     out += ["## Closing note", "", closing_note(results), ""]
     return "\n".join(out)
+
+
+def budget_section(results: dict[str, Any]) -> list[str]:
+    """CPU-milliseconds each message costs each process, at the fixed rate of the budget phase."""
+    b = results.get("budget")
+    if not b or not b.get("cpu_ms_per_message"):
+        return []
+    cost = b["cpu_ms_per_message"]
+    total = sum(cost.values())
+    cores = results.get("machine", {}).get("cores") or 1
+    rows = [[name, f"{cost.get(name, 0):.2f}", pct(cost.get(name, 0) / total if total else None)]
+            for name in CPU_COLUMNS]
+    rows.append(["**total**", f"**{total:.2f}**", "100 %"])
+    return ["## CPU budget per message", "",
+            f"At a fixed {num(b['offered_rate'])} bodies/s ({num(b['messages_per_s'])} messages/s, "
+            f"{b['duration_s']:.0f} s, every message answered: lost {b['lost']}, dup {b['duplicated']}), the CPU "
+            "each process used over the load and its drain, divided by the messages: user + system time from "
+            "/proc, PostgreSQL with its backends, the generator its own rusage.", "",
+            table(["process", "CPU-ms per message", "share"], rows), "",
+            f"At {total:.2f} CPU-ms a message, {cores} cores carry at most about "
+            f"{num(cores * 1000 / total) if total else '–'} messages/s with nothing to spare; "
+            f"the 2,000/s target needs {num(cores * 1000 / 2000, 2)} CPU-ms a message or less.", ""]
 
 
 def _inbox_summary(r: dict[str, Any]) -> list[list[str]]:

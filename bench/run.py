@@ -67,16 +67,20 @@ class Plan:
     sustain_s: float  # the highest clean step's rate held this long (stepping down when it fails)
     soak_s: float  # memory and lag at a quarter of the sustained rate
     profile_s: float
+    budget_rate: int  # bodies/s: the fixed rate at which the CPU each message costs is measured
+    budget_s: float
     deadline_s: float
     fresh_broker_per_phase: bool  # a short run adds too little to the embedded broker to slow it down
 
 
 QUICK = Plan("quick", ceiling_s=2, ingest_rates=(1000, 5000, 10000), ingest_step_s=2, search_steps=4,
-             search_step_s=2, e2e_rates=(250, 750), e2e_step_s=6, drain_s=20, customer_rate=5, customer_s=4,
-             sustain_s=10, soak_s=15, profile_s=5, deadline_s=420, fresh_broker_per_phase=False)
+             search_step_s=2, e2e_rates=(250, 750, 1250, 1750), e2e_step_s=6, drain_s=20, customer_rate=5,
+             customer_s=4, sustain_s=10, soak_s=15, profile_s=5, budget_rate=400, budget_s=8, deadline_s=540,
+             fresh_broker_per_phase=False)
 FULL = Plan("full", ceiling_s=5, ingest_rates=(1000, 5000, 10000, 15000), ingest_step_s=5, search_steps=6,
             search_step_s=4, e2e_rates=(250, 500, 750, 875, 1000, 1250, 1500, 2000), e2e_step_s=15, drain_s=60,
-            customer_rate=10, customer_s=15, sustain_s=60, soak_s=600, profile_s=20, deadline_s=1800,
+            customer_rate=10, customer_s=15, sustain_s=60, soak_s=600, profile_s=20, budget_rate=400, budget_s=30,
+            deadline_s=1900,
             fresh_broker_per_phase=True)
 SUSTAIN_TRIES = 3
 # The deliberate waiting switched off to measure the pipeline itself (the issue asks for that).
@@ -239,7 +243,9 @@ class Bench:
 
     def start_storage(self) -> None:
         _log("starting embedded PostgreSQL and broker")
-        self.pg = EmbeddedPostgres(self.work / "pg" / "data")
+        # pg_stat_statements: the statements each message costs, in the budget phase
+        self.pg = EmbeddedPostgres(self.work / "pg" / "data", config={
+            "shared_preload_libraries": "pg_stat_statements", "pg_stat_statements.track": "top"})
         self.pg.start()
         asyncio.run(self.new_broker())
 
@@ -260,6 +266,15 @@ class Bench:
         self.ceiling_db = f"{base}/wacrm_bench_ceiling"
         for url in (self.db_url, self.ceiling_db):
             asyncio.run(run_migrations(url, 10, out=lambda m: None))
+
+        async def statements() -> None:
+            conn = await asyncpg.connect(self.db_url)
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            finally:
+                await conn.close()
+
+        asyncio.run(statements())
 
     def ceilings(self) -> None:
         assert self.broker is not None
@@ -323,6 +338,7 @@ class Bench:
         self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
                    self.ports["fake-meta"])
         await self.fresh_pipeline()
+        await self.budget()
         self.results["customer"] = await self.e2e_step(p.customer_rate, p.customer_s, "cust", connections=8)
         _log(f"customer view at {p.customer_rate}/s: {_brief_e2e(self.results['customer'])}")
         steps = []
@@ -341,6 +357,40 @@ class Bench:
             await self.fresh_pipeline()
         await self.soak(max(10, round((sustained or best or p.e2e_rates[0] // 4) / 4)))
         await self.customer_with_defaults()
+
+    async def budget_only(self) -> None:
+        """``--only budget``: the pipeline started and its CPU budget measured, nothing else (a minute)."""
+        self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
+                   self.ports["fake-meta"])
+        await self.fresh_pipeline()
+        await self.budget()
+
+    async def budget(self) -> None:
+        """The CPU each message costs every process, at a fixed rate well inside what the pipeline
+        carries (so it measures work, not queueing): the figure each change to the hot path is judged by."""
+        p = self.plan
+        _log(f"CPU budget: {p.budget_rate} bodies/s for {p.budget_s:.0f}s")
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            await conn.execute("SELECT pg_stat_statements_reset()")
+            step = await self.e2e_step(p.budget_rate, p.budget_s, "budget")
+            rows = await conn.fetch(
+                """SELECT regexp_replace(query, '\\s+', ' ', 'g') AS query, calls, total_exec_time
+                   FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+                   ORDER BY total_exec_time DESC""")
+        finally:
+            await conn.close()
+        n = max(step["messages"], 1)
+        step["statements"] = [{"query": r["query"][:160], "per_message": r["calls"] / n,
+                               "ms_per_message": r["total_exec_time"] / n} for r in rows]
+        self.results["budget"] = step
+        _log(f"CPU budget: {_brief_e2e(step)}; CPU-ms per message: "
+             + ", ".join(f"{k} {v:.2f}" for k, v in step["cpu_ms_per_message"].items())
+             + f"; {sum(x['per_message'] for x in step['statements']):.1f} statements per message")
+        for x in step["statements"][:15]:
+            _log(f"  {x['per_message']:5.2f}/msg {x['ms_per_message']:6.3f} ms/msg  {x['query'][:110]}")
+        if self.plan.fresh_broker_per_phase:
+            await self.fresh_pipeline()
 
     async def fresh_pipeline(self, *, defaults: bool = False) -> None:
         """``serve`` and ``worker`` (re)started on a fresh, empty broker, joined and warmed up.
@@ -446,7 +496,9 @@ class Bench:
             await asyncio.sleep(0.25)
         drain = time.monotonic() - drain_started
         cores = cpu.cores()  # over the load and the drain: the work these messages caused
-        cores["generator"] = load["generator_cpu_s"] / max(cpu.span, 1e-9)
+        span = max(cpu.span, 1e-9)
+        cores["generator"] = load["generator_cpu_s"] / span
+        cpu_ms = {name: c * span * 1000 / max(expected, 1) for name, c in cores.items()}
         await asyncio.sleep(0.5)  # a duplicate would come right behind
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s, s.get(f"{fake}/__sent") as r:
             sent = orjson.loads(await r.read())
@@ -476,7 +528,7 @@ class Bench:
         first = min(sent_at.values(), default=0.0)
         last_reply = max((at for m, at in replies if m in sent_at), default=first)
         return {"offered_rate": rate, "duration_s": seconds, "load": load, "messages": expected,
-                "messages_per_s": expected / seconds, "cpu_cores": cores,
+                "messages_per_s": expected / seconds, "cpu_cores": cores, "cpu_ms_per_message": cpu_ms,
                 "delivery": _asdict(delivery), "lost": delivery.lost, "duplicated": delivery.duplicated,
                 "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
                 "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain,
@@ -662,17 +714,20 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
-    bound = INBOX_DEADLINE_S + (0 if only == "inbox" else plan.deadline_s)
+    bound = (0 if only in ("pipeline", "budget") else INBOX_DEADLINE_S) + (0 if only == "inbox" else plan.deadline_s)
     signal.alarm(int(bound))
     ok = False
     try:
         bench.start_storage()
-        if only != "inbox":
+        if only == "budget":
+            asyncio.run(bench.budget_only())
+        elif only != "inbox":
             bench.ceilings()
             asyncio.run(bench.http_ceiling())
             asyncio.run(bench.webhook())
             asyncio.run(bench.pipeline())
-        asyncio.run(bench.inbox(seed, load))
+        if only not in ("pipeline", "budget"):
+            asyncio.run(bench.inbox(seed, load))
         ok = True
     except _Deadline:
         print(f"wacrm bench: the run overran its bound of {bound:.0f}s; stopped", file=sys.stderr)

@@ -105,9 +105,10 @@ def _open_path_to(path: Path) -> None:
 class EmbeddedPostgres:
     """A PostgreSQL server on 127.0.0.1:``port`` with its data in ``data_dir`` (kept across runs)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, config: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
+        self.config = config or {}  # server settings beyond ours (the benchmark loads pg_stat_statements)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -141,7 +142,8 @@ class EmbeddedPostgres:
             os.chown(log_path, _uid(), user["group"])
         self.proc = procs.spawn(
             [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", "", "-c", "max_connections=200", "-c", "shared_buffers=128MB"],
+             "-k", "", "-c", "max_connections=200", "-c", "shared_buffers=128MB",
+             *(arg for k, v in self.config.items() for arg in ("-c", f"{k}={v}"))],
             log_path=log_path, death_signal=signal.SIGINT, **user)
         try:
             wait_for_port(self.port, timeout, self.proc)
