@@ -129,11 +129,12 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     raw, inbound, status, outbound, dlq = (topic(n) for n in (RAW, INBOUND, STATUS, OUTBOUND, DLQ))
     retries = {retry_topic(n): topic(retry_topic(n)) for n in range(1, len(settings.retry_delays()) + 1)}
 
-    ingest = Ingest({INBOUND: inbound, STATUS: status}, dlq)
+    messages = Inbound(settings, resources, orchestrator, outbound)
+    ingest = Ingest(messages, status, outbound, dlq)
     sender = Sender(settings, resources, rules, {"outbound": outbound, **retries}, dlq)
     stages: list[tuple[str, faust.TopicT, runner.Handler]] = [
         ("ingest", raw, ingest.handle),
-        ("inbound", inbound, Inbound(settings, resources, orchestrator, outbound).handle),
+        ("inbound", inbound, messages.handle),  # drains what an older worker put there, and redrives
         ("sender", outbound, sender.handle),
         ("status", status, Status(resources, rules, outbound).handle),
     ]

@@ -1,6 +1,9 @@
-"""Inbound agent: ``wa.inbound`` → stored message, matched contact/conversation/lead, and the reply.
+"""Storing messages: stored message, matched contact/conversation/lead, and the reply.
 
-Input key: the conversation key; events in partition order (order matters), a batch at a
+:meth:`Inbound.store` is called by the ingest agent (``wa.webhook.raw``) with the messages of its
+batch of bodies; the inbound agent reads ``wa.inbound``, which no longer receives new messages
+(a worker of an older version wrote each message there first) but is drained on upgrade and
+receives redriven dead letters. Either way: messages in partition order (order matters), a batch at a
 time, its conversations spread over ``BATCH_LANES`` lanes (a conversation always in one
 lane, in order). Idempotency: ``messages (channel, provider_message_id)``. In one
 transaction per lane, message by message: contact, conversation, lead and message; then either the
@@ -49,10 +52,18 @@ class Inbound:
         self._lanes = settings.batch_lanes
 
     async def handle(self, items: list[Item]) -> list[str]:
-        """Store the batch in lanes (its conversations spread over ``BATCH_LANES`` connections, each
-        lane one transaction, a conversation's messages in order), then publish every reply."""
-        msgs = [decode_inbound(item.value) for item in items]
-        request_ids = [item.request_id for item in items]
+        """Events of ``wa.inbound`` (written by workers before messages were stored where they are
+        read, and redriven dead letters): store them and publish their replies."""
+        outcomes, intents = await self.store([decode_inbound(item.value) for item in items],
+                                             [item.request_id for item in items])
+        await publish(self._outbound, intents)
+        return outcomes
+
+    async def store(self, msgs: list[InboundMessage], request_ids: list[str | None]
+                    ) -> tuple[list[str], list[SendIntent]]:
+        """Store ``msgs`` in lanes (their conversations spread over ``BATCH_LANES`` connections, each
+        lane one transaction, a conversation's messages in order). Returns each message's outcome and
+        the replies to publish, in order; the caller publishes them once the batch's other effects are done."""
         outcomes = [""] * len(msgs)
         intents: list[list[SendIntent]] = [[] for _ in msgs]
         results = await asyncio.gather(
@@ -61,8 +72,7 @@ class Inbound:
         for result in results:  # a lane that committed is recognised as done when the batch is retried
             if isinstance(result, BaseException):
                 raise result
-        await publish(self._outbound, [i for answer in intents for i in answer])
-        return outcomes
+        return outcomes, [i for answer in intents for i in answer]
 
     async def _lane(self, msgs: list[InboundMessage], request_ids: list[str | None], lane: list[int],
                     outcomes: list[str], intents: list[list[SendIntent]]) -> None:
@@ -85,14 +95,12 @@ class Inbound:
                 stored.add(msg.message_id)
                 fresh.append(n)
             for wave in waves(msgs, fresh):
-                conversation_ids = await _store(conn, [msgs[n] for n in wave])
+                conversation_ids = await _store(conn, [msgs[n] for n in wave], [request_ids[n] for n in wave])
                 stored_in = []
                 for n, conversation_id in zip(wave, conversation_ids, strict=True):
                     if conversation_id is None:
                         raise Raced(f"message {msgs[n].message_id} was stored meanwhile by another worker")
                     stored_in.append(conversation_id)
-                # before answering: the reply inherits the request id of the message it answers
-                await repo.tag_request_ids(conn, [(msgs[n].message_id, request_ids[n]) for n in wave])
                 for n, conversation_id in zip(wave, stored_in, strict=True):
                     log.info("stored message %s conversation %d", msgs[n].message_id, conversation_id,
                              extra={"request_id": request_ids[n]})
@@ -109,12 +117,12 @@ class Inbound:
                     outcomes[n] = "stored"
 
 
-async def _store(conn: Any, msgs: list[InboundMessage]) -> list[int | None]:
+async def _store(conn: Any, msgs: list[InboundMessage], request_ids: list[str | None]) -> list[int | None]:
     """Store a wave; a unique violation means a new contact or conversation of this wave was created
     meanwhile by a worker of another group (a replay) or a rebalance: the whole transaction rolls back
     and the retry finds the row."""
     try:
-        return await repo.store_inbound_many(conn, msgs)
+        return await repo.store_inbound_many(conn, msgs, request_ids)
     except Exception as exc:
         if sqlstate(exc) == UNIQUE_VIOLATION:
             raise Raced(f"a contact or conversation was created meanwhile by another worker: {exc}") from exc

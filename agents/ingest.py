@@ -1,13 +1,17 @@
-"""Ingest agent: ``wa.webhook.raw`` → one event per message (``wa.inbound``) and status (``wa.status``).
+"""Ingest agent: ``wa.webhook.raw`` → every message stored and answered, every status on ``wa.status``.
 
-Input: raw webhook bodies, unkeyed, as Meta signed them. Output key: the conversation key,
-so one partition sees a conversation in order; within a body, items go out in timestamp
-order. Each event carries a reference to the raw body (topic, partition, offset), and the raw
-record's request id in its headers.
-Commit: after every output of the batch's bodies is acknowledged by the broker. Idempotency: none
-needed here (a replayed body yields the same events, deduplicated downstream).
+Input: raw webhook bodies as Meta signed them, keyed by the conversation of the body's first
+item, so one partition sees a conversation's bodies in order. The batch's messages (in
+timestamp order within a body) are stored and answered right here (:meth:`agents.inbound.Inbound.store`):
+no hop through ``wa.inbound``. Statuses go to ``wa.status`` keyed by conversation. Each message
+and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
+request id. Commit: after the batch's messages are stored and its statuses, replies and dead
+letters are acknowledged by the broker. Idempotency: a replayed body is deduplicated by the
+message's provider id (its queued reply published again) and by the status agent.
 Failures: a body that is not a JSON object is returned to the runner as poison (it
-dead-letters it, within the storm limit). Every item that cannot become a record goes to
+dead-letters it, within the storm limit); a body whose messages cannot be stored for good is
+dead-lettered whole by the runner (its raw bytes; a redrive puts it back on ``wa.webhook.raw``).
+Every item that cannot become a record goes to
 ``wa.dlq`` with the reference to its raw body and the other items of the body are still
 processed: a broken item, one beyond WhatsApp's own limits (a text of more than
 :data:`WHATSAPP_TEXT_MAX_CHARS` characters is not a real message), one too deeply nested to
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import orjson
@@ -38,9 +42,13 @@ from wacrm.topics.records import (
     RecordError,
     StatusUpdate,
     conversation_key,
+    encode,
     encode_bounded,
 )
 from wacrm.whatsapp import model, webhook
+
+if TYPE_CHECKING:  # the message store; imported for the type only
+    from wacrm.agents.inbound import Inbound
 
 log = logging.getLogger("wacrm.ingest")
 
@@ -68,23 +76,35 @@ def _preview(item: Any) -> str:
     return repr(item)[:DEAD_LETTER_PREVIEW_CHARS]
 
 
-def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str, str, bytes]], webhook.Parsed]:
-    """The (topic, key, value) records for one raw body, and what the parser found.
+@dataclasses.dataclass(slots=True)
+class Split:
+    """What one raw body becomes: its messages (to store), its statuses' (key, value) records for
+    ``wa.status``, and what the parser found."""
+
+    messages: list[InboundMessage]
+    statuses: list[tuple[str, bytes]]
+    parsed: webhook.Parsed
+
+
+def split(body: bytes, ref: RawRef, received_at: float) -> Split:
+    """The messages and status records of one raw body.
 
     Items that cannot become a record are added to ``parsed.problems`` (with a preview of the
-    item, not its whole value); :class:`Poison` when the body is not a webhook at all.
+    item, not its whole value); :class:`Poison` when the body is not a webhook at all. A message
+    is held to the same bound as a record on the bus: it is what ``wa.inbound`` and ``wa.dlq`` carry.
     """
     try:
         parsed = webhook.parse(webhook.loads(body))
     except webhook.BodyError as exc:
         raise Poison(str(exc)) from None
-    out: list[tuple[str, str, bytes]] = []
+    out = Split([], [], parsed)
 
-    def emit(topic: str, key: str, record: Any, item: dict[str, Any]) -> None:
+    def fits(topic: str, record: Any, item: dict[str, Any]) -> bytes | None:
         try:
-            out.append((topic, key, encode_bounded(record)))
+            return encode_bounded(record)
         except RecordError as exc:  # too large, or too deeply nested to encode: keep it for a human
             parsed.problems.append(webhook.Problem(f"cannot become a record: {exc}", topic, _preview(item)))
+            return None
 
     for m in parsed.messages:
         beyond = beyond_whatsapp_limits(m)
@@ -93,40 +113,59 @@ def split(body: bytes, ref: RawRef, received_at: float) -> tuple[list[tuple[str,
             continue
         customer = _customer(m.sender)
         key = conversation_key(m.phone_number_id, customer)
-        emit(INBOUND, key, InboundMessage(
+        message = InboundMessage(
             conversation_key=key, phone_number_id=m.phone_number_id, display_phone_number=m.display_phone_number,
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
-            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors), m.payload)
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors)
+        if fits(INBOUND, message, m.payload) is None:
+            continue
+        out.messages.append(message)
         metrics.MESSAGES.labels(m.type if m.type in model.KNOWN_TYPES else "other", m.phone_number_id).inc()
     for s in parsed.statuses:
         key = conversation_key(s.phone_number_id, _customer(s.recipient))
-        emit(STATUS, key, StatusUpdate(
+        data = fits(STATUS, StatusUpdate(
             conversation_key=key, phone_number_id=s.phone_number_id, message_id=s.id, status=s.status,
             timestamp=s.timestamp, recipient_id=s.recipient.wa_id or s.recipient.user_id, errors=s.errors,
             biz_opaque_callback_data=s.biz_opaque_callback_data, payload=s.payload, raw_ref=ref,
             recipient_user_id=s.recipient.user_id), s.payload)
-    return out, parsed
+        if data is not None:
+            out.statuses.append((key, data))
+    return out
 
 
 class Ingest:
-    def __init__(self, topics: dict[str, faust.TopicT], dlq: faust.TopicT) -> None:
-        self._topics = topics
+    def __init__(self, inbound: Inbound, status: faust.TopicT, outbound: faust.TopicT, dlq: faust.TopicT) -> None:
+        self._inbound = inbound
+        self._status = status
+        self._outbound = outbound
         self._dlq = dlq
 
     async def handle(self, items: list[Item]) -> list[Outcome]:
-        """Split every body of the batch, then wait once for all their outputs' acknowledgements."""
-        futures: list[Any] = []
-        outcomes: list[Outcome] = []
-        for value, ref, received_at, request_id in items:
+        """Split every body of the batch and store all its messages (answering them); then produce
+        its statuses, replies and dead letters and wait once for all their acknowledgements.
+
+        Nothing goes to the bus before the messages are stored, so a retry of the batch (the
+        database away) produces nothing twice."""
+        splits: list[Split | Poison] = []
+        for value, ref, received_at, _ in items:
             try:
-                records, parsed = split(value, ref, received_at)
+                splits.append(split(value, ref, received_at))
             except Poison as exc:  # this body only: the runner dead-letters it; the others of the batch go on
-                outcomes.append(exc)
+                splits.append(exc)
+        messages = [(m, item.request_id) for item, sp in zip(items, splits, strict=True)
+                    if isinstance(sp, Split) for m in sp.messages]
+        _, intents = await self._inbound.store([m for m, _ in messages], [r for _, r in messages])
+        futures = [await produce(self._outbound, i.conversation_key.encode(), encode(i), i.request_id)
+                   for i in intents]
+        outcomes: list[Outcome] = []
+        for item, sp in zip(items, splits, strict=True):
+            if isinstance(sp, Poison):
+                outcomes.append(sp)
                 continue
-            futures += [await produce(self._topics[topic], key.encode(), data, request_id)
-                        for topic, key, data in records]
+            ref, request_id, parsed = item.ref, item.request_id, sp.parsed
+            futures += [await produce(self._status, key.encode(), data, request_id) for key, data in sp.statuses]
             for problem in parsed.problems:
                 metrics.PARSE_PROBLEMS.labels(_part(problem.where)).inc()
                 await dead_letter(self._dlq, ref, orjson.dumps(_jsonable(problem.item)), "ingest: broken item",
@@ -137,7 +176,8 @@ class Ingest:
                 metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
                 log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition,
                             ref.offset, orjson.dumps(error).decode()[:500], extra={"request_id": request_id})
-            outcomes.append("processed" if records else ("ignored" if not parsed.problems else "dead_lettered"))
+            stored = sp.messages or sp.statuses
+            outcomes.append("processed" if stored else ("ignored" if not parsed.problems else "dead_lettered"))
         await asyncio.gather(*futures)
         return outcomes
 

@@ -122,7 +122,7 @@ async def postgres(database_url: str, seconds: float, connections: int, customer
                 msgs.append(msg)
         t = time.perf_counter()
         async with pool.acquire() as conn, conn.transaction():
-            ids = await repo.store_inbound_many(conn, msgs)
+            ids = await repo.store_inbound_many(conn, msgs, [None] * len(msgs))
             stored: list[tuple[int, float | None]] = [
                 (c, m.received_at) for c, m in zip(ids, msgs, strict=True) if c is not None]
             assert len(stored) == len(msgs)

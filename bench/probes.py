@@ -77,13 +77,28 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
     return total
 
 
-class CpuMeter:
-    """CPU used by named processes from now on, in cores (CPU seconds per second of wall time)."""
+# A named part of the system: its processes, each (pid, whether its children count too).
+Tracked = dict[str, list[tuple[int, bool]]]
 
-    def __init__(self, processes: dict[str, tuple[int, bool]]) -> None:
+
+def rss_of(entries: list[tuple[int, bool]]) -> int | None:
+    """Resident memory of a part: its processes' RSS summed (with their children when so marked)."""
+    pids = [q for pid, tree in entries for q in ([pid, *_children(pid)] if tree else [pid])]
+    values = [v for v in (rss(p) for p in pids) if v is not None]
+    return sum(values) if values else None
+
+
+class CpuMeter:
+    """CPU used by named parts from now on, in cores (CPU seconds per second of wall time)."""
+
+    def __init__(self, processes: Tracked) -> None:
         self.processes = processes
         self.started = time.monotonic()
-        self.start = {name: cpu_seconds(pid, tree) for name, (pid, tree) in processes.items()}
+        self.start = {name: self._seconds(entries) for name, entries in processes.items()}
+
+    @staticmethod
+    def _seconds(entries: list[tuple[int, bool]]) -> float:
+        return sum(cpu_seconds(pid, tree) for pid, tree in entries)
 
     @property
     def span(self) -> float:
@@ -91,8 +106,7 @@ class CpuMeter:
 
     def cores(self) -> dict[str, float]:
         span = max(self.span, 1e-9)
-        return {name: (cpu_seconds(pid, tree) - self.start[name]) / span
-                for name, (pid, tree) in self.processes.items()}
+        return {name: (self._seconds(entries) - self.start[name]) / span for name, entries in self.processes.items()}
 
 
 def ensure_py_spy() -> str | None:

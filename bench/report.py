@@ -187,6 +187,8 @@ def render(results: dict[str, Any]) -> str:
                 f"p99 {ms(a.get('p99'))} ms; bodies of {num(produce.get('body_bytes_mean'))} bytes on average.", ""]
 
     out += budget_section(results)
+    out += pictures_section(results)
+    out += closed_loop_section(results)
 
     # --- webhook ------------------------------------------------------------------------------
     for key, title in (("webhook", "Webhook ingest (`wacrm serve`, durable publish in the path)"),
@@ -314,6 +316,41 @@ def render(results: dict[str, Any]) -> str:
         out += inbox_section(results["inbox"])
     out += ["## Closing note", "", closing_note(results), ""]
     return "\n".join(out)
+
+
+def pictures_section(results: dict[str, Any]) -> list[str]:
+    pictures = results.get("pictures") or []
+    if not pictures:
+        why = results.get("pictures_missing")
+        return ["## Plots", "", f"No plots: {why}.", ""] if why else []
+    out = ["## Plots", ""]
+    for title, path in pictures:
+        out += [f"![{title}]({path})", ""]
+    return out
+
+
+def closed_loop_section(results: dict[str, Any]) -> list[str]:
+    """The webhook under wrk: serve with 1 and more processes, alone and with the worker consuming."""
+    w = results.get("wrk") or {}
+    if w.get("skipped"):
+        return ["## Webhook under wrk", "", f"Skipped: {w['skipped']}.", ""]
+    runs = w.get("runs") or []
+    if not runs:
+        return []
+    rows = []
+    for r in runs:
+        lat, cpu = r["latency_s"], r.get("cpu_cores") or {}
+        rows.append([str(r["processes"]), "yes" if r["worker"] else "no", num(r["rps"]), ms(lat["p50"]),
+                     ms(lat["p90"]), ms(lat["p99"]), num(r["non_2xx"]), num(r["socket_errors"]),
+                     " · ".join(f"{k} {v:.2f}" for k, v in cpu.items())])
+    return ["## Webhook under wrk (closed loop)", "",
+            f"`wrk -t1 -c{w.get('connections')}` posting one signed text body as fast as `wacrm serve --only webhook "
+            "--processes N` answers (each answer after the broker acknowledged the body with acks=all), "
+            "each run on a fresh broker, for "
+            f"{num(runs[0]['seconds'])} s after a 1 s warm-up; \"worker\": one `wacrm worker` consuming the same "
+            "topic beside it. CPU in cores (serve with all its processes).", "",
+            table(["serve processes", "worker", "requests/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
+                   "socket errors", "CPU (cores)"], rows), ""]
 
 
 def budget_section(results: dict[str, Any]) -> list[str]:

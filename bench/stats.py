@@ -279,3 +279,25 @@ def _strip_line(frame: str) -> str:
     """``handle (agents/inbound.py:41)`` -> ``handle (agents/inbound.py)``: one entry per function."""
     head, sep, tail = frame.rpartition(":")
     return f"{head})" if sep and tail.rstrip(")").isdigit() else frame
+
+
+def timeline(sent_at: Mapping[str, float], received_at: Iterable[tuple[str, float]],
+             buckets: int = 60) -> list[dict[str, float]]:
+    """Reply latency over a run: the messages grouped by when the webhook was called into at most
+    ``buckets`` equal spans; each span's start (seconds from the first call), p50, p99 and count."""
+    first: dict[str, float] = {}
+    for mid, at in received_at:
+        if mid in sent_at and (mid not in first or at < first[mid]):
+            first[mid] = at
+    if not first:
+        return []
+    start = min(sent_at.values())
+    width = max((max(sent_at.values()) - start) / buckets, 1.0)
+    groups: dict[int, list[float]] = {}
+    for mid, at in first.items():
+        groups.setdefault(min(int((sent_at[mid] - start) / width), buckets - 1), []).append(at - sent_at[mid])
+    out = []
+    for n in sorted(groups):
+        s = summarize(groups[n])
+        out.append({"t": n * width, "p50": s.p50, "p99": s.p99, "count": s.count})
+    return out

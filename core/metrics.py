@@ -6,7 +6,9 @@ phone number or a message id.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SLOW = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -110,6 +112,16 @@ INBOX_REQUESTS = Counter("wacrm_inbox_requests_total", "Inbox API requests by ro
                          ["route", "outcome"])
 INBOX_DURATION = Histogram("wacrm_inbox_request_duration_seconds", "Inbox API request duration", ["route"])
 INBOX_LOGINS = Counter("wacrm_inbox_logins_total", "Sign-in attempts by outcome", ["outcome"])
-INBOX_SSE_STREAMS = Gauge("wacrm_inbox_sse_streams", "Open live-event streams")
+INBOX_SSE_STREAMS = Gauge("wacrm_inbox_sse_streams", "Open live-event streams", multiprocess_mode="livesum")
 INBOX_INTELLIGENCE = Counter("wacrm_inbox_intelligence_total", "Intelligence refreshes by engine and trigger",
                              ["engine", "trigger"])
+
+
+def exposition() -> bytes:
+    """This process's metrics in the text format; under ``wacrm serve --processes N`` (the environment
+    names a ``PROMETHEUS_MULTIPROC_DIR``) those of every process of the service, summed."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest()

@@ -44,50 +44,42 @@ async def stored_message_ids(conn: asyncpg.Connection, message_ids: list[str]) -
         CHANNEL, message_ids)}
 
 
-_STORE_INBOUND = "SELECT wacrm_store_inbound(" + ", ".join(f"${n}" for n in range(1, 21)) + ")"
+_STORE_INBOUND = "SELECT wacrm_store_inbound(" + ", ".join(f"${n}" for n in range(1, 22)) + ")"
 
 
-def _store_args(msg: InboundMessage) -> tuple[Any, ...]:
+def _store_args(msg: InboundMessage, request_id: str | None = None) -> tuple[Any, ...]:
     c = msg.customer
     changed = msg.content.get("new_wa_id") if msg.type == "system" \
         and msg.content.get("system_type") == "user_changed_number" else None
     return (CHANNEL, msg.message_id, msg.phone_number_id, msg.conversation_key, c.wa_id, c.user_id, c.profile_name,
             c.username, c.parent_user_id, msg.type, msg.text, msg.payload, _ts(msg.timestamp),
             msg.raw_ref, msg.content or None, msg.context, msg.referral, msg.errors or None,
-            "referral" if msg.referral else "organic", changed or None)
+            "referral" if msg.referral else "organic", changed or None, request_id)
 
 
-async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage) -> int | None:
+async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage, request_id: str | None = None) -> int | None:
     """Match contact, conversation and lead and store the message; returns the conversation id,
     ``None`` if the message was stored before.
 
     The contact is found by phone or business-scoped user id (linking the two, merging two
     contacts that turn out to be one customer) or created with a lead; a changed number
     (system ``user_changed_number``) keeps one contact. All of it is the SQL function
-    ``wacrm_store_inbound`` (migration 0005): one round trip. Must run inside a transaction;
-    on ``None`` the caller rolls it back so a duplicate changes nothing.
+    ``wacrm_store_inbound`` (migrations 0005, 0015): one round trip; the message's trigger brings the
+    conversation up to date. ``request_id``: the webhook call that brought the message (a replay
+    changes nothing, so the message keeps its first). Must run inside a transaction; on ``None`` the
+    caller rolls it back so a duplicate changes nothing.
     """
-    return await conn.fetchval(_STORE_INBOUND, *_store_args(msg))
+    return await conn.fetchval(_STORE_INBOUND, *_store_args(msg, request_id))
 
 
-async def store_inbound_many(conn: asyncpg.Connection, msgs: list[InboundMessage]) -> list[int | None]:
-    """:func:`store_inbound` for each message, in order, as if one after the other, but pipelined:
-    one round trip for all of them."""
+async def store_inbound_many(conn: asyncpg.Connection, msgs: list[InboundMessage],
+                             request_ids: list[str | None]) -> list[int | None]:
+    """:func:`store_inbound` for each message (with its request id), in order, as if one after the
+    other, but pipelined: one round trip for all of them."""
     if not msgs:
         return []
-    return [r[0] for r in await conn.fetchmany(_STORE_INBOUND, [_store_args(m) for m in msgs])]
-
-
-async def tag_request_ids(conn: asyncpg.Connection, tags: list[tuple[str, str | None]]) -> None:
-    """Stamp stored inbound messages (by provider message id) with the request id of the webhook call
-    that brought them; a message stamped before keeps its first id (a replay does not move it)."""
-    tagged = [(m, r) for m, r in tags if r]
-    if tagged:
-        await conn.execute(
-            """UPDATE messages m SET request_id = t.request_id
-               FROM unnest($1::text[], $2::text[]) AS t(provider_message_id, request_id)
-               WHERE m.channel = $3 AND m.provider_message_id = t.provider_message_id AND m.request_id IS NULL""",
-            [m for m, _ in tagged], [r for _, r in tagged], CHANNEL)
+    return [r[0] for r in await conn.fetchmany(
+        _STORE_INBOUND, [_store_args(m, r) for m, r in zip(msgs, request_ids, strict=True)])]
 
 
 async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, Any] | None:
@@ -203,11 +195,11 @@ async def mark_ambiguous(conn: asyncpg.Connection, outbound_log_id: int, error: 
            WHERE id = $1 AND state = 'sending' RETURNING true""", outbound_log_id, error) is True
 
 
-# Ledger, outbound message and conversation in one statement. The ledger moves only from a state
-# where Meta may have the message; the message is stored whatever the ledger's state (a message
-# Meta took must be in the conversation), and the conversation moves only when it was. A status that
-# overtook the send's response (kept in message_status_events) is the message's status from the start.
-# A row settled from 'unconfirmed' closes the person's task.
+# Ledger and outbound message in one statement (the message's trigger moves the conversation, so it
+# moves only when the message was stored). The ledger moves only from a state where Meta may have the
+# message; the message is stored whatever the ledger's state (a message Meta took must be in the
+# conversation). A status that overtook the send's response (kept in message_status_events) is the
+# message's status from the start. A row settled from 'unconfirmed' closes the person's task.
 _RECORD_SENT = """
     WITH prior AS (SELECT state FROM outbound_log WHERE id = $5),
     ledger AS (
@@ -229,9 +221,6 @@ _RECORD_SENT = """
         WHERE c.id = $6
         ON CONFLICT (channel, provider_message_id) DO NOTHING
         RETURNING id),
-    conversation AS (
-        UPDATE conversations SET last_outbound_at = now(), last_message_at = now()
-        WHERE id = $6 AND EXISTS (SELECT 1 FROM message)),
     task AS (
         UPDATE tasks SET status = 'done' WHERE dedupe_key = 'outbound:' || $5 || ':ambiguous'
           AND EXISTS (SELECT 1 FROM ledger) AND (SELECT state FROM prior) = 'unconfirmed')

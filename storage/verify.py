@@ -95,9 +95,10 @@ async def expected(conn: asyncpg.Connection, migrations: list[Migration] | None 
 
 
 def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, str] | None = None,
-            pending: frozenset[str] = frozenset()) -> list[Check]:
+            pending: frozenset[str] = frozenset(), named_in: dict[str, set[str]] | None = None) -> list[Check]:
     """Each wanted item against the live ones (pure). ``defined_in``: item name -> the migration
-    file that creates it, for the fix; ``pending``: the migration files not applied yet."""
+    file that creates it, for the fix; ``pending``: the migration files not applied yet; ``named_in``:
+    item name -> every migration file naming it (a pending one may be what changes it)."""
     live = {(i.kind, i.name): i for i in have}
     where = defined_in or {}
     checks = []
@@ -108,9 +109,11 @@ def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, st
             continue
         problem = "missing" if found is None else f"is {found.shape or 'different'}"
         identifier = re.match(r"[a-z0-9_]*", item.name.split(".")[-1])
-        migration = where.get(identifier.group(0) if identifier else "")
-        if migration in pending:  # not drift: the database is behind, and migrating is the only right fix
-            checks.append(Check(item, False, problem, f"run: {FIX_COMMAND} ({migration} is pending)"))
+        word = identifier.group(0) if identifier else ""
+        migration = where.get(word)
+        changed_by = sorted(((named_in or {}).get(word, set()) | ({migration} if migration else set())) & pending)
+        if changed_by:  # not drift: the database is behind, and migrating is the only right fix
+            checks.append(Check(item, False, problem, f"run: {FIX_COMMAND} ({changed_by[-1]} is pending)"))
             continue
         checks.append(Check(item, False, problem, fix_for(item, found, migration)))
     return checks
@@ -140,12 +143,12 @@ def fix_for(item: Item, found: Item | None, migration: str | None) -> str:
     return f"restore it as the migration wrote it{source}; `{FIX_COMMAND}` if a migration is pending"
 
 
-def definitions(migrations: list[Migration]) -> dict[str, str]:
-    """Which migration file first names each identifier (the fix points there)."""
-    out: dict[str, str] = {}
+def mentions(migrations: list[Migration]) -> dict[str, list[str]]:
+    """The migration files naming each identifier, in order (the first defines it; a fix points there)."""
+    out: dict[str, list[str]] = {}
     for m in migrations:
         for word in set(re.findall(r"[a-z_][a-z0-9_]+", m.sql.lower())):
-            out.setdefault(word, m.name)
+            out.setdefault(word, []).append(m.name)
     return out
 
 
@@ -154,7 +157,9 @@ async def verify(conn: asyncpg.Connection, migrations: list[Migration] | None = 
     want = await expected(conn, migrations)
     have = await catalogue(conn, await conn.fetchval("SELECT current_schema()"))
     pending = frozenset(r.name for r in await status(conn, migrations) if r.state == "pending")
-    return compare(want, have, definitions(migrations), pending)
+    named = mentions(migrations)
+    return compare(want, have, {w: names[0] for w, names in named.items()}, pending,
+                   {w: set(names) for w, names in named.items()})
 
 
 # --- migrate --status ---------------------------------------------------------------------------

@@ -398,3 +398,77 @@ def test_server_times_are_the_difference_between_two_scrapes() -> None:
     assert got["/conversations"]["requests"] == 100
     assert got["/conversations"]["mean"] == pytest.approx(0.01)
     assert got["/conversations/{id}"]["mean"] == pytest.approx(0.005)
+
+
+# --- the CPU budget, wrk and the plots -------------------------------------------------------
+
+WRK_OUTPUT = """Running 4s test @ http://127.0.0.1:8080/webhooks/whatsapp
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.31ms  512.00us  12.40ms   80.00%
+    Req/Sec    13.90k   400.00    14.50k    70.00%
+  Latency Distribution
+     50%    2.20ms
+     75%    2.50ms
+     90%    2.90ms
+     99%    4.10ms
+  55600 requests in 4.00s, 9.12MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:  13900.12
+Transfer/sec:      2.28MB
+"""
+
+
+def test_wrk_output_is_read_in_seconds() -> None:
+    from bench import wrk
+
+    r = wrk.parse(WRK_OUTPUT)
+    assert r["rps"] == pytest.approx(13900.12) and r["requests"] == 55600 and r["non_2xx"] == 3
+    assert r["latency_s"]["p50"] == pytest.approx(0.0022) and r["latency_s"]["p99"] == pytest.approx(0.0041)
+    assert r["socket_errors"] == 0
+    assert wrk.parse("Socket errors: connect 1, read 2, write 0, timeout 4\n")["socket_errors"] == 7
+
+
+def test_timeline_groups_latency_by_when_the_message_was_sent() -> None:
+    sent = {f"m{i}": float(i) for i in range(100)}
+    replies = [(f"m{i}", i + (0.1 if i < 50 else 0.5)) for i in range(100)] + [("m3", 99.0)]  # a late copy
+    line = stats.timeline(sent, replies, buckets=2)
+    assert [p["count"] for p in line] == [50, 50]
+    assert line[0]["p99"] == pytest.approx(0.1) and line[1]["p50"] == pytest.approx(0.5)
+    assert stats.timeline({}, []) == []
+
+
+def _budget_results() -> dict[str, object]:
+    return {"plan": "quick", "complete": True, "machine": {"cores": 2},
+            "budget": {"offered_rate": 400, "messages_per_s": 460.0, "duration_s": 8, "lost": 0, "duplicated": 0,
+                       "cpu_ms_per_message": {"serve": 0.5, "worker": 1.5, "fake-meta": 0.2, "broker": 0.4,
+                                              "postgres": 1.4, "generator": 0.1}},
+            "wrk": {"connections": 32, "runs": [
+                {"processes": p, "worker": w, "seconds": 4, "rps": 9000.0 * p, "non_2xx": 0, "socket_errors": 0,
+                 "latency_s": {"p50": 0.002, "p90": 0.003, "p99": 0.005}, "cpu_cores": {"serve": 0.9}}
+                for p in (1, 2) for w in (False, True)]}}
+
+
+def test_report_shows_the_budget_and_the_closed_loop_runs() -> None:
+    from bench.report import render
+
+    text = render(_budget_results())
+    assert "## CPU budget per message" in text and "| **total** | **4.10** | 100 % |" in text
+    assert "about 488 messages/s" in text  # 2 cores × 1000 / 4.10
+    assert "## Webhook under wrk (closed loop)" in text and "| 2 | yes | 18,000 |" in text
+
+
+def test_plots_are_drawn_for_what_the_run_measured(tmp_path: object) -> None:
+    pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from bench import plots
+
+    results = _budget_results()
+    results["soak"] = {"offered_rate": 50, "timeline": [{"t": 0.0, "p50": 0.1, "p99": 0.3, "count": 5},
+                                                        {"t": 10.0, "p50": 0.1, "p99": 0.2, "count": 5}]}
+    drawn, why = plots.draw(results, Path(str(tmp_path)))
+    assert why is None
+    assert [name for _, name in drawn] == ["cpu-per-message.png", "soak-latency.png"]  # no webhook or e2e runs
+    for _, name in drawn:
+        assert (Path(str(tmp_path)) / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,7 @@ import orjson
 from conftest import Stack, eventually
 
 from wacrm.core import procs
-from wacrm.topics import DLQ, INBOUND, scan
+from wacrm.topics import DLQ, RAW, scan
 from wacrm.topics.records import DLQ_HEADER_AGENT, DLQ_HEADER_TOPIC
 from wacrm.whatsapp import simulate
 
@@ -54,14 +54,14 @@ async def test_poison_events_are_listed_shown_and_redriven_once_the_cause_is_fix
 
     for rec in found:
         headers = dict(rec.headers)
-        assert headers[DLQ_HEADER_TOPIC] == INBOUND.encode() and headers[DLQ_HEADER_AGENT] == b"inbound"
+        assert headers[DLQ_HEADER_TOPIC] == RAW.encode() and headers[DLQ_HEADER_AGENT] == b"ingest"
     letter_ids = sorted(f"{r.partition}:{r.offset}" for r in found)
 
-    listed = _wacrm(stack, "dlq", "list", "--agent", "inbound")
+    listed = _wacrm(stack, "dlq", "list", "--agent", "ingest")
     assert listed.returncode == 0, listed.stderr
     for lid in letter_ids:
         (row,) = [line for line in listed.stdout.splitlines() if line.startswith(lid + " ")]
-        assert "inbound" in row and f"{INBOUND}:" in row
+        assert "ingest" in row and f"{RAW}:" in row
 
     shown = _wacrm(stack, "dlq", "show", letter_ids[0])
     assert shown.returncode == 0, shown.stderr
@@ -69,18 +69,18 @@ async def test_poison_events_are_listed_shown_and_redriven_once_the_cause_is_fix
     assert any(m in shown.stdout for m in ids)
 
     assert await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids) == 0
-    dry = _wacrm(stack, "dlq", "redrive", "--reason", "poison", "--agent", "inbound", "--dry-run")
+    dry = _wacrm(stack, "dlq", "redrive", "--reason", "poison", "--agent", "ingest", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert all(f"{lid} " in dry.stdout for lid in letter_ids) and "would redrive" in dry.stdout
     assert await db.fetchval("SELECT count(*) FROM dlq_redrives") == 0
 
-    done = _wacrm(stack, "dlq", "redrive", "--agent", "inbound")
+    done = _wacrm(stack, "dlq", "redrive", "--agent", "ingest")
     assert done.returncode == 0, done.stderr
     assert all(f"{lid} " in done.stdout for lid in letter_ids)
     for mid in ids:
         await eventually(lambda mid=mid: stack.replies_to(mid), 60, f"a reply to {mid} after the redrive")
 
-    again = _wacrm(stack, "dlq", "redrive", "--agent", "inbound")
+    again = _wacrm(stack, "dlq", "redrive", "--agent", "ingest")
     assert again.returncode == 0, again.stderr
     assert "redrove 0 dead letters" in again.stdout
     assert await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids) == 2

@@ -30,8 +30,8 @@ async def test_a_store_that_loses_the_race_for_a_new_contact_is_retried(database
         one, two = first.transaction(), second.transaction()
         await one.start()
         await two.start()
-        assert (await _store(first, [_msg("wamid.race.1", "4900000077")]))[0] is not None
-        losing = asyncio.ensure_future(_store(second, [_msg("wamid.race.2", "4900000077")]))
+        assert (await _store(first, [_msg("wamid.race.1", "4900000077")], [None]))[0] is not None
+        losing = asyncio.ensure_future(_store(second, [_msg("wamid.race.2", "4900000077")], [None]))
         await asyncio.sleep(0.3)
         assert not losing.done()  # waits on the first transaction's new contact
         await one.commit()
@@ -40,7 +40,7 @@ async def test_a_store_that_loses_the_race_for_a_new_contact_is_retried(database
         assert classify(raised.value) is Next.RETRY
         await two.rollback()
         async with second.transaction():  # the retry finds the contact the winner created
-            assert (await _store(second, [_msg("wamid.race.2", "4900000077")]))[0] is not None
+            assert (await _store(second, [_msg("wamid.race.2", "4900000077")], [None]))[0] is not None
         assert await second.fetchval("SELECT count(*) FROM contacts WHERE wa_id = '4900000077'") == 1
     finally:
         await first.close()

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from wacrm.agents.errors import Poison
 from wacrm.agents.ingest import split
-from wacrm.topics.records import RawRef, decode_inbound, decode_status
+from wacrm.topics.records import RawRef, decode_inbound, decode_status, encode_bounded
 from wacrm.whatsapp import webhook
 
 json_scalars = st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False,
@@ -48,9 +48,11 @@ def _check(data: Any) -> None:
     webhook.parse(parsed)
     webhook.routing_key(parsed)
     # A body that is a JSON object is never poison as a whole: broken items become problems.
-    records, _ = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
-    for topic, _, value in records:  # whatever ingest emits, the next agent can decode
-        (decode_inbound if topic == "wa.inbound" else decode_status)(value)
+    out = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
+    for message in out.messages:  # whatever ingest stores, wa.inbound and wa.dlq can carry and decode
+        decode_inbound(encode_bounded(message))
+    for _, value in out.statuses:  # whatever ingest emits, the status agent can decode
+        decode_status(value)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -94,11 +96,11 @@ def test_deeply_nested_and_huge_bodies() -> None:
             b'{"phone_number_id":"1"},"messages":[{"from":"2","id":"wamid.deep","timestamp":"1","type":"text",'
             b'"text":{"body":"x"},"junk":' + nested.encode() + b'},{"from":"2","id":"wamid.ok","timestamp":"2",'
             b'"type":"text","text":{"body":"y"}}]}}]}]}')
-    records, parsed = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
-    assert [decode_inbound(v).message_id for _, _, v in records] == ["wamid.ok"]
-    assert len(parsed.problems) == 1
+    out = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
+    assert [m.message_id for m in out.messages] == ["wamid.ok"]
+    assert len(out.parsed.problems) == 1
     many = [{"from": "15550002222", "id": f"wamid.{i}", "timestamp": str(i), "type": "text", "text": {"body": "x"}}
             for i in range(5000)]
     body = orjson.dumps(_envelope({"metadata": {"phone_number_id": "1"}, "messages": many}))
-    records, parsed = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
-    assert len(records) == 5000 and not parsed.problems
+    out = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
+    assert len(out.messages) == 5000 and not out.parsed.problems

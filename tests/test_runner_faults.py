@@ -81,16 +81,16 @@ async def test_sigterm_during_a_slow_batch_leaves_it_unacked_and_a_stall_shows(
             for body in bodies:
                 assert (await stack.post(body))[0] == 200
 
-            async def inbound_blocked() -> bool:  # the inbound agent (not the reply timer) waits, its batch in hand
+            async def inbound_blocked() -> bool:  # the ingest agent (not the reply timer) waits, its batch in hand
                 return bool(await db.fetchval(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock' AND query LIKE '%conversation_key%' AND pid <> $1",
                     locker.get_server_pid()))
 
-            await eventually(inbound_blocked, 60, "the inbound agent to block on the locked table")
+            await eventually(inbound_blocked, 60, "the ingest agent to block on the locked table")
             stack.procs["worker"].send_signal(signal.SIGTERM)
             assert await wait_exit(stack, "worker") == 0
-            assert "inbound: stopped before finishing" in (stack.logs / "worker.log").read_text()
+            assert "ingest: stopped before finishing" in (stack.logs / "worker.log").read_text()
             assert await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids) == 0
 
             # The next worker: still locked out, each statement times out after 1 s and is retried in place.
@@ -98,11 +98,11 @@ async def test_sigterm_during_a_slow_batch_leaves_it_unacked_and_a_stall_shows(
             await stack.wait_worker()
 
             async def stalled() -> float:
-                return await stack.worker_metric("wacrm_agent_stalled_seconds", 'agent="inbound"')
+                return await stack.worker_metric("wacrm_agent_stalled_seconds", 'agent="ingest"')
 
             first = await eventually(stalled, 90, "the stall gauge to rise while the database is locked")
             await eventually(lambda: _above(stalled, first), 60, "the stall gauge to grow while the agent waits")
-            assert await stack.worker_metric("wacrm_agent_retries_total", 'agent="inbound"') >= 1
+            assert await stack.worker_metric("wacrm_agent_retries_total", 'agent="ingest"') >= 1
         finally:
             await lock.rollback()
             await locker.close()
@@ -110,7 +110,7 @@ async def test_sigterm_during_a_slow_batch_leaves_it_unacked_and_a_stall_shows(
             await eventually(lambda: answered_once(stack, db, ids), 90, "every message stored and answered")
 
             async def flowing() -> bool:
-                return await stack.worker_metric("wacrm_agent_stalled_seconds", 'agent="inbound"') == 0
+                return await stack.worker_metric("wacrm_agent_stalled_seconds", 'agent="ingest"') == 0
 
             await eventually(flowing, 30, "the stall gauge back to 0")
             assert await db.fetchval("SELECT count(*) FROM messages WHERE provider_message_id = ANY($1)", ids) == 5

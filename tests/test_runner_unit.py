@@ -141,19 +141,19 @@ def _message(**fields: Any) -> dict[str, Any]:
 def test_a_text_beyond_whatsapp_limit_is_a_problem_and_the_rest_of_the_body_goes_on() -> None:
     huge = _message(type="text", text={"body": "y" * (WHATSAPP_TEXT_MAX_CHARS + 1)})
     fits = _message(type="text", text={"body": "z" * WHATSAPP_TEXT_MAX_CHARS})
-    records, parsed = split(_body(huge, fits), RawRef(RAW, 0, 7), time.time())
-    ids = [orjson.loads(v)["message_id"] for t, _, v in records if t == INBOUND]
+    out = split(_body(huge, fits), RawRef(RAW, 0, 7), time.time())
+    ids = [m.message_id for m in out.messages]
     assert fits["id"] in ids and huge["id"] not in ids and len(ids) == 2
-    (problem,) = parsed.problems
+    (problem,) = out.parsed.problems
     assert "4,096" in problem.reason and problem.where == INBOUND
     assert huge["id"] in problem.item and len(problem.item) <= DEAD_LETTER_PREVIEW_CHARS
 
 
 def test_an_item_too_large_for_a_record_is_a_problem_with_a_preview() -> None:
     big = _message(type="unsupported", unsupported={"blob": "q" * (RECORD_MAX_BYTES + 10)})
-    records, parsed = split(_body(big), RawRef(RAW, 1, 3), time.time())
-    assert len(records) == 1 and all(len(v) <= RECORD_MAX_BYTES for _, _, v in records)
-    (problem,) = parsed.problems
+    out = split(_body(big), RawRef(RAW, 1, 3), time.time())
+    assert len(out.messages) == 1 and out.messages[0].message_id != big["id"]
+    (problem,) = out.parsed.problems
     assert "cannot become a record" in problem.reason and len(problem.item) <= DEAD_LETTER_PREVIEW_CHARS
 
 

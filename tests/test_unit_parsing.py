@@ -9,8 +9,7 @@ import pytest
 from conftest import APP_SECRET, FIXTURES
 
 from wacrm.agents.ingest import split
-from wacrm.topics import INBOUND, STATUS
-from wacrm.topics.records import RawRef, decode_inbound, decode_status
+from wacrm.topics.records import RawRef, decode_inbound, decode_status, encode
 from wacrm.whatsapp import signature, webhook
 
 MANIFEST = list(csv.DictReader((FIXTURES / "webhooks" / "manifest.csv").open()))
@@ -39,11 +38,11 @@ def test_fixture_yields_every_item(row: dict[str, str]) -> None:
 def test_split_keys_events_by_conversation_and_keeps_the_raw_reference() -> None:
     body = (FIXTURES / "webhooks" / "21_batch_3msgs_2contacts_single_value.json").read_bytes()
     ref = RawRef("wa.webhook.raw", 2, 41)
-    records, _ = split(body, ref, 1767225700.0)
-    assert [t for t, _, _ in records] == [INBOUND] * 3
-    events = [decode_inbound(v) for _, _, v in records]
-    for (_, key, _), ev in zip(records, events, strict=True):
-        assert key == ev.conversation_key == f"{ev.phone_number_id}:{ev.customer.key}"
+    out = split(body, ref, 1767225700.0)
+    assert out.statuses == [] and len(out.messages) == 3
+    events = [decode_inbound(encode(m)) for m in out.messages]  # as wa.inbound and wa.dlq carry them
+    for ev in events:
+        assert ev.conversation_key == f"{ev.phone_number_id}:{ev.customer.key}"
         assert ev.raw_ref == ref
     assert [e.timestamp for e in events] == sorted(e.timestamp for e in events)
     assert len({e.conversation_key for e in events}) == 2
@@ -51,10 +50,10 @@ def test_split_keys_events_by_conversation_and_keeps_the_raw_reference() -> None
 
 def test_status_split() -> None:
     body = (FIXTURES / "webhooks" / "22_status_sent.json").read_bytes()
-    records, _ = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
-    (topic, key, value), = records
+    out = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
+    (key, value), = out.statuses
     st = decode_status(value)
-    assert topic == STATUS and key == "200000000000001:15550002222"
+    assert out.messages == [] and key == "200000000000001:15550002222"
     assert (st.message_id, st.status, st.recipient_id) == ("wamid.TEST_OUT_0001", "sent", "15550002222")
 
 
@@ -65,8 +64,7 @@ def test_username_only_sender_is_keyed_by_user_id() -> None:
             "contacts": [{"profile": {"name": "U", "username": "@u"}, "user_id": "US.1000000000000000042"}],
             "messages": [{"from_user_id": "US.1000000000000000042", "id": "wamid.U1", "timestamp": "1767225601",
                           "type": "text", "text": {"body": "hello"}}]}}]}]})
-    records, _ = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0)
-    ev = decode_inbound(records[0][2])
+    ev, = split(body, RawRef("wa.webhook.raw", 0, 0), 0.0).messages
     assert ev.conversation_key == "200000000000001:US.1000000000000000042"
     assert ev.customer.wa_id is None and ev.customer.username == "@u"
 

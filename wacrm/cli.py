@@ -165,6 +165,17 @@ async def _schema_problem(database_url: str, timeout: float) -> str | None:
     return None
 
 
+def _processes(text: str) -> int:
+    """``--processes``: a whole number from 1 to 64."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if not 1 <= n <= 64:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 64, not {n}")
+    return n
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """The webhook and the inbox (or one, ``--only``). A schema that is behind does not stop it:
     the webhook only publishes and keeps accepting, and the inbox answers 500 DB_MISMATCH."""
@@ -179,6 +190,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
     s = _settings("prod", needs)
     _logging(s.log_level, s.log_format)
+    if args.processes > 1:  # N copies of this command, each one process on the shared port
+        from wacrm.core import copies, procs
+
+        one = procs.python_cmd("serve", "--reuse-port", *(["--only", args.only] if args.only else []))
+        logging.getLogger("wacrm").info("serving with %d processes on port %d (SO_REUSEPORT)", args.processes, s.port)
+        return copies.run(one, args.processes)
     assert s.database_url
     problem = asyncio.run(_schema_problem(s.database_url, s.db_timeout_s))
     log = logging.getLogger("wacrm")
@@ -193,7 +210,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     what = {"webhook": "webhook", "inbox": "inbox"}.get(args.only, "webhook and inbox")
     log.info("%s listening on http://%s:%d", what, s.host, s.port)
     web.run_app(app, host=s.host, port=s.port, print=None, access_log=None,
-                shutdown_timeout=10, handle_signals=True)
+                shutdown_timeout=10, handle_signals=True, reuse_port=args.reuse_port or None)
     return 0
 
 
@@ -646,6 +663,12 @@ def parser() -> argparse.ArgumentParser:
                         "the database schema is behind. SIGTERM drains and stops within the shutdown bound.")
     sv.add_argument("--only", choices=("webhook", "inbox"), default=None,
                     help="serve only the webhook, or only the inbox (which needs only DATABASE_URL)")
+    sv.add_argument("--processes", type=_processes, default=1, metavar="N",
+                    help="N processes sharing the port (SO_REUSEPORT), each with its own event loop, for a "
+                         "machine with spare cores; /metrics of any of them reports all (default 1)")
+    sv.add_argument("--reuse-port", action="store_true",
+                    help="bind with SO_REUSEPORT, so that other serve processes can share the port "
+                         "(what --processes starts each of its processes with)")
     sv.set_defaults(func=cmd_serve)
     us = sub.add_parser("users", help="people who sign in to the inbox (needs DATABASE_URL)",
                         description="Adds, lists and issues API tokens for the people of the inbox. Roles: "

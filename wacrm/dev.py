@@ -174,6 +174,17 @@ def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: f
     raise CommandError(f"the system did not become ready within {timeout:.0f}s: {last}")
 
 
+def default_processes(cores: int | None = None) -> tuple[int, int]:
+    """``wacrm serve --processes`` and the number of ``wacrm worker`` processes for this machine.
+
+    Measured with ``python -m bench`` on 2 cores (BENCHMARKS.md, "Processes"): there every
+    process already competes for the same two cores, so one of each is fastest; a second
+    serve process and a second worker pay off only with cores to spare for them.
+    """
+    cores = cores or os.cpu_count() or 1
+    return (2, 2) if cores >= 4 else (1, 1)
+
+
 def run_dev(state_dir: Path) -> int:
     if not state_dir.exists():
         private_dir(state_dir)
@@ -256,8 +267,13 @@ def run_dev(state_dir: Path) -> int:
                                                                 "--webhook-url", webhook_url),
                                   env, logs / "fake-meta.log"))
         env.setdefault("WORKER_METRICS_PORT", str(free_port()))
-        children.append(Child("serve", procs.python_cmd("serve"), env, logs / "serve.log"))
+        serve_processes, workers = default_processes()
+        children.append(Child("serve", procs.python_cmd("serve", "--processes", str(serve_processes)), env,
+                              logs / "serve.log"))
         children.append(Child("worker", procs.python_cmd("worker"), env, logs / "worker.log"))
+        for n in range(2, workers + 1):  # more workers of the same group, each with its own metrics port
+            children.append(Child(f"worker-{n}", procs.python_cmd("worker"),
+                                  {**env, "WORKER_METRICS_PORT": str(free_port())}, logs / f"worker-{n}.log"))
         for c in children:
             c.start()
         base = f"http://{settings.host}:{settings.port}"

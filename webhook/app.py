@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from wacrm.core import metrics
 from wacrm.core.logs import request_scope
@@ -184,7 +184,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_app(settings: Settings) -> web.Application:
