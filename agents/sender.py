@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 
 from wacrm.agents import sending
+from wacrm.agents.coalesce import Coalescer
 from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
 from wacrm.agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
@@ -87,6 +88,12 @@ class Sender:
         self._delays = settings.retry_delays()
         self._buckets: dict[str, TokenBucket] = {}
         self._pacer = PairPacer(settings.pair_interval_s, settings.pair_burst)
+        # the claims of the batch's conversations, made side by side, in one round trip
+        self._claim = Coalescer(self._claim_many)
+
+    async def _claim_many(self, claims: list[tuple[int, int, list[int]]]) -> list[repo.Claimed | repo.Earlier | str]:
+        async with self._res.pool.acquire() as conn:
+            return await repo.claim_many(conn, claims)
 
     async def handle(self, items: list[Item]) -> list[str]:
         """Read the batch's rows and checks, then each intent: decide, claim, call (a conversation's in
@@ -134,8 +141,7 @@ class Sender:
         if isinstance(decision, sending.Send):
             self._pacer.try_send(intent.to)
             await self._wait_for_token(intent.phone_number_id)
-            async with self._res.pool.acquire() as conn:
-                claimed = await repo.claim(conn, job.row.id, job.event.attempt, passed)
+            claimed = await self._claim((job.row.id, job.event.attempt, list(passed)))
             if isinstance(claimed, repo.Claimed):
                 outcome = await self._call(job, intent, claimed.attempts, accepted)
                 if outcome == "sent":

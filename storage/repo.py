@@ -142,7 +142,16 @@ async def claim(conn: asyncpg.Connection, outbound_log_id: int, attempts: int,
     rows that count as done although not recorded yet (accepted in the caller's batch). Else
     the row's state (``superseded``: waiting, but for another attempt).
     """
-    row = await conn.fetchrow(_CLAIM, outbound_log_id, attempts, passed)
+    return _claim_result(await conn.fetchrow(_CLAIM, outbound_log_id, attempts, passed))
+
+
+async def claim_many(conn: asyncpg.Connection,
+                     claims: list[tuple[int, int, list[int]]]) -> list[Claimed | Earlier | str]:
+    """:func:`claim` for each (row id, attempts, passed), in order, pipelined: one round trip."""
+    return [_claim_result(r) for r in await conn.fetchmany(_CLAIM, claims)] if claims else []
+
+
+def _claim_result(row: asyncpg.Record) -> Claimed | Earlier | str:
     if row["claimed"] is not None:
         return Claimed(row["claimed"])
     if row["e_id"] is not None:
