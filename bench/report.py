@@ -384,7 +384,17 @@ def budget_section(results: dict[str, Any]) -> list[str]:
             f"At {total:.2f} CPU-ms a message, {cores} cores carry at most about "
             f"{num(cores * 1000 / total) if total else '–'} messages/s with nothing to spare; "
             f"the 2,000/s target needs {num(cores * 1000 / 2000, 2)} CPU-ms a message or less.", "",
-            *_statements(b), *scale_section(results)]
+            *_drain(results), *_statements(b), *scale_section(results)]
+
+
+def _drain(results: dict[str, Any]) -> list[str]:
+    d = results.get("drain")
+    if not d:
+        return []
+    return [f"The pipeline behind the webhook, alone on the machine: a backlog of {num(d['messages'])} messages put "
+            f"on the raw topic with the workers stopped was answered at **{num(d['messages_per_s'])} messages/s** "
+            f"({num(d['replied'])} answered in {d['seconds']:.1f} s from the moment the workers had joined; CPU in "
+            "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in d["cpu_cores"].items()) + ").", ""]
 
 
 def _statements(b: dict[str, Any]) -> list[str]:

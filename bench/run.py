@@ -89,6 +89,7 @@ FULL = Plan("full", ceiling_s=5, ingest_rates=(1000, 5000, 10000, 15000), ingest
 WRK_CONNECTIONS = 32  # as the issue that set the webhook target measured it
 SUSTAIN_TRIES = 3
 MAX_WORKERS = 4
+DRAIN_BACKLOG = (1000, 6)  # `--only budget`'s backlog: bodies/s for seconds, put on the bus with the workers stopped
 # The deliberate waiting switched off to measure the pipeline itself (the issue asks for that).
 PIPELINE_ONLY = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_INTERVAL_SECONDS": "0"}
 SUSTAIN_STEP_DOWN = 0.85
@@ -420,7 +421,6 @@ class Bench:
             "TOPIC_PARTITIONS": st.topic_partitions, "WACRM_EVENT_LOOP": os.environ.get("WACRM_EVENT_LOOP", "uvloop")}
         self.ensure_fake_meta()
         await self.fresh_pipeline()
-        await self.budget()
         self.results["customer"] = await self.e2e_step(p.customer_rate, p.customer_s, "cust", connections=8)
         _log(f"customer view at {p.customer_rate}/s: {_brief_e2e(self.results['customer'])}")
         steps = []
@@ -435,6 +435,8 @@ class Bench:
                 break
         self.results["e2e"] = steps
         sustained = await self.sustain(best or max(10, p.e2e_rates[0] // 4))
+        await self.budget()  # after the steps: the customers have written before, as in a running business
+        await self.drain()
         if p.fresh_broker_per_phase:
             await self.fresh_pipeline()
         await self.soak(max(10, round((sustained or best or p.e2e_rates[0] // 4) / 4)))
@@ -444,12 +446,49 @@ class Bench:
         """``--only budget``: the pipeline started and its CPU budget measured, nothing else (a minute)."""
         self.ensure_fake_meta()
         await self.fresh_pipeline()
+        _log("CPU budget: warm-up, every customer writes once (not judged)")
+        await self.e2e_step(400, 12, "bwarm")
         await self.budget()
+        await self.drain()
+
+    async def drain(self) -> None:
+        """What the pipeline behind the webhook carries: a backlog put on the raw topic with the workers
+        stopped, then the messages/s from the moment they have joined until the last reply is at the Graph
+        API. The webhook and the generator do not share the cores meanwhile (they are done)."""
+        rate, seconds = DRAIN_BACKLOG
+        _log(f"drain: a backlog of {rate * seconds} bodies with the workers stopped, then the replies/s")
+        self.stop_workers()
+        fake = f"http://127.0.0.1:{self.ports['fake-meta']}"
+        async with aiohttp.ClientSession() as s, s.delete(f"{fake}/__sent") as r:
+            r.raise_for_status()
+        load, ids_path = await self.load(self.ports["serve"], rate, seconds, tag="drain", ids=True)
+        assert ids_path is not None
+        expected = len(ids_path.read_text().splitlines())
+        self.start_workers(self.workers)
+        await self._wait_worker()
+        started = time.monotonic()
+        cpu = probes.CpuMeter(self.tracked())
+        done = 0.0
+        while time.monotonic() - started < self.plan.drain_s * 3:
+            done = await self._metric("wacrm_sends_total", 'outcome="sent"')
+            if done >= expected:
+                break
+            await asyncio.sleep(0.1)
+        took = time.monotonic() - started
+        cores = cpu.cores()
+        self.results["drain"] = {"messages": expected, "replied": done, "seconds": took,
+                                 "messages_per_s": done / max(took, 1e-9), "cpu_cores": cores,
+                                 "webhook_errors": load["errors"]}
+        _log(f"drain: {done:.0f} of {expected} messages answered in {took:.1f}s: {done / max(took, 1e-9):.0f}/s; "
+             "CPU (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
 
     async def budget(self) -> None:
-        """The CPU each message costs every process, at a fixed rate well inside what the pipeline
-        carries (so it measures work, not queueing): the figure each change to the hot path is judged by."""
+        """The CPU each message costs every process, at a fixed rate inside what the pipeline carries, from
+        customers who have written before (as in a running business): the figure each change to the hot
+        path is judged by; with the SQL statements and the WAL each message cost."""
         p = self.plan
+        if p.fresh_broker_per_phase:  # the customers stay in PostgreSQL
+            await self.fresh_pipeline()
         _log(f"CPU budget: {p.budget_rate} bodies/s for {p.budget_s:.0f}s")
         conn = await asyncpg.connect(self.db_url)
         try:
@@ -474,8 +513,6 @@ class Bench:
              f"{step['wal_bytes_per_message'] / 1024:.1f} KiB of WAL per message")
         for x in step["statements"][:15]:
             _log(f"  {x['per_message']:5.2f}/msg {x['ms_per_message']:6.3f} ms/msg  {x['query'][:110]}")
-        if self.plan.fresh_broker_per_phase:
-            await self.fresh_pipeline()
 
     async def fresh_pipeline(self, *, defaults: bool = False) -> None:
         """``serve`` and ``worker`` (re)started on a fresh, empty broker, joined and warmed up.
@@ -487,7 +524,8 @@ class Bench:
         self.stop_workers()
         self.stop("serve")
         await self.new_broker()
-        self.start("serve", procs.python_cmd("serve", "--processes", str(self.serve_processes)), self.ports["serve"])
+        many = ["--processes", str(self.serve_processes)] if self.serve_processes > 1 else []
+        self.start("serve", procs.python_cmd("serve", *many), self.ports["serve"])
         self.start_workers(self.workers, defaults=defaults)
         await _wait_ready(f"http://127.0.0.1:{self.ports['serve']}/readyz")
         await self._wait_worker()
@@ -795,11 +833,12 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
         load = dataclasses.replace(load, think_s=think_s)
     work = Path(tempfile.mkdtemp(prefix="wacrm-bench-"))
     bench = Bench(plan, work)
-    from wacrm.dev import default_processes
+    if serve_processes is None or workers is None:
+        from wacrm.dev import default_processes
 
-    dev_serve, dev_workers = default_processes()
-    bench.serve_processes = serve_processes or dev_serve
-    bench.workers = workers or dev_workers
+        dev_serve, dev_workers = default_processes()
+        serve_processes, workers = serve_processes or dev_serve, workers or dev_workers
+    bench.serve_processes, bench.workers = serve_processes, workers
     bench.results["processes"] = {"serve": bench.serve_processes, "workers": bench.workers}
     started = time.time()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import time
+from pathlib import Path
 
 import orjson
 
@@ -108,3 +110,37 @@ def test_a_batch_has_a_request_id_only_when_one_call_caused_all_of_it() -> None:
     assert shared_request_id([item(1, "a"), item(2, "a")]) == "a"
     assert shared_request_id([item(1, "a"), item(2, "b")]) is None
     assert shared_request_id([item(1, "a"), item(2, None)]) is None
+
+
+def test_the_services_write_their_log_in_batches_warnings_at_once_and_everything_by_exit(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = """
+import logging, sys, time
+from wacrm.core.logs import configure
+configure("INFO", batched=True)
+log = logging.getLogger("wacrm.test")
+log.info("first info")
+print("after info", file=sys.stdout, flush=True); sys.stdin.readline()
+log.warning("a warning")
+print("after warning", file=sys.stdout, flush=True); sys.stdin.readline()
+log.info("last info, written at exit")
+"""
+    err = tmp_path / "stderr.log"
+    with err.open("w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=f, text=True)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "after info\n"
+        assert "first info" not in err.read_text()  # held in the buffer …
+        time.sleep(0.6)
+        assert "first info" in err.read_text()  # … until the timer flushes it
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "after warning\n"
+        assert "a warning" in err.read_text()  # a warning is never held
+        proc.stdin.write("\n")
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+    assert "last info, written at exit" in err.read_text()

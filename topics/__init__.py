@@ -48,7 +48,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(
         INBOUND,
         key="conversation key",
-        why="one partition sees a conversation's messages in order",
+        why="no longer written: the ingest agent stores messages as it reads the raw topic; kept so a worker "
+            "drains what an older version left here, in order per conversation, and takes redriven letters",
         config=(("retention.ms", _WEEK_MS),),
     ),
     TopicSpec(

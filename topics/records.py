@@ -29,7 +29,7 @@ DEAD_LETTER_PREVIEW_CHARS = 2_000
 
 
 # Request ids (contract): every webhook call has one; it rides in this header of every record the call
-# causes, on every topic (wa.webhook.raw → wa.inbound / wa.status → wa.outbound → retries → wa.dlq).
+# causes, on every topic (wa.webhook.raw → wa.status / wa.outbound → retries → wa.dlq).
 REQUEST_ID_HEADER = "wacrm-request-id"
 #: A caller's ``X-Request-Id`` is kept when it is 1 to this many printable ASCII characters.
 REQUEST_ID_MAX_CHARS = 128

@@ -37,10 +37,10 @@ def _settings(profile: str, needs: set[str] | None = None) -> Settings:
         raise CommandError(str(exc), EXIT_CONFIG) from None
 
 
-def _logging(level: str, fmt: str = "text") -> None:
+def _logging(level: str, fmt: str = "text", *, batched: bool = False) -> None:
     from wacrm.core.logs import configure
 
-    configure(level, fmt)
+    configure(level, fmt, batched=batched)
 
 
 async def _check_schema(database_url: str, timeout: float) -> None:
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.only != "inbox":
         needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
     s = _settings("prod", needs)
-    _logging(s.log_level, s.log_format)
+    _logging(s.log_level, s.log_format, batched=True)
     if args.processes > 1:  # N copies of this command, each one process on the shared port
         from wacrm.core import copies, procs
 
@@ -505,7 +505,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
             super().on_setup_root_logger(logger, level)
-            _logging(s.log_level, s.log_format)  # ours instead of mode's: request ids, JSON, repeats summarised
+            # ours instead of mode's: request ids, JSON, repeats summarised, written in batches
+            _logging(s.log_level, s.log_format, batched=True)
 
     worker = Worker(app, resources, loglevel=s.log_level, quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()  # returns by SystemExit when the worker stops
