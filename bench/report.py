@@ -222,7 +222,10 @@ def render(results: dict[str, Any]) -> str:
     runs = _e2e_runs(results)
     if runs:
         st = results.get("settings") or {}
+        procs_ = results.get("processes") or {}
         out += ["## End to end (webhook called → fake-meta received the reply)", "",
+                f"`wacrm serve --processes {procs_.get('serve', 1)}` and {procs_.get('workers', 1)} `wacrm worker` "
+                "process(es) in one consumer group (what `wacrm dev` runs on this machine).", "",
                 "The pipeline with the rules engine (every text message gets one reply), with the deliberate "
                 "waiting switched off: `BURST_WINDOW_SECONDS=0` (default 2 s), `RATE_LIMIT_PER_SECOND=1000` "
                 "(default 80) and no per-recipient pacing; everything else at its default ("

@@ -80,12 +80,11 @@ class Orchestrator:
             if ctx is not None and ctx.pending:
                 decision = decide(self.rules, self._situation(ctx))
                 drafts.append((n, ctx, await self._prepare(conn, ctx, decision, accepted_at)))
-        await replies.mark_answered_many(conn, [(ctx.conversation_id, ctx.pending[-1].id) for _, ctx, _ in drafts])
-        drafted = [(n, i) for n, _, i in drafts if i is not None]
-        queued = await replies.queue_many(conn, [i for _, i in drafted], published=True)
+        queued = await replies.answer_many(conn, [(ctx.conversation_id, ctx.pending[-1].id, intent)
+                                                   for _, ctx, intent in drafts], published=True)
         answers: list[list[SendIntent]] = [[] for _ in conversations]
-        for (n, intent), new in zip(drafted, queued, strict=True):
-            if new:  # else answered before (a replay): the ledger already has it
+        for (n, _, intent), new in zip(drafts, queued, strict=True):
+            if intent is not None and new:  # else no reply, or answered before (a replay): the ledger has it
                 answers[n].append(intent)
         return answers
 

@@ -116,10 +116,26 @@ async def mark_answered(conn: asyncpg.Connection, conversation_id: int, upto: in
     await conn.execute(_MARK_ANSWERED, conversation_id, upto)
 
 
-async def mark_answered_many(conn: asyncpg.Connection, answered: list[tuple[int, int]]) -> None:
-    """:func:`mark_answered` for each (conversation id, upto), pipelined."""
-    if answered:
-        await conn.executemany(_MARK_ANSWERED, answered)
+# mark_answered and queue in one statement: the inline path answers each conversation of a wave with
+# one statement instead of two (the reply, if any, and the bookkeeping of what it answers).
+_ANSWER = """
+    WITH answered AS (""" + _MARK_ANSWERED.replace("$1", "$7").replace("$2", "$8") + """),
+    inserted AS (
+        INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at, request_id)
+        SELECT $1, $2, $3, $4, CASE WHEN $5 THEN now() END, $6 WHERE $1::text IS NOT NULL
+        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
+    SELECT EXISTS (SELECT 1 FROM inserted)"""
+
+
+async def answer_many(conn: asyncpg.Connection, answers: list[tuple[int, int, SendIntent | None]], *,
+                      published: bool) -> list[bool]:
+    """For each (conversation id, upto, intent or None): :func:`mark_answered` and, with an intent,
+    :func:`queue` (False: its dedupe key exists already), one statement each, pipelined."""
+    if not answers:
+        return []
+    args = [(*(_queue_args(i, published) if i is not None else (None, c, None, False, False, None)), c, upto)
+            for c, upto, i in answers]
+    return [r[0] for r in await conn.fetchmany(_ANSWER, args)]
 
 
 async def lease_due(conn: asyncpg.Connection, limit: int, lease_s: float) -> list[int]:

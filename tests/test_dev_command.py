@@ -138,3 +138,10 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
                 dev.wait(90)
             except subprocess.TimeoutExpired:
                 dev.kill()
+
+
+def test_the_processes_wacrm_dev_runs_follow_the_cores() -> None:
+    from wacrm.dev import default_processes
+
+    # (serve processes, workers): as measured on 2 cores, workers first, a second serve process from 4
+    assert [default_processes(n) for n in (1, 2, 3, 4, 16)] == [(1, 1), (1, 2), (1, 2), (2, 2), (2, 2)]

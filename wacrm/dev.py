@@ -152,8 +152,8 @@ def busy_ports(host: str, port: int, worker_metrics_port: str | None) -> str | N
     return None
 
 
-def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: float) -> None:
-    """Wait for the webhook's /readyz and for the worker to hold its partitions."""
+def _wait_ready(url: str, worker_metrics: list[str], children: list[Child], timeout: float) -> None:
+    """Wait for the webhook's /readyz and for every worker to hold partitions (the group settled)."""
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
@@ -161,11 +161,14 @@ def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: f
             if c.died():
                 raise CommandError(f"{c.name} exited with code {c.exit_code} during start; see {c.log}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp, \
-                    urllib.request.urlopen(worker_metrics, timeout=2) as wm:
-                if resp.status == 200 and worker_joined(wm.read().decode()):
-                    return
-                last = "the worker has not joined its consumer group yet"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                ready = resp.status == 200
+            for metrics_url in worker_metrics:
+                with urllib.request.urlopen(metrics_url, timeout=2) as wm:
+                    ready = ready and worker_joined(wm.read().decode())
+            if ready:
+                return
+            last = "a worker has not joined its consumer group yet"
         except urllib.error.HTTPError as exc:
             last = exc.read().decode(errors="replace")
         except OSError as exc:
@@ -177,12 +180,15 @@ def _wait_ready(url: str, worker_metrics: str, children: list[Child], timeout: f
 def default_processes(cores: int | None = None) -> tuple[int, int]:
     """``wacrm serve --processes`` and the number of ``wacrm worker`` processes for this machine.
 
-    Measured with ``python -m bench`` on 2 cores (BENCHMARKS.md, "Processes"): there every
-    process already competes for the same two cores, so one of each is fastest; a second
-    serve process and a second worker pay off only with cores to spare for them.
+    Measured with ``python -m bench`` on 2 cores (README, "Benchmarks"): one worker waits on
+    PostgreSQL and the broker for a third of its time, so two workers in one group drained a
+    backlog 40 % faster (532 and 461 against 377 and 347 messages/s); a second serve process
+    took the webhook alone from 3,800 to 6,000 requests/s but lost to one when a worker needed
+    the same cores (2,200 against 2,800). So: two workers from 2 cores, two serve processes
+    from 4; one of each on a single core.
     """
     cores = cores or os.cpu_count() or 1
-    return (2, 2) if cores >= 4 else (1, 1)
+    return (2 if cores >= 4 else 1, 2 if cores >= 2 else 1)
 
 
 def run_dev(state_dir: Path) -> int:
@@ -271,14 +277,17 @@ def run_dev(state_dir: Path) -> int:
         children.append(Child("serve", procs.python_cmd("serve", "--processes", str(serve_processes)), env,
                               logs / "serve.log"))
         children.append(Child("worker", procs.python_cmd("worker"), env, logs / "worker.log"))
+        worker_metrics_urls = [f"http://{settings.host}:{env['WORKER_METRICS_PORT']}/metrics"]
         for n in range(2, workers + 1):  # more workers of the same group, each with its own metrics port
-            children.append(Child(f"worker-{n}", procs.python_cmd("worker"),
-                                  {**env, "WORKER_METRICS_PORT": str(free_port())}, logs / f"worker-{n}.log"))
+            port = str(free_port())
+            children.append(Child(f"worker-{n}", procs.python_cmd("worker"), {**env, "WORKER_METRICS_PORT": port},
+                                  logs / f"worker-{n}.log"))
+            worker_metrics_urls.append(f"http://{settings.host}:{port}/metrics")
         for c in children:
             c.start()
         base = f"http://{settings.host}:{settings.port}"
         worker_metrics = f"http://{settings.host}:{env['WORKER_METRICS_PORT']}/metrics"
-        _wait_ready(f"{base}/readyz", worker_metrics, children, timeout=90)
+        _wait_ready(f"{base}/readyz", worker_metrics_urls, children, timeout=90)
         state = {"pid": os.getpid(), "webhook_url": f"{base}/webhooks/whatsapp", "base_url": base,
                  "app_secret": env["WHATSAPP_APP_SECRET"], "verify_token": env["WHATSAPP_VERIFY_TOKEN"],
                  "fake_meta_url": fake_meta_url, "database_url": database_url, "kafka": bootstrap,

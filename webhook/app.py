@@ -29,10 +29,12 @@ Request ids: every POST gets one, the caller's ``X-Request-Id`` when it is a val
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import orjson
@@ -91,9 +93,15 @@ async def receive(request: web.Request) -> web.Response:
         outcome = response.headers.get("X-Wacrm-Outcome", "unknown")
         log.info("received webhook call: %s (%d bytes)", outcome, request.content_length or 0)
     response.headers[REQUEST_ID_HEADER] = rid
-    metrics.WEBHOOK_REQUESTS.labels(outcome).inc()
-    metrics.WEBHOOK_DURATION.labels(outcome).observe(time.perf_counter() - started)
+    counted, timed = _outcome_metrics(outcome)
+    counted.inc()
+    timed.observe(time.perf_counter() - started)
     return response
+
+
+@functools.lru_cache(maxsize=64)  # a closed set of outcomes; labels() takes a lock and a lookup each call
+def _outcome_metrics(outcome: str) -> tuple[Any, Any]:
+    return metrics.WEBHOOK_REQUESTS.labels(outcome), metrics.WEBHOOK_DURATION.labels(outcome)
 
 
 def _tagged(response: web.Response, outcome: str) -> web.Response:
@@ -121,8 +129,11 @@ async def _receive(request: web.Request, rid: str) -> web.Response:
         return _tagged(response, "busy")
     async with gate:
         try:
-            async with asyncio.timeout(settings.webhook_body_timeout_s):
+            if request.content.is_eof():  # all of it arrived already (a small body, one packet): no wait to bound
                 body = await request.read()
+            else:
+                async with asyncio.timeout(settings.webhook_body_timeout_s):
+                    body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _tagged(_error(413, "too_large", f"body is larger than {limit} bytes"), "too_large")
         except web.RequestPayloadError as exc:  # e.g. a Content-Encoding the body is not in
