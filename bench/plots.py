@@ -64,13 +64,8 @@ def _webhook(plt: Any, results: dict[str, Any]) -> Any:
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for (label, pts), style in zip(runs, ("o-", "s--"), strict=False):
         _percentile_lines(ax, pts, label, style)
-    ax.set_xlabel("offered requests/s (open loop)")
-    ax.set_ylabel("latency (ms, log)")
-    ax.set_yscale("log")
-    ax.axhline(10, color="red", linewidth=0.8, linestyle=":", label="p99 target 10 ms")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Webhook: latency against offered rate")
+    _latency_axes(ax, "offered requests/s (open loop)", "latency (ms, log)", 10, "p99 target 10 ms",
+                  "Webhook: latency against offered rate")
     return fig
 
 
@@ -80,14 +75,20 @@ def _e2e(plt: Any, results: dict[str, Any]) -> Any:
         return None
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     _percentile_lines(ax, [(s["messages_per_s"], s["latency_s"]) for s in steps], "end to end", "o-")
-    ax.set_xlabel("offered messages/s")
-    ax.set_ylabel("webhook call → reply at the Graph API (ms, log)")
+    _latency_axes(ax, "offered messages/s", "webhook call → reply at the Graph API (ms, log)", 1000,
+                  "p99 target 1 s", "End to end: latency against offered rate")
+    return fig
+
+
+def _latency_axes(ax: Any, xlabel: str, ylabel: str, target_ms: float, target: str, title: str) -> None:
+    """Labels, a log scale, the p99 target as a line, grid, legend and title."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.axhline(1000, color="red", linewidth=0.8, linestyle=":", label="p99 target 1 s")
+    ax.axhline(target_ms, color="red", linewidth=0.8, linestyle=":", label=target)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("End to end: latency against offered rate")
-    return fig
+    ax.set_title(title)
 
 
 def _budget(plt: Any, results: dict[str, Any]) -> Any:

@@ -30,27 +30,11 @@ def rss(pid: int) -> int | None:
         return None
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # the command name may contain spaces; fields after the closing parenthesis are fixed
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
-
-
 def pss_tree(pid: int) -> int | None:
     """Proportional memory of a process and its children (PostgreSQL: shared buffers counted once)."""
     total = 0
     found = False
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *procs.children(pid)]:
         try:
             value = parse_kb(Path(f"/proc/{p}/smaps_rollup").read_text(), "Pss")
         except OSError:
@@ -65,7 +49,7 @@ def cpu_seconds(pid: int, tree: bool = False) -> float:
     """User + system CPU time of a process so far; with ``tree``, also of its children, those
     still running and those it has reaped (PostgreSQL's backends come and go)."""
     total = 0.0
-    for p in [pid, *(_children(pid) if tree else [])]:
+    for p in [pid, *(procs.children(pid) if tree else [])]:
         try:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
@@ -83,7 +67,7 @@ Tracked = dict[str, list[tuple[int, bool]]]
 
 def rss_of(entries: list[tuple[int, bool]]) -> int | None:
     """Resident memory of a part: its processes' RSS summed (with their children when so marked)."""
-    pids = [q for pid, tree in entries for q in ([pid, *_children(pid)] if tree else [pid])]
+    pids = [q for pid, tree in entries for q in ([pid, *procs.children(pid)] if tree else [pid])]
     values = [v for v in (rss(p) for p in pids) if v is not None]
     return sum(values) if values else None
 

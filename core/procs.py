@@ -75,3 +75,18 @@ def worker_joined(metrics_text: str) -> bool:
         if line.startswith("wacrm_worker_assigned_partitions "):
             return float(line.split()[1]) > 0
     return False
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc; zombies included until reaped)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()  # the name may hold spaces; the rest is fixed
+            if len(fields) > 1 and int(fields[1]) == pid:
+                out.append(int(entry))
+    return out

@@ -250,7 +250,7 @@ class System:
         """kill -9 of the postmaster and every backend: every connection drops, nothing is checkpointed."""
         pg = self.harness.pg
         assert pg.proc is not None
-        tree = [pg.proc.pid, *_children(pg.proc.pid)]
+        tree = [pg.proc.pid, *procs.children(pg.proc.pid)]
         for pid in tree:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -450,18 +450,6 @@ async def ambiguous(conn: asyncpg.Connection) -> tuple[int | None, int | None]:
     return int(row["settled"]), int(row["left"])
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()  # the name may hold spaces; the rest is fixed
-            if len(fields) > 1 and int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def _wait_gone(pids: list[int], timeout: float) -> None:

@@ -21,18 +21,16 @@ PROCESSES = 2
 
 
 def _children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rfind(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
+    """The live (not zombie) child processes of ``pid``."""
+    return [c for c in procs.children(pid) if _state(c) not in ("Z", "")]
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.rfind(")") + 2:].split()[0]
 
 
 def _alive(pid: int) -> bool:
