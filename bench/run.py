@@ -77,12 +77,13 @@ class Plan:
 
 
 QUICK = Plan("quick", ceiling_s=2, ingest_rates=(1000, 5000, 10000), ingest_step_s=2, search_steps=4,
-             search_step_s=2, e2e_rates=(250, 750, 1250, 1750), e2e_step_s=6, drain_s=20, customer_rate=5,
+             search_step_s=2, e2e_rates=(100, 200, 300, 500, 750), e2e_step_s=6, drain_s=20, customer_rate=5,
              customer_s=4, sustain_s=10, soak_s=15, profile_s=5, budget_rate=200, budget_s=15, wrk_s=4,
              serve_processes=(1, 2), deadline_s=600,
              fresh_broker_per_phase=False)
 FULL = Plan("full", ceiling_s=5, ingest_rates=(1000, 5000, 10000, 15000), ingest_step_s=5, search_steps=6,
-            search_step_s=4, e2e_rates=(250, 500, 750, 875, 1000, 1250, 1500, 2000), e2e_step_s=15, drain_s=60,
+            search_step_s=4, e2e_rates=(100, 150, 200, 250, 300, 400, 500, 750, 1000, 1500, 2000),
+            e2e_step_s=15, drain_s=60,
             customer_rate=10, customer_s=15, sustain_s=60, soak_s=600, profile_s=20, budget_rate=200, budget_s=30,
             wrk_s=10, serve_processes=(1, 2), deadline_s=2000,
             fresh_broker_per_phase=True)
@@ -355,7 +356,8 @@ class Bench:
             self.stop("bare")
 
     async def webhook(self) -> None:
-        _log("webhook ingest: wacrm serve alone, acks=all publish in the path")
+        _log("webhook ingest: wacrm serve alone, acks=all publish in the path; fresh broker")
+        await self.new_broker()  # the produce ceiling filled the last one, and the embedded broker slows as it fills
         self.start("serve", procs.python_cmd("serve"), self.ports["serve"])
         await _wait_ready(f"http://127.0.0.1:{self.ports['serve']}/readyz")
         try:
