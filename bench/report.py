@@ -451,8 +451,8 @@ def scale_section(results: dict[str, Any]) -> list[str]:
             "a 16-core primary tops out near "
             f"{num(16 * 1000 * 0.7 / cost['postgres'])} messages/s on CPU. What to do about it, in order: "
             "fewer row versions per message (each UPDATE of a conversation rewrites every index on it: keep the "
-            "counters the inbox sorts by out of the indexed columns so updates become HOT, and fold the "
-            "reply bookkeeping into the statement that queues the reply); commit per batch with "
+            "counters the inbox sorts by out of the indexed columns so updates become HOT, and give the "
+            "outbound message's conversation update to the statement that records the send); commit per batch with "
             "`synchronous_commit = off` for the derived rows only (the raw topic can rebuild them by replay); "
             "then split the data by business number (`phone_number_id`): conversations never cross numbers, "
             "so a primary per group of numbers scales writes linearly, with the raw topic keyed accordingly.",
