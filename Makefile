@@ -37,7 +37,7 @@ chromium:
 prometheus:
 	@sh scripts/apt-tool.sh promtool prometheus "alert and dashboard tests"
 
-# `make bench` (about 15 minutes) or `make bench QUICK=1` (about 2): writes BENCHMARKS.md.
+# `make bench` (about 25 minutes) or `make bench QUICK=1` (a few): writes BENCHMARKS.md and its plots.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
