@@ -223,13 +223,6 @@ async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool
     return bool(await conn.fetchval(_QUEUE, *_queue_args(intent, published)))
 
 
-async def queue_many(conn: asyncpg.Connection, intents: list[SendIntent], *, published: bool) -> list[bool]:
-    """:func:`queue` for each intent, in order, pipelined: one round trip for all."""
-    if not intents:
-        return []
-    return [r[0] for r in await conn.fetchmany(_QUEUE, [_queue_args(i, published) for i in intents])]
-
-
 def manual_reply_key(request_id: str) -> str:
     return f"manual:{request_id}"
 
