@@ -17,12 +17,10 @@ transaction and one wait for the broker serve many events. Every failure is rout
   the limit is neither dead-lettered nor acked.
 
 Acks (contract): an event is acked (its offset becomes committable) only when the handler
-returned for it or its dead letter was acknowledged by the broker. faust's ``take_events``
-acks its batch in a ``finally``, also when the agent is cancelled or raised, and faust closes
-the generator on a stop while the handler may still hold the batch; so the runner marks each
-batch as acked *without telling the consumer* as soon as it has it (:func:`hold`), which makes
-those acks no-ops, and acks it for real once handled (:func:`release`). faust commits a
-partition only up to the first offset missing from its acked list. Hence:
+returned for it or its dead letter was acknowledged by the broker. The runner takes its batches
+straight from the agent's channel (:func:`agents.batches.batches`, bypassing faust's per-event
+stream machinery), and nothing but the runner acks them; faust commits a partition only up to
+the first offset not acked. Hence:
 
 - a stop (SIGTERM, the agent cancelled) gives the batch in hand ``STOP_GRACE_SECONDS`` to
   finish (shielded from the cancel), then leaves it unacked;
@@ -46,6 +44,7 @@ from typing import Any, NamedTuple
 
 import faust
 
+from wacrm.agents.batches import ack, batches
 from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
 from wacrm.agents.errors import Next, Poison, classify, expected
 from wacrm.core import metrics
@@ -153,26 +152,6 @@ def shared_request_id(items: Sequence[Item]) -> str | None:
     return ids.pop() if len(ids) == 1 else None
 
 
-def hold(events: Sequence[faust.EventT]) -> None:
-    """Make every ack of these events a no-op until :func:`release`: their offsets cannot become
-    committable meanwhile, whatever closes the batch.
-
-    ``take_events`` acks its batch in a ``finally``, and faust's ``Stream.on_stop`` closes the
-    generator on a stop, which runs that ``finally`` while the handler still has the batch.
-    ``Message.ack`` tells the consumer only while ``message.acked`` is false, and the consumer
-    commits a partition only up to the first offset it was not told about.
-    """
-    for event in events:
-        event.message.acked = True
-
-
-async def release(stream: faust.StreamT, events: Sequence[faust.EventT]) -> None:
-    """Ack handled events for real: their offsets become committable."""
-    for event in events:
-        event.message.acked = False
-        await stream.ack(event)
-
-
 class _Stall:
     """``wacrm_agent_stalled_seconds{agent}``: computed when scraped, so it grows while we wait."""
 
@@ -205,17 +184,16 @@ class Runner:
 
     async def run(self, stream: faust.Stream) -> None:
         await self._ready.wait()
-        async for events in stream.take_events(self._config.batch_size, within=self._config.batch_wait_s):
+        async for events in batches(stream, self._config.batch_size, self._config.batch_wait_s):
             items = [Item(e.value, RawRef(e.message.topic, e.message.partition, e.message.offset),
                           e.message.timestamp, request_id_of(e.message.headers)) for e in events]
             started = time.perf_counter()
-            hold(events)  # first thing: nothing but release() may ack them
             try:
                 outcomes, stopping = await self._finish_or_leave(items)
-            except BaseException as exc:  # left held: never committed by this worker
+            except BaseException as exc:  # left unacked: never committed by this worker
                 await self._not_finished(exc, items, stopping=stream.app.should_stop)
                 raise
-            await release(stream, events)
+            ack(events)
             for outcome in outcomes:
                 metrics.EVENTS.labels(self.agent, outcome).inc()
             metrics.BATCH_SIZE.labels(self.agent).observe(len(items))

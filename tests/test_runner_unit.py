@@ -173,39 +173,3 @@ def test_expected_tells_a_bug_from_a_known_failure() -> None:
     assert expected(RecordTooLarge(2, 1)) and expected(TimeoutError())
     assert not expected(KeyError("a bug"))
 
-
-# --- holding a batch: what the runner relies on in faust ------------------------------------------
-
-class _Consumer:
-    """Records the final acks faust's messages report: the offsets that would become committable."""
-
-    def __init__(self) -> None:
-        self.acked: list[int] = []
-
-    def ack(self, message: Any) -> bool:
-        self.acked.append(message.offset)
-        return True
-
-
-class _Event:
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
-def test_a_held_event_cannot_be_acked_until_released() -> None:
-    from faust.types.tuples import TP, ConsumerMessage
-
-    from wacrm.agents.runner import hold
-
-    consumer = _Consumer()
-    messages = [ConsumerMessage("wa.inbound", 0, n, 0.0, 0, [], b"k", b"v", None, tp=TP("wa.inbound", 0))
-                for n in (5, 6)]
-    for m in messages:
-        m.incref()  # delivered to one stream
-    hold([_Event(m) for m in messages])
-    assert [m.ack(consumer) for m in messages] == [False, False]  # take_events' finally: a no-op
-    assert consumer.acked == []
-    for m in messages:  # what release() does before Stream.ack
-        m.acked = False
-    assert [m.ack(consumer) for m in messages] == [True, True]
-    assert consumer.acked == [5, 6]
