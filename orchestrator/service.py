@@ -72,6 +72,7 @@ class Orchestrator:
         pipelined; the intents of each, in order. A conversation named twice is answered once."""
         contexts = await replies.reply_contexts(conn, [c for c, _ in conversations])
         drafts: list[tuple[int, ReplyContext, SendIntent | None]] = []
+        follow_ups: list[replies.FollowUp] = []
         seen: set[int] = set()
         for n, (ctx, (conversation_id, accepted_at)) in enumerate(zip(contexts, conversations, strict=True)):
             if conversation_id in seen:  # one customer under two keys: answered once, for all its messages
@@ -79,7 +80,8 @@ class Orchestrator:
             seen.add(conversation_id)
             if ctx is not None and ctx.pending:
                 decision = decide(self.rules, self._situation(ctx))
-                drafts.append((n, ctx, await self._prepare(conn, ctx, decision, accepted_at)))
+                drafts.append((n, ctx, await self._prepare(conn, ctx, decision, accepted_at, follow_ups)))
+        await replies.promise_follow_ups(conn, follow_ups)
         queued = await replies.answer_many(conn, [(ctx.conversation_id, ctx.pending[-1].id, intent)
                                                    for _, ctx, intent in drafts], published=True)
         answers: list[list[SendIntent]] = [[] for _ in conversations]
@@ -134,16 +136,19 @@ class Orchestrator:
 
     async def _apply(self, conn: asyncpg.Connection, ctx: ReplyContext, decision: Decision,
                      accepted_at: float | None = None) -> list[SendIntent]:
-        intent = await self._prepare(conn, ctx, decision, accepted_at)
+        follow_ups: list[replies.FollowUp] = []
+        intent = await self._prepare(conn, ctx, decision, accepted_at, follow_ups)
+        await replies.promise_follow_ups(conn, follow_ups)
         await replies.mark_answered(conn, ctx.conversation_id, ctx.pending[-1].id)
         if intent is None or not await replies.queue(conn, intent, published=True):
             return []  # nothing to send, or answered before (a replay): the ledger already has it
         return [intent]
 
     async def _prepare(self, conn: asyncpg.Connection, ctx: ReplyContext, decision: Decision,
-                       accepted_at: float | None) -> SendIntent | None:
-        """The decision's own effects (opt-out, opt-in, handover) and the reply to queue, if any;
-        the caller marks the messages answered and queues the reply."""
+                       accepted_at: float | None, follow_ups: list[replies.FollowUp]) -> SendIntent | None:
+        """The decision's own effects (opt-out, opt-in, handover; a promised follow-up is added to
+        ``follow_ups``, which the caller records for all its conversations at once) and the reply to
+        queue, if any; the caller marks the messages answered and queues the reply."""
         last = ctx.pending[-1]
         version = ctx.ownership_version
         kind = "text"
@@ -161,9 +166,9 @@ class Orchestrator:
             kind = "notice"
             metrics.HANDOVERS.labels(decision.engine).inc()
         elif decision.extra.get("follow_up"):
-            await replies.promise_follow_up(conn, ctx.conversation_id, last.provider_message_id,
-                                            {"message_id": last.provider_message_id, "rule": decision.rule},
-                                            request_id=last.request_id)
+            follow_ups.append(replies.FollowUp(ctx.conversation_id, last.provider_message_id,
+                                               {"message_id": last.provider_message_id, "rule": decision.rule},
+                                               last.request_id))
         metrics.REPLIES.labels(decision.engine, decision.rule).inc()
         log.info("decided conversation %d message %s: %s (rule %s, engine %s)", ctx.conversation_id,
                  last.provider_message_id, decision.action, decision.rule, decision.engine,

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from wacrm.storage.repo import Earlier, create_task
 from wacrm.topics.records import SendIntent, intent_from_dict
@@ -176,14 +177,42 @@ async def hand_over(conn: asyncpg.Connection, conversation_id: int, reason: str,
     return int(version)
 
 
-async def promise_follow_up(conn: asyncpg.Connection, conversation_id: int, message_id: str,
-                            details: dict[str, Any], *, request_id: str | None = None) -> None:
-    """The bot told the customer a person will get back to them: the conversation waits (``pending``)
-    with a task for a person, once per customer message."""
-    await conn.execute("UPDATE conversations SET inbox_status = 'pending', snoozed_until = NULL WHERE id = $1",
-                       conversation_id)
-    await create_task(conn, conversation_id, "follow_up", "The bot promised the customer an answer: reply",
-                      details, dedupe_key=f"follow_up:{message_id}", request_id=request_id)
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """The bot told the customer a person will get back to them about this message."""
+
+    conversation_id: int
+    message_id: str  # the customer message promised an answer
+    details: dict[str, Any]
+    request_id: str | None = None
+
+
+FOLLOW_UP_TITLE = "The bot promised the customer an answer: reply"
+
+# Each conversation waits (``pending``, no longer snoozed; not rewritten when it already waits),
+# with a task for a person and its notification once per customer message: one statement for all.
+_PROMISE_FOLLOW_UPS = """
+    WITH f AS (
+        SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[])
+            AS f(conversation_id, dedupe_key, details, request_id)),
+    waiting AS (
+        UPDATE conversations c SET inbox_status = 'pending', snoozed_until = NULL FROM f
+        WHERE c.id = f.conversation_id AND (c.inbox_status IS DISTINCT FROM 'pending' OR c.snoozed_until IS NOT NULL)),
+    task AS (
+        INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key, request_id)
+        SELECT conversation_id, 'follow_up', $5, details::jsonb, dedupe_key, request_id FROM f
+        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
+    INSERT INTO notifications (task_id, kind, body) SELECT id, 'follow_up', $5 FROM task"""
+
+
+async def promise_follow_ups(conn: asyncpg.Connection, follow_ups: list[FollowUp]) -> None:
+    """Each conversation waits for a person (``pending``) with a task, once per customer message."""
+    if not follow_ups:
+        return
+    await conn.execute(_PROMISE_FOLLOW_UPS, [f.conversation_id for f in follow_ups],
+                       [f"follow_up:{f.message_id}" for f in follow_ups],
+                       [orjson.dumps(f.details).decode() for f in follow_ups],
+                       [f.request_id for f in follow_ups], FOLLOW_UP_TITLE)
 
 
 async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> int:
