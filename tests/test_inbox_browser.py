@@ -23,7 +23,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
                 "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
 try:
-    from playwright.sync_api import Browser, BrowserType, Page, Playwright, expect, sync_playwright
+    from playwright.sync_api import APIResponse, Browser, BrowserType, Page, Playwright, Route, expect, sync_playwright
 except ImportError as exc:  # the test extra is not installed
     pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
                 allow_module_level=True)
@@ -170,6 +170,46 @@ def test_a_person_sees_a_message_arrive_takes_over_replies_and_sees_the_tick_mov
         page.screenshot(path=str(SCREENSHOTS / "inbox-phone-list.png"))
     finally:
         context.close()
+
+
+def test_an_answer_from_before_an_action_arriving_last_does_not_undo_it(
+        stack: Stack, database_url: str, page: Page) -> None:
+    """Live refetches overlap: on a loaded machine the thread's answer from before "Refresh" can come
+    back after the answer from after it. The pane keeps showing the newer one."""
+    email = _user(database_url, "agent")
+    _sign_in(page, stack.base, email)
+    name, wa_id = f"Dee {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hello there", name))
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = item.get_attribute("data-conversation-id")
+    item.locator("button").click()
+    intel = page.locator("#intel")
+    expect(intel).to_have_text("Not computed yet.")
+
+    held: list[tuple[Route, APIResponse]] = []
+
+    def hold_the_first_answer(route: Route) -> None:
+        if route.request.method == "GET" and not held:
+            held.append((route, route.fetch()))  # the server answers now; the page hears it at the end
+        else:
+            route.continue_()
+
+    page.route(f"**/api/v1/conversations/{cid}", hold_the_first_answer)
+    run_sync(customer_says(stack, wa_id, "and another thing", name))  # a live event: the thread refetches
+    for _ in range(LIVE_S // 100):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held, "the new message did not make the open thread refetch"
+
+    page.click("#refresh-intel")
+    expect(intel).to_contain_text("Refreshed", timeout=LIVE_S)
+    route, stale = held[0]
+    with page.expect_event("requestfinished", lambda r: r == route.request, timeout=LIVE_S):
+        route.fulfill(response=stale)
+    page.wait_for_timeout(300)  # the page reads and handles the late answer
+    assert "Refreshed" in intel.inner_text()
 
 
 def test_a_person_snoozes_a_notification(stack: Stack, database_url: str, page: Page) -> None:

@@ -69,6 +69,18 @@
     return data;
   }
 
+  // A view refetched live can have two GETs in flight, and answers can come back out of order: a
+  // slow answer from before an action must never overwrite the answer from after it. Each view
+  // numbers its requests; an answer older than the one the view last showed resolves to null.
+  const asked = {}, shown = {};
+  async function latest(view, path) {
+    const n = asked[view] = (asked[view] || 0) + 1;
+    const data = await call("GET", path);
+    if (n < (shown[view] || 0)) return null;
+    shown[view] = n;
+    return data;
+  }
+
   async function act(method, path, body, done) {
     try {
       const data = await call(method, path, body);
@@ -94,7 +106,8 @@
     const params = new URLSearchParams({status: state.status, assignee: state.assignee, page: state.page});
     if (state.q) params.set("q", state.q);
     let data;
-    try { data = await call("GET", "conversations?" + params); } catch (e) { return; }
+    try { data = await latest("list", "conversations?" + params); } catch (e) { return; }
+    if (!data) return;
     const counts = data.meta.counts;
     for (const node of document.querySelectorAll("[data-count]")) {
       const k = node.dataset.count;
@@ -163,12 +176,13 @@
     const id = state.open;
     let data;
     try {
-      data = await call("GET", `conversations/${id}` + (before ? `?before=${before}` : ""));
+      data = before ? await call("GET", `conversations/${id}?before=${before}`)  // paging back: not a refetch
+                    : await latest("thread", `conversations/${id}`);
     } catch (e) {
       if (e.status === 404) { closeThread(); loadList(); }
       return;
     }
-    if (state.open !== id) return;
+    if (!data || state.open !== id) return;
     const c = data.conversation;
     if (before) {  // paging back: older messages go on top
       const list = $("#messages");
@@ -401,7 +415,8 @@
 
   async function loadBell() {
     let data;
-    try { data = await call("GET", "notifications"); } catch (e) { return; }
+    try { data = await latest("bell", "notifications"); } catch (e) { return; }
+    if (!data) return;
     const count = $("#bell-count");
     count.textContent = data.meta.unread;
     count.hidden = !data.meta.unread;
@@ -422,7 +437,8 @@
 
   async function loadTasks() {
     let data;
-    try { data = await call("GET", "tasks?state=open"); } catch (e) { return; }
+    try { data = await latest("tasks", "tasks?state=open"); } catch (e) { return; }
+    if (!data) return;
     const count = $("#tasks-count");
     count.textContent = data.tasks.length;
     count.hidden = !data.tasks.length;
@@ -439,7 +455,8 @@
   async function loadDeleted() {
     if (!ADMIN || $("#deleted").hidden) return;
     let data;
-    try { data = await call("GET", "admin/conversations?deleted=true"); } catch (e) { return; }
+    try { data = await latest("deleted", "admin/conversations?deleted=true"); } catch (e) { return; }
+    if (!data) return;
     const list = $("#deleted-list");
     list.replaceChildren(...data.conversations.map((c) =>
       el("li", {"data-deleted-conversation-id": c.id},
