@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from wacrm.storage.repo import Earlier, create_task
+from wacrm.storage.repo import Earlier, create_task, tasks_from
 from wacrm.topics.records import SendIntent, intent_from_dict
 
 
@@ -198,11 +198,9 @@ _PROMISE_FOLLOW_UPS = """
     waiting AS (
         UPDATE conversations c SET inbox_status = 'pending', snoozed_until = NULL FROM f
         WHERE c.id = f.conversation_id AND (c.inbox_status IS DISTINCT FROM 'pending' OR c.snoozed_until IS NOT NULL)),
-    task AS (
-        INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key, request_id)
-        SELECT conversation_id, 'follow_up', $5, details::jsonb, dedupe_key, request_id FROM f
-        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
-    INSERT INTO notifications (task_id, kind, body) SELECT id, 'follow_up', $5 FROM task"""
+    promised AS (
+        SELECT conversation_id, 'follow_up' AS kind, $5::text AS title, details::jsonb AS details, dedupe_key,
+               request_id FROM f),""" + tasks_from("promised")
 
 
 async def promise_follow_ups(conn: asyncpg.Connection, follow_ups: list[FollowUp]) -> None:

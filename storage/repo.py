@@ -348,17 +348,28 @@ async def unsettled(conn: asyncpg.Connection, ids: list[int]) -> dict[int, Unset
         "AND state IN ('sending', 'ambiguous', 'unconfirmed')", ids)}
 
 
+def tasks_from(rows: str) -> str:
+    """The SQL ending a ``WITH`` that records a task for a person, and its notification, once per
+    ``dedupe_key``, for each row of ``rows``: a query or CTE name giving conversation_id, kind,
+    title, details (jsonb), dedupe_key and request_id. The one home of that rule, in one statement."""
+    return f"""
+    task AS (
+        INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key, request_id)
+        SELECT conversation_id, kind, title, details, dedupe_key, request_id FROM {rows}
+        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, kind, title)
+    INSERT INTO notifications (task_id, kind, body) SELECT id, kind, title FROM task"""
+
+
+_CREATE_TASK = """
+    WITH t AS (SELECT $1::bigint AS conversation_id, $2::text AS kind, $3::text AS title, $4::jsonb AS details,
+                      $5::text AS dedupe_key, $6::text AS request_id),""" + tasks_from("t")
+
+
 async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kind: str, title: str,
                       details: dict[str, Any], *, dedupe_key: str, request_id: str | None = None) -> None:
     """A task for a human plus a notification, once per ``dedupe_key``; ``request_id``: the webhook call
     that caused it."""
-    task_id = await conn.fetchval(
-        """INSERT INTO tasks (conversation_id, kind, title, details, dedupe_key, request_id)
-           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dedupe_key) DO NOTHING RETURNING id""",
-        conversation_id, kind, title, details, dedupe_key, request_id)
-    if task_id is not None:
-        await conn.execute("INSERT INTO notifications (task_id, kind, body) VALUES ($1, $2, $3)",
-                           task_id, kind, title)
+    await conn.execute(_CREATE_TASK, conversation_id, kind, title, details, dedupe_key, request_id)
 
 
 # One statement per status: the event once per (message, status), the message moved forward only

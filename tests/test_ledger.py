@@ -132,3 +132,29 @@ async def test_the_settle_timer_makes_stuck_sends_ambiguous_then_tasks_or_resend
     wamid = f"wamid.{uuid.uuid4().hex}"
     assert await repo.record_sent_many(db, [_accepted(stuck, conv, wamid)], settled_by="status") == ["recorded"]
     assert await db.fetchval("SELECT status FROM tasks WHERE dedupe_key = $1", f"outbound:{stuck}:ambiguous") == "done"
+
+
+async def _tasks_with_notifications(db: asyncpg.Connection, dedupe_key: str) -> list[tuple[str, str, str, dict]]:
+    rows = await db.fetch("""SELECT t.kind, t.title, n.body, t.details
+                             FROM tasks t JOIN notifications n ON n.task_id = t.id
+                             WHERE t.dedupe_key = $1""", dedupe_key)
+    return [(r["kind"], r["title"], r["body"], r["details"]) for r in rows]
+
+
+async def test_a_task_and_its_notification_are_recorded_once_whichever_path_makes_it(db: asyncpg.Connection) -> None:
+    conv = await _conversation(db)
+    key = f"handover:{uuid.uuid4().hex}"
+    for _ in range(2):  # a redelivered event makes the same task again
+        await repo.create_task(db, conv, "handover", "Customer needs a person: asked", {"reason": "asked"},
+                               dedupe_key=key, request_id="req-1")
+    assert await _tasks_with_notifications(db, key) == [
+        ("handover", "Customer needs a person: asked", "Customer needs a person: asked", {"reason": "asked"})]
+
+    wamid = f"wamid.{uuid.uuid4().hex}"
+    promise = replies.FollowUp(conv, wamid, {"text": "when do you open?"}, "req-2")
+    await replies.promise_follow_ups(db, [promise, promise])  # twice in one wave, then again
+    await replies.promise_follow_ups(db, [promise])
+    title = replies.FOLLOW_UP_TITLE
+    assert await _tasks_with_notifications(db, f"follow_up:{wamid}") == [
+        ("follow_up", title, title, {"text": "when do you open?"})]
+    assert await db.fetchval("SELECT inbox_status FROM conversations WHERE id = $1", conv) == "pending"
