@@ -39,7 +39,7 @@ import orjson
 
 from bench import inbox, plots, probes, report, stats, wrk
 from bench.bodies import BodyFactory
-from wacrm.agents.sending import ledger_id
+from faults import count
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.storage import repo
@@ -631,9 +631,8 @@ class Bench:
             sent = orjson.loads(await r.read())
         conn = await asyncpg.connect(self.db_url)
         try:
-            rows_of = [ledger_id((x.get("body") or {}).get("biz_opaque_callback_data")) for x in sent]
-            answers = await repo.answered_messages(conn, [r for r in rows_of if r is not None])
-            replies = [(answers[r], x["received_at"]) for x, r in zip(sent, rows_of, strict=True) if r in answers]
+            answers = await repo.answered_messages(conn, count.ledger_rows(sent))
+            replies = [(message_id, x["received_at"]) for x, message_id in count.replies(sent, answers)]
             rows = await conn.fetch(
                 """SELECT provider_message_id, count(*) AS n FROM messages
                    WHERE direction = 'inbound' AND provider_message_id LIKE $1 GROUP BY 1""",

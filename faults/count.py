@@ -68,10 +68,22 @@ def ledger_row(record: Mapping[str, Any]) -> int | None:
     return ledger_id(body.get("biz_opaque_callback_data"))
 
 
+def ledger_rows(sent: Iterable[Mapping[str, Any]]) -> list[int]:
+    """The ledger rows the sends Meta took name: what to ask :func:`storage.repo.answered_messages`."""
+    return [row for row in map(ledger_row, sent) if row is not None]
+
+
+def replies(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[tuple[Mapping[str, Any], str]]:
+    """Each send Meta took that answers a customer message, with that message's id (``answers``:
+    ledger row → message id, from :func:`storage.repo.answered_messages`), oldest first. The one
+    home of "what reached the customer as a reply", for the tests, the fault suite and the bench."""
+    pairs = ((record, ledger_row(record)) for record in sent)
+    return [(record, answers[row]) for record, row in pairs if row is not None and row in answers]
+
+
 def answered_messages(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[str]:
-    """The inbound message id each send Meta took answers (``answers``: ledger row → message id)."""
-    rows = (ledger_row(record) for record in sent)
-    return [answers[row] for row in rows if row is not None and row in answers]
+    """The inbound message id each send Meta took answers, one entry per reply."""
+    return [message_id for _, message_id in replies(sent, answers)]
 
 
 def tally(units: Sequence[Sequence[str]], stored: Iterable[str], replies_to: Iterable[str], *,

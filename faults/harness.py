@@ -31,7 +31,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from faults.count import Tally, answered_messages, ledger_row, tally
+from faults.count import Tally, answered_messages, ledger_rows, tally
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.orchestrator.fake_llm import FakeLlm
@@ -300,8 +300,7 @@ class System:
 
     async def replies_to(self, conn: asyncpg.Connection, sent: list[dict[str, Any]]) -> list[str]:
         """The message each send Meta took answers, from the ledger rows the sends name."""
-        rows = [row for row in map(ledger_row, sent) if row is not None]
-        return answered_messages(sent, await repo.answered_messages(conn, rows))
+        return answered_messages(sent, await repo.answered_messages(conn, ledger_rows(sent)))
 
     async def drain(self, units: Sequence[Sequence[str]], timeout: float, quiet_s: float = 4.0,
                     stall_s: float = 20.0) -> float:

@@ -27,7 +27,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from wacrm.agents.sending import ledger_id
+from faults.count import ledger_rows, replies
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.core.procs import worker_joined
@@ -244,13 +244,12 @@ class Stack:
         names its ledger row (``biz_opaque_callback_data``), whose intent says what it answers,
         quoted or not."""
         sent = await self.sent()
-        rows = [ledger_id((x.get("body") or {}).get("biz_opaque_callback_data")) for x in sent]
         conn = await connect(self.database_url, timeout=10)
         try:
-            answers = await repo.answered_messages(conn, [r for r in rows if r is not None])
+            answers = await repo.answered_messages(conn, ledger_rows(sent))
         finally:
             await conn.close()
-        return [(x, answers[row]) for x, row in zip(sent, rows, strict=True) if row in answers]
+        return [(dict(x), message_id) for x, message_id in replies(sent, answers)]
 
     async def replies_to(self, message_id: str) -> list[dict[str, Any]]:
         return [x for x, answered in await self.answered() if answered == message_id]
