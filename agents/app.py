@@ -217,8 +217,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         except Exception as exc:
             _timer_failed("the ambiguous-send timer", exc)
 
-    lag_probe = LagProbe(settings.kafka_group_id, [RAW, INBOUND, STATUS, OUTBOUND, *retries],
-                         **settings.kafka_client_kwargs())
+    lag_probe = resources.lag_probe = LagProbe(settings.kafka_group_id, [RAW, INBOUND, STATUS, OUTBOUND, *retries],
+                                               **settings.kafka_client_kwargs())
     lag_started = False
 
     @app.timer(interval=HEALTH_EVERY_S)

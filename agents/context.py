@@ -1,7 +1,7 @@
 """Resources the agents share, owned by one service with a managed lifetime.
 
 :class:`Resources` opens the database pool, the HTTP session and the Graph API client
-when the worker starts and closes them, in reverse order, when it stops. Agents wait on
+when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
 ``ready`` before their first event.
 """
 
@@ -20,13 +20,14 @@ from wacrm.core.settings import Settings
 from wacrm.orchestrator.llm import LlmClient
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage.db import create_pool
+from wacrm.topics.lag import LagProbe
 from wacrm.whatsapp.graph import GraphClient
 
 log = logging.getLogger("wacrm.worker")
 
 
 class Resources(Service):
-    """Database pool, HTTP session and Graph API client of one worker process."""
+    """Database pool, HTTP session, Graph API client and lag probe of one worker process."""
 
     def __init__(self, settings: Settings, orchestrator: Orchestrator, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -37,6 +38,7 @@ class Resources(Service):
         self._session: aiohttp.ClientSession | None = None
         self._graph: GraphClient | None = None
         self.topics: dict[str, faust.TopicT] = {}
+        self.lag_probe: LagProbe | None = None  # the health timer's, started on its first sample
 
     async def on_start(self) -> None:
         s = self.settings
@@ -55,6 +57,8 @@ class Resources(Service):
 
     async def on_stop(self) -> None:
         self.ready.clear()
+        if self.lag_probe is not None:
+            await self.lag_probe.stop()
         if self._session is not None:
             await self._session.close()
         if self._pool is not None:
