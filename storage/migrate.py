@@ -74,28 +74,63 @@ async def _applied(conn: asyncpg.Connection) -> dict[int, asyncpg.Record]:
     return {r["version"]: r for r in rows}
 
 
-def _check_edits(migrations: list[Migration], applied: dict[int, asyncpg.Record]) -> None:
+@dataclass(frozen=True, slots=True)
+class MigrationStatus:
+    """One migration as ``wacrm migrate --status`` shows it."""
+
+    name: str
+    checksum: str  # the file's
+    state: str  # applied | pending | edited (applied, then the file changed) | unknown (applied, no file)
+    applied_at: str = ""
+    applied_checksum: str = ""
+
+    def line(self) -> str:
+        mark = {"applied": "✓", "pending": "·"}.get(self.state, "✗")
+        when = f" {self.applied_at}" if self.applied_at else ""
+        edited = f" (applied as {self.applied_checksum[:12]}, the file is now {self.checksum[:12]}: restore it and " \
+                 "put the change in a new migration)" if self.state == "edited" else ""
+        return f"{mark} {self.name:<36} {self.state:<8} {(self.checksum or self.applied_checksum)[:12]}{when}{edited}"
+
+
+async def status(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[MigrationStatus]:
+    """Each migration file against ``schema_migrations``, then what the database has that no file is."""
+    migrations = discover() if migrations is None else migrations
+    applied = await _applied(conn)
+    out = []
     for m in migrations:
         row = applied.get(m.version)
-        if row is not None and row["checksum"] != m.checksum:
-            raise MigrationError(
-                f"migration {m.name} was edited after it was applied on {row['applied_at']:%Y-%m-%d %H:%M} "
-                f"(checksum {row['checksum'][:12]}… in the database, {m.checksum[:12]}… on disk). "
-                "Restore the file as it was and put the change in a new numbered migration.")
+        if row is None:
+            out.append(MigrationStatus(m.name, m.checksum, "pending"))
+        else:
+            state = "applied" if row["checksum"] == m.checksum else "edited"
+            out.append(MigrationStatus(m.name, m.checksum, state, f"{row['applied_at']:%Y-%m-%d %H:%M}",
+                                       row["checksum"]))
     known = {m.version for m in migrations}
-    unknown = sorted(v for v in applied if v not in known)
-    if unknown:
-        raise MigrationError(
-            f"the database has migrations this code does not know: {', '.join(applied[v]['name'] for v in unknown)}. "
-            "Run a newer wacrm, or restore the missing files.")
+    for version, row in sorted(applied.items()):
+        if version not in known:
+            out.append(MigrationStatus(row["name"], "", "unknown", f"{row['applied_at']:%Y-%m-%d %H:%M}",
+                                       row["checksum"]))
+    return out
 
 
 async def pending(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[Migration]:
-    """Migrations not yet applied; raises :class:`MigrationError` if an applied one was edited."""
+    """Migrations not yet applied; raises :class:`MigrationError` if an applied one was edited, or the
+    database has one this code does not know."""
     migrations = discover() if migrations is None else migrations
-    applied = await _applied(conn)
-    _check_edits(migrations, applied)
-    return [m for m in migrations if m.version not in applied]
+    rows = await status(conn, migrations)
+    for r in rows:
+        if r.state == "edited":
+            raise MigrationError(
+                f"migration {r.name} was edited after it was applied on {r.applied_at} "
+                f"(checksum {r.applied_checksum[:12]}… in the database, {r.checksum[:12]}… on disk). "
+                "Restore the file as it was and put the change in a new numbered migration.")
+    unknown = [r.name for r in rows if r.state == "unknown"]
+    if unknown:
+        raise MigrationError(
+            f"the database has migrations this code does not know: {', '.join(unknown)}. "
+            "Run a newer wacrm, or restore the missing files.")
+    todo = {r.name for r in rows if r.state == "pending"}
+    return [m for m in migrations if m.name in todo]
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None,

@@ -1,4 +1,4 @@
-"""``wacrm verify-schema`` and ``wacrm migrate --status``: the live database against what the code expects.
+"""``wacrm verify-schema``: the live database against what the code expects.
 
 What is expected is not a second, hand-kept list: every migration file is applied, in order, to a
 scratch schema inside a transaction that is rolled back, and the catalogue of that schema is read
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from wacrm.storage.migrate import FIX_COMMAND, Migration, _applied, discover
+from wacrm.storage.migrate import FIX_COMMAND, Migration, discover, status
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -160,41 +160,3 @@ async def verify(conn: asyncpg.Connection, migrations: list[Migration] | None = 
     named = mentions(migrations)
     return compare(want, have, {w: names[0] for w, names in named.items()}, pending,
                    {w: set(names) for w, names in named.items()})
-
-
-# --- migrate --status ---------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class MigrationStatus:
-    name: str
-    checksum: str  # the file's
-    state: str  # applied | pending | edited (applied, then the file changed) | unknown (applied, no file)
-    applied_at: str = ""
-    applied_checksum: str = ""
-
-    def line(self) -> str:
-        mark = {"applied": "✓", "pending": "·"}.get(self.state, "✗")
-        when = f" {self.applied_at}" if self.applied_at else ""
-        edited = f" (applied as {self.applied_checksum[:12]}, the file is now {self.checksum[:12]}: restore it and " \
-                 "put the change in a new migration)" if self.state == "edited" else ""
-        return f"{mark} {self.name:<36} {self.state:<8} {(self.checksum or self.applied_checksum)[:12]}{when}{edited}"
-
-
-async def status(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[MigrationStatus]:
-    migrations = discover() if migrations is None else migrations
-    applied = await _applied(conn)
-    out = []
-    for m in migrations:
-        row = applied.get(m.version)
-        if row is None:
-            out.append(MigrationStatus(m.name, m.checksum, "pending"))
-        else:
-            state = "applied" if row["checksum"] == m.checksum else "edited"
-            out.append(MigrationStatus(m.name, m.checksum, state, f"{row['applied_at']:%Y-%m-%d %H:%M}",
-                                       row["checksum"]))
-    known = {m.version for m in migrations}
-    for version, row in sorted(applied.items()):
-        if version not in known:
-            out.append(MigrationStatus(row["name"], "", "unknown", f"{row['applied_at']:%Y-%m-%d %H:%M}",
-                                       row["checksum"]))
-    return out

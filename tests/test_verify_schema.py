@@ -12,8 +12,8 @@ from pathlib import Path
 import asyncpg
 
 from wacrm.storage.db import connect
-from wacrm.storage.migrate import discover, migrate
-from wacrm.storage.verify import Item, compare, status
+from wacrm.storage.migrate import discover, migrate, status
+from wacrm.storage.verify import Item, compare
 
 WACRM = str(Path(sys.executable).parent / "wacrm")
 

@@ -72,8 +72,7 @@ async def _connected(database_url: str, timeout: float) -> Any:
 
 async def _migrate_status(database_url: str, timeout: float) -> int:
     """Applied and pending migrations with checksums; exit 1 when any is pending, edited or unknown."""
-    from wacrm.storage.migrate import FIX_COMMAND, MigrationError
-    from wacrm.storage.verify import status
+    from wacrm.storage.migrate import FIX_COMMAND, MigrationError, status
 
     conn = await _connected(database_url, timeout)
     try:
