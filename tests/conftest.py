@@ -240,9 +240,9 @@ class Stack:
             return await r.json()
 
     async def answered(self) -> list[tuple[dict[str, Any], str]]:
-        """Each send at fake-meta that answers a customer message, with that message's id: a send
-        names its ledger row (``biz_opaque_callback_data``), whose intent says what it answers,
-        quoted or not."""
+        """Each send fake-meta took (not a scripted error) that answers a customer message, with that
+        message's id: a send names its ledger row (``biz_opaque_callback_data``), whose intent says
+        what it answers, quoted or not. Counted by :func:`faults.count.replies`."""
         sent = await self.sent()
         conn = await connect(self.database_url, timeout=10)
         try:
