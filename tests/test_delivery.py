@@ -97,7 +97,12 @@ async def test_a_send_in_flight_when_its_worker_dies_becomes_ambiguous_then_a_ta
     wa_id = _phone()
     await script(dstack, [{"to": f"+{wa_id}", "delay_ms": SLOWER_THAN_TIMEOUT_MS, "statuses": False}])
     (mid,) = await say(dstack, wa_id, "are you there?")
-    await eventually(lambda: _row_in(ddb, f"auto:{mid}", "sending"), what="the call in flight")
+
+    async def call_in_flight() -> bool:
+        # the ledger says "sending" before the request leaves, so wait for fake-meta to hold it too
+        return bool(await sends_to(dstack, wa_id)) and await _row_in(ddb, f"auto:{mid}", "sending") is not None
+
+    await eventually(call_in_flight, what="the call in flight at fake-meta")
     dstack.procs["worker"].kill()  # between the call and its answer
     dstack.procs["worker"].wait()
     dstack.start("worker")
