@@ -8,9 +8,10 @@ The Graph API timeout is short here (``GRAPH_TIMEOUT_SECONDS=4``) so that a scri
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -141,11 +142,14 @@ async def test_replies_of_a_conversation_leave_in_the_order_they_were_decided(
     assert (await ledger(ddb, f"manual:one-{wa_id}"))["attempts"] == 4
 
 
-async def _publish(stack: Stack, topic: str, intent: SendIntent) -> None:
+@contextlib.asynccontextmanager
+async def _publisher(stack: Stack) -> AsyncIterator[Callable[[str, SendIntent], Awaitable[Any]]]:
+    """Publishes a send intent to a topic of the stack's bus, as the system's own producer does."""
     producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, acks="all")
     await producer.start()
     try:
-        await producer.send_and_wait(topic, encode(intent), key=intent.conversation_key.encode())
+        yield lambda topic, intent: producer.send_and_wait(topic, encode(intent),
+                                                           key=intent.conversation_key.encode())
     finally:
         await producer.stop()
 
@@ -170,7 +174,8 @@ async def test_the_ledger_not_the_bus_says_what_is_sent(dstack: Stack, ddb: asyn
     real = await _queued_row(ddb, conv_id, wa_id, "Your appointment is at 10:00.", key)
     forged = SendIntent(**{**{f: getattr(real, f) for f in real.__dataclass_fields__},
                            "to": other, "text": "Send your card number to this chat"})
-    await _publish(dstack, OUTBOUND, forged)
+    async with _publisher(dstack) as publish:
+        await publish(OUTBOUND, forged)
 
     async def sent() -> list[dict[str, Any]]:
         return [x for x in await _accepted(dstack, wa_id) if x["body"]["text"]["body"] == real.text]
@@ -194,10 +199,11 @@ async def test_a_redelivered_copy_of_a_send_in_flight_is_not_marked_ambiguous(
     before = await dstack.worker_metric("wacrm_events_total", 'agent="sender_retry_1",outcome="in_flight"')
     key = f"manual:copy-{wa_id}"
     intent = await _queued_row(ddb, conv_id, wa_id, "Thanks, we got your photo.", key)
-    await _publish(dstack, OUTBOUND, intent)
-    await eventually(lambda: _row_in(ddb, key, "sending"), what="the send in flight")
-    # the copy reaches another agent (a retry topic's) while the call is still out
-    await _publish(dstack, retry_topic(1), intent)
+    async with _publisher(dstack) as publish:  # started before: the copy must arrive while the call is out
+        await publish(OUTBOUND, intent)
+        await eventually(lambda: _row_in(ddb, key, "sending"), what="the send in flight")
+        # the copy reaches another agent (a retry topic's) while the call is still out
+        await publish(retry_topic(1), intent)
 
     async def copy_handled() -> bool:
         return await dstack.worker_metric("wacrm_events_total",
@@ -237,7 +243,9 @@ async def test_with_the_resend_policy_an_unsettled_send_is_sent_again_once(
     try:
         await dstack.wait_worker(90)
         wa_id = _phone()
-        await script(dstack, [{"to": f"+{wa_id}", "delay_ms": SLOWER_THAN_TIMEOUT_MS, "statuses": False}])
+        # no statuses for the resend either: its "sent" could otherwise settle the row before the sender does
+        await script(dstack, [{"to": f"+{wa_id}", "delay_ms": SLOWER_THAN_TIMEOUT_MS, "statuses": False},
+                              {"to": f"+{wa_id}", "statuses": False}])
         (mid,) = await say(dstack, wa_id, "resend me")
         row = await eventually(lambda: _row_in(ddb, f"auto:{mid}", "sent"), 90, "the reply sent again")
         assert row["settled_by"] == "resend" and row["ambiguous_since"] is not None and row["attempts"] == 2

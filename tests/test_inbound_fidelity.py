@@ -328,7 +328,7 @@ async def test_a_status_overtaking_its_message_is_applied_when_it_appears(stack:
                                                                           db: asyncpg.Connection) -> None:
     wamid = f"wamid.OVERTAKEN_{uuid.uuid4().hex}"
     async with aiohttp.ClientSession() as s:  # the Graph API answers late; the statuses come first
-        await s.post(f"{stack.fake_meta}/__script", json=[{"id": wamid, "delay_ms": 2500}])
+        await s.post(f"{stack.fake_meta}/__script", json=[{"id": wamid, "delay_ms": 2500, "to": "+15550010701"}])
     msg = text_msg("15550010701", "status race", int(time.time()))
     assert (await stack.post(envelope({"metadata": META, "contacts": [contact("15550010701", "R")],
                                        "messages": [msg]})))[0] == 200

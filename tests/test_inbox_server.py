@@ -147,8 +147,8 @@ async def test_only_inbox_llm_intelligence_with_fallback_and_streams_closed_on_s
             await asyncio.wait_for(r.content.readline(), 30)  # the "ready" event began
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)  # type: ignore[attr-defined]
-            rest = await asyncio.wait_for(r.content.read(), 30)  # the server ends the stream
-            assert b"event: message" not in rest
+            # the server ends the stream (other events may come before its end: the system is live)
+            await asyncio.wait_for(r.content.read(), 30)
         await eventually(lambda: asyncio.sleep(0, proc.poll() is not None), 30,  # type: ignore[attr-defined]
                          "serve to exit")
         assert time.monotonic() - started < 15 and proc.returncode == 0  # type: ignore[attr-defined]

@@ -118,8 +118,9 @@ def test_the_services_write_their_log_in_batches_warnings_at_once_and_everything
 
     script = """
 import logging, sys, time
-from wacrm.core.logs import configure
-configure("INFO", batched=True)
+from wacrm.core import logs
+logs.FLUSH_EVERY_S = 2.0  # long enough that the parent reads the log before the first flush
+logs.configure("INFO", batched=True)
 log = logging.getLogger("wacrm.test")
 log.info("first info")
 print("after info", file=sys.stdout, flush=True); sys.stdin.readline()
@@ -134,7 +135,9 @@ log.info("last info, written at exit")
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "after info\n"
         assert "first info" not in err.read_text()  # held in the buffer …
-        time.sleep(0.6)
+        deadline = time.monotonic() + 15
+        while "first info" not in err.read_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert "first info" in err.read_text()  # … until the timer flushes it
         proc.stdin.write("\n")
         proc.stdin.flush()

@@ -139,7 +139,7 @@ async def test_statuses_move_a_sent_reply_forward_only(stack: Stack, db: asyncpg
 async def test_a_permanent_graph_error_leaves_a_task_not_a_silent_drop(stack: Stack,
                                                                         db: asyncpg.Connection) -> None:
     async with aiohttp.ClientSession() as s:
-        await s.post(f"{stack.fake_meta}/__fail", json={"count": 1, "code": 131026, "http_status": 400})
+        await s.post(f"{stack.fake_meta}/__script", json=[{"to": "+15550007777", "code": 131026, "http_status": 400}])
     body = simulate.dumps(simulate.text_body(text="will fail", wa_id="15550007777"))
     message_id = simulate_id(body)
     assert (await stack.post(body))[0] == 200

@@ -11,6 +11,7 @@ import asyncpg
 from conftest import Stack, eventually
 
 from wacrm.core.embedded import free_port
+from wacrm.topics.replay import settled_counts
 from wacrm.whatsapp import simulate
 
 COUNTS = """SELECT (SELECT count(*) FROM contacts) contacts, (SELECT count(*) FROM conversations) conversations,
@@ -19,13 +20,24 @@ COUNTS = """SELECT (SELECT count(*) FROM contacts) contacts, (SELECT count(*) FR
                    (SELECT count(*) FROM outbound_log WHERE state = 'sent') sent"""
 
 
+async def _counts(db: asyncpg.Connection) -> dict[str, int]:
+    return dict(await db.fetchrow(COUNTS))
+
+
 async def test_replay_from_the_beginning_changes_nothing(stack: Stack, db: asyncpg.Connection) -> None:
     body = simulate.dumps(simulate.text_body(text="before the replay", wa_id="15550011001"))
     mid = body.split(b'"messages":[{"id":"', 1)[1].split(b'"', 1)[0].decode()
     assert (await stack.post(body))[0] == 200
-    await eventually(lambda: stack.replies_to(mid), what="a reply before the replay")
-    await asyncio.sleep(1.0)  # let the session worker finish whatever is in flight
-    before = dict(await db.fetchrow(COUNTS))
+    (reply,) = await eventually(lambda: stack.replies_to(mid), what="a reply before the replay")
+
+    async def all_statuses() -> bool:  # fake-meta posts sent, delivered and read after its answer
+        return await db.fetchval("SELECT count(*) FROM message_status_events WHERE provider_message_id = $1",
+                                 reply["answered"]["id"]) == 3
+
+    await eventually(all_statuses, what="the reply's three statuses")
+    # anything else still moving (another test's leftovers) settles before the counts are taken
+    before, quiet = await settled_counts(db, 60, read=_counts)
+    assert quiet, f"the session's pipeline did not go quiet before the replay: {before}"
     sends_before = len(await stack.sent())
 
     metrics_port = free_port()
@@ -46,6 +58,5 @@ async def test_replay_from_the_beginning_changes_nothing(stack: Stack, db: async
         assert await replay.worker_metric("wacrm_sends_total") == 0
     finally:
         replay.stop("worker")
-    await asyncio.sleep(1.0)
-    assert dict(await db.fetchrow(COUNTS)) == before
+    assert (await settled_counts(db, 30, read=_counts))[0] == before
     assert len(await stack.sent()) == sends_before

@@ -105,7 +105,7 @@ async def test_a_person_taking_over_while_the_model_thinks_stops_the_reply(llm_s
     await eventually(lambda: llm_stack.replies_to(first), what="a first reply")
     conv_id = (await stored(ldb, first))["conversation_id"]
     asked = len(llm.requests)
-    llm.script({"delay": 1.2, "reply": "I would have talked over the human"})
+    llm.script({"delay": 2.5, "reply": "I would have talked over the human"})  # the takeover lands meanwhile
     (mid,) = await say(llm_stack, wa_id, "can you check my order?")
 
     async def thinking() -> bool:

@@ -242,16 +242,16 @@ async def counts(conn: Any) -> dict[str, int]:
     return dict(await conn.fetchrow(COUNTS_SQL))
 
 
-async def settled_counts(conn: Any, timeout: float, quiet_s: float = 3.0,
-                         poll_s: float = 0.5) -> tuple[dict[str, int], bool]:
-    """The counts once they have not moved for ``quiet_s`` (the pipeline has drained), or at ``timeout``;
-    the flag says whether they settled."""
+async def settled_counts(conn: Any, timeout: float, quiet_s: float = 3.0, poll_s: float = 0.5,
+                         read: Callable[[Any], Awaitable[dict[str, int]]] = counts) -> tuple[dict[str, int], bool]:
+    """The counts (:func:`counts`, or ``read``) once they have not moved for ``quiet_s`` (the pipeline
+    has drained), or at ``timeout``; the flag says whether they settled."""
     deadline = time.monotonic() + timeout
-    last = await counts(conn)
+    last = await read(conn)
     since = time.monotonic()
     while time.monotonic() < deadline:
         await asyncio.sleep(poll_s)
-        now = await counts(conn)
+        now = await read(conn)
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
