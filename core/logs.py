@@ -139,11 +139,11 @@ class BatchedHandler(logging.StreamHandler):  # type: ignore[type-arg]
     is at most the last fraction of a second of INFO lines; warnings and errors are never held.
     """
 
-    def __init__(self, interval_s: float | None = None) -> None:
+    def __init__(self) -> None:
         raw = io.FileIO(os.dup(sys.stderr.fileno()), "w")
         super().__init__(io.TextIOWrapper(io.BufferedWriter(raw, 1 << 16), encoding="utf-8",
                                           errors="backslashreplace"))
-        self._interval = FLUSH_EVERY_S if interval_s is None else interval_s
+        self._interval = FLUSH_EVERY_S  # read when built: a test sets a longer one
         threading.Thread(target=self._flush_every, name="wacrm-log-flush", daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -90,8 +90,13 @@ async def sign_in(base: str, email: str, password: str = PASSWORD) -> Api:
     return api
 
 
+async def latest_conversation(db: asyncpg.Connection, wa_id: str) -> int | None:
+    """The customer's newest conversation, or None while none is stored."""
+    return await db.fetchval("SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id "
+                             "WHERE k.wa_id = $1 ORDER BY c.id DESC LIMIT 1", wa_id)
+
+
 async def conversation_of(db: asyncpg.Connection, wa_id: str) -> int:
-    cid = await db.fetchval("SELECT c.id FROM conversations c JOIN contacts k ON k.id = c.contact_id "
-                            "WHERE k.wa_id = $1 ORDER BY c.id DESC LIMIT 1", wa_id)
+    cid = await latest_conversation(db, wa_id)
     assert cid is not None
     return int(cid)

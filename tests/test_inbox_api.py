@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from conftest import Stack, eventually
-from inbox_client import Api, customer_says, make_user, phone, sign_in
+from inbox_client import Api, customer_says, latest_conversation, make_user, phone, sign_in
 from test_replies import sends_to
 
 
@@ -343,7 +343,7 @@ async def test_live_events_carry_ids_and_resume_after_last_event_id(stack: Stack
             # the stream carries the whole system's events: other tests' replies may come first
             async for event in events:
                 seen.append(event)
-                if event[0] == "message" and await _is_conversation_of(db, wa_id, event[2]["conversation_id"]):
+                if event[0] == "message" and event[2]["conversation_id"] == await latest_conversation(db, wa_id):
                     return event
             raise AssertionError("stream ended")
 
@@ -357,11 +357,6 @@ async def test_live_events_carry_ids_and_resume_after_last_event_id(stack: Stack
         events = _sse(r)
         first = await asyncio.wait_for(events.__anext__(), 30)
     assert first[1] == event_id and first[2]["message_id"] == data["message_id"]
-
-
-async def _is_conversation_of(db: asyncpg.Connection, wa_id: str, conversation_id: int) -> bool:
-    return bool(await db.fetchval("SELECT EXISTS (SELECT 1 FROM conversations c JOIN contacts k ON k.id = c.contact_id "
-                                  "WHERE c.id = $1 AND k.wa_id = $2)", conversation_id, wa_id))
 
 
 async def _sse_lines(r):  # type: ignore[no-untyped-def]

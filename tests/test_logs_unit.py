@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
-import time
 from pathlib import Path
 
 import orjson
+from conftest import eventually, run_sync
 
 from wacrm.core.logs import JsonFormatter, RepeatSummary, RequestIdFilter, request_scope
 from wacrm.topics.records import REQUEST_ID_MAX_CHARS, new_request_id, request_id_of, valid_request_id
@@ -135,9 +136,7 @@ log.info("last info, written at exit")
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline() == "after info\n"
         assert "first info" not in err.read_text()  # held in the buffer …
-        deadline = time.monotonic() + 15
-        while "first info" not in err.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        run_sync(eventually(lambda: asyncio.sleep(0, "first info" in err.read_text()), 15, "the timer's flush"))
         assert "first info" in err.read_text()  # … until the timer flushes it
         proc.stdin.write("\n")
         proc.stdin.flush()
