@@ -18,6 +18,9 @@ import orjson
 from wacrm.storage.repo import Earlier, create_task, tasks_from
 from wacrm.topics.records import SendIntent, intent_from_dict
 
+#: A person owns conversation ``c`` (assigned, handed over, or the bot paused): the bot stays quiet.
+HUMAN_OWNED = "(c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused)"
+
 
 @dataclass(frozen=True, slots=True)
 class Pending:
@@ -320,9 +323,9 @@ class SendChecks:
 
 # One row per dedupe key, in order, NULLs when it has no ledger row. The earlier unfinished reply
 # ignores the batch's own rows: they are handled in order before this one (the claim looks again).
-_SEND_READS = """
+_SEND_READS = f"""
     SELECT l.id, l.state, l.attempts, l.intent, c.ownership_version,
-           (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) AS human, k.opted_out, c.last_inbound_at,
+           {HUMAN_OWNED} AS human, k.opted_out, c.last_inbound_at,
            (SELECT until FROM number_pauses p WHERE p.phone_number_id = c.phone_number_id AND p.until > now()) paused,
            e.id AS e_id, e.state AS e_state, e.next_attempt_at AS e_next
     FROM unnest($1::text[]) WITH ORDINALITY AS x(key, n)
@@ -387,3 +390,23 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
     if row["reply_upto_message_id"] >= row["id"] and row["ledger_state"] is None:
         return True, "the rules chose not to answer this message"
     return None
+
+
+# Candidates from three small partial indexes (conversations_reply_due, outbound_log_unfinished,
+# outbound_log_ambiguous), never a scan of the conversations or the ledger.
+_AWAITING_REPLY = f"""
+    WITH candidates AS (
+        SELECT id FROM conversations WHERE reply_due_at IS NOT NULL
+        UNION SELECT conversation_id FROM outbound_log WHERE state IN ('queued', 'retry_wait', 'sending')
+        UNION SELECT conversation_id FROM outbound_log WHERE state = 'ambiguous')
+    SELECT count(*) FROM candidates x JOIN conversations c ON c.id = x.id JOIN contacts k ON k.id = c.contact_id
+    WHERE c.last_inbound_at > now() - make_interval(secs => $1)
+      AND c.last_inbound_at > COALESCE(c.last_outbound_at, '-infinity') AND NOT {HUMAN_OWNED} AND NOT k.opted_out"""
+
+
+async def awaiting_reply(conn: asyncpg.Connection, window_s: float) -> int:
+    """Conversations whose customer waits for the bot: the latest customer message, written in the
+    last ``window_s``, is newer than our latest message, with messages not yet answered or a reply
+    still on its way (queued, waiting to retry, in flight, ambiguous); not owned by a person, not
+    opted out. A customer whose message needs no reply (a reaction) or got a decided "none" waits for nothing."""
+    return int(await conn.fetchval(_AWAITING_REPLY, window_s))

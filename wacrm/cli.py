@@ -486,20 +486,24 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
-    from prometheus_client import start_http_server
 
     from wacrm.agents.app import build
+    from wacrm.core import liveness
     from wacrm.orchestrator.rules import RulesError
 
     s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
     assert s.database_url
     asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
-    if s.worker_metrics_port:
-        start_http_server(s.worker_metrics_port, addr=s.host)
     try:
         app, resources = build(s)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
+    if s.worker_metrics_port:  # /metrics, and /livez: 200 while the event loop beats (deploy/k8s/worker.yaml)
+        try:
+            liveness.serve(s.worker_metrics_port, s.host, resources.heartbeat)
+        except OSError as exc:
+            raise CommandError(f"WORKER_METRICS_PORT: cannot listen on {s.host}:{s.worker_metrics_port}: {exc}",
+                               EXIT_CONFIG) from None
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -694,9 +698,9 @@ def parser() -> argparse.ArgumentParser:
                    "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)",
                    description="Runs the agents in one consumer group (KAFKA_GROUP_ID): ingest splits webhook "
                    "bodies, inbound stores and decides, sender calls the Graph API, status applies Meta's "
-                   "statuses; plus the reply, outbox and ambiguous-send timers. /metrics on WORKER_METRICS_PORT. "
-                   "Refuses to start (exit 3) when the schema is behind; SIGTERM finishes the batch in hand "
-                   "within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
+                   "statuses; plus the reply, outbox and ambiguous-send timers. /metrics and /livez on "
+                   "WORKER_METRICS_PORT. Refuses to start (exit 3) when the schema is behind; SIGTERM finishes "
+                   "the batch in hand within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
     mg = sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)",
                         description="Applies the numbered migrations not yet applied, in order, each in its own "
                         "transaction, under an advisory lock (two at once are safe). Refuses (exit 3) when an "
