@@ -149,7 +149,7 @@ async def test_slow_and_concurrent_unverified_bodies_are_bounded(stack: Stack) -
 
 async def test_readyz_names_what_is_not_ready_without_exception_text(stack: Stack) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
-    async with in_process(stack.database_url, nowhere) as (app, port):
+    async with in_process(stack.database_url, nowhere) as (_app, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         await writer.drain()
