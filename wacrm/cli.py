@@ -715,7 +715,8 @@ def parser() -> argparse.ArgumentParser:
                    "within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
     mg = sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)",
                         description="Applies the numbered migrations not yet applied, in order, each in its own "
-                        "transaction, under an advisory lock (two at once are safe). Refuses (exit 3) when an "
+                        "transaction, under an advisory lock (two at once are safe), over DIRECT_URL when it is set "
+                        "(the lock needs a session: not a transaction pooler). Refuses (exit 3) when an "
                         "applied migration's file was edited afterwards.")
     mg.add_argument("--status", action="store_true", help="list applied and pending migrations with their "
                     "checksums instead of applying anything; exit 1 when any is pending, edited or unknown")
