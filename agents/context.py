@@ -47,7 +47,8 @@ class Resources(Service):
         s = self.settings
         assert s.database_url is not None
         # a connection per lane of the inbound and sender batches, plus the status agent and the timers
-        self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s, max_size=2 * s.batch_lanes + 4)
+        self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s, max_size=2 * s.batch_lanes + 4,
+                                       pooled=s.database_pooled)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         self._graph = GraphClient(self._session, s.graph_messages_url_base, s.whatsapp_access_token,
                                   timeout=s.graph_timeout_s, default_region=s.default_phone_region)
