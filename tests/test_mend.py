@@ -7,6 +7,7 @@ when that is set (and prints them: ``pytest -s`` shows them).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
@@ -308,3 +309,27 @@ async def test_dlq_redrive_of_a_sender_letter_queues_its_failed_row_and_sends_it
     assert again.returncode == 0, again.stderr
     assert f"{letter_id} " not in again.stdout
     assert len(await sends_to(stack, wa_id)) == 2  # the refused send and the one redriven: nothing more
+
+
+async def test_two_retries_at_once_queue_the_reply_once(stack: Stack, db: asyncpg.Connection, agent: Api) -> None:
+    wa_id = phone()
+    await script(stack, [{"to": f"+{wa_id}", "code": 131026, "http_status": 400}])
+    mid = await customer_says(stack, wa_id, "hello?")
+    row = await _failed_row(db, f"auto:{mid}")
+    other = await sign_in(stack.base, (await make_user(db, "admin")).email)
+    answers = await asyncio.gather(*(api.call("POST", f"outbound/{row['id']}/retry", {}) for api in (agent, other)))
+    assert sorted(status for status, _ in answers) == [202, 409]
+    assert [body["code"] for status, body in answers if status == 409] == ["NOT_RETRYABLE"]
+    assert (await ledger(db, f"auto:{mid}"))["retries"] == 1
+
+    async def accepted() -> list[dict[str, Any]]:
+        return [x for x in await sends_to(stack, wa_id) if "id" in (x.get("answered") or {})]
+
+    await eventually(accepted, 60, "the retried reply sent")
+    await eventually(lambda: _row_sent(db, f"auto:{mid}"), 30, "the ledger row sent")
+    assert len(await accepted()) == 1
+
+
+async def _row_sent(db: asyncpg.Connection, key: str) -> bool:
+    r = await ledger(db, key)
+    return r is not None and r["state"] == "sent"
