@@ -43,12 +43,12 @@ def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
         "unread_count": r["unread_count"],
         "lead": {"id": r["lead_id"], "stage": r["stage"]} if r["lead_id"] is not None else None,
         "window_open_until": _iso(window_open_until(r["last_inbound_at"])),
-        "deleted_at": _iso(r["deleted_at"]),
+        "deleted_at": _iso(r["deleted_at"]), "bot_paused": r["bot_paused"],
     }
 
 
 _SELECT = """
-    SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.last_message_at,
+    SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.bot_paused, c.last_message_at,
            c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
            k.id contact_id, k.profile_name, k.wa_id, k.user_id contact_user_id,
            l.id lead_id, l.stage, l.score, l.source, l.stage_set_by,
@@ -171,24 +171,86 @@ async def conversation(conn: asyncpg.Connection, conversation_id: int, *,
     return row
 
 
+def error_json(raw: Any) -> dict[str, Any] | None:
+    """A message's or ledger row's error as the thread shows it, ``{"code", "message", "details"}``:
+    the first of Meta's errors (a status's or an inbound message's list), or the ledger's own record."""
+    if isinstance(raw, list):
+        first = next((e for e in raw if isinstance(e, dict)), None)
+        if first is None:
+            return None
+        data = first.get("error_data")
+        data = data if isinstance(data, dict) else {}
+        return {"code": first.get("code"), "message": first.get("message") or first.get("title"),
+                "details": data.get("details")}
+    if isinstance(raw, dict):
+        if "errors" in raw and isinstance(raw["errors"], list) and raw["errors"]:
+            return error_json(raw["errors"])
+        return {"code": raw.get("code"), "message": raw.get("error") or raw.get("message"),
+                "details": raw.get("details")}
+    return None
+
+
+def _message_json(m: asyncpg.Record) -> dict[str, Any]:
+    outbound = m["outbound_id"] is not None
+    return {"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"], "status": m["status"],
+            "created_at": _iso(m["created_at"]), "sent_at": _iso(m["provider_timestamp"]),
+            "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
+            "error": error_json(m["error"] if m["error"] is not None or not outbound else m["ledger_error"]),
+            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed"}
+
+
+def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
+    """A reply that failed before Meta took it: in the thread as a failed outbound message with no id."""
+    intent = u["intent"] or {}
+    return {"id": None, "direction": "outbound", "type": "template" if intent.get("kind") == "template" else "text",
+            "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
+            "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
+            "outbound_id": u["id"], "retryable": True}
+
+
+# The ledger rows that failed before Meta took them (no message names them): shown among the messages.
+_FAILED_UNSENT = """
+    SELECT o.id, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
+    WHERE o.conversation_id = $1 AND o.state = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
+      AND ($2::timestamptz IS NULL OR o.created_at >= $2) AND ($3::timestamptz IS NULL OR o.created_at < $3)
+    ORDER BY o.id LIMIT 100"""
+
+
 async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | None) -> dict[str, Any]:
-    """The conversation with its contact, lead, intelligence, notes, unsent replies and a page of messages."""
+    """The conversation with its contact, lead, intelligence, notes, unsent replies and a page of messages.
+
+    ``messages`` holds the stored messages and, in time order among them, the replies that failed
+    before Meta took them (``id`` null, ``outbound_id`` set); ``sent_at`` is Meta's time for a
+    customer's message and the Graph API's acceptance for ours."""
     cid = row["id"]
     messages = await conn.fetch(
-        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_message_id, m.error,
-                  o.author_user_id
+        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
+                  m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
+                  o.error ledger_error
            FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
            WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
         cid, before, MESSAGES_PER_PAGE + 1)
     more = len(messages) > MESSAGES_PER_PAGE
     messages = list(reversed(messages[:MESSAGES_PER_PAGE]))
+    # this page's span of time: from its oldest message (none older: from the start) to the next page's
+    since = messages[0]["created_at"] if more and messages else None
+    until = await conn.fetchval("SELECT created_at FROM messages WHERE id = $1", before) if before else None
+    failed = await conn.fetch(_FAILED_UNSENT, cid, since, until)
+    thread: list[dict[str, Any]] = []
+    pending = list(failed)  # oldest first; each goes before the first message stored after it
+    for m in messages:
+        while pending and pending[0]["created_at"] < m["created_at"]:
+            thread.append(_unsent_failed_json(pending.pop(0)))
+        thread.append(_message_json(m))
+    thread.extend(_unsent_failed_json(u) for u in pending)
     notes = await conn.fetch("SELECT id, user_id, body, created_at FROM notes WHERE conversation_id = $1 "
                              "ORDER BY id", cid)
-    # Replies in the ledger without a message yet (queued, retrying, failed before Meta took them …).
+    # Replies in the ledger on their way (queued, retrying, in doubt …); failed ones are in the messages.
     unsent = await conn.fetch(
         """SELECT o.id, o.state, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
            WHERE o.conversation_id = $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
-             AND o.state <> 'sent' ORDER BY o.id DESC LIMIT 20""", cid)
+             AND o.state NOT IN ('sent', 'failed', 'dropped') ORDER BY o.id DESC LIMIT 20""", cid)
     if before is None and row["unread_count"]:
         await conn.execute("UPDATE conversations SET unread_count = 0 WHERE id = $1", cid)
     out = _conversation_json(row)
@@ -201,12 +263,9 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
         notes=[{"id": n["id"], "author": n["user_id"], "text": n["body"], "created_at": _iso(n["created_at"])}
                for n in notes],
         outbound=[{"id": u["id"], "state": u["state"], "text": (u["intent"] or {}).get("text"),
-                   "template": (u["intent"] or {}).get("template"), "error": u["error"], "author": u["author_user_id"],
-                   "created_at": _iso(u["created_at"])} for u in reversed(unsent)],
-        messages=[{"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"],
-                   "status": m["status"], "created_at": _iso(m["created_at"]),
-                   "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
-                   "error": m["error"]} for m in messages],
+                   "template": (u["intent"] or {}).get("template"), "error": error_json(u["error"]),
+                   "author": u["author_user_id"], "created_at": _iso(u["created_at"])} for u in reversed(unsent)],
+        messages=thread,
         more_before=more,
     )
     return out
@@ -279,17 +338,47 @@ async def notification_update(conn: asyncpg.Connection, notification_id: int, us
 
 
 async def tasks(conn: asyncpg.Connection, state: str, limit: int = 200) -> list[dict[str, Any]]:
+    """Tasks newest first, each with its conversation's ``contact_id`` (an invalid recipient's task links
+    to the contact to fix) and the ledger row it is about (``outbound_id``, a failed reply to retry)."""
     rows = await conn.fetch(
-        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at FROM tasks t
-           LEFT JOIN conversations c ON c.id = t.conversation_id
+        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at, c.contact_id
+           FROM tasks t LEFT JOIN conversations c ON c.id = t.conversation_id
            WHERE t.status = $1 AND c.deleted_at IS NULL ORDER BY t.id DESC LIMIT $2""", state, limit)
-    return [{"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"], "state": r["status"],
-             "conversation_id": r["conversation_id"], "created_at": _iso(r["created_at"])} for r in rows]
+    out = []
+    for r in rows:
+        ledger = (r["details"] or {}).get("outbound_log_id")
+        out.append({"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"],
+                    "state": r["status"], "conversation_id": r["conversation_id"], "contact_id": r["contact_id"],
+                    "outbound_id": ledger if isinstance(ledger, int) else None, "created_at": _iso(r["created_at"])})
+    return out
 
 
 async def task_done(conn: asyncpg.Connection, task_id: int) -> bool:
     done = await conn.execute("UPDATE tasks SET status = 'done' WHERE id = $1", task_id)
     return done != "UPDATE 0"
+
+
+async def contact(conn: asyncpg.Connection, contact_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id contact_id, phone_number_id, profile_name, wa_id, user_id contact_user_id "
+                               "FROM contacts WHERE id = $1", contact_id)
+
+
+async def update_contact(conn: asyncpg.Connection, contact_id: int, name: str | None, wa_id: str | None) -> str:
+    """A person corrects a contact's name and/or phone (``wa_id``: E.164 digits without ``+``). The
+    phone it replaces is kept in ``previous_wa_ids``. ``updated``, ``missing``, or ``taken`` (another
+    contact of the same business number has that phone)."""
+    try:
+        async with conn.transaction():  # a savepoint: the unique key's refusal leaves the caller's work intact
+            done = await conn.execute(
+                """UPDATE contacts SET profile_name = COALESCE($2, profile_name), wa_id = COALESCE($3, wa_id),
+                       previous_wa_ids = CASE WHEN $3::text IS NULL OR wa_id IS NULL OR wa_id = $3
+                                                   OR wa_id = ANY(previous_wa_ids)
+                                              THEN previous_wa_ids ELSE previous_wa_ids || wa_id END,
+                       updated_at = now()
+                   WHERE id = $1""", contact_id, name, wa_id)
+    except asyncpg.UniqueViolationError:
+        return "taken"
+    return "updated" if done != "UPDATE 0" else "missing"
 
 
 async def set_deleted(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> bool:

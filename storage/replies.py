@@ -223,6 +223,16 @@ async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | 
            WHERE id = $1 RETURNING ownership_version""", conversation_id, user_id))
 
 
+async def set_bot_paused(conn: asyncpg.Connection, conversation_id: int, paused: bool) -> int:
+    """Pause (or resume) the bot in one conversation: the reply engines and the sender treat a paused
+    conversation as owned by a person. Pausing makes automatic drafts in flight stale. Returns the
+    ownership version."""
+    return int(await conn.fetchval(
+        """UPDATE conversations SET bot_paused = $2,
+               ownership_version = ownership_version + CASE WHEN $2 AND NOT bot_paused THEN 1 ELSE 0 END
+           WHERE id = $1 RETURNING ownership_version""", conversation_id, paused))
+
+
 async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
     """Give the conversation back to the bot."""
     return int(await conn.fetchval(
@@ -251,6 +261,15 @@ async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool
     ``published``: the caller publishes it right after the commit; otherwise the outbox sweep does.
     """
     return bool(await conn.fetchval(_QUEUE, *_queue_args(intent, published)))
+
+
+def template_body(template: dict[str, Any]) -> str:
+    """The stored text of a template message (``{"name", "language", "parameters"}``), as the thread
+    shows what the customer got. Template texts are not known here (no catalogue yet), so it is the
+    template's name and language with the parameters filled in: ``[template follow_up (en)] Ana · 10:00``."""
+    params = [str(p) for p in template.get("parameters") or ()]
+    head = f"[template {template.get('name')} ({template.get('language')})]"
+    return f"{head} {' · '.join(params)}" if params else head
 
 
 def manual_reply_key(request_id: str) -> str:

@@ -465,11 +465,14 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
                 f"request id: {x.request_id or '-'}",
                 *([f"reduced:    the letter kept the start of a {x.details.get('value_chars')}-character value"]
                   if x.reduced else []), "value:", x.value]
+    from wacrm.storage import repo
+
     assert s.direct_url
     conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         results = await dlq.redrive(client, conn, _dlq_filter(args), args.dry_run, args.bus_timeout,
-                                    lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"))
+                                    lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"),
+                                    requeue=repo.redrive_ledger_row)
     finally:
         await conn.close()
     verb = "would redrive" if args.dry_run else "redrove"
@@ -787,8 +790,9 @@ def parser() -> argparse.ArgumentParser:
     dr = dsub.add_parser("redrive", help="send the matching letters back to the topic they came from, each at "
                          "most once (recorded in the dlq_redrives table)",
                          description="Sends each matching letter's original record back to the topic and partition "
-                         "it came from, at most once per letter (recorded in dlq_redrives in the same step). Fix "
-                         "the cause first, and run with --dry-run to see what would go.")
+                         "it came from, at most once per letter (recorded in dlq_redrives in the same step); a "
+                         "sender's letter queues its failed ledger row again instead (sent to the contact's "
+                         "current phone). Fix the cause first, and run with --dry-run to see what would go.")
     dr.add_argument("--dry-run", action="store_true", help="only list what would be redriven")
     for action in (dl, dr):
         action.add_argument("--reason", help="only letters whose reason contains this text (any case)")

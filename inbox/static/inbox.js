@@ -188,7 +188,7 @@
       const list = $("#messages");
       list.prepend(...c.messages.map(renderMessage));
       $("#older").hidden = !c.more_before;
-      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+      $("#older").dataset.before = firstId(c.messages);
       return;
     }
     state.detail = c;
@@ -202,30 +202,57 @@
     show("list");
   }
 
+  // A reply that failed before Meta took it has no message id (only its ledger row's, outbound_id).
+  function firstId(messages) {
+    const m = messages.find((x) => x.id !== null);
+    return m ? m.id : "";
+  }
+
+  function reason(error) {
+    if (!error) return "";
+    return [error.message, error.code ? `(code ${error.code})` : null].filter(Boolean).join(" ");
+  }
+
   function tick(status, error) {
-    const label = status === "failed" ? `failed${error ? ": " + error : ""}` : status;
+    const label = status === "failed" ? `failed${error ? ": " + reason(error) : ""}` : status;
     return el("span", {class: `tick ${status}`, "data-status": status, title: label, "aria-label": label},
       TICKS[status] || "…");
   }
 
+  // The time shown is when the message was sent: Meta's time for the customer's, the Graph API's
+  // acceptance for ours (a reply never sent shows when it was written, marked so).
   function renderMessage(m) {
     const mine = m.direction === "outbound";
-    return el("li", {"data-message-id": m.id, "data-status": m.status || null,
-                     class: `msg ${m.direction}` + (m.author ? " person" : "")},
+    const at = m.sent_at || m.created_at;
+    const failed = mine && m.status === "failed";
+    return el("li", {"data-message-id": m.id === null ? null : m.id, "data-outbound-id": m.outbound_id,
+                     "data-status": m.status || null,
+                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")},
       el("div", {class: "body", text: m.body || `[${m.type}]`}),
       el("div", {class: "meta"},
-        el("time", {dateTime: m.created_at, text: when(m.created_at)}),
+        el("time", {dateTime: at, title: m.sent_at ? "sent" : "written (never sent)", text: when(at)}),
         mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
         mine && !m.author ? el("span", {text: " · bot"}) : null,
         mine && m.status ? tick(m.status, m.error) : null),
-      mine && m.status === "failed" && m.error ? el("div", {class: "error", text: `Not delivered: ${m.error}`}) : null);
+      failed ? el("div", {class: "error failure"},
+        el("span", {class: "reason", text: `Not delivered${m.error ? ": " + reason(m.error) : ""}`}),
+        m.retryable && m.outbound_id ? el("button", {type: "button", class: "retry", text: "Retry",
+          "aria-label": "Retry sending this reply", onclick: (ev) => retry(m.outbound_id, ev.target)}) : null)
+        : null);
+  }
+
+  async function retry(outboundId, button) {
+    button.disabled = true;  // once: a second click would be refused (409 NOT_RETRYABLE)
+    const done = await act("POST", `outbound/${outboundId}/retry`, {}, () => flash("Sending it again.", false));
+    if (!done) button.disabled = false;
+    loadThread();
   }
 
   function renderOutbound(o) {
     return el("li", {"data-outbound-id": o.id, "data-state": o.state, class: "msg outbound pending"},
       el("div", {class: "body", text: o.text || (o.template ? `[template ${o.template.name}]` : "")}),
       el("div", {class: "meta"}, el("span", {class: "state", text: `sending · ${o.state}`})),
-      o.error ? el("div", {class: "error", text: o.error}) : null);
+      o.error ? el("div", {class: "error", text: reason(o.error)}) : null);
   }
 
   function windowOpen(c) {
@@ -244,10 +271,14 @@
     $("#hand-back").hidden = c.assignee_id === null;
     $("#resolve").hidden = c.status === "resolved";
     $("#reopen").hidden = c.status === "open";
+    const bot = $("#bot-toggle");
+    bot.setAttribute("aria-pressed", String(c.bot_paused));
+    bot.textContent = c.bot_paused ? "Resume bot" : "Pause bot";
+    bot.title = c.bot_paused ? "The bot is paused here: it does not answer this customer" : "The bot answers here";
     const list = $("#messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     const same = list.dataset.shown === String(c.id);
-    const first = c.messages.length ? c.messages[0].id : Infinity;
+    const first = firstId(c.messages) || Infinity;
     // older pages the person loaded stay when a live refetch brings the newest page again
     const older = same ? [...list.querySelectorAll("[data-message-id]")].filter((li) => Number(li.dataset.messageId) < first) : [];
     list.replaceChildren(...older, ...c.messages.map(renderMessage), ...(c.outbound || []).map(renderOutbound));
@@ -255,7 +286,7 @@
     list.dataset.shown = String(c.id);
     if (!older.length) {
       $("#older").hidden = !c.more_before;
-      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+      $("#older").dataset.before = firstId(c.messages);
     }
 
     const open = windowOpen(c);
@@ -283,6 +314,13 @@
   function renderInfo(c) {
     $("#info").hidden = false;
     facts($("#contact"), [["Name", c.contact.name], ["Phone", c.contact.phone], ["WhatsApp id", c.contact.wa_id]]);
+    const form = $("#contact-form");
+    if (form.hidden || form.dataset.contactId !== String(c.contact.id)) {
+      form.hidden = form.hidden || form.dataset.contactId !== String(c.contact.id);
+      form.dataset.contactId = c.contact.id;
+      field("name").value = c.contact.name || "";
+      field("phone").value = c.contact.phone || "";
+    }
     const sel = $("#lead-stage");
     const lead = c.lead;
     sel.disabled = !lead || !lead.id;
@@ -301,6 +339,34 @@
       el("li", {"data-note-id": n.id}, el("span", {text: n.text}),
          el("span", {class: "muted", text: ` · ${n.author === ME ? "you" : "user " + n.author} · ${when(n.created_at)}`}))));
   }
+
+  const field = (name) => $(`#contact-form [name=${name}]`);
+  function editContact(focusPhone) {
+    $("#contact-form").hidden = false;
+    $("#contact-error").hidden = true;
+    show("info");
+    field(focusPhone ? "phone" : "name").focus();
+  }
+  $("#edit-contact").addEventListener("click", () => editContact(false));
+  $("#contact-cancel").addEventListener("click", () => { $("#contact-form").hidden = true; $("#edit-contact").focus(); });
+  $("#contact-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = ev.target, id = form.dataset.contactId;
+    const body = {name: field("name").value.trim(), phone: field("phone").value.trim()};
+    if (!body.name) delete body.name;
+    try {
+      await call("PATCH", `contacts/${id}`, body);
+      form.hidden = true;
+      flash("Contact saved. Retry a failed reply to send it to the new number.", false);
+      loadThread(); loadList();
+    } catch (e) {
+      if (e.message === "signed out") return;
+      const err = $("#contact-error");
+      err.textContent = e.message;
+      err.hidden = false;
+      field(e.message.includes("phone") ? "phone" : "name").focus();
+    }
+  });
 
   $("#lead-stage").addEventListener("change", (ev) =>
     act("POST", `conversations/${state.open}/lead`, {stage: ev.target.value}, () => { loadThread(); loadList(); }));
@@ -321,6 +387,8 @@
   $("#take-over").addEventListener("click", () => act("POST", `conversations/${state.open}/assign`, {}, refreshOpen));
   $("#hand-back").addEventListener("click", () => act("POST", `conversations/${state.open}/release`, {}, refreshOpen));
   $("#resolve").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "resolved"}, refreshOpen));
+  $("#bot-toggle").addEventListener("click", (ev) => act("POST", `conversations/${state.open}/bot`,
+    {paused: ev.target.getAttribute("aria-pressed") !== "true"}, refreshOpen));
   $("#reopen").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "open"}, refreshOpen));
   $("#snooze").addEventListener("click", () => {
     const input = $("#snooze-until");
@@ -444,10 +512,13 @@
     count.hidden = !data.tasks.length;
     const list = $("#task-list");
     list.replaceChildren(...data.tasks.map((t) =>
-      el("li", {"data-task-id": t.id},
+      el("li", {"data-task-id": t.id, "data-for-conversation": t.conversation_id, "data-kind": t.kind},
         el("span", {class: "body", text: t.title || t.kind}),
         el("span", {class: "muted", text: ` · ${t.kind} · ${when(t.created_at)}`}),
         t.conversation_id ? el("button", {type: "button", text: "Open", onclick: () => openConversation(t.conversation_id, true)}) : null,
+        t.kind === "invalid_recipient" && t.contact_id && t.conversation_id ? el("button", {type: "button",
+          class: "fix-contact", text: "Fix contact", "aria-label": "Fix the contact's phone, then retry the reply",
+          onclick: async () => { $("#tasks").hidden = true; await openConversation(t.conversation_id, false); editContact(true); }}) : null,
         el("button", {type: "button", text: "Done", onclick: () => act("POST", `tasks/${t.id}/done`, {}, loadTasks)}))));
     if (!data.tasks.length) list.append(el("li", {class: "empty", text: "No open tasks."}));
   }
