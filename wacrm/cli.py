@@ -180,8 +180,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     the webhook only publishes and keeps accepting, and the inbox answers 500 DB_MISMATCH."""
     from aiohttp import web
 
-    from wacrm.inbox.server import make_app
     from wacrm.inbox.openapi import MissingDocument
+    from wacrm.inbox.server import make_app
     from wacrm.inbox.web import MissingAsset
     from wacrm.orchestrator.rules import RulesError
 
