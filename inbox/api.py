@@ -1,8 +1,10 @@
-"""The inbox API (``/api/v1/``), as contracted in DESIGN.md's "Inbox API".
+"""The inbox API (``/api/v1/``); its contract is the OpenAPI document ``inbox/openapi.json``,
+served at ``GET /api/v1/openapi.json`` (:mod:`inbox.openapi`).
 
-Every route needs a signed-in user (:func:`guard`): a session cookie from ``POST auth/login``
-— then unsafe methods must also send ``X-CSRF-Token`` and, when the browser sends one, an
-``Origin`` this server answers for — or ``Authorization: Bearer <token>``. Errors are
+Every route but ``auth/login`` and ``openapi.json`` needs a signed-in user (:func:`guard`): a
+session cookie from ``POST auth/login`` — then unsafe methods must also send ``X-CSRF-Token``
+and, when the browser sends one, an ``Origin`` this server answers for — or
+``Authorization: Bearer <token>``. Errors are
 ``{"ok": false, "code", "error"}`` (:class:`ApiError`); while the database schema is behind the
 code every route answers 500 ``DB_MISMATCH`` (:mod:`inbox.schema`).
 
@@ -32,7 +34,7 @@ from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, events, intelligence, store
+from wacrm.inbox import auth, events, intelligence, openapi, store
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.orchestrator.rules import Rules
@@ -225,6 +227,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     outcome = "ok"
     try:
+        if request.match_info.handler is openapi.serve:  # the contract needs no sign-in and no database
+            return await handler(request)
         problem = await request.app[SCHEMA].problem(request.app[POOL])
         if problem is not None:
             raise ApiError(500, "DB_MISMATCH", problem)
@@ -603,6 +607,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
+    app[openapi.DOCUMENT] = openapi.load()
+    r.add_get("/openapi.json", openapi.serve)
     r.add_post("/auth/login", login)
     r.add_post("/auth/logout", logout)
     r.add_get("/auth/me", me)

@@ -186,6 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     until its database answers."""
     from aiohttp import web
 
+    from wacrm.inbox.openapi import MissingDocument
     from wacrm.inbox.server import make_app
     from wacrm.inbox.web import MissingAsset
     from wacrm.orchestrator.rules import RulesError
@@ -215,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = make_app(s, args.only)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
-    except MissingAsset as exc:  # a broken install: say which file, do not serve a blank page
+    except (MissingAsset, MissingDocument) as exc:  # a broken install: say which file, do not serve a blank page
         raise CommandError(str(exc), EXIT_FAIL) from None
     what = {"webhook": "webhook", "inbox": "inbox"}.get(args.only, "webhook and inbox")
     log.info("%s listening on http://%s:%d", what, s.host, s.port)
