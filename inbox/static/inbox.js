@@ -493,7 +493,7 @@
   // --- waiting for a person, drafts, errors in words, time order ---------------------------------
   function sentence(text) {
     const t = String(text).trim();
-    return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?)]$/.test(t) ? "" : ".");
+    return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
   }
 
   function ago(iso) {
