@@ -40,8 +40,12 @@ UNSURE_RULES = ("fallback_handover", "llm_handover")
 _KINDS_SQL = "(" + ", ".join(f"'{k}'" for k in KINDS) + ")"
 # An open task of the conversation ``c`` that makes it wait (index tasks_open_conversation, 0017).
 OPEN_TASK = f"t.conversation_id = c.id AND t.status = 'open' AND t.kind IN {_KINDS_SQL}"
+# The conversations with an open waiting task, as an array computed once (an InitPlan): the list
+# then reads just those conversations by id, where EXISTS or IN makes PostgreSQL hash the open
+# tasks and pass over every conversation.
+_WAITING_IDS = f"ARRAY(SELECT t.conversation_id FROM tasks t WHERE t.status = 'open' AND t.kind IN {_KINDS_SQL})"
 # The list's filter and order for ``waiting=true``: waiting ones only, the longest wait first.
-FILTER = f"EXISTS (SELECT 1 FROM tasks t WHERE {OPEN_TASK})"
+FILTER = f"c.id = ANY({_WAITING_IDS})"
 ORDER = f"(SELECT min(t.created_at) FROM tasks t WHERE {OPEN_TASK}), c.id"
 
 
@@ -66,8 +70,7 @@ async def waits(conn: asyncpg.Connection, conversation_ids: list[int]) -> dict[i
 async def count(conn: asyncpg.Connection, deleted: bool = False) -> int:
     """How many conversations wait (among the deleted ones with ``deleted``)."""
     return int(await conn.fetchval(
-        f"""SELECT count(*) FROM conversations c WHERE c.deleted_at IS {'NOT ' if deleted else ''}NULL
-            AND c.id IN (SELECT t.conversation_id FROM tasks t WHERE t.status = 'open' AND t.kind IN {_KINDS_SQL})"""))
+        f"SELECT count(*) FROM conversations c WHERE {FILTER} AND c.deleted_at IS {'NOT ' if deleted else ''}NULL"))
 
 
 async def end(conn: asyncpg.Connection, conversation_id: int) -> int:
