@@ -34,11 +34,12 @@ from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, events, intelligence, openapi, store
+from wacrm.inbox import auth, events, intelligence, openapi, store, waiting
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import replies, repo
+from wacrm.whatsapp import reasons
 from wacrm.whatsapp.graph import InvalidRecipient, recipient_field
 
 log = logging.getLogger("wacrm.inbox")
@@ -309,10 +310,14 @@ async def list_conversations(request: web.Request) -> web.Response:
     page = _int_param(q.get("page", "1"), "page")
     if page < 1:
         raise invalid("page starts at 1")
+    waits = q.get("waiting", "false")
+    if waits not in ("true", "false"):
+        raise invalid("waiting must be true or false")
     stamp = request.app[HUB].stamp()
     async with request.app[POOL].acquire() as conn:
         items, counts = await store.list_conversations(
-            conn, store.ListQuery(status, assignee, q.get("q"), page), request[USER].id, request.app[COUNTS], stamp)
+            conn, store.ListQuery(status, assignee, q.get("q"), page, waiting=waits == "true"), request[USER].id,
+            request.app[COUNTS], stamp)
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 
@@ -330,6 +335,8 @@ async def get_conversation(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         data = await store.detail(conn, row, before_id)
+        data["waiting"] = (await waiting.waits(conn, [cid])).get(cid)
+    store.explain_errors(data)
     data["templates"] = _templates(request)
     return ok(conversation=data)
 
@@ -369,13 +376,15 @@ async def send_message(request: web.Request) -> web.Response:
         until = store.window_open_until(row["last_inbound_at"])
         if tpl is None and (until is None or until <= datetime.now(UTC)):
             raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
-                           templates=_templates(request))
+                           templates=_templates(request),
+                           next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
         request_id = f"{user.id}:{key}"
         created = await replies.queue_manual_reply(conn, cid, shown, request_id, user.id, tpl)
         ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
-    assert ledger is not None
-    if ledger["conversation_id"] != cid:
-        raise invalid("this idempotency_key was used for a reply in another conversation")
+        assert ledger is not None
+        if ledger["conversation_id"] != cid:
+            raise invalid("this idempotency_key was used for a reply in another conversation")
+        await waiting.end(conn, cid)  # a person answered: the customer no longer waits
     return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
 
 
@@ -393,6 +402,7 @@ async def assign(request: web.Request) -> web.Response:
         if await auth.user_by_id(conn, target) is None:
             raise invalid("no such user")
         version = await replies.assign(conn, cid, target)
+        await waiting.end(conn, cid)  # a person took it: the customer no longer waits
     return ok(conversation={"id": cid, "assignee_id": target, "ownership_version": version})
 
 
@@ -401,6 +411,7 @@ async def release(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _conversation(conn, cid)
         version = await replies.release(conn, cid)
+        await waiting.end(conn, cid)  # handed back to the bot: nobody is waited for
     return ok(conversation={"id": cid, "assignee_id": None, "ownership_version": version})
 
 

@@ -15,6 +15,9 @@ from typing import Any
 
 import asyncpg
 
+from wacrm.inbox import waiting
+from wacrm.whatsapp import reasons
+
 PER_PAGE = 50
 MESSAGES_PER_PAGE = 50
 WINDOW = timedelta(hours=24)
@@ -63,18 +66,22 @@ class ListQuery:
     q: str | None
     page: int
     deleted: bool = False
+    waiting: bool = False  # only the conversations waiting for a person, the longest wait first
 
 
 async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int,
                              counts: CountsCache | None = None,
                              stamp: int | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """A page of conversations, newest activity first, and the counts per status, mine and unassigned
-    (from ``counts`` while ``stamp`` says nothing changed since they were read)."""
+    """A page of conversations, newest activity first (``waiting``: the longest wait first), each
+    with its ``waiting`` (or null), and the counts per status, mine, unassigned (from ``counts``
+    while ``stamp`` says nothing changed since they were read) and waiting."""
     sql, args = list_sql(query, me)
     rows = await conn.fetch(sql, *args)
     groups = await (counts.groups(lambda: count_groups(conn, query.deleted), query.deleted, stamp)
                     if counts is not None else count_groups(conn, query.deleted))
-    return [_conversation_json(r) for r in rows], list_counts(groups, me)
+    waits = await waiting.waits(conn, [r["id"] for r in rows])
+    items = [{**_conversation_json(r), "waiting": waits.get(r["id"])} for r in rows]
+    return items, {**list_counts(groups, me), "waiting": await waiting.count(conn, query.deleted)}
 
 
 async def count_groups(conn: asyncpg.Connection, deleted: bool) -> list[tuple[str, int | None, int]]:
@@ -145,7 +152,10 @@ def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
     if query.q and query.q.strip():
         like = arg(f"%{query.q.strip()}%")
         where.append(f"(k.profile_name ILIKE {like} OR k.wa_id LIKE {like} OR k.user_id LIKE {like})")
-    sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY c.last_message_at DESC NULLS LAST, c.id DESC "
+    if query.waiting:
+        where.append(waiting.FILTER)
+    order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
+    sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
            f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")
     return sql, args
 
@@ -300,25 +310,37 @@ async def set_lead_stage(conn: asyncpg.Connection, lead_id: int, stage: str, use
                        lead_id, stage, user_id)
 
 
+def _customer(r: asyncpg.Record) -> dict[str, Any] | None:
+    """The customer a task or notification is about (``contact``), when it is about a conversation."""
+    if r["contact_id"] is None:
+        return None
+    return {"id": r["contact_id"], "name": r["profile_name"], "phone": f"+{r['wa_id']}" if r["wa_id"] else None}
+
+
 def _notification_json(r: asyncpg.Record) -> dict[str, Any]:
     return {"id": r["id"], "kind": r["kind"], "body": r["body"], "task_id": r["task_id"],
-            "conversation_id": r["conversation_id"], "read_at": _iso(r["read_at"]),
+            "conversation_id": r["conversation_id"], "contact": _customer(r), "read_at": _iso(r["read_at"]),
+            "done": r["task_status"] == "done",
             "snoozed_until": _iso(r["snoozed_until"]), "created_at": _iso(r["created_at"])}
 
 
 async def notifications(conn: asyncpg.Connection, user_id: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
-    """The user's notifications (theirs and everyone's), newest first, the ones they snoozed hidden;
-    and how many they have not read. Read and snoozed are each person's own (notification_states)."""
+    """The user's notifications (theirs and everyone's), newest first, the ones they snoozed hidden,
+    each naming its customer; and how many they have not read. Read and snoozed are each person's
+    own (notification_states); one whose task is done (handled) is read for everyone."""
     rows = await conn.fetch(
-        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, s.read_at, s.snoozed_until, n.created_at
+        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, t.status task_status,
+                  COALESCE(s.read_at, t.done_at) read_at, s.snoozed_until, n.created_at,
+                  k.id contact_id, k.profile_name, k.wa_id
            FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
+           LEFT JOIN conversations c ON c.id = t.conversation_id LEFT JOIN contacts k ON k.id = c.contact_id
            LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
            WHERE (n.user_id = $1 OR n.user_id IS NULL) AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())
            ORDER BY n.id DESC LIMIT $2""", user_id, limit)
     unread = await conn.fetchval(
-        """SELECT count(*) FROM notifications n
+        """SELECT count(*) FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
            LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
-           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND s.read_at IS NULL
+           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND s.read_at IS NULL AND t.done_at IS NULL
              AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())""", user_id)
     return [_notification_json(r) for r in rows], int(unread)
 
@@ -338,19 +360,40 @@ async def notification_update(conn: asyncpg.Connection, notification_id: int, us
 
 
 async def tasks(conn: asyncpg.Connection, state: str, limit: int = 200) -> list[dict[str, Any]]:
-    """Tasks newest first, each with its conversation's ``contact_id`` (an invalid recipient's task links
-    to the contact to fix) and the ledger row it is about (``outbound_id``, a failed reply to retry)."""
+    """The tasks in ``state``, newest first, each naming its customer (``contact``; an invalid recipient's
+    task links to the contact to fix), the ledger row it is about (``outbound_id``, a failed reply to
+    retry) and, when it is about an error, that error in words (``reason_text``, ``next_step``)."""
     rows = await conn.fetch(
-        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at, c.contact_id
+        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at, t.done_at,
+                  k.id contact_id, k.profile_name, k.wa_id
            FROM tasks t LEFT JOIN conversations c ON c.id = t.conversation_id
+           LEFT JOIN contacts k ON k.id = c.contact_id
            WHERE t.status = $1 AND c.deleted_at IS NULL ORDER BY t.id DESC LIMIT $2""", state, limit)
     out = []
     for r in rows:
         ledger = (r["details"] or {}).get("outbound_log_id")
         out.append({"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"],
                     "state": r["status"], "conversation_id": r["conversation_id"], "contact_id": r["contact_id"],
-                    "outbound_id": ledger if isinstance(ledger, int) else None, "created_at": _iso(r["created_at"])})
+                    "contact": _customer(r), "outbound_id": ledger if isinstance(ledger, int) else None,
+                    "created_at": _iso(r["created_at"]), "done_at": _iso(r["done_at"]),
+                    **_task_words(r["kind"], r["details"])})
     return out
+
+
+def _task_words(kind: str, details: Any) -> dict[str, Any]:
+    """A task about a failed or doubtful send explains its error; other tasks (a handover) have none."""
+    if kind == "send_ambiguous":
+        return reasons.words({"kind": "AmbiguousGraphError"})
+    return reasons.words(details if kind in waiting.REASONS and kind not in ("handover", "follow_up") else None)
+
+
+def explain_errors(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail's messages and unsent replies with an ``error`` gain it in words (``reason_text``,
+    ``next_step``); returns ``detail``."""
+    for item in (*detail.get("messages", ()), *detail.get("outbound", ())):
+        if item.get("error"):
+            item.update(reasons.words(item["error"]))
+    return detail
 
 
 async def task_done(conn: asyncpg.Connection, task_id: int) -> bool:
