@@ -302,7 +302,7 @@ def test_a_person_fixes_the_phone_from_the_task_and_retries_the_failed_reply(
     item.locator("button").click()
     failed = page.locator("#messages li.failed")
     expect(failed).to_be_visible(timeout=LIVE_S)  # the bot's reply failed; the thread shows it live
-    expect(failed.locator(".reason")).to_contain_text("131026")
+    expect(failed.locator(".reason")).to_contain_text("could not deliver it to this number")
     expect(failed.locator("button.retry")).to_be_visible()
 
     page.click("#tasks-btn")  # the task links to the contact: "Fix contact", then Save
