@@ -173,7 +173,9 @@ class Ingest:
 
     async def _skip_unknown(self, items: list[Item], splits: list[Split | Poison]) -> None:
         """Drop the messages and statuses of numbers that are not configured; record display numbers."""
-        known = await self._res.numbers.known()
+        wanted = frozenset(m.phone_number_id for sp in splits if isinstance(sp, Split) for m in sp.messages) | \
+            frozenset(key.split(":", 1)[0] for sp in splits if isinstance(sp, Split) for key, _ in sp.statuses)
+        known = await self._res.numbers.known(wanted)
         displays: dict[str, str] = {}
         for item, sp in zip(items, splits, strict=True):
             if isinstance(sp, Poison):

@@ -24,11 +24,12 @@ worker's settle timer hands what stays unsettled to a person (or resends it, by 
 Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
 then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
 intent waits; a refused token (401, code 190) → that number's sends wait, kept, until a new token
-(``numbers add``) resumes them, and the admins are told; 131047 → the window path.
+(``numbers add``) resumes them, and the admins are told; 131047 → the window path. Every ledger
+change is guarded by the state it expects; one that finds the row moved on is counted and logged
+as ``raced``.
 
 Each call carries its number's token (:meth:`storage.numbers.Numbers.token_for`) and waits for its
-number's token bucket (the number's own send limit, at most 20/s for a coexistence number). Every ledger change is guarded by the state it expects;
-one that finds the row moved on is counted and logged as ``raced``.
+number's token bucket (the number's own send limit, at most 20/s for a coexistence number).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from cryptography.fernet import Fernet, InvalidToken
 log = logging.getLogger("wacrm.numbers")
 
 CACHE_S = 2.0  # how long a process trusts its copy of the table
+RELOAD_ON_MISS_S = 0.5  # a number not in the copy makes it read again, at most this often
 COEXISTENCE_MAX_PER_S = 20.0  # Meta's cap for a number also used in the WhatsApp Business app
 #: A send parked until a new token arrives (or the number is enabled again) waits until this time:
 #: the outbox sweep never reaches it; :func:`resume` makes it due at once.
@@ -364,9 +365,17 @@ class Numbers:
         entry = (await self._fresh()).get(phone_number_id)
         return entry.number if entry is not None else None
 
-    async def known(self) -> frozenset[str]:
-        """The numbers whose webhooks are taken in: every configured one not disabled."""
-        return frozenset(pid for pid, e in (await self._fresh()).items() if e.number.state != "disabled")
+    async def known(self, wanted: frozenset[str] = frozenset()) -> frozenset[str]:
+        """The numbers whose webhooks are taken in: every configured one not disabled. When one of
+        ``wanted`` is not among them, the table is read again first (at most every
+        :data:`RELOAD_ON_MISS_S`): a number added a moment ago is taken in at once, e.g. by a replay
+        right after ``wacrm numbers add``."""
+        entries = await self._fresh()
+        if not wanted <= entries.keys() and self._loaded_at is not None \
+                and self._clock() - self._loaded_at >= RELOAD_ON_MISS_S:
+            self.invalidate()
+            entries = await self._fresh()
+        return frozenset(pid for pid, e in entries.items() if e.number.state != "disabled")
 
     async def seen_display_numbers(self, seen: dict[str, str]) -> None:
         """Record display phone numbers the webhooks showed, once per change."""
