@@ -6,7 +6,7 @@
 -- rejected is still the current one, so a token that arrived meanwhile is never paused by mistake.
 -- state: active; token_rejected (Meta refused the token: its sends wait for a new one); disabled.
 CREATE TABLE business_numbers (
-    phone_number_id       text PRIMARY KEY,
+    phone_number_id       text CONSTRAINT business_numbers_pkey PRIMARY KEY,  -- named: wacrm verify-schema points here
     waba_id               text,
     label                 text,
     display_phone_number  text,
