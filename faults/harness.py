@@ -32,6 +32,7 @@ import asyncpg
 import orjson
 
 from faults.count import Tally, answered_messages, ledger_rows, tally
+from faults.load import HOME
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.orchestrator.fake_llm import FakeLlm
@@ -48,7 +49,7 @@ BASE_ENV = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_
             # a send left in doubt by a kill is settled by its status or, past this, becomes a task
             "AMBIGUOUS_SETTLE_SECONDS": "20"}
 IN_FLIGHT = ("queued", "sending", "retry_wait", "ambiguous")
-HOME_NUMBER = ("200000000000001", "15550001111")  # the default WHATSAPP_PHONE_NUMBER_ID and its display number
+HOME_NUMBER = HOME  # the default WHATSAPP_PHONE_NUMBER_ID and its display number
 HOME_TOKEN = "faults-access-token"  # its WHATSAPP_ACCESS_TOKEN
 WABA_ID = "100000000000001"
 # the longest a row in doubt waits to be settled: stuck `sending` past GRAPH_TIMEOUT_SECONDS (10) + 15 s,

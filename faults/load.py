@@ -30,6 +30,7 @@ TEXTS = ("hi", "hello", "price", "is this available", "can I order two", "what t
          "thanks", "do you ship to Berlin?", "I want to book a table for 4 tonight", "ok",
          "where is my order #48213", "send me the catalogue please")
 RETRY_STATUSES = frozenset({503, -1})  # -1: no answer (connection refused, dropped, timed out)
+HOME = ("200000000000001", "15550001111")  # the default business number (WHATSAPP_PHONE_NUMBER_ID) and its display
 
 
 @dataclass
@@ -125,10 +126,10 @@ class Load:
             if k:
                 await asyncio.sleep(self.burst_gap_s)
             mid = f"wamid.FAULTS_{self.tag}_{n:07d}_{k}"
-            number = {"phone_number_id": self.numbers[n % len(self.numbers)][0],
-                      "display_phone_number": self.numbers[n % len(self.numbers)][1]} if self.numbers else {}
-            body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id,
-                                                     name=f"Customer {n}", message_id=mid, **number))
+            number, display = self.numbers[n % len(self.numbers)] if self.numbers else HOME
+            body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id, name=f"Customer {n}",
+                                                     message_id=mid, phone_number_id=number,
+                                                     display_phone_number=display))
             if await self._post_until_acked(body):
                 acked.append(mid)
             else:
