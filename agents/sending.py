@@ -24,7 +24,7 @@ from wacrm.orchestrator.rules import Template
 from wacrm.storage.replies import LedgerRow, SendChecks
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
-from wacrm.whatsapp.graph import GraphClient
+from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
 
 __all__ = [
     "Checks",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 WINDOW = timedelta(hours=24)
-REENGAGEMENT = 131047  # Meta: more than 24 hours since the customer last wrote
 MAX_TEXT_CHARS = 4096  # WhatsApp's limit for a text message body
 BEHIND_RECHECK = timedelta(seconds=1)  # a reply behind one in flight (or not yet published) looks again after this
 CALLBACK_PREFIX = "ol:"  # biz_opaque_callback_data = "ol:{outbound_log id}": Meta echoes it in the statuses
