@@ -320,7 +320,8 @@ def _banner(state: dict[str, Any], logs: Path, took: float) -> None:
         ("broker", state["kafka"]),
     ]
     if state["fake_meta_url"]:
-        topics.append(("fake Graph API", f"{state['fake_meta_url']}   (what was sent: {state['fake_meta_url']}/__sent)"))
+        fake = state["fake_meta_url"]
+        topics.append(("fake Graph API", f"{fake}   (what was sent: {fake}/__sent)"))
     topics.append(("inbox", f"{state['inbox_url']}   (API: {base}/api/v1/)"))
     topics.append(("sign in as", f"{state['admin_email']}   password {state['admin_password']}" if state["admin_email"]
                    else "a user of yours (add one: .venv/bin/wacrm users add EMAIL --role admin)"))

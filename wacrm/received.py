@@ -39,7 +39,8 @@ def replies(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> li
 def what_was_sent(body: Mapping[str, Any]) -> str:
     """A Graph API send request in words: its text, its template or its media."""
     kind = body.get("type") or "text"
-    part = body.get(kind) if isinstance(body.get(kind), Mapping) else {}
+    found = body.get(kind)
+    part: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     if kind == "text":
         return str(part.get("body", ""))
     if kind == "template":
