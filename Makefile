@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # `make test` (and lint, bench, faults) the test tools as well.
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test lint bench faults install clean chromium prometheus
+.PHONY: run test lint bench faults install clean chromium prometheus pgbouncer
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "wacrm needs Python 3.11 or newer")'
@@ -28,7 +28,7 @@ install: $(STAMP)
 run: $(RUN_STAMP)
 	$(BIN)/wacrm dev
 
-test: $(STAMP) chromium prometheus lint
+test: $(STAMP) chromium prometheus pgbouncer lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # ruff and mypy (configured in pyproject.toml; mypy checks the installed wacrm.* layout).
@@ -38,13 +38,17 @@ lint: $(STAMP)
 
 # The web inbox's browser tests drive Debian's chromium (never a browser that playwright downloads);
 # the alert rules' promtool tests and the dashboards' test against a real Prometheus use Debian's
-# prometheus package. Each is installed with apt when missing and we may; these steps never fail:
-# without the tool those tests are skipped, and pytest prints why.
+# prometheus package; the test of PostgreSQL behind a transaction pooler uses Debian's pgbouncer.
+# Each is installed with apt when missing and we may; these steps never fail: without the tool
+# those tests are skipped, and pytest prints why.
 chromium:
 	@sh scripts/apt-tool.sh chromium chromium "browser tests"
 
 prometheus:
 	@sh scripts/apt-tool.sh promtool prometheus "alert and dashboard tests"
+
+pgbouncer:
+	@sh scripts/apt-tool.sh pgbouncer pgbouncer "pooler test"
 
 # `make bench` (about 25 minutes) or `make bench QUICK=1` (a few): writes BENCHMARKS.md and its plots.
 bench: $(STAMP)

@@ -47,6 +47,7 @@ from wacrm.agents.errors import Next, classify
 from wacrm.agents.inbound import Inbound
 from wacrm.agents.ingest import Ingest
 from wacrm.agents.sender import Sender
+from wacrm.agents.sending import WINDOW
 from wacrm.agents.status import Status
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
@@ -60,7 +61,7 @@ log = logging.getLogger("wacrm.worker")
 # A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.
 # A row still ``sending`` this long after that lost its worker mid-call.
 IN_FLIGHT_MARGIN_S = 15.0
-HEALTH_EVERY_S = 5.0  # how often the worker samples consumer lag, paused numbers and unsettled sends
+HEALTH_EVERY_S = 5.0  # how often the worker samples lag, paused numbers, unsettled sends, waiting conversations
 _fetch_wait_ms = 30
 _fetch_min_bytes = 1
 _original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -119,6 +120,10 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         # faust makes a data directory even without tables; keep it out of the working directory.
         datadir=str(Path(tempfile.gettempdir()) / f"wacrm-faust-{settings.kafka_group_id}"),
     )
+    # Counters RepliesStopped reads exist from the start, so a first send after a restart is an increase.
+    metrics.SENDS.labels("sent")
+    for expects in ("true", "false"):
+        metrics.MESSAGES_STORED.labels(expects)
     rules = load_rules(Path(settings.rules_file) if settings.rules_file else None)
     orchestrator = Orchestrator(rules)
     resources = Resources(settings, orchestrator)
@@ -242,9 +247,11 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         try:
             async with resources.pool.acquire() as conn:
                 health = await repo.delivery_health(conn)
+                awaiting = await replies.awaiting_reply(conn, WINDOW.total_seconds())
             metrics.PAUSED_NUMBERS.set(health.paused_numbers)
             metrics.AMBIGUOUS_OPEN.labels("count").set(health.unsettled)
             metrics.AMBIGUOUS_OPEN.labels("oldest_seconds").set(health.oldest_unsettled_s)
+            metrics.AWAITING_REPLY.set(awaiting)
         except Exception as exc:
             _timer_failed("the delivery-health sampler", exc)
 

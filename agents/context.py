@@ -2,7 +2,8 @@
 
 :class:`Resources` opens the database pool, the HTTP session and the Graph API client
 when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
-``ready`` before their first event.
+``ready`` before their first event. While it runs, its timer beats the worker's
+:class:`~wacrm.core.liveness.Heartbeat` on the event loop (``/livez``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncpg
 import faust
 from mode import Service
 
+from wacrm.core.liveness import BEAT_EVERY_S, Heartbeat
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.llm import LlmClient
 from wacrm.orchestrator.service import Orchestrator
@@ -27,7 +29,7 @@ log = logging.getLogger("wacrm.worker")
 
 
 class Resources(Service):
-    """Database pool, HTTP session, Graph API client and lag probe of one worker process."""
+    """Database pool, HTTP session, Graph API client, lag probe and event-loop heartbeat of one worker process."""
 
     def __init__(self, settings: Settings, orchestrator: Orchestrator, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -39,12 +41,14 @@ class Resources(Service):
         self._graph: GraphClient | None = None
         self.topics: dict[str, faust.TopicT] = {}
         self.lag_probe: LagProbe | None = None  # the health timer's, started on its first sample
+        self.heartbeat = Heartbeat()
 
     async def on_start(self) -> None:
         s = self.settings
         assert s.database_url is not None
         # a connection per lane of the inbound and sender batches, plus the status agent and the timers
-        self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s, max_size=2 * s.batch_lanes + 4)
+        self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s, max_size=2 * s.batch_lanes + 4,
+                                       pooled=s.database_pooled)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
         self._graph = GraphClient(self._session, s.graph_messages_url_base, s.whatsapp_access_token,
                                   timeout=s.graph_timeout_s, default_region=s.default_phone_region)
@@ -54,6 +58,11 @@ class Resources(Service):
                                               s.llm_model or "gpt-4o-mini", timeout=llm.timeout_seconds,
                                               max_reply_chars=llm.max_reply_chars)
         self.ready.set()
+
+    @Service.timer(BEAT_EVERY_S, exec_first=True)
+    async def _beat(self) -> None:
+        """The event loop is alive: it runs this every few seconds (a stuck loop stops beating)."""
+        self.heartbeat.beat()
 
     async def on_stop(self) -> None:
         self.ready.clear()

@@ -76,10 +76,10 @@ class Inbound:
 
     async def _lane(self, msgs: list[InboundMessage], request_ids: list[str | None], lane: list[int],
                     outcomes: list[str], intents: list[list[SendIntent]]) -> None:
+        fresh: list[int] = []
         async with self._res.pool.acquire() as conn, conn.transaction():
             await repo.lock_conversations(conn, keys=[msgs[n].conversation_key for n in lane])
             stored = await repo.stored_message_ids(conn, [msgs[n].message_id for n in lane])
-            fresh = []
             for n in lane:
                 msg = msgs[n]
                 if msg.message_id in stored:  # a redelivery: changes nothing
@@ -115,6 +115,8 @@ class Inbound:
                     if msgs[n].type not in NO_REPLY_TYPES:
                         await replies.schedule_reply(conn, conversation_id, self._window)
                     outcomes[n] = "stored"
+        for n in fresh:  # committed
+            metrics.MESSAGES_STORED.labels(str(msgs[n].type not in NO_REPLY_TYPES).lower()).inc()
 
 
 async def _store(conn: Any, msgs: list[InboundMessage], request_ids: list[str | None]) -> list[int | None]:

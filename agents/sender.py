@@ -195,8 +195,8 @@ class Sender:
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
         log.info("sent %s ledger row %d attempt %d: message %s", intent.dedupe_key, job.row.id, attempts,
                  answer.message_id, extra={"request_id": intent.request_id})
-        accepted.append((repo.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body),
-                         intent))
+        accepted.append((repo.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body,
+                                       sent_at=time.time()), intent))
         return "sent"
 
     async def _carry_out(self, step: sending.Decision | sending.Route, job: _Job, intent: SendIntent,

@@ -21,7 +21,7 @@ from typing import Any
 
 from wacrm.agents.errors import Next, classify
 from wacrm.orchestrator.rules import Template
-from wacrm.storage.replies import LedgerRow, SendChecks
+from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 WINDOW = timedelta(hours=24)
+UNDELIVERABLE = 131026  # Meta: the recipient cannot get it (mostly: the number is not on WhatsApp)
 MAX_TEXT_CHARS = 4096  # WhatsApp's limit for a text message body
 BEHIND_RECHECK = timedelta(seconds=1)  # a reply behind one in flight (or not yet published) looks again after this
 CALLBACK_PREFIX = "ol:"  # biz_opaque_callback_data = "ol:{outbound_log id}": Meta echoes it in the statuses
@@ -191,11 +192,13 @@ def window_path(intent: SendIntent, template: Template | None) -> UseTemplate | 
 
 
 def template_intent(original: SendIntent, template: Template) -> SendIntent:
-    """The template intent that replaces ``original`` (its own ledger row, derived dedupe key)."""
+    """The template intent that replaces ``original`` (its own ledger row, derived dedupe key); its
+    text, stored as the message's body, is the template as the customer gets it
+    (:func:`storage.replies.template_body`), not the free text that never went."""
+    spec = {"name": template.name, "language": template.language, "parameters": list(template.parameters)}
     return dataclasses.replace(
         original, dedupe_key=f"template:{original.dedupe_key}", kind="template", attempt=0, not_before=None,
-        first_attempt_at=None, origin=None,
-        template={"name": template.name, "language": template.language, "parameters": list(template.parameters)})
+        first_attempt_at=None, origin=None, template=spec, text=template_body(spec))
 
 
 # --- routes after a Graph API error ------------------------------------------------------------
@@ -239,7 +242,8 @@ def route(error: BaseException, attempts: int, max_attempts: int, delays: list[f
     ``delays[n - 1]`` is the wait before retry number n; ``jitter`` in [0, 1) spreads it by ±20 %.
     The error says itself what it is (:func:`agents.errors.classify`, duck-typed flags of
     :mod:`whatsapp.graph`): ``pausing`` errors pause the number, code 131047 takes the window
-    path, ambiguous ones are never retried, retryable ones are retried until the attempts run out.
+    path, ambiguous ones are never retried, retryable ones are retried until the attempts run out;
+    a recipient that cannot be sent to (not a phone number, Meta's 131026) is ``invalid_recipient``.
     """
     if getattr(error, "pausing", False) is True:
         return Pause()
@@ -253,6 +257,6 @@ def route(error: BaseException, attempts: int, max_attempts: int, delays: list[f
             n = min(max(attempts, 1), len(delays))
             return Retry(delays[n - 1] * (0.8 + 0.4 * jitter), n)
         return DeadLetter("retries_exhausted")
-    if getattr(error, "invalid_recipient", False) is True:
-        return DeadLetter("invalid_recipient")
+    if getattr(error, "invalid_recipient", False) is True or getattr(error, "code", None) == UNDELIVERABLE:
+        return DeadLetter("invalid_recipient")  # a person fixes the contact's phone and retries
     return DeadLetter("send_failed")

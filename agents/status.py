@@ -12,7 +12,9 @@ our record (``sending``, ``ambiguous``, ``unconfirmed``) proves Meta took it: th
 the sender stores it (:func:`storage.repo.record_sent_many`). A ``failed`` status naming such a
 row fails it with a task. A ``failed`` status of a stored message leaves a task for a person;
 131047 (the window closed before delivery) takes the window path (:func:`agents.sending.window_path`:
-the configured template, else the task). Commit: after the transaction and the publish of any template.
+the configured template, else the task); any other ``failed`` status of a stored message also fails its
+ledger row (``sent`` -> ``failed``, :func:`storage.repo.fail_sent`), so a person can retry it.
+Commit: after the transaction and the publish of any template.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ class Status:
                     body = sending.payload(self._res.graph, row.id, intent)
                 except Exception:  # the stored intent cannot be rebuilt as a request; the text still is recorded
                     body = {"type": intent.kind if intent.kind != "notice" else "text"}
-                taken.append((repo.Accepted(row.id, row.conversation_id, intent.text, st.message_id, body), row))
+                taken.append((repo.Accepted(row.id, row.conversation_id, intent.text, st.message_id, body,
+                                            sent_at=float(st.timestamp) if st.timestamp else None), row))
                 outcomes[n] = "settled"
             elif st.status == "failed":
                 codes = {e.get("code") for e in st.errors}
@@ -133,9 +136,14 @@ class Status:
             if isinstance(decision, sending.UseTemplate):
                 queued = await replies.queue(conn, decision.replacement, published=True)
                 return decision.replacement if queued else None
+        if row["ledger_id"] is not None:  # a person can retry it (POST /api/v1/outbound/{id}/retry)
+            await repo.fail_sent(conn, row["ledger_id"], st.message_id,
+                                 {"error": "Meta reported the send failed", "errors": st.errors,
+                                  "provider_message_id": st.message_id})
         await repo.create_task(conn, row["conversation_id"], "delivery_failed",
                                f"A message was not delivered (codes {sorted(c for c in codes if c)})",
-                               {"provider_message_id": st.message_id, "errors": st.errors},
+                               {"provider_message_id": st.message_id, "errors": st.errors,
+                                "outbound_log_id": row["ledger_id"]},
                                dedupe_key=f"delivery_failed:{st.message_id}")
         return None
 

@@ -81,8 +81,8 @@ def pg_bin_dir() -> Path:
     return Path(POSTGRES_BIN_PATH)
 
 
-def _as_user_kwargs() -> dict:
-    """Run PostgreSQL as an unprivileged user when we are root."""
+def as_user_kwargs() -> dict:
+    """Popen arguments that run a server as an unprivileged user when we are root (PostgreSQL, PgBouncer refuse it)."""
     if os.geteuid() != 0:
         return {}
     import pwd
@@ -117,7 +117,7 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60.0) -> None:
         bin_dir = pg_bin_dir()
-        user = _as_user_kwargs()
+        user = as_user_kwargs()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         if user:
             _open_path_to(self.data_dir.parent)

@@ -96,6 +96,16 @@ CONSUMER_LAG = Gauge(
 LAG_SAMPLES = Counter("wacrm_consumer_lag_samples_total", "Lag samples taken, by outcome", ["outcome"])
 PAUSED_NUMBERS = Gauge(
     "wacrm_paused_numbers", "Business numbers whose sends are paused now (an account error from Meta)")
+AWAITING_REPLY = Gauge(
+    "wacrm_conversations_awaiting_reply", "Conversations whose customer waits for the bot: bot-owned, not opted out, "
+    "written to inside the 24-hour window, with messages not yet answered or a reply not yet sent "
+    "(storage.replies.awaiting_reply)", multiprocess_mode="max")
+MESSAGES_STORED = Counter(
+    "wacrm_messages_stored_total", "Customer messages stored (new ones, after dedupe), by whether the bot answers "
+    "their type (expects_reply=\"false\": reactions, system messages ...)", ["expects_reply"])
+WORKER_HEARTBEAT = Gauge(
+    "wacrm_worker_heartbeat_timestamp_seconds", "When the worker's event loop last beat (Unix time); it beats every "
+    "few seconds, so an old value on a worker that answers scrapes means its loop is stuck", multiprocess_mode="max")
 AMBIGUOUS_OPEN = Gauge(
     "wacrm_ambiguous_unsettled", "Sends Meta may or may not have taken that no status has settled yet, and their "
     "oldest age in seconds", ["measure"])

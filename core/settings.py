@@ -31,6 +31,7 @@ Profile = Literal["dev", "prod", "tool"]
 
 GRAPH_API_DEFAULT = "https://graph.facebook.com"
 
+DATABASE_POOLERS = ("none", "transaction")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # Production refuses shorter secrets. Meta's app secrets are 32 hex digits and access tokens
@@ -51,6 +52,10 @@ class Settings:
     """Every setting of every wacrm process. See the README's configuration table."""
 
     database_url: str | None
+    # DIRECT_URL (default DATABASE_URL): what needs a session of its own (migrations and their advisory
+    # lock, the inbox's LISTEN, the CLI's one-off connections); DATABASE_URL may be a transaction pooler.
+    direct_url: str | None
+    database_pooler: str  # none | transaction (DATABASE_POOLER; storage.db turns off the statement cache)
     kafka_bootstrap_servers: str | None
     whatsapp_app_secret: str
     whatsapp_verify_token: str
@@ -125,6 +130,16 @@ class Settings:
         return [self.retry_base_s * self.retry_multiplier ** i for i in range(self.send_attempts - 1)]
 
     @property
+    def database_pooled(self) -> bool:
+        """``DATABASE_URL`` reaches PostgreSQL through a transaction-mode pooler (no named prepared statements)."""
+        return self.database_pooler == "transaction"
+
+    @property
+    def direct_variable(self) -> str:
+        """The variable ``direct_url`` came from, for messages."""
+        return "DIRECT_URL" if self.direct_url != self.database_url else "DATABASE_URL"
+
+    @property
     def graph_messages_url_base(self) -> str:
         return f"{self.whatsapp_api_base_url.rstrip('/')}/{self.whatsapp_api_version}"
 
@@ -196,6 +211,15 @@ def _database_url(raw: str) -> str:
     if not raw.startswith(("postgres://", "postgresql://")):
         raise ValueError("must be a postgresql:// URL")
     return raw
+
+
+def _pooler(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in DATABASE_POOLERS:
+        raise ValueError("must be none (DATABASE_URL reaches PostgreSQL, or a session-mode pooler) or transaction "
+                         "(a transaction-mode pooler: PgBouncer pool_mode=transaction, Supabase's or Neon's pooled "
+                         "URL, RDS Proxy)")
+    return value
 
 
 def _bootstrap(raw: str) -> str:
@@ -280,6 +304,15 @@ def _kafka_security_problems(s: Settings) -> list[str]:
     return problems
 
 
+def _pooler_problems(s: Settings, direct_given: bool, needs: frozenset[str]) -> list[str]:
+    """A transaction pooler keeps no session: what needs one must reach PostgreSQL by ``DIRECT_URL``."""
+    if s.database_pooled and s.database_url is not None and not direct_given and "DATABASE_URL" in needs:
+        return ["DIRECT_URL: required with DATABASE_POOLER=transaction: migrations (an advisory lock), the inbox's "
+                "live events (LISTEN), the schema check at start and the command-line tools need a session, which a "
+                "transaction pooler does not keep; set it to PostgreSQL itself (or to a session-mode pooler)"]
+    return []
+
+
 def _production_problems(s: Settings) -> list[str]:
     """What the ``prod`` profile refuses: plain HTTP to a remote Graph API, short secrets."""
     problems = []
@@ -337,8 +370,12 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         value = get(name, str, dev_default if generated else None)
         return value if value is not None else ""
 
+    database_url = get("DATABASE_URL", _database_url, None)
+    direct_url = get("DIRECT_URL", _database_url, None)
     settings = Settings(
-        database_url=get("DATABASE_URL", _database_url, None),
+        database_url=database_url,
+        direct_url=direct_url or database_url,
+        database_pooler=get("DATABASE_POOLER", _pooler, "none"),
         kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", _bootstrap, None),
         whatsapp_app_secret=secret("WHATSAPP_APP_SECRET", secrets.token_hex(16)),
         whatsapp_verify_token=secret("WHATSAPP_VERIFY_TOKEN", secrets.token_urlsafe(12)),
@@ -400,6 +437,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
     )
     problems += _kafka_security_problems(settings)
+    problems += _pooler_problems(settings, direct_url is not None, needs)
     if profile == "prod":
         problems += _production_problems(settings)
     if problems:

@@ -1,8 +1,10 @@
-"""The inbox API (``/api/v1/``), as contracted in DESIGN.md's "Inbox API".
+"""The inbox API (``/api/v1/``); its contract is the OpenAPI document ``inbox/openapi.json``,
+served at ``GET /api/v1/openapi.json`` (:mod:`inbox.openapi`).
 
-Every route needs a signed-in user (:func:`guard`): a session cookie from ``POST auth/login``
-— then unsafe methods must also send ``X-CSRF-Token`` and, when the browser sends one, an
-``Origin`` this server answers for — or ``Authorization: Bearer <token>``. Errors are
+Every route but ``auth/login`` and ``openapi.json`` needs a signed-in user (:func:`guard`): a
+session cookie from ``POST auth/login`` — then unsafe methods must also send ``X-CSRF-Token``
+and, when the browser sends one, an ``Origin`` this server answers for — or
+``Authorization: Bearer <token>``. Errors are
 ``{"ok": false, "code", "error"}`` (:class:`ApiError`); while the database schema is behind the
 code every route answers 500 ``DB_MISMATCH`` (:mod:`inbox.schema`).
 
@@ -27,15 +29,18 @@ from typing import Any
 
 import asyncpg
 import orjson
+import phonenumbers
 from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, events, intelligence, store
+from wacrm.inbox import auth, events, intelligence, openapi, store, waiting
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import replies
+from wacrm.storage import replies, repo
+from wacrm.whatsapp import reasons
+from wacrm.whatsapp.graph import InvalidRecipient, recipient_field
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -234,6 +239,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     outcome = "ok"
     try:
+        if request.match_info.handler is openapi.serve:  # the contract needs no sign-in and no database
+            return await handler(request)
         problem = await request.app[SCHEMA].problem(request.app[POOL])
         if problem is not None:
             raise ApiError(500, "DB_MISMATCH", problem)
@@ -326,10 +333,14 @@ async def list_conversations(request: web.Request) -> web.Response:
     page = _int_param(q.get("page", "1"), "page")
     if page < 1:
         raise invalid("page starts at 1")
+    waits = q.get("waiting", "false")
+    if waits not in ("true", "false"):
+        raise invalid("waiting must be true or false")
     stamp = request.app[HUB].stamp()
     async with request.app[POOL].acquire() as conn:
         items, counts = await store.list_conversations(
-            conn, store.ListQuery(status, assignee, q.get("q"), page), request[USER].id, request.app[COUNTS], stamp)
+            conn, store.ListQuery(status, assignee, q.get("q"), page, waiting=waits == "true"), request[USER].id,
+            request.app[COUNTS], stamp)
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 
@@ -347,6 +358,8 @@ async def get_conversation(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         data = await store.detail(conn, row, before_id)
+        data["waiting"] = (await waiting.waits(conn, [cid])).get(cid)
+    store.explain_errors(data)
     data["templates"] = _templates(request)
     return ok(conversation=data)
 
@@ -380,19 +393,21 @@ async def send_message(request: web.Request) -> web.Response:
         raise invalid(f"text must be 1 to {MAX_TEXT} characters")
     tpl = _template_of(template) if template is not None else None
     user: User = request[USER]
-    shown = f"[template {tpl['name']}]" if tpl is not None else str(text)
+    shown = replies.template_body(tpl) if tpl is not None else str(text)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         until = store.window_open_until(row["last_inbound_at"])
         if tpl is None and (until is None or until <= datetime.now(UTC)):
             raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
-                           templates=_templates(request))
+                           templates=_templates(request),
+                           next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
         request_id = f"{user.id}:{key}"
         created = await replies.queue_manual_reply(conn, cid, shown, request_id, user.id, tpl)
         ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
-    assert ledger is not None
-    if ledger["conversation_id"] != cid:
-        raise invalid("this idempotency_key was used for a reply in another conversation")
+        assert ledger is not None
+        if ledger["conversation_id"] != cid:
+            raise invalid("this idempotency_key was used for a reply in another conversation")
+        await waiting.end(conn, cid)  # a person answered: the customer no longer waits
     return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
 
 
@@ -410,6 +425,7 @@ async def assign(request: web.Request) -> web.Response:
         if await auth.user_by_id(conn, target) is None:
             raise invalid("no such user")
         version = await replies.assign(conn, cid, target)
+        await waiting.end(conn, cid)  # a person took it: the customer no longer waits
     return ok(conversation={"id": cid, "assignee_id": target, "ownership_version": version})
 
 
@@ -418,6 +434,7 @@ async def release(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         await _conversation(conn, cid)
         version = await replies.release(conn, cid)
+        await waiting.end(conn, cid)  # handed back to the bot: nobody is waited for
     return ok(conversation={"id": cid, "assignee_id": None, "ownership_version": version})
 
 
@@ -469,6 +486,75 @@ async def set_lead(request: web.Request) -> web.Response:
             raise not_found("lead")
         await store.set_lead_stage(conn, row["lead_id"], stage, request[USER].id)
     return ok(lead={"id": row["lead_id"], "stage": stage})
+
+
+async def set_bot(request: web.Request) -> web.Response:
+    """Pause or resume the bot in one conversation (``{"paused": true|false}``)."""
+    cid = _path_id(request)
+    paused = (await body_of(request)).get("paused")
+    if not isinstance(paused, bool):
+        raise invalid("paused must be true or false")
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _conversation(conn, cid)
+        version = await replies.set_bot_paused(conn, cid, paused)
+    return ok(conversation={"id": cid, "bot_paused": paused, "ownership_version": version})
+
+
+async def retry_outbound(request: web.Request) -> web.Response:
+    """Send a failed reply again under its own ledger row, as the person's own send (202); 409
+    ``NOT_RETRYABLE`` unless it is ``failed`` (a second retry finds it queued already)."""
+    oid = _path_id(request)
+    user: User = request[USER]
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        result = await repo.retry_failed(conn, oid, user.id)
+    if result.state is None:
+        raise not_found("reply")
+    if not result.requeued:
+        state = "being retried" if result.state == "failed" else result.state
+        raise ApiError(409, "NOT_RETRYABLE", f"reply {oid} is {state}, not failed: only a failed reply can be retried",
+                       state=result.state)
+    log.info("user %d retries ledger row %d", user.id, oid)
+    return ok(202, outbound={"id": oid, "state": "queued", "conversation_id": result.conversation_id})
+
+
+def _phone_of(value: Any, region: str | None) -> str:
+    """A phone a person typed, as E.164 (``+`` and digits); 422 naming ``phone`` otherwise."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 40:
+        raise invalid("phone must be a phone number, e.g. +351912345678")
+    try:
+        field, e164 = recipient_field(value, region)
+    except InvalidRecipient:
+        field, e164 = "", ""
+    if field != "to" or not phonenumbers.is_valid_number(phonenumbers.parse(e164)):
+        where = f" (numbers without a country code are read as {region})" if region else ""
+        raise invalid(f"phone {value.strip()!r} is not a valid phone number in international format, "
+                      f"e.g. +351912345678{where}")
+    return e164
+
+
+async def update_contact(request: web.Request) -> web.Response:
+    """A person corrects a contact's ``name`` and/or ``phone`` (normalised to E.164)."""
+    contact_id = _path_id(request)
+    body = await body_of(request)
+    unknown = sorted(set(body) - {"name", "phone"})
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(unknown)}; a contact has name and phone")
+    if "name" not in body and "phone" not in body:
+        raise invalid("send name and/or phone")
+    name = body.get("name")
+    if "name" in body and (not isinstance(name, str) or not name.strip() or len(name) > 200):
+        raise invalid("name must be 1 to 200 characters")
+    e164 = _phone_of(body["phone"], request.app[SETTINGS].default_phone_region) if "phone" in body else None
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        outcome = await store.update_contact(conn, contact_id, name.strip() if isinstance(name, str) else None,
+                                             e164[1:] if e164 else None)
+        if outcome == "missing":
+            raise not_found("contact")
+        if outcome == "taken":
+            raise invalid(f"phone {e164} belongs to another contact of this business number")
+        row = await store.contact(conn, contact_id)
+    assert row is not None
+    return ok(contact=store.contact_json(row))
 
 
 # --- notifications and tasks ------------------------------------------------------------------
@@ -555,6 +641,8 @@ async def live_events(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
+    app[openapi.DOCUMENT] = openapi.load()
+    r.add_get("/openapi.json", openapi.serve)
     r.add_post("/auth/login", login)
     r.add_post("/auth/logout", logout)
     r.add_get("/auth/me", me)
@@ -567,6 +655,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/conversations/{id}/notes", add_note)
     r.add_post("/conversations/{id}/intelligence/refresh", refresh_intelligence)
     r.add_post("/conversations/{id}/lead", set_lead)
+    r.add_post("/conversations/{id}/bot", set_bot)
+    r.add_post("/outbound/{id}/retry", retry_outbound)
+    r.add_patch("/contacts/{id}", update_contact)
     r.add_get("/notifications", list_notifications)
     r.add_post("/notifications/{id}/read", read_notification)
     r.add_post("/notifications/{id}/snooze", snooze_notification)

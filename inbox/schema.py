@@ -28,6 +28,7 @@ EXPECTED_COLUMNS: tuple[tuple[str, str], ...] = (
     ("conversations", "intelligence"), ("conversations", "messages_since_intelligence"), ("leads", "score"),
     ("notes", "body"), ("notifications", "snoozed_until"), ("outbound_log", "author_user_id"),
     ("inbox_events", "kind"), ("notification_states", "read_at"),
+    ("tasks", "done_at"),
 )
 
 

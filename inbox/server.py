@@ -6,6 +6,13 @@ conversations, refreshes intelligence after every ``INTELLIGENCE_EVERY_MESSAGES`
 prunes the event log). :func:`make_app` composes it with the webhook (``only=None``), or serves
 one of them alone (``only="webhook"`` / ``"inbox"``). On shutdown the live streams end first,
 so the server stops within its bound.
+
+``/readyz``: the webhook alone asks the broker, the inbox alone its database (and schema); the
+combined server reports each half apart and answers 200 while its webhook half is ready, whatever
+the inbox's state (``"status": "degraded"``): a database outage must not take the webhook out of
+rotation. Every answer names what is not ready with a fixed hint; exception text goes to the log.
+The inbox's pool connects on demand, so a server started while PostgreSQL is down comes up, and
+its inbox half becomes ready when the database answers.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage.db import create_pool
+from wacrm.webhook.app import broker_problems, healthz, metrics_view, readiness, readiness_response
+from wacrm.webhook.app import make_app as make_webhook_app
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -32,6 +41,9 @@ TICK_S = 2.0
 EVENTS_KEPT_S = 86400.0
 PRUNE_EVERY_S = 600.0
 INTELLIGENCE_PER_TICK = 5
+INBOX_API = web.AppKey("inbox_api", web.Application)  # the combined server's inbox half, for /readyz
+READY_TIMEOUT_S = 2.0  # a probe must answer within its own timeout (k8s: 1 s by default, then retried)
+DATABASE_NOT_READY = "not reachable (check DATABASE_URL and the database; details in the log)"
 
 def rules_of(settings: Settings) -> Rules:
     """The rules file the inbox reads (templates, stages); raises ``RulesError``."""
@@ -70,10 +82,10 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     app[api.SCHEMA] = SchemaGuard()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        assert settings.database_url
-        app[api.POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=1,
-                                          max_size=10)
-        hub = events.Hub(settings.database_url, settings.db_timeout_s)
+        assert settings.database_url and settings.direct_url
+        app[api.POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=0,
+                                          max_size=10, pooled=settings.database_pooled)
+        hub = events.Hub(settings.direct_url, settings.db_timeout_s)  # LISTEN needs a session of its own
         hub.start()
         app[api.HUB] = hub
         app[api.COUNTS] = store.CountsCache()
@@ -103,18 +115,37 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     return app
 
 
-def _readyz(api_app: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
+async def inbox_problems(api_app: web.Application) -> dict[str, str]:
+    """What keeps the inbox from answering: the database unreachable (or slow past
+    :data:`READY_TIMEOUT_S`), or its schema behind the code (the message names ``wacrm migrate``)."""
+    pool = api_app[api.POOL]
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            async with pool.acquire() as conn:  # asked each time: the schema's answer is cached
+                await conn.fetchval("SELECT 1")
+            problem = await api_app[api.SCHEMA].problem(pool)
+    except Exception as exc:  # any failure means not ready; the log says why
+        log.warning("readyz: the database is not ready: %r", exc)
+        return {"database": DATABASE_NOT_READY}
+    return {"database": problem} if problem else {}
+
+
+def _inbox_readyz(api_app: web.Application) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def readyz(request: web.Request) -> web.Response:
-        """Ready when the database answers and its schema is current (inbox-only servers)."""
-        try:
-            problem = await api_app[api.SCHEMA].problem(api_app[api.POOL])
-        except Exception as exc:  # any failure means not ready; the message says which
-            problem = f"database: {type(exc).__name__}: {exc}"
-        if problem:
-            return web.json_response({"status": "not_ready", "problems": {"database": problem}}, status=503)
-        return web.json_response({"status": "ready"})
+        """The inbox alone: 200 when its database answers and the schema is current, else 503."""
+        problems = await inbox_problems(api_app)
+        return readiness_response(readiness(problems), not problems)
 
     return readyz
+
+
+async def combined_readyz(request: web.Request) -> web.Response:
+    """Both halves: ``{"status": "ready"|"degraded"|"not_ready", "webhook": {...}, "inbox": {...}}``;
+    200 while the webhook half is ready (``degraded``: the inbox is not), 503 when it is not."""
+    webhook, inbox = await asyncio.gather(broker_problems(request.app), inbox_problems(request.app[INBOX_API]))
+    status = "not_ready" if webhook else "degraded" if inbox else "ready"
+    return readiness_response({"status": status, "webhook": readiness(webhook), "inbox": readiness(inbox)},
+                              not webhook)
 
 
 def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> web.Application:
@@ -127,18 +158,15 @@ def add_inbox(root: web.Application, settings: Settings, rules: Rules) -> web.Ap
 
 def make_app(settings: Settings, only: str | None = None) -> web.Application:
     """The server for ``wacrm serve [--only webhook|inbox]``."""
-    from wacrm.webhook.app import healthz, metrics_view
-    from wacrm.webhook.app import make_app as make_webhook_app
-
     if only == "webhook":
         return make_webhook_app(settings)
     rules = rules_of(settings)
     if only != "inbox":
-        root = make_webhook_app(settings)
-        add_inbox(root, settings, rules)
+        root = make_webhook_app(settings, readyz_handler=combined_readyz)
+        root[INBOX_API] = add_inbox(root, settings, rules)
         return root
     root = web.Application()
     root.router.add_get("/healthz", healthz)
     root.router.add_get("/metrics", metrics_view)
-    root.router.add_get("/readyz", _readyz(add_inbox(root, settings, rules)))
+    root.router.add_get("/readyz", _inbox_readyz(add_inbox(root, settings, rules)))
     return root

@@ -16,6 +16,9 @@ from typing import Any
 
 import asyncpg
 
+from wacrm.inbox import waiting
+from wacrm.whatsapp import reasons
+
 PER_PAGE = 50
 MESSAGES_PER_PAGE = 50
 WINDOW = timedelta(hours=24)
@@ -44,12 +47,12 @@ def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
         "unread_count": r["unread_count"],
         "lead": {"id": r["lead_id"], "stage": r["stage"]} if r["lead_id"] is not None else None,
         "window_open_until": _iso(window_open_until(r["last_inbound_at"])),
-        "deleted_at": _iso(r["deleted_at"]),
+        "deleted_at": _iso(r["deleted_at"]), "bot_paused": r["bot_paused"],
     }
 
 
 _SELECT = """
-    SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.last_message_at,
+    SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.bot_paused, c.last_message_at,
            c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
            k.id contact_id, k.profile_name, k.wa_id, k.user_id contact_user_id,
            l.id lead_id, l.stage, l.score, l.source, l.stage_set_by,
@@ -64,18 +67,22 @@ class ListQuery:
     q: str | None
     page: int
     deleted: bool = False
+    waiting: bool = False  # only the conversations waiting for a person, the longest wait first
 
 
 async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int,
                              counts: CountsCache | None = None,
                              stamp: int | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """A page of conversations, newest activity first, and the counts per status, mine and unassigned
-    (from ``counts`` while ``stamp`` says nothing changed since they were read)."""
+    """A page of conversations, newest activity first (``waiting``: the longest wait first), each
+    with its ``waiting`` (or null), and the counts per status, mine, unassigned (from ``counts``
+    while ``stamp`` says nothing changed since they were read) and waiting."""
     sql, args = list_sql(query, me)
     rows = await conn.fetch(sql, *args)
     groups = await (counts.groups(lambda: count_groups(conn, query.deleted), query.deleted, stamp)
                     if counts is not None else count_groups(conn, query.deleted))
-    return [_conversation_json(r) for r in rows], list_counts(groups, me)
+    waits = await waiting.waits(conn, [r["id"] for r in rows])
+    items = [{**_conversation_json(r), "waiting": waits.get(r["id"])} for r in rows]
+    return items, {**list_counts(groups, me), "waiting": await waiting.count(conn, query.deleted)}
 
 
 async def count_groups(conn: asyncpg.Connection, deleted: bool) -> list[tuple[str, int | None, int]]:
@@ -145,7 +152,10 @@ def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
         where.append("c.assigned_user_id IS NULL")
     if query.q and query.q.strip():
         where.append(_search(query.q.strip(), arg))
-    sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY c.last_message_at DESC NULLS LAST, c.id DESC "
+    if query.waiting:
+        where.append(waiting.FILTER)
+    order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
+    sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
            f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")
     return sql, args
 
@@ -165,7 +175,7 @@ def _search(q: str, arg: Callable[[Any], str]) -> str:
     """The list's ``q``: the contact's name (any case), user id or phone number (typed in any format:
     ``+1 999 000 0001`` finds ``19990000001``), or the text of one of the conversation's messages
     (from :data:`MESSAGE_SEARCH_MIN` characters). From that length each branch uses its trigram index
-    (migrations 0013 and 0016) and the matches are fetched by id (``= ANY (ARRAY(…))``: joins or
+    (migrations 0013 and 0018) and the matches are fetched by id (``= ANY (ARRAY(…))``: joins or
     ``OR``ed subqueries make PostgreSQL scan every conversation); shorter, no trigram helps, and the
     contact's fields are filtered while the list is read in its order."""
     like = arg(like_pattern(q))
@@ -201,24 +211,86 @@ async def conversation(conn: asyncpg.Connection, conversation_id: int, *,
     return row
 
 
+def error_json(raw: Any) -> dict[str, Any] | None:
+    """A message's or ledger row's error as the thread shows it, ``{"code", "message", "details"}``:
+    the first of Meta's errors (a status's or an inbound message's list), or the ledger's own record."""
+    if isinstance(raw, list):
+        first = next((e for e in raw if isinstance(e, dict)), None)
+        if first is None:
+            return None
+        data = first.get("error_data")
+        data = data if isinstance(data, dict) else {}
+        return {"code": first.get("code"), "message": first.get("message") or first.get("title"),
+                "details": data.get("details")}
+    if isinstance(raw, dict):
+        if "errors" in raw and isinstance(raw["errors"], list) and raw["errors"]:
+            return error_json(raw["errors"])
+        return {"code": raw.get("code"), "message": raw.get("error") or raw.get("message"),
+                "details": raw.get("details")}
+    return None
+
+
+def _message_json(m: asyncpg.Record) -> dict[str, Any]:
+    outbound = m["outbound_id"] is not None
+    return {"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"], "status": m["status"],
+            "created_at": _iso(m["created_at"]), "sent_at": _iso(m["provider_timestamp"]),
+            "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
+            "error": error_json(m["error"] if m["error"] is not None or not outbound else m["ledger_error"]),
+            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed"}
+
+
+def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
+    """A reply that failed before Meta took it: in the thread as a failed outbound message with no id."""
+    intent = u["intent"] or {}
+    return {"id": None, "direction": "outbound", "type": "template" if intent.get("kind") == "template" else "text",
+            "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
+            "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
+            "outbound_id": u["id"], "retryable": True}
+
+
+# The ledger rows that failed before Meta took them (no message names them): shown among the messages.
+_FAILED_UNSENT = """
+    SELECT o.id, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
+    WHERE o.conversation_id = $1 AND o.state = 'failed'
+      AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
+      AND ($2::timestamptz IS NULL OR o.created_at >= $2) AND ($3::timestamptz IS NULL OR o.created_at < $3)
+    ORDER BY o.id LIMIT 100"""
+
+
 async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | None) -> dict[str, Any]:
-    """The conversation with its contact, lead, intelligence, notes, unsent replies and a page of messages."""
+    """The conversation with its contact, lead, intelligence, notes, unsent replies and a page of messages.
+
+    ``messages`` holds the stored messages and, in time order among them, the replies that failed
+    before Meta took them (``id`` null, ``outbound_id`` set); ``sent_at`` is Meta's time for a
+    customer's message and the Graph API's acceptance for ours."""
     cid = row["id"]
     messages = await conn.fetch(
-        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_message_id, m.error,
-                  o.author_user_id
+        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
+                  m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
+                  o.error ledger_error
            FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
            WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
         cid, before, MESSAGES_PER_PAGE + 1)
     more = len(messages) > MESSAGES_PER_PAGE
     messages = list(reversed(messages[:MESSAGES_PER_PAGE]))
+    # this page's span of time: from its oldest message (none older: from the start) to the next page's
+    since = messages[0]["created_at"] if more and messages else None
+    until = await conn.fetchval("SELECT created_at FROM messages WHERE id = $1", before) if before else None
+    failed = await conn.fetch(_FAILED_UNSENT, cid, since, until)
+    thread: list[dict[str, Any]] = []
+    pending = list(failed)  # oldest first; each goes before the first message stored after it
+    for m in messages:
+        while pending and pending[0]["created_at"] < m["created_at"]:
+            thread.append(_unsent_failed_json(pending.pop(0)))
+        thread.append(_message_json(m))
+    thread.extend(_unsent_failed_json(u) for u in pending)
     notes = await conn.fetch("SELECT id, user_id, body, created_at FROM notes WHERE conversation_id = $1 "
                              "ORDER BY id", cid)
-    # Replies in the ledger without a message yet (queued, retrying, failed before Meta took them …).
+    # Replies in the ledger on their way (queued, retrying, in doubt …); failed ones are in the messages.
     unsent = await conn.fetch(
         """SELECT o.id, o.state, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
            WHERE o.conversation_id = $1 AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
-             AND o.state <> 'sent' ORDER BY o.id DESC LIMIT 20""", cid)
+             AND o.state NOT IN ('sent', 'failed', 'dropped') ORDER BY o.id DESC LIMIT 20""", cid)
     if before is None and row["unread_count"]:
         await conn.execute("UPDATE conversations SET unread_count = 0 WHERE id = $1", cid)
     out = _conversation_json(row)
@@ -231,12 +303,9 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
         notes=[{"id": n["id"], "author": n["user_id"], "text": n["body"], "created_at": _iso(n["created_at"])}
                for n in notes],
         outbound=[{"id": u["id"], "state": u["state"], "text": (u["intent"] or {}).get("text"),
-                   "template": (u["intent"] or {}).get("template"), "error": u["error"], "author": u["author_user_id"],
-                   "created_at": _iso(u["created_at"])} for u in reversed(unsent)],
-        messages=[{"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"],
-                   "status": m["status"], "created_at": _iso(m["created_at"]),
-                   "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
-                   "error": m["error"]} for m in messages],
+                   "template": (u["intent"] or {}).get("template"), "error": error_json(u["error"]),
+                   "author": u["author_user_id"], "created_at": _iso(u["created_at"])} for u in reversed(unsent)],
+        messages=thread,
         more_before=more,
     )
     return out
@@ -271,25 +340,37 @@ async def set_lead_stage(conn: asyncpg.Connection, lead_id: int, stage: str, use
                        lead_id, stage, user_id)
 
 
+def _customer(r: asyncpg.Record) -> dict[str, Any] | None:
+    """The customer a task or notification is about (``contact``), when it is about a conversation."""
+    if r["contact_id"] is None:
+        return None
+    return {"id": r["contact_id"], "name": r["profile_name"], "phone": f"+{r['wa_id']}" if r["wa_id"] else None}
+
+
 def _notification_json(r: asyncpg.Record) -> dict[str, Any]:
     return {"id": r["id"], "kind": r["kind"], "body": r["body"], "task_id": r["task_id"],
-            "conversation_id": r["conversation_id"], "read_at": _iso(r["read_at"]),
+            "conversation_id": r["conversation_id"], "contact": _customer(r), "read_at": _iso(r["read_at"]),
+            "done": r["task_status"] == "done",
             "snoozed_until": _iso(r["snoozed_until"]), "created_at": _iso(r["created_at"])}
 
 
 async def notifications(conn: asyncpg.Connection, user_id: int, limit: int = 100) -> tuple[list[dict[str, Any]], int]:
-    """The user's notifications (theirs and everyone's), newest first, the ones they snoozed hidden;
-    and how many they have not read. Read and snoozed are each person's own (notification_states)."""
+    """The user's notifications (theirs and everyone's), newest first, the ones they snoozed hidden,
+    each naming its customer; and how many they have not read. Read and snoozed are each person's
+    own (notification_states); one whose task is done (handled) is read for everyone."""
     rows = await conn.fetch(
-        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, s.read_at, s.snoozed_until, n.created_at
+        """SELECT n.id, n.kind, n.body, n.task_id, t.conversation_id, t.status task_status,
+                  COALESCE(s.read_at, t.done_at) read_at, s.snoozed_until, n.created_at,
+                  k.id contact_id, k.profile_name, k.wa_id
            FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
+           LEFT JOIN conversations c ON c.id = t.conversation_id LEFT JOIN contacts k ON k.id = c.contact_id
            LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
            WHERE (n.user_id = $1 OR n.user_id IS NULL) AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())
            ORDER BY n.id DESC LIMIT $2""", user_id, limit)
     unread = await conn.fetchval(
-        """SELECT count(*) FROM notifications n
+        """SELECT count(*) FROM notifications n LEFT JOIN tasks t ON t.id = n.task_id
            LEFT JOIN notification_states s ON s.notification_id = n.id AND s.user_id = $1
-           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND s.read_at IS NULL
+           WHERE (n.user_id = $1 OR n.user_id IS NULL) AND s.read_at IS NULL AND t.done_at IS NULL
              AND (s.snoozed_until IS NULL OR s.snoozed_until <= now())""", user_id)
     return [_notification_json(r) for r in rows], int(unread)
 
@@ -309,17 +390,68 @@ async def notification_update(conn: asyncpg.Connection, notification_id: int, us
 
 
 async def tasks(conn: asyncpg.Connection, state: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The tasks in ``state``, newest first, each naming its customer (``contact``; an invalid recipient's
+    task links to the contact to fix), the ledger row it is about (``outbound_id``, a failed reply to
+    retry) and, when it is about an error, that error in words (``reason_text``, ``next_step``)."""
     rows = await conn.fetch(
-        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at FROM tasks t
-           LEFT JOIN conversations c ON c.id = t.conversation_id
+        """SELECT t.id, t.kind, t.title, t.details, t.status, t.conversation_id, t.created_at, t.done_at,
+                  k.id contact_id, k.profile_name, k.wa_id
+           FROM tasks t LEFT JOIN conversations c ON c.id = t.conversation_id
+           LEFT JOIN contacts k ON k.id = c.contact_id
            WHERE t.status = $1 AND c.deleted_at IS NULL ORDER BY t.id DESC LIMIT $2""", state, limit)
-    return [{"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"], "state": r["status"],
-             "conversation_id": r["conversation_id"], "created_at": _iso(r["created_at"])} for r in rows]
+    out = []
+    for r in rows:
+        ledger = (r["details"] or {}).get("outbound_log_id")
+        out.append({"id": r["id"], "kind": r["kind"], "title": r["title"], "details": r["details"],
+                    "state": r["status"], "conversation_id": r["conversation_id"], "contact_id": r["contact_id"],
+                    "contact": _customer(r), "outbound_id": ledger if isinstance(ledger, int) else None,
+                    "created_at": _iso(r["created_at"]), "done_at": _iso(r["done_at"]),
+                    **_task_words(r["kind"], r["details"])})
+    return out
+
+
+def _task_words(kind: str, details: Any) -> dict[str, Any]:
+    """A task about a failed or doubtful send explains its error; other tasks (a handover) have none."""
+    if kind == "send_ambiguous":
+        return reasons.words({"kind": "AmbiguousGraphError"})
+    return reasons.words(details if kind in waiting.REASONS and kind not in ("handover", "follow_up") else None)
+
+
+def explain_errors(detail: dict[str, Any]) -> dict[str, Any]:
+    """The detail's messages and unsent replies with an ``error`` gain it in words (``reason_text``,
+    ``next_step``); returns ``detail``."""
+    for item in (*detail.get("messages", ()), *detail.get("outbound", ())):
+        if item.get("error"):
+            item.update(reasons.words(item["error"]))
+    return detail
 
 
 async def task_done(conn: asyncpg.Connection, task_id: int) -> bool:
     done = await conn.execute("UPDATE tasks SET status = 'done' WHERE id = $1", task_id)
     return done != "UPDATE 0"
+
+
+async def contact(conn: asyncpg.Connection, contact_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id contact_id, phone_number_id, profile_name, wa_id, user_id contact_user_id "
+                               "FROM contacts WHERE id = $1", contact_id)
+
+
+async def update_contact(conn: asyncpg.Connection, contact_id: int, name: str | None, wa_id: str | None) -> str:
+    """A person corrects a contact's name and/or phone (``wa_id``: E.164 digits without ``+``). The
+    phone it replaces is kept in ``previous_wa_ids``. ``updated``, ``missing``, or ``taken`` (another
+    contact of the same business number has that phone)."""
+    try:
+        async with conn.transaction():  # a savepoint: the unique key's refusal leaves the caller's work intact
+            done = await conn.execute(
+                """UPDATE contacts SET profile_name = COALESCE($2, profile_name), wa_id = COALESCE($3, wa_id),
+                       previous_wa_ids = CASE WHEN $3::text IS NULL OR wa_id IS NULL OR wa_id = $3
+                                                   OR wa_id = ANY(previous_wa_ids)
+                                              THEN previous_wa_ids ELSE previous_wa_ids || wa_id END,
+                       updated_at = now()
+                   WHERE id = $1""", contact_id, name, wa_id)
+    except asyncpg.UniqueViolationError:
+        return "taken"
+    return "updated" if done != "UPDATE 0" else "missing"
 
 
 async def set_deleted(conn: asyncpg.Connection, conversation_id: int, user_id: int | None) -> bool:

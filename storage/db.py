@@ -1,5 +1,11 @@
 """The asyncpg pool: one per process, every query bounded by a timeout, its waits and statement
-times measured (``wacrm_db_pool_wait_seconds``, ``wacrm_db_statement_seconds``)."""
+times measured (``wacrm_db_pool_wait_seconds``, ``wacrm_db_statement_seconds``).
+
+``pooled=True`` (``DATABASE_POOLER=transaction``) is for a ``DATABASE_URL`` that reaches PostgreSQL
+through a transaction-mode pooler, which hands each transaction (each statement outside one) to any
+server connection: asyncpg's statement cache is off, so no named prepared statement is relied on
+across them (each query is parsed anew, in an unnamed statement). Direct connections keep the cache.
+"""
 
 from __future__ import annotations
 
@@ -63,18 +69,24 @@ class _MeasuredPool(asyncpg.pool.Pool):
             metrics.DB_POOL_WAIT.observe(time.perf_counter() - started)
 
 
-async def create_pool(dsn: str, *, timeout: float, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections decode json/jsonb with orjson and time out every statement."""
+def _statement_cache(pooled: bool) -> dict[str, int]:
+    return {"statement_cache_size": 0} if pooled else {}
+
+
+async def create_pool(dsn: str, *, timeout: float, min_size: int = 1, max_size: int = 10,
+                      pooled: bool = False) -> asyncpg.Pool:
+    """A pool whose connections decode json/jsonb with orjson and time out every statement
+    (``min_size=0``: nothing is connected until a query needs it, so a server down at start is no error)."""
     pool = _MeasuredPool(
         dsn, min_size=min_size, max_size=max_size, max_queries=50000, max_inactive_connection_lifetime=300.0,
         connection_class=asyncpg.Connection, record_class=asyncpg.Record, setup=None, init=_init_pooled,
         reset=_keep_session, connect=None, loop=None, timeout=timeout, command_timeout=timeout,
-        server_settings={"application_name": "wacrm"})
+        server_settings={"application_name": "wacrm"}, **_statement_cache(pooled))
     await pool
     return pool
 
 
-async def connect(dsn: str, *, timeout: float) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout)
+async def connect(dsn: str, *, timeout: float, pooled: bool = False) -> asyncpg.Connection:
+    conn = await asyncpg.connect(dsn, timeout=timeout, command_timeout=timeout, **_statement_cache(pooled))
     await _init(conn)
     return conn

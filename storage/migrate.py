@@ -164,17 +164,21 @@ async def require_current(conn: asyncpg.Connection) -> None:
 
 
 class DatabaseUnreachable(Exception):
-    """The database did not answer; the message names DATABASE_URL and the cause."""
+    """The database did not answer; the message names the variable (DIRECT_URL or DATABASE_URL) and the cause."""
 
 
-async def run_migrations(database_url: str, timeout: float, out: Callable[[str], None] = print) -> int:
-    """Connect, apply what is pending (each applied file reported to ``out``), return how many were applied."""
+async def run_migrations(database_url: str, timeout: float, out: Callable[[str], None] = print, *,
+                         variable: str = "DATABASE_URL") -> int:
+    """Connect, apply what is pending (each applied file reported to ``out``), return how many were applied.
+
+    ``database_url`` must reach PostgreSQL with a session of its own (``DIRECT_URL``, not a transaction
+    pooler): the advisory lock is held across the migrations' transactions."""
     from wacrm.storage.db import connect
 
     try:
         conn = await connect(database_url, timeout=timeout)
     except Exception as exc:
-        raise DatabaseUnreachable(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+        raise DatabaseUnreachable(f"cannot connect to {variable}: {type(exc).__name__}: {exc}") from None
     try:
         done = await migrate(conn, log=out)
     finally:

@@ -19,6 +19,9 @@ from wacrm.storage.repo import Earlier, create_task, tasks_from
 from wacrm.topics.records import SendIntent, intent_from_dict
 from wacrm.whatsapp.graph import REENGAGEMENT
 
+#: A person owns conversation ``c`` (assigned, handed over, or the bot paused): the bot stays quiet.
+HUMAN_OWNED = "(c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused)"
+
 
 @dataclass(frozen=True, slots=True)
 class Pending:
@@ -221,6 +224,16 @@ async def assign(conn: asyncpg.Connection, conversation_id: int, user_id: int | 
            WHERE id = $1 RETURNING ownership_version""", conversation_id, user_id))
 
 
+async def set_bot_paused(conn: asyncpg.Connection, conversation_id: int, paused: bool) -> int:
+    """Pause (or resume) the bot in one conversation: the reply engines and the sender treat a paused
+    conversation as owned by a person. Pausing makes automatic drafts in flight stale. Returns the
+    ownership version."""
+    return int(await conn.fetchval(
+        """UPDATE conversations SET bot_paused = $2,
+               ownership_version = ownership_version + CASE WHEN $2 AND NOT bot_paused THEN 1 ELSE 0 END
+           WHERE id = $1 RETURNING ownership_version""", conversation_id, paused))
+
+
 async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
     """Give the conversation back to the bot."""
     return int(await conn.fetchval(
@@ -249,6 +262,15 @@ async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool
     ``published``: the caller publishes it right after the commit; otherwise the outbox sweep does.
     """
     return bool(await conn.fetchval(_QUEUE, *_queue_args(intent, published)))
+
+
+def template_body(template: dict[str, Any]) -> str:
+    """The stored text of a template message (``{"name", "language", "parameters"}``), as the thread
+    shows what the customer got. Template texts are not known here (no catalogue yet), so it is the
+    template's name and language with the parameters filled in: ``[template follow_up (en)] Ana · 10:00``."""
+    params = [str(p) for p in template.get("parameters") or ()]
+    head = f"[template {template.get('name')} ({template.get('language')})]"
+    return f"{head} {' · '.join(params)}" if params else head
 
 
 def manual_reply_key(request_id: str) -> str:
@@ -321,9 +343,9 @@ class SendChecks:
 
 # One row per dedupe key, in order, NULLs when it has no ledger row. The earlier unfinished reply
 # ignores the batch's own rows: they are handled in order before this one (the claim looks again).
-_SEND_READS = """
+_SEND_READS = f"""
     SELECT l.id, l.state, l.attempts, l.intent, c.ownership_version,
-           (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) AS human, k.opted_out, c.last_inbound_at,
+           {HUMAN_OWNED} AS human, k.opted_out, c.last_inbound_at,
            (SELECT until FROM number_pauses p WHERE p.phone_number_id = c.phone_number_id AND p.until > now()) paused,
            e.id AS e_id, e.state AS e_state, e.next_attempt_at AS e_next
     FROM unnest($1::text[]) WITH ORDINALITY AS x(key, n)
@@ -395,3 +417,23 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
     if row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"]:
         return True, "a person owns this conversation (it was handed over), so the bot stays quiet: see the inbox"
     return True, "the rules chose not to answer this message"
+
+
+# Candidates from three small partial indexes (conversations_reply_due, outbound_log_unfinished,
+# outbound_log_ambiguous), never a scan of the conversations or the ledger.
+_AWAITING_REPLY = f"""
+    WITH candidates AS (
+        SELECT id FROM conversations WHERE reply_due_at IS NOT NULL
+        UNION SELECT conversation_id FROM outbound_log WHERE state IN ('queued', 'retry_wait', 'sending')
+        UNION SELECT conversation_id FROM outbound_log WHERE state = 'ambiguous')
+    SELECT count(*) FROM candidates x JOIN conversations c ON c.id = x.id JOIN contacts k ON k.id = c.contact_id
+    WHERE c.last_inbound_at > now() - make_interval(secs => $1)
+      AND c.last_inbound_at > COALESCE(c.last_outbound_at, '-infinity') AND NOT {HUMAN_OWNED} AND NOT k.opted_out"""
+
+
+async def awaiting_reply(conn: asyncpg.Connection, window_s: float) -> int:
+    """Conversations whose customer waits for the bot: the latest customer message, written in the
+    last ``window_s``, is newer than our latest message, with messages not yet answered or a reply
+    still on its way (queued, waiting to retry, in flight, ambiguous); not owned by a person, not
+    opted out. A customer whose message needs no reply (a reaction) or got a decided "none" waits for nothing."""
+    return int(await conn.fetchval(_AWAITING_REPLY, window_s))

@@ -94,7 +94,8 @@ async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, 
 # Every state change is guarded by the states it expects (``WHERE id = $1 AND state = ANY(...)``) and
 # says whether it happened: a guard that does not match means another worker (or the settle timer, or
 # a status) moved the row first, and the caller reports it instead of carrying on as if it had won.
-# ``sent`` is never overwritten.
+# ``sent`` is overwritten only by Meta's own ``failed`` status for that message (:func:`fail_sent`); a
+# ``failed`` row goes back to ``queued`` only by a person's or an operator's retry (:func:`retry_failed`).
 
 WAITING = ("queued", "retry_wait")
 UNSETTLED = ("sending", "ambiguous", "unconfirmed")  # Meta may have the message; its answer or status settles it
@@ -192,12 +193,85 @@ async def finish(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple
 async def record_failed(conn: asyncpg.Connection, outbound_log_id: int, expected: tuple[str, ...],
                         error: dict[str, Any], conversation_id: int, task_kind: str, task_title: str, *,
                         attempts: int | None = None, request_id: str | None = None) -> bool:
-    """The intent will not be sent: ``failed``, and a person gets a task. False if the guard did not match."""
+    """The intent will not be sent: ``failed``, and a person gets a task naming the row (which a retry
+    closes, :func:`retry_failed`). False if the guard did not match."""
     if not await finish(conn, outbound_log_id, expected, "failed", error, attempts=attempts):
         return False
-    await create_task(conn, conversation_id, task_kind, task_title, error,
-                      dedupe_key=f"outbound:{outbound_log_id}:failed", request_id=request_id)
+    await create_task(conn, conversation_id, task_kind, task_title, {**error, "outbound_log_id": outbound_log_id},
+                      dedupe_key=failed_task_key(outbound_log_id), request_id=request_id)
     return True
+
+
+def failed_task_key(outbound_log_id: int) -> str:
+    """The dedupe key of the task a failed ledger row leaves for a person (one per failure: a retry
+    renames it, so the row failing again leaves a new one)."""
+    return f"outbound:{outbound_log_id}:failed"
+
+
+async def fail_sent(conn: asyncpg.Connection, outbound_log_id: int, provider_message_id: str,
+                    error: dict[str, Any]) -> bool:
+    """Meta reported the message it took for this row as ``failed``: ``sent`` -> ``failed`` (only for
+    that very message, so a later send of the row is not undone by an old status), so a person can
+    retry it. False if the row is not sent with that message."""
+    return await conn.fetchval(
+        """UPDATE outbound_log SET state = 'failed', error = $3, finished_at = now()
+           WHERE id = $1 AND state = 'sent' AND provider_message_id = $2 RETURNING true""",
+        outbound_log_id, provider_message_id, error) is True
+
+
+# failed -> queued in one guarded statement: of two retries at once, the second finds the row queued
+# (PostgreSQL re-checks the guard on the row the first one changed) and reports that instead. The row
+# goes to the contact's current phone (a person may have fixed it), with a fresh attempt count, for the
+# outbox sweep to publish; a person's retry is a person's send (not automatic, authored by them: the
+# bot's fencing does not drop it). The failure's tasks are done (the task key renamed, so failing again
+# leaves a new task; the key is failed_task_key's). The final SELECT sees the row as the statement began.
+_RETRY = """
+    WITH requeued AS (
+        UPDATE outbound_log o SET state = 'queued', attempts = 0, error = NULL, published_at = NULL,
+            next_attempt_at = NULL, claimed_at = NULL, finished_at = NULL,
+            retries = o.retries + 1, retried_at = now(), retried_by = $2,
+            automatic = o.automatic AND $2::bigint IS NULL, author_user_id = COALESCE($2, o.author_user_id),
+            intent = o.intent || jsonb_build_object('to', COALESCE(k.wa_id, k.user_id), 'attempt', 0,
+                                                    'automatic', o.automatic AND $2::bigint IS NULL)
+        FROM conversations c JOIN contacts k ON k.id = c.contact_id
+        WHERE o.id = $1 AND o.state = 'failed' AND c.id = o.conversation_id
+        RETURNING o.id, o.retries),
+    tasks_done AS (
+        UPDATE tasks t SET status = 'done',
+            dedupe_key = CASE WHEN t.dedupe_key = 'outbound:' || r.id || ':failed'
+                              THEN t.dedupe_key || ':retried:' || r.retries ELSE t.dedupe_key END
+        FROM requeued r
+        WHERE t.dedupe_key = 'outbound:' || r.id || ':failed'
+           OR (t.status = 'open' AND t.kind = 'delivery_failed' AND t.details->>'outbound_log_id' = r.id::text))
+    SELECT EXISTS (SELECT 1 FROM requeued) AS requeued, o.state, o.conversation_id
+    FROM (SELECT 1) one LEFT JOIN outbound_log o ON o.id = $1"""
+
+
+@dataclass(frozen=True, slots=True)
+class Retried:
+    """What :func:`retry_failed` did: ``requeued``, else the row's ``state`` (``None``: no such row)."""
+
+    requeued: bool
+    state: str | None
+    conversation_id: int | None
+
+
+async def retry_failed(conn: asyncpg.Connection, outbound_log_id: int, by_user: int | None) -> Retried:
+    """Queue a ``failed`` ledger row again, under its own row, once per failure (see ``_RETRY``);
+    ``by_user``: the person retrying (``None``: an operator's ``wacrm dlq redrive``, which leaves the
+    intent as it was, so a bot reply stays subject to the bot's fencing)."""
+    row = await conn.fetchrow(_RETRY, outbound_log_id, by_user)
+    return Retried(bool(row["requeued"]), row["state"], row["conversation_id"])
+
+
+async def redrive_ledger_row(conn: asyncpg.Connection, dedupe_key: str) -> str | None:
+    """``wacrm dlq redrive`` of a sender's letter: queue its ``failed`` ledger row again (an operator's
+    retry, :func:`retry_failed` with no person). ``None`` when queued, else why not."""
+    row_id = await conn.fetchval("SELECT id FROM outbound_log WHERE dedupe_key = $1", dedupe_key)
+    if row_id is None:
+        return f"no ledger row has the dedupe key {dedupe_key!r}"
+    result = await retry_failed(conn, row_id, None)
+    return None if result.requeued else f"ledger row {row_id} is {result.state}, not failed"
 
 
 async def mark_ambiguous(conn: asyncpg.Connection, outbound_log_id: int, error: dict[str, Any]) -> bool:
@@ -224,7 +298,7 @@ _RECORD_SENT = """
         INSERT INTO messages (channel, provider_message_id, conversation_id, contact_id, direction, type, body,
                               payload, status, status_at, provider_timestamp, outbound_log_id, error, request_id)
         SELECT $1, $2, c.id, c.contact_id, 'outbound', $7, $3, $4, COALESCE(e.status, 'accepted'),
-               COALESCE(e.occurred_at, now()), now(), $5, e.errors,
+               COALESCE(e.occurred_at, now()), COALESCE(to_timestamp($9::float8), now()), $5, e.errors,
                (SELECT request_id FROM outbound_log WHERE id = $5)
         FROM conversations c
         LEFT JOIN LATERAL (SELECT status, occurred_at, errors FROM message_status_events
@@ -255,6 +329,7 @@ class Accepted:
     text: str
     wamid: str
     payload: dict[str, Any]
+    sent_at: float | None = None  # epoch seconds: when the Graph API accepted it (or Meta's status says sent)
 
 
 async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, settled_by: str) -> list[str]:
@@ -272,7 +347,7 @@ async def record_sent_many(conn: asyncpg.Connection, sent: list[Accepted], *, se
         return []
     rows = await conn.fetchmany(_RECORD_SENT, [
         (CHANNEL, a.wamid, a.text, a.payload, a.outbound_log_id, a.conversation_id, a.payload.get("type", "text"),
-         settled_by) for a in sent])
+         settled_by, a.sent_at) for a in sent])
     out = []
     for a, r in zip(sent, rows, strict=True):
         if r["stored"]:

@@ -14,10 +14,12 @@ from typing import Any
 
 import asyncpg
 
-_INBOUND = """
+from wacrm.storage.replies import HUMAN_OWNED
+
+_INBOUND = f"""
     SELECT m.id, m.provider_message_id, m.conversation_id, m.type, m.created_at, m.raw_ref,
            c.reply_upto_message_id >= m.id AS answered, c.reply_due_at,
-           (c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused) AS human_owned, k.opted_out
+           {HUMAN_OWNED} AS human_owned, k.opted_out
     FROM messages m JOIN conversations c ON c.id = m.conversation_id JOIN contacts k ON k.id = c.contact_id
     WHERE m.request_id = $1 AND m.direction = 'inbound' ORDER BY m.id"""
 _LEDGER = """

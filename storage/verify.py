@@ -111,7 +111,11 @@ def compare(want: Iterable[Item], have: Iterable[Item], defined_in: dict[str, st
         identifier = re.match(r"[a-z0-9_]*", item.name.split(".")[-1])
         word = identifier.group(0) if identifier else ""
         migration = where.get(word)
-        changed_by = sorted(((named_in or {}).get(word, set()) | ({migration} if migration else set())) & pending)
+        named = (named_in or {}).get(word) or set()
+        if not named and migration is None and "." in item.name:
+            # a name PostgreSQL made up (outbound_log_retried_by_fkey, …_not_null): the table's migrations
+            named = (named_in or {}).get(item.name.split(".", 1)[0]) or set()
+        changed_by = sorted((named | ({migration} if migration else set())) & pending)
         if changed_by:  # not drift: the database is behind, and migrating is the only right fix
             checks.append(Check(item, False, problem, f"run: {FIX_COMMAND} ({changed_by[-1]} is pending)"))
             continue

@@ -1,21 +1,23 @@
 """The gauges on-call alerts read from the worker's /metrics: consumer lag per topic and partition,
-paused numbers, sends left unsettled."""
+paused numbers, sends left unsettled, conversations waiting for the bot, the event loop's heartbeat;
+and the worker's /livez."""
 
 from __future__ import annotations
 
 import re
 
+import aiohttp
 import asyncpg
 from conftest import Stack, eventually
 
+from wacrm.core.liveness import STALE_AFTER_S
+from wacrm.storage import replies
 from wacrm.topics import INBOUND, RAW
 from wacrm.topics.lag import lag_of, per_topic
 from wacrm.whatsapp import simulate
 
 
 async def _lag_lines(stack: Stack) -> dict[tuple[str, str], tuple[str, float]]:
-    import aiohttp
-
     async with aiohttp.ClientSession() as s, s.get(stack.worker_metrics) as r:
         text = await r.text()
     found = {}
@@ -64,6 +66,50 @@ async def test_paused_numbers_and_unsettled_sends(stack: Stack, db: asyncpg.Conn
         assert await stack.worker_metric("wacrm_ambiguous_unsettled", 'measure="oldest_seconds"') >= 600
     finally:
         await db.execute("DELETE FROM outbound_log WHERE id = $1", row)
+
+
+async def test_the_worker_loop_beats_and_its_livez_answers(stack: Stack) -> None:
+    beat = "wacrm_worker_heartbeat_timestamp_seconds"
+    first = await eventually(lambda: stack.worker_metric(beat), 60, "the first heartbeat")
+    await eventually(lambda: _at_least(stack, beat, first + 1), 30, "the heartbeat to advance")
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{stack.worker_metrics_port}/livez") as r:
+        assert r.status == 200
+        body = await r.json()
+    assert body["ok"] is True and 0 <= body["heartbeat_age_seconds"] < STALE_AFTER_S
+
+
+async def test_conversations_waiting_for_the_bot_count_until_a_person_owns_them(
+        stack: Stack, db: asyncpg.Connection) -> None:
+    """A reply parked behind a paused number waits; an answered conversation does not; nor does one a
+    person took over. (RepliesStopped pages on this gauge.)"""
+    waiting, stored = "wacrm_conversations_awaiting_reply", "wacrm_messages_stored_total"
+    paused_number = "200000000000077"  # a number of its own: the other tests' replies go out
+    before = await stack.worker_metric(waiting)
+    stored_before = await stack.worker_metric(stored, 'expects_reply="true"')
+    await db.execute("INSERT INTO number_pauses (phone_number_id, reason, until) VALUES "
+                     "($1, 'test', now() + interval '1 hour')", paused_number)
+    try:
+        answered, parked = simulate.new_message_id(), simulate.new_message_id()
+        for body in (simulate.text_body(text="what is the price?", wa_id="15550077101", message_id=answered),
+                     simulate.text_body(text="what is the price?", wa_id="15550077102", message_id=parked,
+                                        phone_number_id=paused_number)):
+            assert (await stack.post(simulate.dumps(body)))[0] == 200
+        await eventually(lambda: stack.replies_to(answered), 60, "the reply on the number that is not paused")
+        await eventually(lambda: _exactly(stack, waiting, before + 1), 60,
+                         "the parked reply's conversation (only) to count as waiting")
+        assert await stack.worker_metric(stored, 'expects_reply="true"') >= stored_before + 2
+
+        conversation = await db.fetchval("SELECT conversation_id FROM messages WHERE provider_message_id = $1",
+                                         parked)
+        async with db.transaction():
+            await replies.hand_over(db, conversation, "test: a person takes it", {})
+        await eventually(lambda: _exactly(stack, waiting, before), 30, "a person's conversation to stop counting")
+    finally:
+        await db.execute("DELETE FROM number_pauses WHERE phone_number_id = $1", paused_number)
+
+
+async def _exactly(stack: Stack, name: str, n: float) -> bool:
+    return await stack.worker_metric(name) == n
 
 
 async def _at_least(stack: Stack, name: str, n: float, labels: str = "") -> bool:

@@ -1,5 +1,6 @@
 """The inbox API on the session's system (real PostgreSQL, broker, worker; fake-meta for Meta):
-one test per route and rule of DESIGN.md's "Inbox API"."""
+one test per route and rule of the contract, inbox/openapi.json (tests/test_openapi.py holds the
+document to the routes)."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ except ImportError as exc:  # the test extra is not installed
 import asyncpg  # noqa: E402
 from conftest import Stack, eventually, run_sync  # noqa: E402
 from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
-from test_replies import sends_to  # noqa: E402
+from test_replies import script, sends_to  # noqa: E402
 
 from wacrm.storage.db import connect  # noqa: E402
 
@@ -267,7 +267,7 @@ def test_outside_the_window_the_reply_box_offers_a_template(stack: Stack, databa
     page.fill("#template-name", "follow_up")
     page.fill("#template-params", "Dee")
     page.click("#send-template")
-    sent = page.locator("#messages li", has_text="[template follow_up]")
+    sent = page.locator("#messages li", has_text="[template follow_up (en)] Dee")
     expect(sent).to_be_visible(timeout=LIVE_S)
 
     async def at_meta() -> list[dict[str, Any]]:
@@ -283,3 +283,73 @@ async def _window_closed(database_url: str, cid: int) -> None:
     finally:
         await conn.close()
 
+
+
+def _valid_phone() -> str:
+    return "35191" + str(uuid.uuid4().int)[:7]
+
+
+def test_a_person_fixes_the_phone_from_the_task_and_retries_the_failed_reply(
+        stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    name, wrong, right = f"Eva {uuid.uuid4().hex[:6]}", phone(), _valid_phone()
+    run_sync(script(stack, [{"to": f"+{wrong}", "code": 131026, "http_status": 400}]))  # not on WhatsApp
+    _sign_in(page, stack.base, email)
+    run_sync(customer_says(stack, wrong, "hello, are you open?", name))
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = item.get_attribute("data-conversation-id")
+    item.locator("button").click()
+    failed = page.locator("#messages li.failed")
+    expect(failed).to_be_visible(timeout=LIVE_S)  # the bot's reply failed; the thread shows it live
+    expect(failed.locator(".reason")).to_contain_text("131026")
+    expect(failed.locator("button.retry")).to_be_visible()
+
+    page.click("#tasks-btn")  # the task links to the contact: "Fix contact", then Save
+    task = page.locator(f"#task-list li[data-for-conversation='{cid}'][data-kind=invalid_recipient]")
+    task.locator("button.fix-contact").click()
+    phone_box = page.locator("#contact-form input[name=phone]")
+    expect(phone_box).to_be_focused()
+    phone_box.fill("not a number")
+    page.click("#contact-form button[type=submit]")
+    expect(page.locator("#contact-error")).to_contain_text("phone")
+    phone_box.fill(f"+{right}")
+    page.click("#contact-form button[type=submit]")
+    expect(page.locator("#contact")).to_contain_text(f"+{right}", timeout=LIVE_S)
+
+    failed.locator("button.retry").click()
+    mine = page.locator("#messages li[data-message-id]", has_text="Thanks for writing")
+    expect(mine).to_be_visible(timeout=LIVE_S)  # sent this time: a stored message
+    expect(page.locator("#messages li.failed")).to_have_count(0)
+
+    async def at_meta() -> list[dict[str, Any]]:
+        return [x for x in await sends_to(stack, right) if "id" in (x.get("answered") or {})]
+    assert len(run_sync(eventually(at_meta, 60, "the retried reply at fake-meta"))) == 1
+
+
+def test_the_bot_toggle_pauses_and_resumes_the_bot(stack: Stack, database_url: str, page: Page) -> None:
+    email = _user(database_url, "agent")
+    name, wa_id = f"Gil {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hi", name))
+    _sign_in(page, stack.base, email)
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = int(item.get_attribute("data-conversation-id") or 0)
+    item.locator("button").click()
+    toggle = page.locator("#bot-toggle")
+    expect(toggle).to_have_attribute("aria-pressed", "false")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "true", timeout=LIVE_S)
+    expect(toggle).to_have_text("Resume bot")
+    assert run_sync(_bot_paused(database_url, cid)) is True
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-pressed", "false", timeout=LIVE_S)
+    assert run_sync(_bot_paused(database_url, cid)) is False
+
+
+async def _bot_paused(database_url: str, cid: int) -> bool:
+    conn = await connect(database_url, timeout=10)
+    try:
+        return bool(await conn.fetchval("SELECT bot_paused FROM conversations WHERE id = $1", cid))
+    finally:
+        await conn.close()

@@ -147,7 +147,7 @@ def inbox_routes() -> list[tuple[str, str]]:
 ROUTES = inbox_routes()
 KEYS = ("q", "status", "assignee", "page", "before", "state", "deleted", "number", "waiting", "text",
         "idempotency_key", "template", "user_id", "snoozed_until", "until", "stage", "email", "password",
-        "name", "language", "parameters")
+        "name", "language", "parameters", "phone", "paused")
 odd_text = st.one_of(st.text(max_size=40), st.sampled_from(("", "0", "-1", "1.5", "²", "١٢", "9" * 19, "9" * 40,
                                                            "\x00", "%", "_", "\\", "'", "null", "2026-13-45",
                                                            "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00")))
@@ -175,7 +175,7 @@ def test_no_input_to_any_inbox_route_is_a_server_error(inbox: Inbox, route: tupl
     method, path = route
     target = "/api/v1" + path.replace("{id}", urllib.parse.quote(ids, safe="")) + "?" + \
         urllib.parse.urlencode(query) + junk
-    status, data = inbox.request(method, target, body if method == "POST" else None)
+    status, data = inbox.request(method, target, body if method in ("POST", "PUT", "PATCH") else None)
     assert status < 500, (method, target, body, status, data)
     if status >= 400:
         assert isinstance(data, dict) and data.get("ok") is False and isinstance(data.get("code"), str) \

@@ -150,7 +150,7 @@ async def test_a_permanent_graph_error_leaves_a_task_not_a_silent_drop(stack: St
 
     row = await eventually(failed, what="the failed ledger row")
     assert row["error"]["code"] == 131026
-    task = await db.fetchrow("SELECT * FROM tasks WHERE conversation_id = $1 AND kind = 'send_failed'",
+    task = await db.fetchrow("SELECT * FROM tasks WHERE conversation_id = $1 AND kind = 'invalid_recipient'",
                              row["conversation_id"])
     assert task is not None
     assert await db.fetchval("SELECT count(*) FROM notifications WHERE task_id = $1", task["id"]) == 1

@@ -1,17 +1,20 @@
 """A real Prometheus (Debian's package) scrapes a running system; every dashboard panel's query
-must return data once the traffic that feeds it has happened."""
+must return data once the traffic that feeds it has happened, and every alert rule reads series the
+system exports and stays quiet while it is healthy."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from conftest import Stack, eventually
 
 from wacrm.core import procs
@@ -46,8 +49,9 @@ def prometheus(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
     work = tmp_path_factory.mktemp("prometheus")
     config = work / "prometheus.yml"
     config.write_text(f"""global: {{scrape_interval: 1s, evaluation_interval: 1s}}
+rule_files: ["{ROOT / 'deploy/prometheus/alerts.yml'}"]
 scrape_configs:
-  - job_name: wacrm-serve
+  - job_name: wacrm-webhook
     static_configs: [{{targets: ["127.0.0.1:{stack.port}"]}}]
   - job_name: wacrm-worker
     static_configs: [{{targets: ["127.0.0.1:{stack.worker_metrics_port}"]}}]
@@ -118,3 +122,37 @@ async def test_every_dashboard_panel_returns_data(stack: Stack, prometheus: str)
         raise AssertionError("panels without data:\n" + "\n".join(missing)) from None
     for expr, why in NOT_FED.items():
         assert any(expr == e for _, e in queries), f"NOT_FED names a query no panel has: {expr} ({why})"
+
+
+async def test_the_alerts_read_series_the_system_exports_and_stay_quiet_while_it_is_healthy(
+        stack: Stack, prometheus: str) -> None:
+    rules = [r for g in yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+             for r in g["rules"]]
+    names = {n for r in rules for n in re.findall(r"\bwacrm_[a-z_]+", r["expr"])}
+    await eventually(lambda: ready(prometheus), 60, "Prometheus to be ready")
+    await eventually(lambda: query(prometheus, 'up{job="wacrm-worker"} == 1'), 60, "the first scrapes")
+    await feed(stack, 2)
+    missing: set[str] = set()
+
+    async def all_exported() -> bool:
+        missing.clear()
+        for name in names:
+            if not await query(prometheus, f'{{__name__="{name}"}}'):
+                missing.add(name)
+        return not missing
+
+    try:
+        await eventually(all_exported, 90, "a series of every metric the alerts read")
+    except AssertionError:
+        raise AssertionError(f"alerts read metrics the system does not export: {sorted(missing)}") from None
+
+    async def evaluated() -> list[dict[str, Any]] | None:
+        async with aiohttp.ClientSession() as s, s.get(f"{prometheus}/api/v1/rules", params={"type": "alert"}) as r:
+            found = [rule for g in (await r.json())["data"]["groups"] for rule in g["rules"]]
+        return found if found and all(rule.get("lastEvaluation", "").startswith("20") for rule in found) else None
+
+    await asyncio.sleep(3)  # a few evaluations over the fed traffic
+    alerts = {rule["name"]: rule for rule in await eventually(evaluated, 60, "the alert rules to be evaluated")}
+    assert set(alerts) == {r["alert"] for r in rules if "alert" in r}
+    for name in ("WorkersDown", "WebhookDown", "WorkerLoopStuck", "RepliesStopped"):
+        assert (alerts[name]["health"], alerts[name]["state"]) == ("ok", "inactive"), alerts[name]

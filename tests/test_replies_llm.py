@@ -140,6 +140,14 @@ async def test_outside_the_window_the_template_is_sent(llm_stack: Stack, ldb: as
     assert sent["body"]["template"]["name"] == "follow_up"
     assert sent["body"]["template"]["components"][0]["parameters"] == [{"type": "text", "text": "friend"}]
 
+    async def stored_template() -> asyncpg.Record | None:
+        return await ldb.fetchrow("SELECT * FROM messages WHERE provider_message_id = $1", sent["answered"]["id"])
+
+    message = await eventually(stored_template, what="the template in the conversation")
+    assert message["body"] == "[template follow_up (en_US)] friend"  # what the customer got
+    assert await ldb.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1 AND body = $2",
+                              conv_id, "Still interested?") == 0  # the free text never went, so it is not there
+
 
 async def test_a_late_131047_failure_sends_the_template(llm_stack: Stack, ldb: asyncpg.Connection) -> None:
     wa_id = _phone()

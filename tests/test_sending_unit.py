@@ -115,6 +115,7 @@ def test_the_window_path_sends_the_template_once_or_asks_a_person(i: SendIntent,
     r = d.replacement
     assert r.kind == "template" and r.dedupe_key == f"template:{i.dedupe_key}" and r.attempt == 0
     assert r.template == {"name": "follow_up", "language": "en", "parameters": ["friend"]}
+    assert r.text == "[template follow_up (en)] friend"  # the stored body: what the customer got, not i.text
     assert (r.to, r.conversation_id, r.phone_number_id, r.ownership_version) == \
         (i.to, i.conversation_id, i.phone_number_id, i.ownership_version)
     assert isinstance(sending.window_path(r, template), sending.Fail)  # a template is never replaced again
@@ -145,8 +146,8 @@ def test_route_follows_what_the_error_says(error: Exception, attempts: int, max_
             assert 0.8 * delays[attempts - 1] <= r.delay_s <= 1.2 * delays[attempts - 1]
         else:
             assert r == sending.DeadLetter("retries_exhausted")
-    elif isinstance(error, InvalidRecipient):
-        assert r == sending.DeadLetter("invalid_recipient")
+    elif isinstance(error, InvalidRecipient) or getattr(error, "code", None) == 131026:
+        assert r == sending.DeadLetter("invalid_recipient")  # a person fixes the phone and retries
     else:
         assert r == sending.DeadLetter("send_failed")
 

@@ -6,11 +6,16 @@ those headers existed are read from their JSON value. A redrive produces the ori
 exact bytes, key and headers, read back from the origin topic; the letter's copy of the value when
 the original is gone) and records the letter's id in ``dlq_redrives`` in the same transaction, so
 each letter is redriven at most once.
+
+A sender's letter names a ledger row (its send intent's dedupe key), and the ledger, not the event,
+decides what is sent: the row is ``failed``, so the event alone would be skipped. Its redrive queues
+the row again instead (``requeue``, :func:`storage.repo.redrive_ledger_row`, in the same transaction)
+and the outbox sweep sends it; a row that is not ``failed`` any more is skipped, the letter not marked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +118,25 @@ class Filter:
                 and (self.until is None or letter.at <= self.until))
 
 
+def ledger_key(letter: Letter) -> str | None:
+    """The dedupe key of the ledger row a sender's letter is about; ``None`` for other agents' letters."""
+    if letter.agent != "sender":
+        return None
+    key = letter.details.get("dedupe_key")
+    if isinstance(key, str) and key:
+        return key
+    try:
+        value = orjson.loads(letter.value)
+    except orjson.JSONDecodeError:
+        return None
+    key = value.get("dedupe_key") if isinstance(value, dict) else None
+    return key if isinstance(key, str) and key else None
+
+
+# (connection, dedupe key) -> None when the ledger row is queued again, else why not
+Requeue = Callable[[Any, str], Awaitable[str | None]]
+
+
 def to_redrive(letters: Iterable[Letter], already: set[tuple[int, int]]) -> list[Letter]:
     """The letters not redriven before, oldest first."""
     return sorted((x for x in letters if (x.partition, x.offset) not in already), key=lambda x: (x.at, x.id))
@@ -144,8 +168,9 @@ class Redrive:
 
 
 async def redrive(client: dict[str, Any], conn: Any, which: Filter, dry_run: bool, timeout: float,
-                  out: Callable[[Redrive], None] = lambda r: None) -> list[Redrive]:
-    """Send the selected letters not redriven before back to their origin topic (a dry run only says which)."""
+                  out: Callable[[Redrive], None] = lambda r: None, requeue: Requeue | None = None) -> list[Redrive]:
+    """Send the selected letters not redriven before back to their origin topic (a dry run only says which);
+    with ``requeue``, a sender's letter queues its ledger row again instead (see the module docstring)."""
     pending = to_redrive(await letters(client, which, timeout), await redriven(conn))
     done: list[Redrive] = []
     producer = None if dry_run else AIOKafkaProducer(**client)
@@ -153,9 +178,15 @@ async def redrive(client: dict[str, Any], conn: Any, which: Filter, dry_run: boo
         await producer.start()
     try:
         for x in pending:
+            key = ledger_key(x) if requeue is not None else None
             original = await scan.at(client, x.origin_topic, x.origin_partition, x.origin_offset, timeout) \
-                if x.origin_partition >= 0 else None
-            if original is None and x.reduced:
+                if x.origin_partition >= 0 and key is None else None
+            if key is not None and producer is None:
+                result = Redrive(x, "would redrive")
+            elif key is not None:
+                assert requeue is not None
+                result = await _requeue_one(conn, x, key, requeue)
+            elif original is None and x.reduced:
                 result = Redrive(x, "skipped: the original is gone and the letter kept only its start")
             elif producer is None:
                 result = Redrive(x, "would redrive")
@@ -181,4 +212,24 @@ async def _redrive_one(conn: Any, producer: AIOKafkaProducer, x: Letter, origina
                                          partition=original.partition, headers=list(original.headers))
         else:
             await producer.send_and_wait(x.origin_topic, x.value.encode(), partition=max(0, x.origin_partition))
+    return Redrive(x, "redriven")
+
+
+class _NotRequeued(Exception):
+    """Rolls back the letter's mark: its ledger row was not queued again."""
+
+
+async def _requeue_one(conn: Any, x: Letter, key: str, requeue: Requeue) -> Redrive:
+    try:
+        async with conn.transaction():
+            claimed = await conn.fetchval(
+                "INSERT INTO dlq_redrives (dlq_partition, dlq_offset, target_topic, reason) VALUES ($1, $2, $3, $4) "
+                "ON CONFLICT DO NOTHING RETURNING true", x.partition, x.offset, x.origin_topic, x.reason)
+            if not claimed:
+                return Redrive(x, "skipped: redriven meanwhile")
+            why = await requeue(conn, key)
+            if why is not None:
+                raise _NotRequeued(why)
+    except _NotRequeued as exc:
+        return Redrive(x, f"skipped: {exc}")
     return Redrive(x, "redriven")

@@ -49,9 +49,9 @@ def _logging(level: str, fmt: str = "text", *, batched: bool = False) -> None:
     configure(level, fmt, batched=batched)
 
 
-async def _check_schema(database_url: str, timeout: float) -> None:
+async def _check_schema(s: Settings) -> None:
     """Refuse to go on (exit 3) when the database is behind the code."""
-    problem = await _schema_problem(database_url, timeout)
+    problem = await _schema_problem(s)
     if problem is not None:
         raise CommandError(problem, EXIT_SCHEMA)
 
@@ -59,28 +59,30 @@ async def _check_schema(database_url: str, timeout: float) -> None:
 # --- migrate -------------------------------------------------------------------------------
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    """Over ``DIRECT_URL`` (default ``DATABASE_URL``): the advisory lock needs a session of its own."""
     s = _settings("prod", {"DATABASE_URL"})
-    assert s.database_url
+    assert s.direct_url
     if args.status:
-        return asyncio.run(_migrate_status(s.database_url, s.db_timeout_s))
-    asyncio.run(run_migrations(s.database_url, s.db_timeout_s))
+        return asyncio.run(_migrate_status(s.direct_url, s.db_timeout_s, s.direct_variable))
+    asyncio.run(run_migrations(s.direct_url, s.db_timeout_s, variable=s.direct_variable))
     return 0
 
 
-async def _connected(database_url: str, timeout: float) -> Any:
+async def _connected(database_url: str, timeout: float, variable: str = "DATABASE_URL") -> Any:
+    """A connection of its own (a session); tools pass ``DIRECT_URL``, which a transaction pooler is not."""
     from wacrm.storage.db import connect
 
     try:
         return await connect(database_url, timeout=timeout)
     except Exception as exc:
-        raise CommandError(f"cannot connect to DATABASE_URL: {type(exc).__name__}: {exc}") from None
+        raise CommandError(f"cannot connect to {variable}: {type(exc).__name__}: {exc}") from None
 
 
-async def _migrate_status(database_url: str, timeout: float) -> int:
+async def _migrate_status(database_url: str, timeout: float, variable: str) -> int:
     """Applied and pending migrations with checksums; exit 1 when any is pending, edited or unknown."""
     from wacrm.storage.migrate import FIX_COMMAND, MigrationError, status
 
-    conn = await _connected(database_url, timeout)
+    conn = await _connected(database_url, timeout, variable)
     try:
         rows = await status(conn)
     except MigrationError as exc:
@@ -101,13 +103,14 @@ def cmd_verify_schema(args: argparse.Namespace) -> int:
     s = _settings("tool", {"DATABASE_URL"})
     if s.database_url is None:
         raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
-    return asyncio.run(_verify_schema(s.database_url, s.db_timeout_s, args.quiet))
+    return asyncio.run(_verify_schema(s, args.quiet))
 
 
-async def _verify_schema(database_url: str, timeout: float, quiet: bool) -> int:
+async def _verify_schema(s: Settings, quiet: bool) -> int:
     from wacrm.storage.verify import verify
 
-    conn = await _connected(database_url, timeout)
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         checks = await verify(conn)
     finally:
@@ -122,13 +125,13 @@ async def _verify_schema(database_url: str, timeout: float, quiet: bool) -> int:
     return EXIT_FAIL if gaps else 0
 
 
-async def run_migrations(database_url: str, timeout: float, out: Any = print) -> int:
+async def run_migrations(database_url: str, timeout: float, out: Any = print, *, variable: str = "DATABASE_URL") -> int:
     """``storage.migrate.run_migrations`` with its failures as command errors (exit 1 unreachable, 3 refused)."""
     from wacrm.storage.migrate import DatabaseUnreachable, MigrationError
     from wacrm.storage.migrate import run_migrations as apply
 
     try:
-        return await apply(database_url, timeout, out)
+        return await apply(database_url, timeout, out, variable=variable)
     except DatabaseUnreachable as exc:
         raise CommandError(str(exc)) from None
     except MigrationError as exc:
@@ -156,11 +159,12 @@ async def create_topics(s: Settings, out: Any = print) -> None:
 
 # --- serve ---------------------------------------------------------------------------------
 
-async def _schema_problem(database_url: str, timeout: float) -> str | None:
-    """What is behind in the database (the fix named), ``None`` when it is current."""
+async def _schema_problem(s: Settings) -> str | None:
+    """What is behind in the database (the fix named), ``None`` when it is current (asked over ``DIRECT_URL``)."""
     from wacrm.storage.migrate import MigrationError, require_current
 
-    conn = await _connected(database_url, timeout)
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         await require_current(conn)
     except MigrationError as exc:
@@ -182,15 +186,18 @@ def _processes(text: str) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """The webhook and the inbox (or one, ``--only``). A schema that is behind does not stop it:
-    the webhook only publishes and keeps accepting, and the inbox answers 500 DB_MISMATCH."""
+    """The webhook and the inbox (or one, ``--only``). Neither a database that is down nor a schema
+    that is behind stops it: the webhook never uses the database (``--only webhook`` needs no
+    ``DATABASE_URL``) and keeps accepting; the inbox answers 500 DB_MISMATCH, or is not ready (/readyz)
+    until its database answers."""
     from aiohttp import web
 
+    from wacrm.inbox.openapi import MissingDocument
     from wacrm.inbox.server import make_app
     from wacrm.inbox.web import MissingAsset
     from wacrm.orchestrator.rules import RulesError
 
-    needs = {"DATABASE_URL"}
+    needs = set() if args.only == "webhook" else {"DATABASE_URL"}
     if args.only != "inbox":
         needs |= {"KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN"}
     s = _settings("prod", needs)
@@ -201,16 +208,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         one = procs.python_cmd("serve", "--reuse-port", *(["--only", args.only] if args.only else []))
         logging.getLogger("wacrm").info("serving with %d processes on port %d (SO_REUSEPORT)", args.processes, s.port)
         return copies.run(one, args.processes)
-    assert s.database_url
-    problem = asyncio.run(_schema_problem(s.database_url, s.db_timeout_s))
     log = logging.getLogger("wacrm")
-    if problem:
-        log.error("%s (serving anyway: the webhook keeps accepting, the inbox answers DB_MISMATCH)", problem)
+    if args.only != "webhook":
+        try:
+            problem = asyncio.run(_schema_problem(s))
+        except CommandError as exc:  # the database is down: the inbox becomes ready when it answers
+            log.error("%s (serving anyway: the inbox is not ready until the database answers%s)", exc,
+                      "" if args.only else "; the webhook keeps accepting")
+        else:
+            if problem:
+                log.error("%s (serving anyway: the webhook keeps accepting, the inbox answers DB_MISMATCH)", problem)
     try:
         app = make_app(s, args.only)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
-    except MissingAsset as exc:  # a broken install: say which file, do not serve a blank page
+    except (MissingAsset, MissingDocument) as exc:  # a broken install: say which file, do not serve a blank page
         raise CommandError(str(exc), EXIT_FAIL) from None
     what = {"webhook": "webhook", "inbox": "inbox"}.get(args.only, "webhook and inbox")
     log.info("%s listening on http://%s:%d", what, s.host, s.port)
@@ -221,12 +233,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 # --- users ---------------------------------------------------------------------------------
 
-async def _users(args: argparse.Namespace, database_url: str, timeout: float, password: str | None) -> None:
+async def _users(args: argparse.Namespace, s: Settings, password: str | None) -> None:
     import asyncpg
 
     from wacrm.inbox import auth
 
-    conn = await _connected(database_url, timeout)
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         if args.users_command == "add":
             generated = password is None
@@ -270,7 +283,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\n") or None
         if password is not None and len(password) < 8:
             raise CommandError("the password on standard input must have at least 8 characters", EXIT_CONFIG)
-    asyncio.run(_users(args, s.database_url, s.db_timeout_s, password))
+    asyncio.run(_users(args, s, password))
     return 0
 
 
@@ -306,8 +319,8 @@ async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) ->
 
     from wacrm.storage import trace
 
-    assert s.database_url
-    conn = await _connected(s.database_url, s.db_timeout_s)
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         rows = await trace.load(conn, request_id)
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
@@ -380,7 +393,8 @@ async def _replay(args: argparse.Namespace, s: Settings) -> list[str]:
 
     sel = replay.Selection(args.from_offset, args.to_offset, _epoch(args.from_time, "--from-time"),
                            _epoch(args.to_time, "--to-time"), None if args.key is None else args.key.encode())
-    conn = None if args.dry_run or s.database_url is None else await _connected(s.database_url, s.db_timeout_s)
+    conn = None if args.dry_run or s.direct_url is None else \
+        await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         before = await replay.counts(conn) if conn is not None else None
         last = [time.monotonic()]
@@ -458,11 +472,14 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
                 f"request id: {x.request_id or '-'}",
                 *([f"reduced:    the letter kept the start of a {x.details.get('value_chars')}-character value"]
                   if x.reduced else []), "value:", x.value]
-    assert s.database_url
-    conn = await _connected(s.database_url, s.db_timeout_s)
+    from wacrm.storage import repo
+
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
     try:
         results = await dlq.redrive(client, conn, _dlq_filter(args), args.dry_run, args.bus_timeout,
-                                    lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"))
+                                    lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"),
+                                    requeue=repo.redrive_ledger_row)
     finally:
         await conn.close()
     verb = "would redrive" if args.dry_run else "redrove"
@@ -492,20 +509,24 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
-    from prometheus_client import start_http_server
 
     from wacrm.agents.app import build
+    from wacrm.core import liveness
     from wacrm.orchestrator.rules import RulesError
 
     s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
     assert s.database_url
-    asyncio.run(_check_schema(s.database_url, s.db_timeout_s))
-    if s.worker_metrics_port:
-        start_http_server(s.worker_metrics_port, addr=s.host)
+    asyncio.run(_check_schema(s))
     try:
         app, resources = build(s)
     except RulesError as exc:
         raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
+    if s.worker_metrics_port:  # /metrics, and /livez: 200 while the event loop beats (deploy/k8s/worker.yaml)
+        try:
+            liveness.serve(s.worker_metrics_port, s.host, resources.heartbeat)
+        except OSError as exc:
+            raise CommandError(f"WORKER_METRICS_PORT: cannot listen on {s.host}:{s.worker_metrics_port}: {exc}",
+                               EXIT_CONFIG) from None
 
     class Worker(faust.Worker):
         def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -719,10 +740,13 @@ def parser() -> argparse.ArgumentParser:
                         "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_APP_SECRET, WHATSAPP_VERIFY_TOKEN)",
                         description="Serves on HOST:PORT the webhook Meta calls (POST /webhooks/whatsapp: answered "
                         "200 only once the bus has the body; GET: the subscription handshake), the inbox API and "
-                        "pages (/api/v1, /inbox), /healthz, /readyz and /metrics. Refuses to start (exit 3) when "
-                        "the database schema is behind. SIGTERM drains and stops within the shutdown bound.")
+                        "pages (/api/v1, /inbox), /healthz, /readyz and /metrics. A database that is down or a "
+                        "schema that is behind does not stop it: the webhook never uses the database, and /readyz "
+                        "reports the inbox not ready (the combined server answers 200 while its webhook half is "
+                        "ready). SIGTERM drains and stops within the shutdown bound.")
     sv.add_argument("--only", choices=("webhook", "inbox"), default=None,
-                    help="serve only the webhook, or only the inbox (which needs only DATABASE_URL)")
+                    help="serve only the webhook (which needs no database), or only the inbox (which needs only "
+                         "DATABASE_URL)")
     sv.add_argument("--processes", type=_processes, default=1, metavar="N",
                     help="N processes sharing the port (SO_REUSEPORT), each with its own event loop, for a "
                          "machine with spare cores; /metrics of any of them reports all (default 1)")
@@ -754,12 +778,13 @@ def parser() -> argparse.ArgumentParser:
                    "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)",
                    description="Runs the agents in one consumer group (KAFKA_GROUP_ID): ingest splits webhook "
                    "bodies, inbound stores and decides, sender calls the Graph API, status applies Meta's "
-                   "statuses; plus the reply, outbox and ambiguous-send timers. /metrics on WORKER_METRICS_PORT. "
-                   "Refuses to start (exit 3) when the schema is behind; SIGTERM finishes the batch in hand "
-                   "within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
+                   "statuses; plus the reply, outbox and ambiguous-send timers. /metrics and /livez on "
+                   "WORKER_METRICS_PORT. Refuses to start (exit 3) when the schema is behind; SIGTERM finishes "
+                   "the batch in hand within STOP_GRACE_SECONDS.").set_defaults(func=cmd_worker)
     mg = sub.add_parser("migrate", help="apply pending database migrations (needs DATABASE_URL)",
                         description="Applies the numbered migrations not yet applied, in order, each in its own "
-                        "transaction, under an advisory lock (two at once are safe). Refuses (exit 3) when an "
+                        "transaction, under an advisory lock (two at once are safe), over DIRECT_URL when it is set "
+                        "(the lock needs a session: not a transaction pooler). Refuses (exit 3) when an "
                         "applied migration's file was edited afterwards.")
     mg.add_argument("--status", action="store_true", help="list applied and pending migrations with their "
                     "checksums instead of applying anything; exit 1 when any is pending, edited or unknown")
@@ -826,8 +851,9 @@ def parser() -> argparse.ArgumentParser:
     dr = dsub.add_parser("redrive", help="send the matching letters back to the topic they came from, each at "
                          "most once (recorded in the dlq_redrives table)",
                          description="Sends each matching letter's original record back to the topic and partition "
-                         "it came from, at most once per letter (recorded in dlq_redrives in the same step). Fix "
-                         "the cause first, and run with --dry-run to see what would go.")
+                         "it came from, at most once per letter (recorded in dlq_redrives in the same step); a "
+                         "sender's letter queues its failed ledger row again instead (sent to the contact's "
+                         "current phone). Fix the cause first, and run with --dry-run to see what would go.")
     dr.add_argument("--dry-run", action="store_true", help="only list what would be redriven")
     for action in (dl, dr):
         action.add_argument("--reason", help="only letters whose reason contains this text (any case)")

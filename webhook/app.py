@@ -20,6 +20,9 @@ Unauthenticated callers are cheap to turn away and cannot exhaust the process:
 
 The JSON is parsed only after the signature matched.
 
+The webhook never needs the database: it publishes, and ``/readyz`` asks only the broker, so a
+PostgreSQL outage leaves it in rotation (Meta's calls keep being accepted onto the bus).
+
 Request ids: every POST gets one, the caller's ``X-Request-Id`` when it is a valid one
 (:func:`topics.records.valid_request_id`), else a new one; the response carries it in
 ``X-Request-Id``, the raw record in its ``wacrm-request-id`` header, and the call's log line
@@ -33,10 +36,9 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import asyncpg
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -44,7 +46,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from wacrm.core import metrics
 from wacrm.core.logs import request_scope
 from wacrm.core.settings import Settings
-from wacrm.storage.db import create_pool
 from wacrm.topics import RAW, catalogue
 from wacrm.topics.records import new_request_id, request_headers, valid_request_id
 from wacrm.webhook.publisher import PublishError, PublishRejected, RawPublisher
@@ -54,7 +55,6 @@ log = logging.getLogger("wacrm.webhook")
 
 SETTINGS = web.AppKey("settings", Settings)
 PUBLISHER = web.AppKey("publisher", RawPublisher)
-POOL = web.AppKey("pool", asyncpg.Pool)
 
 GATE = web.AppKey("unverified_bodies", asyncio.Semaphore)
 
@@ -167,56 +167,59 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready when the database answers and the broker has every topic (tansu loses them on restart).
-
-    The body names each dependency that is not ready with a fixed hint; the exception itself
-    (which may carry host names or credentials) goes to the log only.
-    """
-    problems: dict[str, str] = {}
+async def broker_problems(app: web.Application) -> dict[str, str]:
+    """What keeps the webhook from accepting: the broker unreachable, or topics missing (tansu loses
+    them on restart). A fixed hint per problem; the exception itself (host names, credentials) is logged."""
     try:
-        async with request.app[POOL].acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1", timeout=2)
+        missing = {t.name for t in catalogue(len(app[SETTINGS].retry_delays()))} - await app[PUBLISHER].topics()
     except Exception as exc:  # any failure means not ready; the log says why
-        log.warning("readyz: the database is not ready: %r", exc)
-        problems["database"] = "not reachable (check DATABASE_URL and the database; details in the log)"
-    try:
-        missing = {t.name for t in catalogue(len(request.app[SETTINGS].retry_delays()))} - \
-            await request.app[PUBLISHER].topics()
-        if missing:
-            problems["broker"] = f"topics missing: {', '.join(sorted(missing))} (run: wacrm topics)"
-    except Exception as exc:
         log.warning("readyz: the broker is not ready: %r", exc)
-        problems["broker"] = "not reachable (check KAFKA_BOOTSTRAP_SERVERS and the broker; details in the log)"
-    if problems:
-        return web.Response(status=503, body=orjson.dumps({"status": "not_ready", "problems": problems}),
-                            content_type="application/json")
-    return web.json_response({"status": "ready"})
+        return {"broker": "not reachable (check KAFKA_BOOTSTRAP_SERVERS and the broker; details in the log)"}
+    if missing:
+        return {"broker": f"topics missing: {', '.join(sorted(missing))} (run: wacrm topics)"}
+    return {}
+
+
+def readiness(problems: dict[str, str]) -> dict[str, Any]:
+    """One server's (or one half's) readiness as ``/readyz`` tells it."""
+    return {"status": "not_ready", "problems": problems} if problems else {"status": "ready"}
+
+
+def readiness_response(report: dict[str, Any], ready: bool) -> web.Response:
+    return web.Response(status=200 if ready else 503, body=orjson.dumps(report), content_type="application/json")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when the broker has every topic; 503 naming what is not ready. The database is not asked."""
+    problems = await broker_problems(request.app)
+    return readiness_response(readiness(problems), not problems)
 
 
 async def metrics_view(request: web.Request) -> web.Response:
     return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(settings: Settings) -> web.Application:
-    """The aiohttp application; resources are opened and closed in ``cleanup_ctx``."""
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def make_app(settings: Settings, *, readyz_handler: Handler = readyz) -> web.Application:
+    """The aiohttp application; its producer is opened and closed in ``cleanup_ctx``. ``readyz_handler``
+    answers ``/readyz`` (the combined server reports its two halves apart)."""
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
     app[GATE] = asyncio.Semaphore(settings.webhook_max_unverified_bodies)
 
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        assert settings.database_url and settings.kafka_bootstrap_servers
-        app[POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=1, max_size=4)
+    async def publisher(app: web.Application) -> AsyncIterator[None]:
+        assert settings.kafka_bootstrap_servers
         app[PUBLISHER] = RawPublisher(settings.kafka_bootstrap_servers, timeout=settings.publish_timeout_s,
                                       security=settings.kafka_security_kwargs())
         yield
         await app[PUBLISHER].stop()
-        await app[POOL].close()
 
-    app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(publisher)
     app.router.add_get("/webhooks/whatsapp", handshake)
     app.router.add_post("/webhooks/whatsapp", receive)
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/readyz", readyz_handler)
     app.router.add_get("/metrics", metrics_view)
     return app

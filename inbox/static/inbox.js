@@ -9,7 +9,7 @@
   const ADMIN = document.body.dataset.role === "admin";
   const TICKS = {sent: "✓", delivered: "✓✓", read: "✓✓", played: "✓✓", failed: "✗"};
 
-  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null};
+  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null, waiting: false};
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -105,6 +105,7 @@
   async function loadList() {
     const params = new URLSearchParams({status: state.status, assignee: state.assignee, page: state.page});
     if (state.q) params.set("q", state.q);
+    if (state.waiting) { params.set("waiting", "true"); params.set("status", "all"); }
     let data;
     try { data = await latest("list", "conversations?" + params); } catch (e) { return; }
     if (!data) return;
@@ -120,7 +121,7 @@
     const focused = document.activeElement && document.activeElement.closest("[data-conversation-id]");
     const focusedId = focused ? focused.dataset.conversationId : null;
     list.replaceChildren(...data.conversations.map(renderItem));
-    if (!data.conversations.length) list.append(el("li", {class: "empty", text: "No conversations here."}));
+    if (!data.conversations.length) list.append(el("li", {class: "empty", text: state.waiting ? "Nobody is waiting for a person." : "No conversations here."}));
     if (focusedId) { const again = list.querySelector(`[data-conversation-id="${focusedId}"] button`); if (again) again.focus(); }
     $("#page-no").textContent = data.meta.page;
     $("#prev-page").disabled = state.page <= 1;
@@ -131,20 +132,23 @@
     const name = c.contact.name || c.contact.phone || `#${c.id}`;
     const owner = c.assignee_id === null ? "unassigned" : (c.assignee_id === ME ? "mine" : `user ${c.assignee_id}`);
     const unread = c.unread_count > 0;
-    return el("li", {"data-conversation-id": c.id, class: "conv" + (c.id === state.open ? " current" : "") + (unread ? " unread" : "")},
+    const wait = c.waiting ? waitWords(c.waiting) : null;
+    return el("li", {"data-conversation-id": c.id, "data-waiting": c.waiting ? "true" : null,
+                     class: "conv" + (c.id === state.open ? " current" : "") + (unread ? " unread" : "") + (c.waiting ? " waiting" : "")},
       el("button", {type: "button", "aria-current": c.id === state.open ? "true" : null,
-                    "aria-label": `${name}, ${c.status}, ${owner}` + (unread ? `, ${c.unread_count} unread` : ""),
+                    "aria-label": `${name}, ${wait || c.status + ", " + owner}` + (unread ? `, ${c.unread_count} unread` : ""),
                     onclick: () => openConversation(c.id, true)},
         el("span", {class: "name", text: name}),
         unread ? el("span", {class: "unread-mark", "aria-hidden": "true", text: String(c.unread_count)}) : null,
         el("span", {class: "preview", text: c.last_message_preview || ""}),
+        wait ? el("span", {class: "wait", text: wait}) : null,
         el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`})));
   }
 
   $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
   for (const b of document.querySelectorAll("[data-status]")) {
     b.addEventListener("click", () => {
-      state.status = b.dataset.status; state.page = 1;
+      state.status = b.dataset.status; state.page = 1; setWaitingView(false);
       for (const o of document.querySelectorAll("[data-status]")) o.setAttribute("aria-pressed", String(o === b));
       loadList();
     });
@@ -160,6 +164,7 @@
 
   // --- the thread ------------------------------------------------------------------------------
   async function openConversation(id, moveFocus) {
+    if (id !== state.open) switchDraft(id);
     state.open = id;
     for (const li of document.querySelectorAll("#conversations [data-conversation-id]")) {
       const here = Number(li.dataset.conversationId) === id;
@@ -188,7 +193,7 @@
       const list = $("#messages");
       list.prepend(...c.messages.map(renderMessage));
       $("#older").hidden = !c.more_before;
-      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+      $("#older").dataset.before = firstId(c.messages);
       return;
     }
     state.detail = c;
@@ -197,35 +202,58 @@
   }
 
   function closeThread() {
+    switchDraft(null);
     state.open = null; state.detail = null;
     $("#thread").hidden = true; $("#no-thread").hidden = false; $("#info").hidden = true;
     show("list");
   }
 
+  // A reply that failed before Meta took it has no message id (only its ledger row's, outbound_id).
+  function firstId(messages) {
+    const m = messages.find((x) => x.id !== null);
+    return m ? m.id : "";
+  }
+
   function tick(status, error) {
-    const label = status === "failed" ? `failed${error ? ": " + error : ""}` : status;
+    const label = status === "failed" ? `failed${error ? ": " + errorWords(error) : ""}` : status;
     return el("span", {class: `tick ${status}`, "data-status": status, title: label, "aria-label": label},
       TICKS[status] || "…");
   }
 
+  // The time shown is when the message was sent: Meta's time for the customer's, the Graph API's
+  // acceptance for ours (a reply never sent shows when it was written, marked so).
   function renderMessage(m) {
     const mine = m.direction === "outbound";
-    return el("li", {"data-message-id": m.id, "data-status": m.status || null,
-                     class: `msg ${m.direction}` + (m.author ? " person" : "")},
+    const at = m.sent_at || m.created_at;
+    const failed = mine && m.status === "failed";
+    return el("li", {"data-message-id": m.id === null ? null : m.id, "data-outbound-id": m.outbound_id,
+                     "data-status": m.status || null, "data-at": m.created_at,
+                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")},
       el("div", {class: "body", text: m.body || `[${m.type}]`}),
       el("div", {class: "meta"},
-        el("time", {dateTime: m.created_at, text: when(m.created_at)}),
+        el("time", {dateTime: at, title: m.sent_at ? "sent" : "written (never sent)", text: when(at)}),
         mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
         mine && !m.author ? el("span", {text: " · bot"}) : null,
         mine && m.status ? tick(m.status, m.error) : null),
-      mine && m.status === "failed" && m.error ? el("div", {class: "error", text: `Not delivered: ${m.error}`}) : null);
+      failed ? el("div", {class: "error failure"},
+        el("span", {class: "reason", text: `Not delivered${m.error ? ": " + errorWords(m) : ""}`}),
+        m.retryable && m.outbound_id ? el("button", {type: "button", class: "retry", text: "Retry",
+          "aria-label": "Retry sending this reply", onclick: (ev) => retry(m.outbound_id, ev.target)}) : null)
+        : null);
+  }
+
+  async function retry(outboundId, button) {
+    button.disabled = true;  // once: a second click would be refused (409 NOT_RETRYABLE)
+    const done = await act("POST", `outbound/${outboundId}/retry`, {}, () => flash("Sending it again.", false));
+    if (!done) button.disabled = false;
+    loadThread();
   }
 
   function renderOutbound(o) {
-    return el("li", {"data-outbound-id": o.id, "data-state": o.state, class: "msg outbound pending"},
+    return el("li", {"data-outbound-id": o.id, "data-state": o.state, "data-at": o.created_at, class: "msg outbound pending"},
       el("div", {class: "body", text: o.text || (o.template ? `[template ${o.template.name}]` : "")}),
       el("div", {class: "meta"}, el("span", {class: "state", text: `sending · ${o.state}`})),
-      o.error ? el("div", {class: "error", text: o.error}) : null);
+      o.error ? el("div", {class: "error", text: errorWords(o)}) : null);
   }
 
   function windowOpen(c) {
@@ -237,25 +265,30 @@
     $("#thread").hidden = false;
     const name = c.contact.name || c.contact.phone || `#${c.id}`;
     $("#thread-title").textContent = name;
-    const owner = c.assignee_id === null ? "unassigned (the bot answers)" : (c.assignee_id === ME ? "you" : `user ${c.assignee_id}`);
+    const owner = ownerWords(c);
     $("#thread-meta").textContent = `${c.contact.phone || ""} · ${c.status}` +
       (c.snoozed_until ? ` until ${when(c.snoozed_until)}` : "") + ` · owner: ${owner}`;
+    renderWaiting(c);
     $("#take-over").hidden = c.assignee_id === ME;
     $("#hand-back").hidden = c.assignee_id === null;
     $("#resolve").hidden = c.status === "resolved";
     $("#reopen").hidden = c.status === "open";
+    const bot = $("#bot-toggle");
+    bot.setAttribute("aria-pressed", String(c.bot_paused));
+    bot.textContent = c.bot_paused ? "Resume bot" : "Pause bot";
+    bot.title = c.bot_paused ? "The bot is paused here: it does not answer this customer" : "The bot answers here";
     const list = $("#messages");
     const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
     const same = list.dataset.shown === String(c.id);
-    const first = c.messages.length ? c.messages[0].id : Infinity;
+    const first = firstId(c.messages) || Infinity;
     // older pages the person loaded stay when a live refetch brings the newest page again
     const older = same ? [...list.querySelectorAll("[data-message-id]")].filter((li) => Number(li.dataset.messageId) < first) : [];
-    list.replaceChildren(...older, ...c.messages.map(renderMessage), ...(c.outbound || []).map(renderOutbound));
+    list.replaceChildren(...older, ...inTimeOrder(c.messages.map(renderMessage), (c.outbound || []).map(renderOutbound)));
     if (atBottom || !same) list.scrollTop = list.scrollHeight;
     list.dataset.shown = String(c.id);
     if (!older.length) {
       $("#older").hidden = !c.more_before;
-      $("#older").dataset.before = c.messages.length ? c.messages[0].id : "";
+      $("#older").dataset.before = firstId(c.messages);
     }
 
     const open = windowOpen(c);
@@ -268,6 +301,7 @@
     $("#templates").hidden = open;  // outside the window only a template (approved at Meta) can go
     $("#template-options").replaceChildren(...(c.templates || []).map((t) =>
       el("option", {value: t.name, text: `${t.language}` + (t.parameters.length ? ` · ${t.parameters.join(", ")}` : "")})));
+    renderTemplateList(c.templates || []);
   }
 
   // --- the info pane ---------------------------------------------------------------------------
@@ -283,6 +317,13 @@
   function renderInfo(c) {
     $("#info").hidden = false;
     facts($("#contact"), [["Name", c.contact.name], ["Phone", c.contact.phone], ["WhatsApp id", c.contact.wa_id]]);
+    const form = $("#contact-form");
+    if (form.hidden || form.dataset.contactId !== String(c.contact.id)) {
+      form.hidden = form.hidden || form.dataset.contactId !== String(c.contact.id);
+      form.dataset.contactId = c.contact.id;
+      field("name").value = c.contact.name || "";
+      field("phone").value = c.contact.phone || "";
+    }
     const sel = $("#lead-stage");
     const lead = c.lead;
     sel.disabled = !lead || !lead.id;
@@ -301,6 +342,34 @@
       el("li", {"data-note-id": n.id}, el("span", {text: n.text}),
          el("span", {class: "muted", text: ` · ${n.author === ME ? "you" : "user " + n.author} · ${when(n.created_at)}`}))));
   }
+
+  const field = (name) => $(`#contact-form [name=${name}]`);
+  function editContact(focusPhone) {
+    $("#contact-form").hidden = false;
+    $("#contact-error").hidden = true;
+    show("info");
+    field(focusPhone ? "phone" : "name").focus();
+  }
+  $("#edit-contact").addEventListener("click", () => editContact(false));
+  $("#contact-cancel").addEventListener("click", () => { $("#contact-form").hidden = true; $("#edit-contact").focus(); });
+  $("#contact-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const form = ev.target, id = form.dataset.contactId;
+    const body = {name: field("name").value.trim(), phone: field("phone").value.trim()};
+    if (!body.name) delete body.name;
+    try {
+      await call("PATCH", `contacts/${id}`, body);
+      form.hidden = true;
+      flash("Contact saved. Retry a failed reply to send it to the new number.", false);
+      loadThread(); loadList();
+    } catch (e) {
+      if (e.message === "signed out") return;
+      const err = $("#contact-error");
+      err.textContent = e.message;
+      err.hidden = false;
+      field(e.message.includes("phone") ? "phone" : "name").focus();
+    }
+  });
 
   $("#lead-stage").addEventListener("change", (ev) =>
     act("POST", `conversations/${state.open}/lead`, {stage: ev.target.value}, () => { loadThread(); loadList(); }));
@@ -321,6 +390,8 @@
   $("#take-over").addEventListener("click", () => act("POST", `conversations/${state.open}/assign`, {}, refreshOpen));
   $("#hand-back").addEventListener("click", () => act("POST", `conversations/${state.open}/release`, {}, refreshOpen));
   $("#resolve").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "resolved"}, refreshOpen));
+  $("#bot-toggle").addEventListener("click", (ev) => act("POST", `conversations/${state.open}/bot`,
+    {paused: ev.target.getAttribute("aria-pressed") !== "true"}, refreshOpen));
   $("#reopen").addEventListener("click", () => act("POST", `conversations/${state.open}/status`, {status: "open"}, refreshOpen));
   $("#snooze").addEventListener("click", () => {
     const input = $("#snooze-until");
@@ -351,13 +422,14 @@
     const id = state.open;
     try {
       await call("POST", `conversations/${id}/messages`, payload);
+      if (state.open === id) showSendError(null);  // an old error must not stay under the form
       return true;
     } catch (e) {
+      if (state.open === id && e.message !== "signed out") showSendError(e.body || e);
       if (e.code === "WINDOW_CLOSED") {
         if (state.detail) { state.detail.templates = e.body.templates; state.detail.window_open_until = null; renderThread(state.detail); }
         $("#template-name").focus();
       }
-      if (e.message !== "signed out") flash(e.message);
       return false;
     } finally {
       if (state.open === id) loadThread();
@@ -374,11 +446,15 @@
     pendingKey = pendingKey || newKey();
     const button = reply.querySelector("button[type=submit]");
     button.disabled = true;
-    if (await send({text, idempotency_key: pendingKey})) { box.value = ""; pendingKey = null; }
+    const id = state.open;
+    if (await send({text, idempotency_key: pendingKey})) {
+      clearDraft(id);
+      if (state.open === id) { box.value = ""; pendingKey = null; }
+    }
     button.disabled = !windowOpen(state.detail || {});
     box.focus();
   });
-  reply.text.addEventListener("input", () => { pendingKey = null; });
+  reply.text.addEventListener("input", () => { pendingKey = null; saveDraft(); });
   reply.text.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); reply.requestSubmit(); }
   });
@@ -423,8 +499,11 @@
     $("#bell-btn").setAttribute("aria-label", `Notifications, ${data.meta.unread} unread`);
     const list = $("#bell-list");
     list.replaceChildren(...data.notifications.map((n) =>
-      el("li", {"data-notification-id": n.id, "data-for-conversation": n.conversation_id, class: n.read_at ? "read" : "unread"},
+      el("li", {"data-notification-id": n.id, "data-for-conversation": n.conversation_id,
+                class: (n.read_at ? "read" : "unread") + (n.done ? " done" : "")},
+        customerLink(n),
         el("span", {class: "body", text: n.body || n.kind}),
+        n.done ? el("span", {class: "muted", text: " · handled"}) : null,
         el("span", {class: "muted", text: ` · ${when(n.created_at)}`}),
         n.conversation_id ? el("button", {type: "button", text: "Open", onclick: () => openConversation(n.conversation_id, true)}) : null,
         n.read_at ? null : el("button", {type: "button", text: "Mark read",
@@ -444,10 +523,15 @@
     count.hidden = !data.tasks.length;
     const list = $("#task-list");
     list.replaceChildren(...data.tasks.map((t) =>
-      el("li", {"data-task-id": t.id},
+      el("li", {"data-task-id": t.id, "data-for-conversation": t.conversation_id, "data-kind": t.kind},
+        customerLink(t),
         el("span", {class: "body", text: t.title || t.kind}),
+        t.reason_text ? el("span", {class: "reason", text: sentence(t.reason_text) + (t.next_step ? " " + t.next_step : "")}) : null,
         el("span", {class: "muted", text: ` · ${t.kind} · ${when(t.created_at)}`}),
         t.conversation_id ? el("button", {type: "button", text: "Open", onclick: () => openConversation(t.conversation_id, true)}) : null,
+        t.kind === "invalid_recipient" && t.contact_id && t.conversation_id ? el("button", {type: "button",
+          class: "fix-contact", text: "Fix contact", "aria-label": "Fix the contact's phone, then retry the reply",
+          onclick: async () => { $("#tasks").hidden = true; await openConversation(t.conversation_id, false); editContact(true); }}) : null,
         el("button", {type: "button", text: "Done", onclick: () => act("POST", `tasks/${t.id}/done`, {}, loadTasks)}))));
     if (!data.tasks.length) list.append(el("li", {class: "empty", text: "No open tasks."}));
   }
@@ -471,6 +555,132 @@
   drawer("#tasks-btn", "#tasks", loadTasks);
   drawer("#deleted-btn", "#deleted", loadDeleted);
   $("#logout").addEventListener("click", () => act("POST", "auth/logout", {}, () => window.location.assign("/login")));
+
+  // --- waiting for a person, drafts, errors in words, time order ---------------------------------
+  function sentence(text) {
+    const t = String(text).trim();
+    return t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".");
+  }
+
+  function ago(iso) {
+    const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+    if (s < 60) return "just now";
+    if (s < 3600) return `${Math.floor(s / 60)} min`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h`;
+    return `${Math.floor(s / 86400)} d`;
+  }
+
+  function waitWords(w) {
+    return `waiting for a person since ${when(w.since)} (${ago(w.since)}) · ${w.reason_text}`;
+  }
+
+  function ownerWords(c) {
+    if (c.assignee_id === ME) return "you";
+    if (c.assignee_id !== null) return `user ${c.assignee_id}`;
+    if (c.waiting || c.needs_human) return "nobody yet (the bot is quiet: a person answers)";
+    return "unassigned (the bot answers)";
+  }
+
+  function renderWaiting(c) {
+    const note = $("#thread-waiting");
+    note.hidden = !c.waiting;
+    note.textContent = c.waiting ? sentence(waitWords(c.waiting)) + " Take it over or answer to end the wait." : "";
+    $("#thread").dataset.waiting = c.waiting ? "true" : "false";
+  }
+
+  function setWaitingView(on) {
+    state.waiting = on;
+    $("#waiting-view").setAttribute("aria-pressed", String(on));
+    for (const o of document.querySelectorAll("[data-status]"))
+      o.setAttribute("aria-pressed", String(!on && o.dataset.status === state.status));
+  }
+  $("#waiting-view").addEventListener("click", () => { setWaitingView(!state.waiting); state.page = 1; loadList(); });
+
+  // An error as people read it: the API's words (reason_text, next_step) when it gave them, else
+  // what the error object says ({code, message|title|details|error}), never "[object Object]".
+  function errorWords(x) {
+    if (x === null || x === undefined || x === "") return "";
+    if (typeof x !== "object") return String(x);
+    if (Array.isArray(x)) return x.length ? errorWords(x[0]) : "";
+    if (x.reason_text) return sentence(x.reason_text) + (x.next_step ? " " + x.next_step : "");
+    if (x.error && typeof x.error === "object") return errorWords(x.error);
+    if (Array.isArray(x.errors) && x.errors.length) return errorWords(x.errors[0]);
+    const said = [x.details, x.message, x.title, x.error].find((v) => typeof v === "string" && v);
+    const code = x.code !== undefined && x.code !== null ? ` (code ${x.code})` : "";
+    return sentence((said || "the send failed") + code);
+  }
+
+  function showSendError(err) {
+    const box = $("#reply-error");
+    if (!err) { box.hidden = true; box.replaceChildren(); return; }
+    // an API refusal ({ok: false, code, error}) says itself what happened; a failed send, in words
+    const what = typeof err.error === "string" && !err.reason_text ? sentence(err.error) : errorWords(err);
+    box.replaceChildren(el("strong", {text: "Not sent: "}), el("span", {class: "what", text: what}),
+      err.next_step && !err.reason_text ? el("span", {class: "next", text: " " + err.next_step}) : null);
+    box.hidden = false;
+  }
+
+  // Unsent replies (queued, failed …) sit among the messages by when they were written, not below
+  // everything that came after them. The messages keep their own order.
+  function inTimeOrder(messages, unsent) {
+    const out = [...messages];
+    for (const u of unsent) {
+      const at = Date.parse(u.dataset.at || "");
+      const i = Number.isNaN(at) ? -1 : out.findIndex((n) => n.dataset.messageId && Date.parse(n.dataset.at) > at);
+      if (i < 0) out.push(u); else out.splice(i, 0, u);
+    }
+    return out;
+  }
+
+  function renderTemplateList(templates) {
+    const list = $("#template-list");
+    list.replaceChildren(...templates.map((t) => el("li", {"data-template": t.name},
+      el("button", {type: "button", text: `${t.name} · ${t.language}`, onclick: () => useTemplate(t)}),
+      t.parameters.length ? el("span", {class: "muted", text: ` parameters: ${t.parameters.join(", ")}`}) : null)));
+    if (!templates.length) list.append(el("li", {class: "empty",
+      text: "The rules file names no template yet (window_template, templates): type the name of one approved at Meta."}));
+  }
+
+  function useTemplate(t) {
+    $("#template-name").value = t.name;
+    $("#template-language").value = t.language;
+    $("#template-params").value = t.parameters.join(", ");
+    $("#template-params").focus();
+  }
+
+  function customerLink(x) {
+    if (!x.conversation_id) return null;
+    const c = x.contact || {};
+    return el("a", {href: `#conversation-${x.conversation_id}`, class: "customer",
+                    text: c.name || c.phone || `conversation ${x.conversation_id}`,
+                    onclick: (ev) => { ev.preventDefault(); openConversation(x.conversation_id, true); }});
+  }
+
+  // Drafts: one per conversation and signed-in person, in this browser's storage; the reply box
+  // only ever shows the open conversation's.
+  const DRAFTS = `wacrm:draft:${ME}:`;
+  function drafts() {
+    try { return window.localStorage; } catch (e) { return null; }  // storage can be switched off
+  }
+  function saveDraft() {
+    const store = drafts();
+    if (state.open === null || !store) return;
+    const text = $("#reply textarea").value;
+    try {
+      if (text.trim()) store.setItem(DRAFTS + state.open, text); else store.removeItem(DRAFTS + state.open);
+    } catch (e) { /* full or refused: the draft lives in the box only */ }
+  }
+  function clearDraft(id) {
+    const store = drafts();
+    if (store) try { store.removeItem(DRAFTS + id); } catch (e) { /* nothing kept */ }
+  }
+  function switchDraft(id) {
+    saveDraft();
+    const store = drafts();
+    $("#reply textarea").value = id === null || !store ? "" : (store.getItem(DRAFTS + id) || "");
+    pendingKey = null;  // a key belongs to one conversation's reply
+    showSendError(null);
+  }
 
   // --- live: one EventSource; each event names what to refetch ----------------------------------
   let pending = {list: false, thread: false, bell: false, tasks: false}, timer = null;
