@@ -132,7 +132,8 @@ async def test_a_failed_reply_waits_with_its_reason_in_words(stack: Stack, db: a
     (item,) = await _waiting(agent, tag)
     assert item["waiting"]["reason"] == "window_closed"
     detail = (await agent.get(f"conversations/{cid}"))["conversation"]
-    (failed,) = [o for o in detail["outbound"] if o["state"] == "failed"]
+    (failed,) = [m for m in detail["messages"] if m["status"] == "failed"]  # the reply Meta never took
+    assert failed["outbound_id"] and failed["retryable"]
     assert failed["error"]["code"] == 131047  # the error as stored, and in words beside it
     assert failed["reason_text"].startswith("the 24-hour window had closed") and "template" in failed["next_step"]
 
