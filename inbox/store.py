@@ -8,6 +8,7 @@ and of ownership); this module reads what people see and records what only peopl
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -150,14 +151,43 @@ def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
     elif query.assignee == "unassigned":
         where.append("c.assigned_user_id IS NULL")
     if query.q and query.q.strip():
-        like = arg(f"%{query.q.strip()}%")
-        where.append(f"(k.profile_name ILIKE {like} OR k.wa_id LIKE {like} OR k.user_id LIKE {like})")
+        where.append(_search(query.q.strip(), arg))
     if query.waiting:
         where.append(waiting.FILTER)
     order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
     sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
            f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")
     return sql, args
+
+
+#: What a phone number typed any way looks like: digits with spaces, dots, dashes, brackets, a leading +.
+_PHONE = re.compile(r"\+?[\d\s().\-]*\d[\d\s().\-]*")
+#: A message's text is searched from this many characters: shorter, a trigram index cannot help.
+MESSAGE_SEARCH_MIN = 3
+
+
+def like_pattern(text: str) -> str:
+    """``text`` matched anywhere by LIKE/ILIKE, its ``%``, ``_`` and ``\\`` taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _search(q: str, arg: Callable[[Any], str]) -> str:
+    """The list's ``q``: the contact's name (any case), user id or phone number (typed in any format:
+    ``+1 999 000 0001`` finds ``19990000001``), or the text of one of the conversation's messages
+    (from :data:`MESSAGE_SEARCH_MIN` characters). From that length each branch uses its trigram index
+    (migrations 0013 and 0018) and the matches are fetched by id (``= ANY (ARRAY(…))``: joins or
+    ``OR``ed subqueries make PostgreSQL scan every conversation); shorter, no trigram helps, and the
+    contact's fields are filtered while the list is read in its order."""
+    like = arg(like_pattern(q))
+    contact = [f"profile_name ILIKE {like}", f"user_id LIKE {like}"]
+    if _PHONE.fullmatch(q):
+        contact.append(f"wa_id LIKE {arg(like_pattern(re.sub(r'[^0-9]', '', q)))}")
+    if len(q) < MESSAGE_SEARCH_MIN:
+        return "(" + " OR ".join(f"k.{c}" for c in contact) + ")"
+    found = [f"SELECT s.id FROM conversations s WHERE s.contact_id = ANY "
+             f"(ARRAY(SELECT id FROM contacts WHERE {' OR '.join(contact)}))",
+             f"SELECT m.conversation_id FROM messages m WHERE m.body ILIKE {like}"]
+    return f"c.id = ANY (ARRAY({' UNION '.join(found)}))"
 
 
 def list_counts(groups: list[tuple[str, int | None, int]], me: int) -> dict[str, int]:
