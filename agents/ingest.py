@@ -118,7 +118,7 @@ def split(body: bytes, ref: RawRef, received_at: float) -> Split:
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
-            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors)
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors, echo=m.echo)
         if fits(INBOUND, message, m.payload) is None:
             continue
         out.messages.append(message)
