@@ -18,7 +18,6 @@ import orjson
 
 from wacrm.whatsapp import model
 
-
 #: The change field of what the business sends from the WhatsApp Business app on a coexistence number.
 ECHOES_FIELD = "smb_message_echoes"
 
