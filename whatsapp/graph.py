@@ -81,6 +81,7 @@ class TokenRejected(PausingGraphError):
 RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004})
 PAUSING_CODES = frozenset({190, 131048})
 TOKEN_REJECTED = 190  # Meta: the access token expired, was revoked or is invalid (HTTP 401)
+REENGAGEMENT = 131047  # more than 24 hours since the customer last wrote: only a template may go
 
 
 def classify(http_status: int, body: Any) -> GraphError:
