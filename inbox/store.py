@@ -49,6 +49,8 @@ def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
         "window_open_until": _iso(window_open_until(r["last_inbound_at"])),
         "deleted_at": _iso(r["deleted_at"]), "bot_paused": r["bot_paused"],
         "business_app_since": _iso(r["business_app_since"]),
+        "number": {"phone_number_id": r["phone_number_id"], "label": r["number_label"],
+                   "display_phone_number": r["display_phone_number"]},
     }
 
 
@@ -58,8 +60,10 @@ _SELECT = """
            c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
            k.id contact_id, k.profile_name, k.wa_id, k.user_id contact_user_id,
            l.id lead_id, l.stage, l.score, l.source, l.stage_set_by,
+           c.phone_number_id, b.label number_label, b.display_phone_number,
            (SELECT m.body FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1) preview
-    FROM conversations c JOIN contacts k ON k.id = c.contact_id LEFT JOIN leads l ON l.contact_id = c.contact_id"""
+    FROM conversations c JOIN contacts k ON k.id = c.contact_id LEFT JOIN leads l ON l.contact_id = c.contact_id
+         LEFT JOIN business_numbers b ON b.phone_number_id = c.phone_number_id"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class ListQuery:
     page: int
     deleted: bool = False
     waiting: bool = False  # only the conversations waiting for a person, the longest wait first
+    number: str | None = None  # only the conversations of this business number (phone_number_id)
 
 
 async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int,
@@ -156,6 +161,8 @@ def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
         where.append(_search(query.q.strip(), arg))
     if query.waiting:
         where.append(waiting.FILTER)
+    if query.number is not None:
+        where.append(f"c.phone_number_id = {arg(query.number)}")
     order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
     sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
            f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")

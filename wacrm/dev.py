@@ -37,6 +37,7 @@ from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres,
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
 from wacrm.devstate import STATE_FILE
+from wacrm.storage.numbers import new_key
 
 RESTARTS_PER_MINUTE = 5
 
@@ -66,15 +67,18 @@ def open_private(path: Path, mode: str) -> Any:
 
 
 def _persistent_secrets(state_dir: Path) -> dict[str, str]:
-    """Generated once per state dir so the webhook's secrets survive restarts."""
+    """Generated once per state dir so the webhook's secrets (and the key the numbers' tokens are
+    encrypted with) survive restarts; one missing from an older state dir is added."""
     path = state_dir / "secrets.json"
     try:
-        return json.loads(path.read_text())
+        values: dict[str, str] = json.loads(path.read_text())
     except (OSError, ValueError):
         values = {"WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_VERIFY_TOKEN": secrets.token_urlsafe(12),
                   "WHATSAPP_ACCESS_TOKEN": "dev-" + secrets.token_hex(8)}
+    if "TOKEN_ENCRYPTION_KEY" not in values:
+        values["TOKEN_ENCRYPTION_KEY"] = new_key()
         write_private(path, json.dumps(values))
-        return values
+    return values
 
 
 ADMIN_FILE = "admin.json"

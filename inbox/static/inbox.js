@@ -9,7 +9,7 @@
   const ADMIN = document.body.dataset.role === "admin";
   const TICKS = {sent: "✓", delivered: "✓✓", read: "✓✓", played: "✓✓", failed: "✗"};
 
-  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null, waiting: false};
+  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null, waiting: false, number: ""};
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -105,6 +105,7 @@
   async function loadList() {
     const params = new URLSearchParams({status: state.status, assignee: state.assignee, page: state.page});
     if (state.q) params.set("q", state.q);
+    if (state.number) params.set("number", state.number);
     if (state.waiting) { params.set("waiting", "true"); params.set("status", "all"); }
     let data;
     try { data = await latest("list", "conversations?" + params); } catch (e) { return; }
@@ -133,7 +134,10 @@
     const owner = c.assignee_id === null ? "unassigned" : (c.assignee_id === ME ? "mine" : `user ${c.assignee_id}`);
     const unread = c.unread_count > 0;
     const wait = c.waiting ? waitWords(c.waiting) : null;
+    // several numbers (the page offers a number filter): each conversation says which one it is with
+    const number = c.number && $("#filters").number ? (c.number.label || c.number.display_phone_number || c.number.phone_number_id) : "";
     return el("li", {"data-conversation-id": c.id, "data-waiting": c.waiting ? "true" : null,
+                     "data-number": c.number ? c.number.phone_number_id : null,
                      class: "conv" + (c.id === state.open ? " current" : "") + (unread ? " unread" : "") + (c.waiting ? " waiting" : "")},
       el("button", {type: "button", "aria-current": c.id === state.open ? "true" : null,
                     "aria-label": `${name}, ${wait || c.status + ", " + owner}` + (unread ? `, ${c.unread_count} unread` : ""),
@@ -142,7 +146,8 @@
         unread ? el("span", {class: "unread-mark", "aria-hidden": "true", text: String(c.unread_count)}) : null,
         el("span", {class: "preview", text: c.last_message_preview || ""}),
         wait ? el("span", {class: "wait", text: wait}) : null,
-        el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`})));
+        el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`}),
+        number ? el("span", {class: "number", text: `to ${number}`}) : null));
   }
 
   $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
@@ -154,6 +159,7 @@
     });
   }
   $("#filters").assignee.addEventListener("change", (ev) => { state.assignee = ev.target.value; state.page = 1; loadList(); });
+  if ($("#filters").number) $("#filters").number.addEventListener("change", (ev) => { state.number = ev.target.value; state.page = 1; loadList(); });
   let searchTimer;
   $("#filters").q.addEventListener("input", (ev) => {
     clearTimeout(searchTimer);
