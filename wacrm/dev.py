@@ -36,7 +36,7 @@ from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
-from wacrm.devstate import STATE_FILE
+from wacrm.devstate import SECRETS_FILE, STATE_FILE
 from wacrm.storage.numbers import new_key
 
 RESTARTS_PER_MINUTE = 5
@@ -69,7 +69,7 @@ def open_private(path: Path, mode: str) -> Any:
 def _persistent_secrets(state_dir: Path) -> dict[str, str]:
     """Generated once per state dir so the webhook's secrets (and the key the numbers' tokens are
     encrypted with) survive restarts; one missing from an older state dir is added."""
-    path = state_dir / "secrets.json"
+    path = state_dir / SECRETS_FILE
     try:
         values: dict[str, str] = json.loads(path.read_text())
     except (OSError, ValueError):
