@@ -27,7 +27,8 @@ import aiohttp
 from aiohttp import web
 
 from wacrm.core.settings import Settings
-from wacrm.inbox import api, events, intelligence, store
+from wacrm.media import open_store
+from wacrm.inbox import api, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
 from wacrm.orchestrator.rules import Rules, load_rules
@@ -109,9 +110,16 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         await app[api.HUB].close()
 
+    async def media_store(app: web.Application) -> AsyncIterator[None]:
+        async with open_store(settings) as opened:
+            app[media.STORE] = opened
+            yield
+
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(media_store)
     app.on_shutdown.append(end_streams)  # before the server waits for open requests
     api.add_routes(app)
+    app.router.add_get("/media/{id}", media.serve)  # inbox/media.py
     return app
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from wacrm.inbox import waiting
+from wacrm.inbox import media_json, waiting
 from wacrm.whatsapp import reasons
 
 PER_PAGE = 50
@@ -206,7 +206,8 @@ def _message_json(m: asyncpg.Record) -> dict[str, Any]:
             "created_at": _iso(m["created_at"]), "sent_at": _iso(m["provider_timestamp"]),
             "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
             "error": error_json(m["error"] if m["error"] is not None or not outbound else m["ledger_error"]),
-            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed"}
+            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed",
+            "media": media_json.of(m)}
 
 
 def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
     return {"id": None, "direction": "outbound", "type": "template" if intent.get("kind") == "template" else "text",
             "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
             "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
-            "outbound_id": u["id"], "retryable": True}
+            "outbound_id": u["id"], "retryable": True, "media": None}
 
 
 # The ledger rows that failed before Meta took them (no message names them): shown among the messages.
@@ -237,8 +238,9 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
     messages = await conn.fetch(
         """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
                   m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
-                  o.error ledger_error
+                  o.error ledger_error, """ + media_json.COLUMNS + """
            FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
+                LEFT JOIN media md ON md.message_id = m.id
            WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
         cid, before, MESSAGES_PER_PAGE + 1)
     more = len(messages) > MESSAGES_PER_PAGE

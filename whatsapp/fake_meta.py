@@ -20,6 +20,8 @@ statuses come. Posting happens beside the answer (never delays it) and retries a
   ``"statuses": false`` posts no statuses for that send.
 - ``POST /__statuses``: ``{"enabled": false}`` stops posting statuses (``true`` resumes);
   ``GET /__statuses`` lists the status posts made (wamid, status, HTTP answer or error).
+- Media: ``POST /__media`` registers a file's bytes, ``GET /{version}/{media_id}`` and its
+  bearer-checked, expiring download serve it (:mod:`whatsapp.fake_media`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from wacrm.whatsapp import signature
+from wacrm.whatsapp import fake_media, signature
 
 log = logging.getLogger("wacrm.fake_meta")
 WABA_ID = "100000000000001"
@@ -254,7 +256,7 @@ def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, statu
 
 def make_app(webhook_url: str | None = None, app_secret: str | None = None) -> web.Application:
     fake = FakeMeta(webhook_url, app_secret)
-    app = web.Application()
+    app = web.Application(client_max_size=fake_media.MAX_REGISTER_BYTES)
 
     async def close(app: web.Application) -> None:
         await fake.close()
@@ -267,6 +269,7 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None) -> w
     app.router.add_delete("/__sent", fake.clear_sent)
     app.router.add_post("/__fail", fake.fail)
     app.router.add_post("/__script", fake.script)
+    fake_media.add_routes(app)  # the media endpoint and its downloads (whatsapp/fake_media.py)
     return app
 
 
