@@ -564,6 +564,24 @@ def _install_sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# --- media ---------------------------------------------------------------------------------
+
+def cmd_media(args: argparse.Namespace) -> int:
+    from wacrm.media_cmd import PruneError, prune
+
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    if s.media_retention_days is None:
+        print("MEDIA_RETENTION_DAYS is not set: media is kept forever, nothing to prune")
+        return 0
+    try:
+        asyncio.run(prune(s, dry_run=args.dry_run))
+    except PruneError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
 # --- simulate ------------------------------------------------------------------------------
 
 async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: str | None,
@@ -804,6 +822,15 @@ def parser() -> argparse.ArgumentParser:
         action.add_argument("--bus-timeout", type=float, default=30.0,
                             help="seconds to spend reading the bus (default 30)")
     dq.set_defaults(func=cmd_dlq)
+
+    md = sub.add_parser("media", help="the media store: prune media past MEDIA_RETENTION_DAYS (needs DATABASE_URL)",
+                        description="prune: media stored more than MEDIA_RETENTION_DAYS days ago becomes expired "
+                        "(its messages say so) and the files no message still shows are deleted from the media "
+                        "store (MEDIA_DIR or MEDIA_S3_BUCKET). Unset MEDIA_RETENTION_DAYS keeps media forever.")
+    msub = md.add_subparsers(dest="media_command", required=True)
+    mp = msub.add_parser("prune", help="expire media past MEDIA_RETENTION_DAYS and delete its files")
+    mp.add_argument("--dry-run", action="store_true", help="say what would be expired and deleted, change nothing")
+    md.set_defaults(func=cmd_media)
 
     f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives",
                        description="Answers POST /{version}/{phone_number_id}/messages as Meta does, records every "
