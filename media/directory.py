@@ -57,9 +57,10 @@ class DirectoryStore:
             writer = _FileWriter(file)
             yield writer
             writer.hasher.verify(key)
-            await asyncio.to_thread(_close_and_place, file, partial, self.path(key))
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot keep the file in the media directory {self.root}: {exc}") from exc
+            try:
+                await asyncio.to_thread(_close_and_place, file, partial, self.path(key))
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot keep the file in the media directory {self.root}: {exc}") from exc
         finally:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(file.close)

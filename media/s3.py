@@ -37,9 +37,15 @@ class _PartWriter:
         self.hasher.update(chunk)
         self._buffer += chunk
         if len(self._buffer) >= PART_BYTES:
-            await self.flush()
+            try:
+                await self.flush()
+            except _FAILURES as exc:
+                raise StoreUnavailable(f"cannot write to the bucket {self._bucket}: {exc!r}") from exc
 
-    async def flush(self) -> None:
+    async def flush(self, *, last: bool = False) -> None:
+        """Send what is buffered as the next part (the last one: also when it is empty and no part was sent)."""
+        if last and not self._buffer and self.parts:
+            return
         if self.upload_id is None:
             started = await self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)
             self.upload_id = started["UploadId"]
@@ -88,14 +94,14 @@ class S3Store:
         try:
             yield writer
             writer.hasher.verify(key)
-            if writer._buffer or not writer.parts:
-                await writer.flush()
-            await self._client.complete_multipart_upload(
-                Bucket=self.bucket, Key=self.object_key(key), UploadId=writer.upload_id,
-                MultipartUpload={"Parts": writer.parts})
+            try:
+                await writer.flush(last=True)
+                await self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self.object_key(key), UploadId=writer.upload_id,
+                    MultipartUpload={"Parts": writer.parts})
+            except _FAILURES as exc:
+                raise StoreUnavailable(f"cannot write to the bucket {self.bucket}: {exc!r}") from exc
             done = True
-        except _FAILURES as exc:
-            raise StoreUnavailable(f"cannot write to the bucket {self.bucket}: {exc!r}") from exc
         finally:
             if not done and writer.upload_id is not None:
                 with contextlib.suppress(*_FAILURES):
