@@ -7,11 +7,14 @@ import hashlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 from conftest import Stack, eventually
 from inbox_client import customer_says, phone
+from test_openapi import _answer_schema, contract
+from jsonschema import Draft202012Validator
 from media_helpers import fake_media, fetch, media_body, media_row, register, settled, token
 
 from wacrm.core import procs
@@ -28,10 +31,17 @@ def stored_files(stack: Stack) -> list[Path]:
     return [p for p in stack.media_dir.rglob("*") if p.is_file() and ".partial" not in p.parts]
 
 
+def conforms(path: str, status: int, answer: Any) -> None:
+    """The answer is what inbox/openapi.json says ``GET path`` answers with ``status``."""
+    errors = list(Draft202012Validator(_answer_schema(contract(), "GET", path, status)).iter_errors(answer))
+    assert not errors, [e.message for e in errors[:5]]
+
+
 async def thread_message(stack: Stack, bearer: str, db: asyncpg.Connection, mid: str) -> dict:
     cid = await db.fetchval("SELECT conversation_id FROM messages WHERE provider_message_id = $1", mid)
     status, _, body = await fetch(stack, f"/api/v1/conversations/{cid}", bearer)
     assert status == 200
+    conforms("/conversations/{id}", 200, orjson.loads(body))
     return next(m for m in orjson.loads(body)["conversation"]["messages"] if m["provider_message_id"] == mid)
 
 
@@ -103,6 +113,7 @@ async def test_a_wrong_checksum_keeps_nothing(stack: Stack, db: asyncpg.Connecti
     assert media["state"] == "failed" and "checksum mismatch" in media["error"]
     status, _, body = await fetch(stack, media["url"], bearer)
     assert status == 404 and b'"state":"failed"' in body
+    conforms("/media/{id}", 404, orjson.loads(body))
 
 
 async def test_a_file_over_metas_limit_for_its_type_is_not_downloaded(stack: Stack, db: asyncpg.Connection) -> None:
