@@ -240,7 +240,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         except Exception as exc:
             _timer_failed("the ambiguous-send timer", exc)
 
-    lag_probe = resources.lag_probe = LagProbe(settings.kafka_group_id, [RAW, INBOUND, STATUS, OUTBOUND, MEDIA, *retries],
+    lag_probe = resources.lag_probe = LagProbe(settings.kafka_group_id,
+                                               [RAW, INBOUND, STATUS, OUTBOUND, MEDIA, *retries],
                                                **settings.kafka_client_kwargs())
     lag_started = False
 

@@ -1,9 +1,10 @@
 """Resources the agents share, owned by one service with a managed lifetime.
 
 :class:`Resources` opens the database pool, the HTTP session, the Graph API client and the
-media store (with the media endpoint's client) when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
-``ready`` before their first event. While it runs, its timer beats the worker's
-:class:`~wacrm.core.liveness.Heartbeat` on the event loop (``/livez``).
+media store (with the media endpoint's client) when the worker starts and closes them, with
+the lag probe, when it stops. Agents wait on ``ready`` before their first event. While it
+runs, its timer beats the worker's :class:`~wacrm.core.liveness.Heartbeat` on the event loop
+(``/livez``).
 """
 
 from __future__ import annotations

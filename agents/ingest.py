@@ -4,8 +4,8 @@ Input: raw webhook bodies as Meta signed them, keyed by the conversation of the 
 item, so one partition sees a conversation's bodies in order. The batch's messages (in
 timestamp order within a body) are stored and answered right here (:meth:`agents.inbound.Inbound.store`):
 no hop through ``wa.inbound``. Statuses go to ``wa.status`` keyed by conversation, and each media
-message's download to ``wa.media`` (:mod:`agents.media`): its caption is answered without waiting for it. Each message
-and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
+message's download to ``wa.media`` (:mod:`agents.media`): its caption is answered without waiting for
+it. Each message and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
 request id. Commit: after the batch's messages are stored and its statuses, replies and dead
 letters are acknowledged by the broker. Idempotency: a replayed body is deduplicated by the
 message's provider id (its queued reply published again) and by the status agent.

@@ -146,7 +146,8 @@ class MediaAgent:
             if fresh:
                 info = await self._client.info(claimed.provider_media_id, token)
             try:
-                async with self._client.download(info.url, token, limit) as chunks, self._store.writer(key) as out:
+                # the store first: while it is away, no download is spent
+                async with self._store.writer(key) as out, self._client.download(info.url, token, limit) as chunks:
                     async for chunk in chunks:
                         await out.write(chunk)
                     return out.hasher.size

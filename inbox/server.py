@@ -27,10 +27,10 @@ import aiohttp
 from aiohttp import web
 
 from wacrm.core.settings import Settings
-from wacrm.media import open_store
 from wacrm.inbox import api, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
+from wacrm.media import open_store
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage.db import create_pool
 from wacrm.webhook.app import broker_problems, healthz, metrics_view, readiness, readiness_response

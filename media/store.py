@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 
-
 class StoreUnavailable(Exception):
     """The store cannot read or write now (permissions, disk, network); retry later."""
 
@@ -33,7 +32,26 @@ class ChecksumMismatch(Exception):
         self.expected, self.actual = expected, actual
 
 
+class Hasher:
+    """The running SHA-256 and size of what a writer was given."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def update(self, chunk: bytes) -> None:
+        self._sha.update(chunk)
+        self.size += len(chunk)
+
+    def verify(self, key: str) -> None:
+        actual = self._sha.hexdigest()
+        if actual != key:
+            raise ChecksumMismatch(key, actual)
+
+
 class Writer(Protocol):
+    hasher: Hasher  # what was written so far: its size, and its hash once done
+
     async def write(self, chunk: bytes) -> None: ...
 
 
@@ -57,20 +75,3 @@ class MediaStore(Protocol):
     async def check(self) -> None:
         """Raise :class:`StoreUnavailable` when the store cannot be written now."""
         ...
-
-
-class Hasher:
-    """The running SHA-256 and size of what a writer was given."""
-
-    def __init__(self) -> None:
-        self._sha = hashlib.sha256()
-        self.size = 0
-
-    def update(self, chunk: bytes) -> None:
-        self._sha.update(chunk)
-        self.size += len(chunk)
-
-    def verify(self, key: str) -> None:
-        actual = self._sha.hexdigest()
-        if actual != key:
-            raise ChecksumMismatch(key, actual)

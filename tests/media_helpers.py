@@ -6,11 +6,10 @@ import time
 import uuid
 from typing import Any
 
-from multidict import CIMultiDict
-
 import aiohttp
 import asyncpg
 from conftest import Stack, eventually
+from multidict import CIMultiDict
 from test_inbound_fidelity import META, contact, envelope
 
 from wacrm.inbox import auth

@@ -10,6 +10,7 @@ import zlib
 from conftest import Stack, run_sync
 from inbox_client import phone
 from media_helpers import media_body, register
+from playwright.sync_api import Browser, expect
 from test_inbox_browser import (  # noqa: F401  (the module's browser fixtures, reused)
     LIVE_S,
     SCREENSHOTS,
@@ -23,7 +24,6 @@ from test_inbox_browser import (  # noqa: F401  (the module's browser fixtures, 
     browser_type_launch_args,
     playwright,
 )
-from playwright.sync_api import Browser, expect
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -37,7 +37,7 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 def test_a_person_sees_a_customers_image_document_and_a_file_that_failed(stack: Stack, database_url: str,
-                                                                         browser: Browser) -> None:
+                                                                         browser: Browser) -> None:  # noqa: F811
     email = _user(database_url, "agent")
     context = browser.new_context(viewport=WIDE)
     page = context.new_page()

@@ -13,13 +13,12 @@ import asyncpg
 import orjson
 from conftest import Stack, eventually
 from inbox_client import customer_says, phone
-from test_openapi import _answer_schema, contract
 from jsonschema import Draft202012Validator
 from media_helpers import fake_media, fetch, media_body, media_row, register, settled, token
+from test_openapi import _answer_schema, contract
 
 from wacrm.core import procs
 from wacrm.whatsapp.media import MAX_BYTES
-
 
 
 def jpeg() -> bytes:
