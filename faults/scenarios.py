@@ -246,6 +246,11 @@ async def _media_store_away(system: System, p: Params, tl: Timeline, out: Inject
         """Every image stored once, none lost or failed; captions answered while the store was away."""
         conn = await asyncpg.connect(system.database_url)
         try:
+            deadline = time.monotonic() + MEDIA_DRAIN_S  # the drain waits for replies; downloads may lag behind
+            while time.monotonic() < deadline:
+                if not await conn.fetchval("SELECT count(*) FROM media WHERE state IN ('pending', 'downloading')"):
+                    break
+                await asyncio.sleep(1)
             images = await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound' "
                                          "AND type = 'image'")
             states = dict(await conn.fetch("SELECT state, count(*) FROM media GROUP BY state"))
@@ -281,6 +286,7 @@ async def _media_store_away(system: System, p: Params, tl: Timeline, out: Inject
 
 
 CAPTION_ON_TIME_S = 10.0  # a caption's reply while the media store is away: as fast as a text's, within this
+MEDIA_DRAIN_S = 120.0  # the bound on waiting for downloads still pending once the messages are drained
 
 
 # --- the catalogue -------------------------------------------------------------------------
