@@ -3,9 +3,11 @@
 Input: raw webhook bodies as Meta signed them, keyed by the conversation of the body's first
 item, so one partition sees a conversation's bodies in order. The batch's messages (in
 timestamp order within a body) are stored and answered right here (:meth:`agents.inbound.Inbound.store`):
-no hop through ``wa.inbound``. Statuses go to ``wa.status`` keyed by conversation, and each media
-message's download to ``wa.media`` (:mod:`agents.media`): its caption is answered without waiting for
-it. Each message and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
+no hop through ``wa.inbound``; so are the echoes of what the business sent from the WhatsApp
+Business app, in their customer's conversation. Statuses go to ``wa.status`` keyed by conversation,
+and each media message's download to ``wa.media`` (:mod:`agents.media`): its caption is answered
+without waiting for it. Each message and status keeps a reference to its raw body (topic, partition,
+offset) and the raw record's
 request id. Commit: after the batch's messages are stored and its statuses, replies and dead
 letters are acknowledged by the broker. Idempotency: a replayed body is deduplicated by the
 message's provider id (its queued reply published again) and by the status agent.
@@ -120,7 +122,7 @@ def split(body: bytes, ref: RawRef, received_at: float) -> Split:
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
-            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors)
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors, echo=m.echo)
         if fits(INBOUND, message, m.payload) is None:
             continue
         out.messages.append(message)

@@ -24,7 +24,7 @@ from wacrm.orchestrator.rules import Template
 from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
-from wacrm.whatsapp.graph import GraphClient
+from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
 
 __all__ = [
     "Checks",
@@ -39,7 +39,6 @@ __all__ = [
 ]
 
 WINDOW = timedelta(hours=24)
-REENGAGEMENT = 131047  # Meta: more than 24 hours since the customer last wrote
 UNDELIVERABLE = 131026  # Meta: the recipient cannot get it (mostly: the number is not on WhatsApp)
 MAX_TEXT_CHARS = 4096  # WhatsApp's limit for a text message body
 BEHIND_RECHECK = timedelta(seconds=1)  # a reply behind one in flight (or not yet published) looks again after this

@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wacrm.agents.sending import ledger_id
+# what reached the customer: at home in wacrm.received (`wacrm simulate` uses it too), named here as before
+from wacrm.received import ledger_row, ledger_rows, replies  # noqa: F401
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,29 +57,6 @@ class Verdict:
 
     def __str__(self) -> str:
         return "ok" if self.ok else "FAIL: " + "; ".join(self.reasons)
-
-
-def ledger_row(record: Mapping[str, Any]) -> int | None:
-    """The ledger row a fake-meta record names, if Meta took the send (a scripted error is not a
-    reply the customer sees)."""
-    answered = record.get("answered")
-    body = record.get("body")
-    if not isinstance(answered, Mapping) or "id" not in answered or not isinstance(body, Mapping):
-        return None
-    return ledger_id(body.get("biz_opaque_callback_data"))
-
-
-def ledger_rows(sent: Iterable[Mapping[str, Any]]) -> list[int]:
-    """The ledger rows the sends Meta took name: what to ask :func:`storage.repo.answered_messages`."""
-    return [row for row in map(ledger_row, sent) if row is not None]
-
-
-def replies(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[tuple[Mapping[str, Any], str]]:
-    """Each send Meta took that answers a customer message, with that message's id (``answers``:
-    ledger row → message id, from :func:`storage.repo.answered_messages`), oldest first. The one
-    home of "what reached the customer as a reply", for the tests, the fault suite and the bench."""
-    pairs = ((record, ledger_row(record)) for record in sent)
-    return [(record, answers[row]) for record, row in pairs if row is not None and row in answers]
 
 
 def answered_messages(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[str]:

@@ -93,11 +93,22 @@ async def body_of(request: web.Request) -> dict[str, Any]:
         raise invalid("the body must be a JSON object") from None
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
+    if _has_nul(data):
+        raise invalid("the body must not contain NUL characters (\\u0000)")
     return data
 
 
+def _has_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character, which PostgreSQL text cannot store."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(map(_has_nul, value))
+
+
 def _int_param(raw: str, name: str) -> int:
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise invalid(f"{name} must be a positive whole number")
     return int(raw)
 
@@ -235,6 +246,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise ApiError(500, "DB_MISMATCH", problem)
         if request.match_info.handler not in PUBLIC:
             await _authenticate(request)
+        if any(_has_nul(k) or _has_nul(v) for k, v in request.query.items()):
+            raise invalid("the query string must not contain NUL characters (%00)")
         try:
             return await handler(request)
         finally:
@@ -248,6 +261,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = {404: "NOT_FOUND", 405: "INVALID"}.get(exc.status, "INVALID")
         return ApiError(exc.status, code, exc.reason).response()
     except Exception as exc:
+        if _bad_value(exc):  # a value the database cannot take (out of range, not text): the request's fault
+            outcome = "INVALID"
+            return invalid(f"a value in the request is out of range or not valid ({type(exc).__name__})").response()
         if is_drift(exc):
             request.app[SCHEMA].invalidate()
             outcome = "DB_MISMATCH"
@@ -264,6 +280,13 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     finally:
         metrics.INBOX_REQUESTS.labels(route, outcome).inc()
         metrics.INBOX_DURATION.labels(route).observe(time.perf_counter() - started)
+
+
+def _bad_value(exc: Exception) -> bool:
+    """asyncpg could not encode an argument (an integer beyond 64 bits …), or PostgreSQL refused a value
+    (SQLSTATE class 22, data exception: a number out of range, a character it cannot store)."""
+    return isinstance(exc, asyncpg.exceptions._base.DataError) or (
+        isinstance(exc, asyncpg.PostgresError) and str(getattr(exc, "sqlstate", "")).startswith("22"))
 
 
 async def _authenticate(request: web.Request) -> None:

@@ -11,6 +11,8 @@ Every asset in :data:`ASSETS` must be present when the application is created; a
 
 from __future__ import annotations
 
+import functools
+import struct
 from pathlib import Path
 
 import aiohttp_jinja2
@@ -38,6 +40,27 @@ def check_assets() -> None:
                            "(reinstall wacrm: `pip install -e .` ships inbox/templates and inbox/static)")
 
 
+@functools.cache
+def favicon_ico(size: int = 16) -> bytes:
+    """The site icon: a green disc (an ``.ico`` holding one 32-bit bitmap, drawn here, no binary file)."""
+    centre, radius = (size - 1) / 2, size / 2 - 0.5
+    rows = []
+    for y in range(size - 1, -1, -1):  # a bitmap's rows go bottom up
+        for x in range(size):
+            inside = (x - centre) ** 2 + (y - centre) ** 2 <= radius ** 2
+            rows.append(bytes((0x66, 0xD3, 0x25, 0xFF)) if inside else bytes(4))  # BGRA: #25D366
+    pixels = b"".join(rows)
+    mask = bytes(((size + 31) // 32) * 4 * size)  # the alpha channel decides; the AND mask is all clear
+    bitmap = struct.pack("<IiiHHIIiiII", 40, size, size * 2, 1, 32, 0, len(pixels) + len(mask), 0, 0, 0, 0)
+    image = bitmap + pixels + mask
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", size, size, 0, 0, 1, 32, len(image), 22) + image
+
+
+async def favicon(request: web.Request) -> web.Response:
+    return web.Response(body=favicon_ico(), content_type="image/x-icon",
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
 async def _signed_in(request: web.Request, api_app: web.Application) -> auth.Session | None:
     session_id = api._session_id(request)
     if not session_id:
@@ -47,7 +70,7 @@ async def _signed_in(request: web.Request, api_app: web.Application) -> auth.Ses
 
 
 def add_pages(root: web.Application, api_app: web.Application) -> None:
-    """Serve ``/login``, ``/`` and ``/static/`` on ``root``; the API application owns the pool."""
+    """Serve ``/login``, ``/``, ``/favicon.ico`` and ``/static/`` on ``root``; the API application owns the pool."""
     check_assets()
     aiohttp_jinja2.setup(root, loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True)
 
@@ -66,4 +89,5 @@ def add_pages(root: web.Application, api_app: web.Application) -> None:
 
     root.router.add_get("/", inbox_page)
     root.router.add_get("/login", login_page)
+    root.router.add_get("/favicon.ico", favicon)
     root.router.add_static("/static/", STATIC, name="static", append_version=True)

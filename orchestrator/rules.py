@@ -7,10 +7,13 @@ Pure: :func:`load_rules` validates a file (every problem reported with its path 
 words, ignoring case and accents ("Envío" matches "envio"); opt-out and opt-in keywords
 match only a message that is that word alone ("STOP", not "don't stop").
 
-FAQ answers may be one text or one per language (``{"en": …, "es": …}``); the customer's
-language is guessed from their words (:func:`language_of`, the file's ``languages`` word lists)
-and the file's ``default_language`` answers otherwise. ``{hours}`` in any answer is replaced by
-the business hours as configured (:func:`describe_hours`), so the FAQ cannot contradict them.
+The greeting, FAQ answers and the out-of-hours message may be one text or one per language
+(``{"en": …, "es": …}``; a plain text is in the file's ``default_language``). The customer's
+language is guessed from their words (:func:`language_of`, the file's ``languages`` word lists).
+A reply is in one language (:func:`reply_language`): the customer's when every text it joins has
+it, else the default language, else another that all have. ``{hours}`` in any text is replaced by
+the business hours as configured, in that language (:func:`describe_hours`), so the FAQ cannot
+contradict them.
 A fallback whose message promises a follow-up (``"follow_up": true``) leaves the conversation
 pending with a task for a person (``Decision.extra["follow_up"]``).
 """
@@ -48,16 +51,41 @@ def _words(text: str) -> list[str]:
     return re.findall(r"\w+", normalize(text))
 
 
+#: One text in several languages: language -> text; "" is the text written without a language
+#: (taken as the file's default language).
+Texts = dict[str, str]
+
+
+def text_in(texts: Texts, language: str, default: str) -> str:
+    """``texts`` in ``language``, else in the default language, else the first written."""
+    for lang in (language, default, ""):
+        if lang in texts:
+            return texts[lang]
+    return next(iter(texts.values()))
+
+
+def _has(texts: Texts, language: str, default: str) -> bool:
+    return language in texts or (language == default and "" in texts)
+
+
+def reply_language(parts: list[Texts], language: str, default: str) -> str:
+    """The one language of a reply that joins ``parts``: the customer's ``language`` if every part has
+    it, else ``default`` if every part has that, else the first other language every part has; when
+    none is common to all, ``language`` (each part then in its best language: :func:`text_in`)."""
+    others = sorted({lang for p in parts for lang in p if lang})
+    for lang in (language, default, *others):
+        if all(_has(p, lang, default) for p in parts):
+            return lang
+    return language
+
+
 @dataclass(frozen=True, slots=True)
 class Faq:
     keywords: frozenset[str]
-    answers: dict[str, str]  # language -> text; "" is the answer written without a language
+    answers: Texts
 
     def answer_in(self, language: str, default: str) -> str:
-        for lang in (language, default, ""):
-            if lang in self.answers:
-                return self.answers[lang]
-        return next(iter(self.answers.values()))
+        return text_in(self.answers, language, default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +105,7 @@ class Intelligence:
 class BusinessHours:
     timezone: ZoneInfo
     days: dict[str, tuple[tuple[time, time | None], ...]]  # None end = midnight
-    out_of_hours_message: str | None
+    out_of_hours_message: Texts | None
 
     def is_open(self, now: datetime) -> bool:
         local = now.astimezone(self.timezone)
@@ -103,7 +131,7 @@ class LlmRules:
 
 @dataclass(frozen=True, slots=True)
 class Rules:
-    greeting: str | None
+    greeting: Texts | None
     faq: tuple[Faq, ...]
     business_hours: BusinessHours | None
     handover_keywords: frozenset[str]
@@ -158,21 +186,48 @@ def _hhmm(value: str) -> time | None:
     return time(int(hours), int(minutes))
 
 
-def describe_hours(hours: BusinessHours | None) -> str:
-    """The opening hours in words, from the configuration (one home for what the FAQ says)."""
+@dataclass(frozen=True, slots=True)
+class _HoursWords:
+    days: tuple[str, ...]
+    every_day: str
+    always: str
+    days_span: str  # "{a} to {b}"
+    time_span: str
+    joined: str
+    closed: str
+
+
+#: The words of :func:`describe_hours` in the languages the shipped rules answer in; others get English.
+HOURS_WORDS = {
+    "en": _HoursWords(("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"), "every day",
+                      "around the clock", "{a} to {b}", "{a} to {b}", " and ", "by appointment only"),
+    "es": _HoursWords(("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"), "todos los días",
+                      "las 24 horas", "de {a} a {b}", "de {a} a {b}", " y ", "solo con cita previa"),
+    "pt": _HoursWords(("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado",
+                       "domingo"), "todos os dias", "24 horas por dia", "de {a} a {b}", "das {a} às {b}", " e ",
+                      "somente com hora marcada"),
+    "de": _HoursWords(("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"), "täglich",
+                      "rund um die Uhr", "{a} bis {b}", "{a} bis {b}", " und ", "nur nach Vereinbarung"),
+}
+
+
+def describe_hours(hours: BusinessHours | None, language: str = "en") -> str:
+    """The opening hours in words, from the configuration (one home for what the FAQ says), in
+    ``language`` where :data:`HOURS_WORDS` has it, else in English."""
+    w = HOURS_WORDS.get(language, HOURS_WORDS["en"])
     if hours is None:
-        return "every day, around the clock"
+        return f"{w.every_day}, {w.always}"
 
     def span(s: tuple[time, time | None]) -> str:
         start, end = s
         if start == time(0) and end is None:
-            return "around the clock"
-        return f"{start:%H:%M} to {'24:00' if end is None else f'{end:%H:%M}'}"
+            return w.always
+        return w.time_span.format(a=f"{start:%H:%M}", b="24:00" if end is None else f"{end:%H:%M}")
 
     groups: list[tuple[list[str], str]] = []
     for day in DAYS:
         spans = hours.days.get(day, ())
-        text = " and ".join(span(s) for s in spans)
+        text = w.joined.join(span(s) for s in spans)
         if not text:
             continue
         if groups and groups[-1][1] == text and DAYS.index(groups[-1][0][-1]) == DAYS.index(day) - 1:
@@ -180,14 +235,14 @@ def describe_hours(hours: BusinessHours | None) -> str:
         else:
             groups.append(([day], text))
     if not groups:
-        return "by appointment only"
-    names = dict(zip(DAYS, ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"), strict=True))
+        return w.closed
+    names = dict(zip(DAYS, w.days, strict=True))
     parts = []
     for days, text in groups:
-        which = "every day" if len(days) == 7 else names[days[0]] if len(days) == 1 else \
-            f"{names[days[0]]} to {names[days[-1]]}"
+        which = w.every_day if len(days) == 7 else names[days[0]] if len(days) == 1 else \
+            w.days_span.format(a=names[days[0]], b=names[days[-1]])
         parts.append(f"{which}, {text}")
-    zone = "" if str(hours.timezone) == "UTC" and parts == ["every day, around the clock"] else \
+    zone = "" if str(hours.timezone) == "UTC" and parts == [f"{w.every_day}, {w.always}"] else \
         f" ({hours.timezone})"
     return "; ".join(parts) + zone
 
@@ -225,6 +280,19 @@ def _parse(data: Any) -> Rules:
             return None
         return value
 
+    def texts(parent: dict[str, Any], key: str, where: str) -> Texts | None:
+        """One text, or one per language (``{"en": …, "es": …}``)."""
+        value = parent.get(key)
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip():
+            return {"": value}
+        if isinstance(value, dict) and value and all(
+                isinstance(k, str) and k and isinstance(v, str) and v.strip() for k, v in value.items()):
+            return dict(value)
+        problems.append(f"{where}{key}: must be a non-empty string or an object of language: text")
+        return None
+
     def words(parent: dict[str, Any], key: str, where: str) -> frozenset[str]:
         value = parent.get(key, [])
         if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
@@ -244,14 +312,8 @@ def _parse(data: Any) -> Rules:
             problems.append(f"faq[{i}]: must be an object")
             continue
         kw = words(item, "keywords", f"faq[{i}].")
-        raw_answer = item.get("answer")
-        answers: dict[str, str] = {}
-        if isinstance(raw_answer, dict) and raw_answer and all(
-                isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in raw_answer.items()):
-            answers = dict(raw_answer)
-        elif isinstance(raw_answer, str) and raw_answer.strip():
-            answers = {"": raw_answer}
-        else:
+        answers = texts(item, "answer", f"faq[{i}].")
+        if answers is None and item.get("answer") is None:
             problems.append(f"faq[{i}].answer: must be a non-empty string or an object of language: text")
         if kw and answers:
             faqs.append(Faq(kw, answers))
@@ -279,7 +341,7 @@ def _parse(data: Any) -> Rules:
                 except ValueError:
                     problems.append(f"business_hours.days.{day}: {span!r} is not HH:MM-HH:MM")
             days[day] = tuple(parsed)
-        hours = BusinessHours(tz, days, text(bh, "out_of_hours_message", "business_hours."))
+        hours = BusinessHours(tz, days, texts(bh, "out_of_hours_message", "business_hours."))
 
     ho = obj(data, "handover", "")
     oo = obj(data, "opt_out", "")
@@ -354,7 +416,7 @@ def _parse(data: Any) -> Rules:
         timeout_seconds=float(ll.get("timeout_seconds", 8)) if isinstance(ll.get("timeout_seconds", 8), (int, float))
         else 8.0)
     rules = Rules(
-        greeting=text(data, "greeting", ""),
+        greeting=texts(data, "greeting", ""),
         faq=tuple(faqs),
         business_hours=hours,
         handover_keywords=words(ho, "keywords", "handover."),
@@ -406,6 +468,14 @@ def _is_only(text: str, keywords: frozenset[str]) -> bool:
     return " ".join(_words(text)) in keywords
 
 
+def _named(greeting: str, name: str | None, language: str) -> str:
+    """``{name}`` filled in: the customer's name, else "there" in English and nothing in other languages."""
+    if name:
+        return greeting.replace("{name}", name)
+    return greeting.replace("{name}", "there") if language == "en" else \
+        greeting.replace(" {name}", "").replace("{name}", "")
+
+
 def decide(rules: Rules, s: Situation, *, engine_answers: bool = False) -> Decision:
     """What to do about the customer's unanswered messages.
 
@@ -429,21 +499,20 @@ def decide(rules: Rules, s: Situation, *, engine_answers: bool = False) -> Decis
         return Decision("handover", rules.handover_message, "handover")
     if engine_answers:
         return Decision("none", None, "engine")
-    language = language_of(texts, rules.languages, rules.default_language)
-    hours = describe_hours(rules.business_hours)
-    answers = [f.answer_in(language, rules.default_language).replace("{hours}", hours)
-               for f in rules.faq if any(_mentions(t, f.keywords) for t in texts)]
+    default = rules.default_language
+    answers = [f.answers for f in rules.faq if any(_mentions(t, f.keywords) for t in texts)]
     closed = rules.business_hours is not None and not rules.business_hours.is_open(s.now)
-    parts: list[str] = []
-    if s.new_contact and rules.greeting:
-        parts.append(rules.greeting.replace("{name}", s.customer_name or "there"))
-    if answers:
-        parts.extend(dict.fromkeys(answers))  # each answer once, in file order
-    if closed and rules.business_hours and rules.business_hours.out_of_hours_message:
-        parts.append(rules.business_hours.out_of_hours_message)
+    greeting = rules.greeting if s.new_contact else None
+    out_of_hours = rules.business_hours.out_of_hours_message if closed and rules.business_hours else None
+    parts = [p for p in (greeting, *answers, out_of_hours) if p]
     if parts:
-        rule = "faq" if answers else ("greeting" if s.new_contact and rules.greeting else "out_of_hours")
-        return Decision("reply", "\n\n".join(parts), rule)
+        language = reply_language(parts, language_of(texts, rules.languages, default), default)
+        hours = describe_hours(rules.business_hours, language)
+        written = [text_in(p, language, default).replace("{hours}", hours) for p in parts]
+        if greeting:
+            written[0] = _named(written[0], s.customer_name, language)
+        rule = "faq" if answers else ("greeting" if greeting else "out_of_hours")
+        return Decision("reply", "\n\n".join(dict.fromkeys(written)), rule)  # each text once, in file order
     if rules.fallback_action == "handover":
         return Decision("handover", rules.handover_message, "fallback_handover")
     if rules.fallback_message:

@@ -49,6 +49,7 @@ async def test_list_counts_equal_a_count_over_every_row(make_database: Callable[
     """The list's counts (grouped per status and owner since migration 0012) are the same numbers
     as counting every conversation, on the benchmark's mix of statuses, owners and deletions."""
     from bench.inbox import Seed, create_agents, seed
+    from wacrm.inbox import waiting
 
     url = make_database()
     await run_migrations(url, 10.0, out=lambda m: None)
@@ -65,8 +66,10 @@ async def test_list_counts_equal_a_count_over_every_row(make_database: Callable[
                               count(*) FILTER (WHERE inbox_status = 'resolved') resolved,
                               count(*) FILTER (WHERE inbox_status = 'snoozed') snoozed,
                               count(*) "all", count(*) FILTER (WHERE assigned_user_id = $1) mine,
-                              count(*) FILTER (WHERE assigned_user_id IS NULL) unassigned
-                       FROM conversations WHERE (deleted_at IS NOT NULL) = $2""", me, deleted)
+                              count(*) FILTER (WHERE assigned_user_id IS NULL) unassigned,
+                              count(*) FILTER (WHERE EXISTS (SELECT 1 FROM tasks t WHERE t.conversation_id = c.id
+                                                             AND t.status = 'open' AND t.kind = ANY($3))) waiting
+                       FROM conversations c WHERE (deleted_at IS NOT NULL) = $2""", me, deleted, list(waiting.KINDS))
                 assert counts == dict(expected)
                 assert counts["all"] > 0
                 if not deleted:

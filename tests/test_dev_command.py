@@ -76,8 +76,14 @@ def dev_env() -> dict[str, str]:
                           WHATSAPP_API_BASE_URL=None)
 
 
+def _beside(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """A command run in the directory of a running `wacrm dev`, with no DATABASE_URL or KAFKA_BOOTSTRAP_SERVERS."""
+    return subprocess.run(procs.python_cmd(*args), env=procs.env_with(DATABASE_URL=None, KAFKA_BOOTSTRAP_SERVERS=None),
+                          cwd=cwd, capture_output=True, text=True, timeout=90)
+
+
 def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
-    state_dir = tmp_path / "state"
+    state_dir = tmp_path / ".wacrm"  # the default name: commands run in tmp_path find this dev system
     env = dev_env()
     dev = _start_dev(state_dir, env)
     try:
@@ -101,6 +107,21 @@ def test_dev_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         result = _simulate(state_dir, "hello from the dev test")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "reply sent to +15550002222" in result.stdout
+
+        # The commands the banner points to work beside it, and say which system they used.
+        used = f"using the running `wacrm dev` (pid {dev.pid}"
+        users = _beside(tmp_path, "users", "list")
+        assert users.returncode == 0 and state["admin_email"] in users.stdout, users.stdout + users.stderr
+        assert used in users.stderr and "DATABASE_URL" in users.stderr
+        request_id = result.stdout.split("request id: ", 1)[1].split()[0]
+        trace = _beside(tmp_path, "trace", request_id)
+        assert trace.returncode == 0 and used in trace.stderr, trace.stdout + trace.stderr
+        assert "stored" in trace.stdout.lower(), trace.stdout
+        dlq = _beside(tmp_path, "dlq", "list", "--bus-timeout", "20")
+        assert dlq.returncode == 0 and "dead letters" in dlq.stdout and used in dlq.stderr, dlq.stdout + dlq.stderr
+        assert "KAFKA_BOOTSTRAP_SERVERS" in dlq.stderr
+        with urllib.request.urlopen(f"{state['base_url']}/favicon.ico", timeout=30) as icon:
+            assert icon.headers["Content-Type"] == "image/x-icon" and icon.read(4) == b"\x00\x00\x01\x00"
 
         second = subprocess.run(procs.python_cmd("dev", "--state-dir", str(state_dir)), env=env,
                                 capture_output=True, text=True, timeout=60)

@@ -29,8 +29,8 @@ def test_a_sha256_is_read_as_meta_sends_it_in_the_webhook_and_in_the_media_endpo
 
 def test_metas_limits_per_type() -> None:
     mb = 1024 * 1024
-    assert MAX_BYTES == {"image": 5 * mb, "audio": 16 * mb, "video": 16 * mb, "document": 100 * mb,
-                         "sticker": 500 * 1024}
+    assert {"image": 5 * mb, "audio": 16 * mb, "video": 16 * mb, "document": 100 * mb,
+                         "sticker": 500 * 1024} == MAX_BYTES
 
 
 @pytest.mark.parametrize(("header", "size", "wanted"), [

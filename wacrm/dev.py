@@ -36,17 +36,9 @@ from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
+from wacrm.devstate import STATE_FILE
 
-STATE_FILE = "dev.json"
 RESTARTS_PER_MINUTE = 5
-
-
-def read_state(state_dir: Path) -> dict[str, Any] | None:
-    """What a running ``wacrm dev`` published about itself (URLs, secrets), or None."""
-    try:
-        return json.loads((state_dir / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def private_dir(path: Path) -> Path:
@@ -318,27 +310,30 @@ def run_dev(state_dir: Path) -> int:
 
 
 def _banner(state: dict[str, Any], logs: Path, took: float) -> None:
-    lines = [
-        "",
-        f"wacrm is running (ready in {took:.1f}s). Ctrl-C stops everything.",
-        f"  webhook        {state['webhook_url']}",
-        f"  health         {state['base_url']}/healthz   {state['base_url']}/readyz",
-        f"  metrics        {state['base_url']}/metrics   {state['worker_metrics_url']} (worker)",
-        f"  verify token   {state['verify_token']}",
-        f"  app secret     {state['app_secret']}",
-        f"  database       {state['database_url']}",
-        f"  broker         {state['kafka']}",
+    base = state["base_url"]
+    topics: list[tuple[str, str]] = [
+        ("webhook", state["webhook_url"]),
+        ("health", f"{base}/healthz   {base}/readyz"),
+        ("metrics", f"{base}/metrics   {state['worker_metrics_url']} (worker)"),
+        ("verify token", state["verify_token"]),
+        ("app secret", state["app_secret"]),
+        ("database", state["database_url"]),
+        ("broker", state["kafka"]),
     ]
     if state["fake_meta_url"]:
-        lines.append(f"  fake Graph API {state['fake_meta_url']}   (what was sent: {state['fake_meta_url']}/__sent)")
-    lines.append(f"  inbox          {state['inbox_url']}   (API: {state['base_url']}/api/v1/)")
-    if state["admin_email"]:
-        lines.append(f"  sign in as     {state['admin_email']}   password {state['admin_password']}")
-    else:
-        lines.append("  sign in as     a user of yours (add one: .venv/bin/wacrm users add EMAIL --role admin)")
-    lines += [f"  logs           {logs}/", "",
-              "Send a test message from another terminal:",
-              "  .venv/bin/wacrm simulate --text \"hi\"", ""]
+        fake = state["fake_meta_url"]
+        topics.append(("fake Graph API", f"{fake}   (what was sent: {fake}/__sent)"))
+    topics.append(("inbox", f"{state['inbox_url']}   (API: {base}/api/v1/)"))
+    topics.append(("sign in as", f"{state['admin_email']}   password {state['admin_password']}" if state["admin_email"]
+                   else "a user of yours (add one: .venv/bin/wacrm users add EMAIL --role admin)"))
+    topics.append(("logs", f"{logs}/"))
+    width = max(len(label) for label, _ in topics) + 2
+    lines = ["", f"wacrm is running (ready in {took:.1f}s). Ctrl-C stops everything.",
+             *(f"  {label:<{width}}{value}" for label, value in topics), "",
+             "Send a test message from another terminal (commands run here use this system):",
+             "  .venv/bin/wacrm simulate --text \"hi\"",
+             "  .venv/bin/wacrm simulate --image photo.jpg --text \"is this in stock?\"",
+             "  .venv/bin/wacrm trace REQUEST_ID      .venv/bin/wacrm users list      .venv/bin/wacrm dlq list", ""]
     print("\n".join(lines), flush=True)
 
 

@@ -70,6 +70,7 @@ class PausingGraphError(GraphError):
 # anything else permanent (an unknown 4xx must not burn retries).
 RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004})
 PAUSING_CODES = frozenset({190, 131048})
+REENGAGEMENT = 131047  # more than 24 hours since the customer last wrote: only a template may go
 
 
 def classify(http_status: int, body: Any) -> GraphError:

@@ -228,14 +228,19 @@
     const failed = mine && m.status === "failed";
     return el("li", {"data-message-id": m.id === null ? null : m.id, "data-outbound-id": m.outbound_id,
                      "data-status": m.status || null, "data-at": m.created_at,
-                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")},
+                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")
+                       + (m.source === "business_app" ? " business-app" : "") + (m.deleted_at ? " deleted" : "")},
       renderMedia(m.media),
-      m.media ? (m.media.caption ? el("div", {class: "body", text: m.media.caption}) : null)
-              : el("div", {class: "body", text: m.body || `[${m.type}]`}),
+      m.media ? (captionOf(m) ? el(m.deleted_at ? "del" : "div", {class: "body", text: captionOf(m)}) : null)
+              : el(m.deleted_at ? "del" : "div", {class: "body", text: m.body || `[${m.type}]`}),
       el("div", {class: "meta"},
         el("time", {dateTime: at, title: m.sent_at ? "sent" : "written (never sent)", text: when(at)}),
         mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
-        mine && !m.author ? el("span", {text: " · bot"}) : null,
+        m.source === "business_app" ? el("span", {class: "source", text: " · WhatsApp Business app"})
+          : mine && !m.author ? el("span", {text: " · bot"}) : null,
+        m.edited_at ? el("span", {class: "edited", title: editsWords(m), text: " · edited"}) : null,
+        m.deleted_at ? el("span", {class: "deleted",
+          text: m.deleted_by_customer ? " · deleted by the customer" : " · deleted in the WhatsApp Business app"}) : null,
         mine && m.status ? tick(m.status, m.error) : null),
       failed ? el("div", {class: "error failure"},
         el("span", {class: "reason", text: `Not delivered${m.error ? ": " + errorWords(m) : ""}`}),
@@ -275,6 +280,18 @@
                     text: `Document: ${x.filename || "unnamed"} (${bytes(x.size)})`});
   }
 
+  // A media message's text without the "[image] " its stored body starts with (an edit may replace it all);
+  // a document without a caption has its file name there, shown on the download already.
+  function captionOf(m) {
+    const text = (m.body || "").replace(/^\[[^\]]*\]\s?/, "");
+    return text === m.media.filename ? "" : text;
+  }
+
+  // The earlier texts of an edited message, for its "edited" mark's tooltip.
+  function editsWords(m) {
+    return (m.edits || []).map((e) => `${when(e.at)}: ${e.body || ""}`).join("\n") || "edited";
+  }
+
   async function retry(outboundId, button) {
     button.disabled = true;  // once: a second click would be refused (409 NOT_RETRYABLE)
     const done = await act("POST", `outbound/${outboundId}/retry`, {}, () => flash("Sending it again.", false));
@@ -303,7 +320,7 @@
       (c.snoozed_until ? ` until ${when(c.snoozed_until)}` : "") + ` · owner: ${owner}`;
     renderWaiting(c);
     $("#take-over").hidden = c.assignee_id === ME;
-    $("#hand-back").hidden = c.assignee_id === null;
+    $("#hand-back").hidden = c.assignee_id === null && !c.business_app_since;
     $("#resolve").hidden = c.status === "resolved";
     $("#reopen").hidden = c.status === "open";
     const bot = $("#bot-toggle");
@@ -611,6 +628,7 @@
     if (c.assignee_id === ME) return "you";
     if (c.assignee_id !== null) return `user ${c.assignee_id}`;
     if (c.waiting || c.needs_human) return "nobody yet (the bot is quiet: a person answers)";
+    if (c.business_app_since) return "a person in the WhatsApp Business app (the bot is quiet until handed back or resolved)";
     return "unassigned (the bot answers)";
   }
 
