@@ -573,7 +573,7 @@ def _install_sigterm_as_interrupt() -> None:
 # --- media ---------------------------------------------------------------------------------
 
 def cmd_media(args: argparse.Namespace) -> int:
-    from wacrm.media_cmd import PruneError, prune
+    from wacrm import media_cmd
 
     s = _settings("tool", {"DATABASE_URL"})
     if s.database_url is None:
@@ -582,8 +582,8 @@ def cmd_media(args: argparse.Namespace) -> int:
         print("MEDIA_RETENTION_DAYS is not set: media is kept forever, nothing to prune")
         return 0
     try:
-        asyncio.run(prune(s, dry_run=args.dry_run))
-    except PruneError as exc:
+        asyncio.run(media_cmd.prune(s, dry_run=args.dry_run))
+    except media_cmd.PruneError as exc:
         raise CommandError(str(exc)) from None
     return 0
 
@@ -625,6 +625,7 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                     database_url: str | None) -> int:
     import aiohttp
 
+    from wacrm import media_cmd
     from wacrm.whatsapp import signature, simulate
 
     built = _simulated_body(args)
@@ -634,7 +635,13 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
     if args.request_id:
         headers["X-Request-Id"] = args.request_id
     timeout = aiohttp.ClientTimeout(total=15)
+    kind = message["type"]
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        if fake_meta and kind in ("image", "document"):  # Meta has the file before its webhook names it
+            try:
+                await media_cmd.give_fake_meta(session, fake_meta, Path(args.image or args.document), message[kind])
+            except media_cmd.FakeMetaRefused as exc:
+                raise CommandError(str(exc)) from None
         seen = len(await _sent(session, fake_meta)) if fake_meta and not args.no_wait else 0
         try:
             async with session.post(url, data=body, headers=headers) as resp:
@@ -653,7 +660,10 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                   "24-hour window is closed")
         if not fake_meta or args.no_wait:
             return 0
-        return await _await_reply(args, session, fake_meta, database_url, message_id, seen)
+        code = await _await_reply(args, session, fake_meta, database_url, message_id, seen)
+        if kind in ("image", "document") and database_url is not None:
+            print(await media_cmd.downloaded(database_url, message[kind]["id"], args.wait))
+        return code
 
 
 async def _await_reply(args: argparse.Namespace, session: Any, fake_meta: str, database_url: str | None,
