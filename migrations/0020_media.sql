@@ -8,9 +8,10 @@
 -- state: pending (waiting, or retrying at next_attempt_at) → downloading (claimed at claimed_at)
 --        → stored | failed | too_large; stored → expired (wacrm media prune, past MEDIA_RETENTION_DAYS).
 
+-- The keys are named as PostgreSQL would name them, so `wacrm verify-schema` finds their migration.
 CREATE TABLE media (
-    id                 bigserial PRIMARY KEY,
-    provider_media_id  text NOT NULL UNIQUE,
+    id                 bigserial CONSTRAINT media_pkey PRIMARY KEY,
+    provider_media_id  text NOT NULL CONSTRAINT media_provider_media_id_key UNIQUE,
     message_id         bigint NOT NULL REFERENCES messages (id),
     conversation_id    bigint NOT NULL REFERENCES conversations (id),
     conversation_key   text NOT NULL,
