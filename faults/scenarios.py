@@ -265,8 +265,15 @@ async def _media_store_away(system: System, p: Params, tl: Timeline, out: Inject
                    ORDER BY 1""", outage, outage + p.outage_s)]
         finally:
             await conn.close()
-        async with aiohttp.ClientSession() as s, s.get(f"{system.fake_meta}/__media") as r:
-            fetched = await r.json()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{system.fake_meta}/__media") as r:
+                fetched = await r.json()
+            async with s.get(f"http://127.0.0.1:{system.metrics_port}/metrics") as r:
+                failures = sum(float(line.split()[-1]) for line in (await r.text()).splitlines()
+                               if line.startswith("wacrm_media_store_failures_total{"))
+        out.notes.append(f"media store failures the worker met (each retried in place): {failures:.0f}")
+        if not failures:
+            out.problems.append("the worker never met the media store's outage: the scenario proved nothing")
         downloads = sum(f["downloads"] for f in fetched)
         out.notes.append(f"media: {images} image messages, {rows} media rows, states {dict(states)}, "
                          f"{files} files kept, {downloads} downloads of {len(fetched)} files registered")
