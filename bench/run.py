@@ -144,7 +144,7 @@ class Bench:
             WHATSAPP_API_BASE_URL=f"http://127.0.0.1:{self.ports['fake-meta']}",
             PORT=str(self.ports["serve"]), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.worker_ports[0]),
             KAFKA_GROUP_ID=self.group, BROKER_SESSION_TIMEOUT="6", PYTHONUNBUFFERED="1",
-            **PIPELINE_ONLY)
+            MEDIA_DIR=str(self.work / "media"), **PIPELINE_ONLY)
         if defaults:
             for name in PIPELINE_ONLY:
                 env.pop(name, None)
@@ -461,6 +461,7 @@ class Bench:
             await self.fresh_pipeline()
         await self.soak(max(10, round((sustained or best or p.e2e_rates[0] // 4) / 4)))
         await self.customer_with_defaults()
+        await self.media()
 
     async def budget_only(self) -> None:
         """``--only budget``: the pipeline started and its CPU budget measured, nothing else (a minute)."""
@@ -470,6 +471,22 @@ class Bench:
         await self.e2e_step(400, 12, "bwarm")
         await self.budget()
         await self.drain()
+
+    async def media(self) -> None:
+        """Media downloads/s and the worker's peak RSS during a 100 MB document (bench/media.py)."""
+        from bench import media
+
+        self.ensure_fake_meta()
+        await self.fresh_pipeline()
+        images = 50 if self.plan.name == "quick" else 300
+        _log(f"media: {images} images downloaded at once, then one 100 MB document with the worker's RSS sampled")
+        result = await media.measure(self.db_url, f"http://127.0.0.1:{self.ports['serve']}/webhooks/whatsapp",
+                                     f"http://127.0.0.1:{self.ports['fake-meta']}", self.secret,
+                                     self.children["worker"].pid, images=images, timeout_s=180)
+        self.results["media"] = result
+        _log(f"media: {result['downloads_per_s']:.0f} downloads/s ({result['stored']} of {images}); 100 MB "
+             f"document in {result['document_seconds']:.1f}s, worker RSS {result['worker_rss_before'] / 2**20:.0f}"
+             f" → {result['worker_rss_peak'] / 2**20:.0f} MiB at the peak")
 
     async def drain(self) -> None:
         """What the pipeline behind the webhook carries: a backlog put on the raw topic with the workers
@@ -869,7 +886,7 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
 
     signal.signal(signal.SIGALRM, on_alarm)
     signal.signal(signal.SIGTERM, on_term)
-    with_inbox = only not in ("pipeline", "budget", "webhook")
+    with_inbox = only not in ("pipeline", "budget", "webhook", "media")
     bound = (INBOX_DEADLINE_S if with_inbox else 0) + (0 if only == "inbox" else plan.deadline_s)
     signal.alarm(int(bound))
     ok = False
@@ -877,6 +894,8 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
         bench.start_storage()
         if only == "budget":
             asyncio.run(bench.budget_only())
+        elif only == "media":
+            asyncio.run(bench.media())
         elif only == "webhook":
             asyncio.run(bench.webhook())
             asyncio.run(bench.webhook_closed_loop())

@@ -27,9 +27,10 @@ import aiohttp
 from aiohttp import web
 
 from wacrm.core.settings import Settings
-from wacrm.inbox import api, events, intelligence, store
+from wacrm.inbox import api, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
+from wacrm.media import open_store
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage import numbers
 from wacrm.storage.db import create_pool
@@ -116,9 +117,16 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         await app[api.HUB].close()
 
+    async def media_store(app: web.Application) -> AsyncIterator[None]:
+        async with open_store(settings) as opened:
+            app[media.STORE] = opened
+            yield
+
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(media_store)
     app.on_shutdown.append(end_streams)  # before the server waits for open requests
     api.add_routes(app)
+    app.router.add_get("/media/{id}", media.serve)  # inbox/media.py
     return app
 
 
