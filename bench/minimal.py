@@ -2,11 +2,11 @@
 
 - ``webhook``: aiohttp; checks ``X-Hub-Signature-256`` over the exact body, publishes it with
   ``acks=all`` (keyed by the customer, as ours) and answers 200 only after the broker's ack.
-- ``consumer``: aiokafka in a consumer group with manual commits; for each customer message in a
-  fetched batch: store it once (unique key, ``INSERT … ON CONFLICT DO NOTHING``) with its ledger row
-  in one transaction, post one reply to the Graph API (fake-meta), mark the row sent; each status:
-  stored once. The offsets are committed after the whole batch is done, so a crash replays and the
-  unique keys make the replay harmless.
+- ``consumer``: aiokafka in a consumer group with manual commits; for each fetched batch, one
+  transaction stores its customer messages once each (unique key, ``INSERT … ON CONFLICT DO NOTHING``)
+  with a ledger row each, and its statuses once each; then every reply still queued is posted to the
+  Graph API (fake-meta) and marked sent, and only then are the offsets committed: a crash replays the
+  batch, the unique keys make the replay harmless and the queued rows are sent.
 
 Same embedded PostgreSQL and broker as the system, a topic and tables of its own
 (:data:`TOPIC`, ``minimal_*``). Run as ``python -m bench.minimal webhook|consumer …``.
@@ -45,12 +45,15 @@ CREATE TABLE IF NOT EXISTS minimal_statuses (
     PRIMARY KEY (wamid, status));
 """
 STORE = """
-WITH m AS (INSERT INTO minimal_messages (provider_message_id, customer, body) VALUES ($1, $2, $3)
-           ON CONFLICT DO NOTHING RETURNING provider_message_id)
-INSERT INTO minimal_ledger (reply_to) SELECT provider_message_id FROM m RETURNING id"""
-QUEUED = "SELECT id FROM minimal_ledger WHERE reply_to = $1 AND state = 'queued'"
-SENT = "UPDATE minimal_ledger SET state = 'sent', wamid = $2, updated_at = now() WHERE id = $1"
-STATUS = "INSERT INTO minimal_statuses (wamid, status) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+WITH m AS (INSERT INTO minimal_messages (provider_message_id, customer, body)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[]) ON CONFLICT DO NOTHING
+           RETURNING provider_message_id)
+INSERT INTO minimal_ledger (reply_to) SELECT provider_message_id FROM m"""
+QUEUED = "SELECT id, reply_to FROM minimal_ledger WHERE reply_to = ANY($1::text[]) AND state = 'queued'"
+STATUSES = """INSERT INTO minimal_statuses (wamid, status) SELECT * FROM unnest($1::text[], $2::text[])
+              ON CONFLICT DO NOTHING"""
+SENT = """UPDATE minimal_ledger l SET state = 'sent', wamid = u.wamid, updated_at = now()
+          FROM unnest($1::bigint[], $2::text[]) AS u(id, wamid) WHERE l.id = u.id"""
 
 SECRET = web.AppKey("secret", bytes)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
@@ -102,38 +105,44 @@ def webhook(port: int, bootstrap: str, secret: str, partitions: int) -> None:
 
 
 class Consumer:
+    """One fetched batch at a time: one transaction stores its messages (once each), their ledger rows and
+    its statuses; then the replies still queued are posted at once and marked sent in one statement."""
+
     def __init__(self, pool: asyncpg.Pool, session: aiohttp.ClientSession, graph: str) -> None:
         self.pool, self.session, self.graph = pool, session, graph
 
-    async def message(self, phone_number_id: str, m: dict) -> None:  # type: ignore[type-arg]
+    async def batch(self, raws: list[bytes]) -> None:
+        messages: dict[str, tuple[str, dict]] = {}  # type: ignore[type-arg]  # id -> (business number, message)
+        statuses: list[tuple[str, str]] = []
+        for raw in raws:
+            for entry in orjson.loads(raw).get("entry") or []:
+                for change in entry.get("changes") or []:
+                    value = change.get("value") or {}
+                    number = (value.get("metadata") or {}).get("phone_number_id", "")
+                    messages.update((m["id"], (number, m)) for m in value.get("messages") or []
+                                    if m.get("type") == "text")
+                    statuses += [(x["id"], x["status"]) for x in value.get("statuses") or []]
+        ids = list(messages)
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchval(STORE, m["id"], m["from"], orjson.dumps(m).decode())
-        if row is None:  # stored before (a replay): send only if its reply is still queued
-            row = await self.pool.fetchval(QUEUED, m["id"])
-            if row is None:
-                return
+            if ids:
+                await conn.execute(STORE, ids, [messages[i][1]["from"] for i in ids],
+                                   [orjson.dumps(messages[i][1]).decode() for i in ids])
+            if statuses:
+                await conn.execute(STATUSES, [w for w, _ in statuses], [st for _, st in statuses])
+            queued = await conn.fetch(QUEUED, ids) if ids else []  # new ones, and any a crash left unsent
+        wamids = await asyncio.gather(*(self.reply(row["id"], *messages[row["reply_to"]]) for row in queued))
+        if queued:
+            await self.pool.execute(SENT, [row["id"] for row in queued], wamids)
+
+    async def reply(self, row: int, phone_number_id: str, m: dict) -> str:  # type: ignore[type-arg]
         reply = {"messaging_product": "whatsapp", "to": m["from"], "type": "text",
                  "text": {"body": "Thanks, we got your message."}, "context": {"message_id": m["id"]},
                  "biz_opaque_callback_data": f"minimal:{row}"}
         async with self.session.post(f"{self.graph}/v21.0/{phone_number_id}/messages", data=orjson.dumps(reply),
                                      headers={"Content-Type": "application/json",
                                               "Authorization": "Bearer minimal"}) as r:
-            answer = orjson.loads(await r.read())
             r.raise_for_status()
-        await self.pool.execute(SENT, row, answer["messages"][0]["id"])
-
-    async def status(self, s: dict) -> None:  # type: ignore[type-arg]
-        await self.pool.execute(STATUS, s["id"], s["status"])
-
-    async def body(self, raw: bytes) -> None:
-        work = []
-        for entry in orjson.loads(raw).get("entry") or []:
-            for change in entry.get("changes") or []:
-                value = change.get("value") or {}
-                number = (value.get("metadata") or {}).get("phone_number_id", "")
-                work += [self.message(number, m) for m in value.get("messages") or [] if m.get("type") == "text"]
-                work += [self.status(s) for s in value.get("statuses") or []]
-        await asyncio.gather(*work)
+            return str(orjson.loads(await r.read())["messages"][0]["id"])
 
 
 async def consume(bootstrap: str, group: str, database_url: str, graph: str) -> None:
@@ -152,8 +161,7 @@ async def consume(bootstrap: str, group: str, database_url: str, graph: str) -> 
                 batches = await consumer.getmany(timeout_ms=1000, max_records=200)
                 if not batches:
                     continue
-                await asyncio.gather(*(worker.body(r.value) for records in batches.values() for r in records
-                                       if r.value is not None))
+                await worker.batch([r.value for records in batches.values() for r in records if r.value is not None])
                 await consumer.commit({TopicPartition(tp.topic, tp.partition): records[-1].offset + 1
                                        for tp, records in batches.items()})
     finally:
