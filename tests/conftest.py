@@ -38,6 +38,9 @@ from wacrm.storage.migrate import run_migrations
 from wacrm.topics.admin import create_topics
 from wacrm.whatsapp import signature
 
+# The inbox tests' signed-in `agent` and `admin` fixtures live with the API client.
+pytest_plugins = ["inbox_client"]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 APP_SECRET = "test_app_secret_do_not_use"  # the secret the fixtures' manifest signatures use
 VERIFY_TOKEN = "test-verify-token"

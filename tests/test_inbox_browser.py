@@ -12,97 +12,28 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from browser import (  # noqa: F401 (the module's browser fixtures)
+    LIVE_S,
+    PHONE,
+    SCREENSHOTS,
+    WIDE,
+    browser,
+    browser_context_args,
+    browser_type,
+    browser_type_launch_args,
+    playwright,
+)
+from browser import conversation as _conversation
+from browser import sign_in as _sign_in
+from browser import user as _user
+from conftest import Stack, eventually, run_sync
+from inbox_client import customer_says, phone
+from playwright.sync_api import APIResponse, Browser, Page, Route, expect
+from test_replies import script, sends_to
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
-                "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
-try:
-    from playwright.sync_api import APIResponse, Browser, BrowserType, Page, Playwright, Route, expect, sync_playwright
-except ImportError as exc:  # the test extra is not installed
-    pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
-                allow_module_level=True)
-
-import asyncpg  # noqa: E402
-from conftest import Stack, eventually, run_sync  # noqa: E402
-from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
-from test_replies import script, sends_to  # noqa: E402
-
-from wacrm.storage.db import connect  # noqa: E402
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-WIDE = {"width": 1400, "height": 860}
-PHONE = {"width": 390, "height": 844}
-LIVE_S = 60_000  # ms: a loaded 2-core machine runs the pipeline, the browser and other tests at once
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright launches the system's chromium, headless, never a downloaded build."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
-
-
-# pytest-playwright keeps one sync Playwright for the whole session. While it lives, its event loop
-# stays marked as running in this thread, and every async test after this module would fail with
-# "cannot be called from a running event loop". So Playwright and the browser live for this module only.
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    pw = sync_playwright().start()
-    try:
-        yield pw
-    finally:
-        pw.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
-    return getattr(playwright, browser_name or "chromium")
-
-
-@pytest.fixture(scope="module")
-def browser(browser_type: BrowserType, browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
-    browser = browser_type.launch(**browser_type_launch_args)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def browser_context_args() -> dict[str, Any]:
-    """Each test's page: a laptop screen (no device emulation, base URL or video)."""
-    return {"viewport": WIDE}
-
-
-def _user(database_url: str, role: str) -> str:
-    async def make() -> str:
-        conn: asyncpg.Connection = await connect(database_url, timeout=10)
-        try:
-            return (await make_user(conn, role)).email
-        finally:
-            await conn.close()
-    return run_sync(make())
-
-
-def _sign_in(page: Page, base: str, email: str) -> None:
-    page.goto(base + "/")
-    expect(page).to_have_url(base + "/login")  # signed out: the inbox sends you to sign in
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(base + "/")
-    expect(page.locator("body[data-live=true]")).to_have_count(1, timeout=LIVE_S)  # the event stream is live
-
-
-def _conversation(page: Page, name: str) -> Any:
-    return page.locator("#conversations [data-conversation-id]", has_text=name)
+from wacrm.storage.db import connect
 
 
 def test_sign_in_shows_a_wrong_password_inline(stack: Stack, database_url: str, page: Page) -> None:

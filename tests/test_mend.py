@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 from conftest import Stack, eventually
 from inbox_client import Api, customer_says, make_user, phone, sign_in
 from test_inbound_fidelity import META, contact, envelope, stored, text_msg
@@ -27,14 +26,6 @@ from test_replies import ledger, script, sends_to
 from wacrm.core import procs
 from wacrm.storage import replies
 from wacrm.topics import DLQ, scan
-
-
-@pytest.fixture
-async def agent(stack: Stack, db: asyncpg.Connection) -> Api:
-    user = await make_user(db, "agent")
-    api = await sign_in(stack.base, user.email)
-    api.user_id = user.id  # type: ignore[attr-defined]
-    return api
 
 
 def _valid_phone() -> str:
