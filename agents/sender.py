@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents import sending
+from wacrm.agents import sending, template_send
 from wacrm.agents.coalesce import Coalescer
 from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
@@ -49,8 +49,10 @@ from wacrm.core import metrics
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import replies, repo
+from wacrm.storage import templates as tstore
 from wacrm.topics import retry_topic
 from wacrm.topics.records import RawRef, SendIntent, decode_intent, encode
+from wacrm.whatsapp.templates import MARKETING_STOPPED
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
     from wacrm.agents.context import Resources
@@ -138,6 +140,9 @@ class Sender:
     async def _one(self, job: _Job, passed: list[int], accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
         intent = job.intent
         decision = self._decide(job, job.checks)
+        if isinstance(decision, sending.Send) and intent.kind == "template":
+            intent, refused = await self._from_catalogue(intent)
+            decision = refused or decision
         if isinstance(decision, sending.Send):
             self._pacer.try_send(intent.to)
             await self._wait_for_token(intent.phone_number_id)
@@ -158,6 +163,15 @@ class Sender:
         return sending.decide(job.row, checks, datetime.now(UTC), attempt=job.event.attempt,
                               template=self._rules.window_template,
                               pair_wait_s=self._pacer.wait_s(job.row.intent.to))
+
+    async def _from_catalogue(self, intent: SendIntent) -> tuple[SendIntent, sending.Fail | None]:
+        """A template intent completed from the catalogue, or why it must not go (:mod:`agents.template_send`)."""
+        t = intent.template or {}
+        async with self._res.pool.acquire() as conn:
+            account = await tstore.account_of(conn, self._s, intent.phone_number_id)
+            ctx = await tstore.send_context(conn, account.waba_id if account else None, str(t.get("name")),
+                                            str(t.get("language")), intent.conversation_id)
+        return template_send.decide(intent, ctx, datetime.now(UTC))
 
     async def _wait_for_token(self, phone_number_id: str) -> None:
         bucket = self._buckets.get(phone_number_id)
@@ -180,7 +194,8 @@ class Sender:
             body = sending.payload(self._res.graph, job.row.id, intent)
             answer = await self._res.graph.send(intent.phone_number_id, body)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
-            r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
+            r: sending.Route | sending.Fail = sending.route(exc, attempts, self._s.send_attempts, self._delays,
+                                                           random.random())
             metrics.SEND_DURATION.labels(type(r).__name__.lower()).observe(time.perf_counter() - started)
             code = getattr(exc, "code", None)
             metrics.SEND_ERRORS.labels(str(code if code is not None else f"http_{getattr(exc, 'http_status', None)}"))\
@@ -190,6 +205,11 @@ class Sender:
                 error["code"] = "INVALID_RECIPIENT"
             log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
                         extra={"request_id": intent.request_id})
+            if code == MARKETING_STOPPED:  # the customer stopped marketing: remembered, never retried
+                async with self._res.pool.acquire() as conn:
+                    await tstore.marketing_stopped(conn, intent.conversation_id)
+                r = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
+                                 "the template was not delivered", dead_letter=False)
             return await self._carry_out(r, job, intent, error, claimed=attempts)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)

@@ -61,6 +61,7 @@ class Settings:
     whatsapp_verify_token: str
     whatsapp_access_token: str
     whatsapp_phone_number_id: str
+    whatsapp_business_account_id: str | None  # the WABA of the configured number: its templates are synced
     whatsapp_api_base_url: str
     whatsapp_api_version: str
     port: int
@@ -121,6 +122,7 @@ class Settings:
     inbox_origins: tuple[str, ...]
     intelligence_every: int
     intelligence_timeout_s: float
+    template_sync_s: float  # the template catalogue is synced with Meta this often (inbox/catalogue.py)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -381,6 +383,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         whatsapp_verify_token=secret("WHATSAPP_VERIFY_TOKEN", secrets.token_urlsafe(12)),
         whatsapp_access_token=secret("WHATSAPP_ACCESS_TOKEN", "dev-access-token"),
         whatsapp_phone_number_id=get("WHATSAPP_PHONE_NUMBER_ID", str, "200000000000001"),
+        whatsapp_business_account_id=get("WHATSAPP_BUSINESS_ACCOUNT_ID", str, "100000000000001" if generated else None),
         whatsapp_api_base_url=get("WHATSAPP_API_BASE_URL", _url, GRAPH_API_DEFAULT),
         whatsapp_api_version=get("WHATSAPP_API_VERSION", _version, "v25.0"),
         port=get("PORT", _int(1, 65535), 8080),
@@ -435,6 +438,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         inbox_origins=get("INBOX_ORIGINS", _origins, ()),
         intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
         intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
+        template_sync_s=get("TEMPLATE_SYNC_SECONDS", _float(10, 7 * 86400), 3600.0),
     )
     problems += _kafka_security_problems(settings)
     problems += _pooler_problems(settings, direct_url is not None, needs)

@@ -259,6 +259,7 @@ def run_dev(state_dir: Path) -> int:
             fake_port = free_port()
             fake_meta_url = f"http://127.0.0.1:{fake_port}"
             env["WHATSAPP_API_BASE_URL"] = fake_meta_url
+            env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or "")  # its catalogue
             # statuses flow back, as from Meta
             webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"
             children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),
