@@ -169,10 +169,11 @@ async def apply_template_change(conn: asyncpg.Connection, change: TemplateChange
     status = _BACK.get(status or "", status)
     if row is None:
         await conn.execute(
-            """INSERT INTO templates (waba_id, name, language, meta_id, category, status, quality, reason, changed_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+            """INSERT INTO templates (waba_id, name, language, meta_id, category, status, quality, reason, changed_at,
+                                     parameters)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING""",
             change.waba_id, change.name, change.language, change.meta_id, change.category or "UNKNOWN",
-            status or "UNKNOWN", change.quality, change.reason, at)
+            status or "UNKNOWN", change.quality, change.reason, at, wt.spec_of([]))
         await conn.execute("""INSERT INTO template_syncs (waba_id, requested_at) VALUES ($1, now())
                               ON CONFLICT (waba_id) DO UPDATE SET requested_at = now()""", change.waba_id)
         outcome = "created"

@@ -125,7 +125,7 @@ texts = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_s
 @given(st.lists(texts, min_size=1, max_size=6), st.booleans())
 def test_any_template_filled_completely_goes_and_shows_every_value(values: list[str], named: bool) -> None:
     names = [f"p{i}" for i in range(len(values))] if named else [str(i + 1) for i in range(len(values))]
-    body = "Dear " + ", ".join("{{%s}}" % n for n in names) + "."
+    body = "Dear " + ", ".join("{{" + n + "}}" for n in names) + "."
     example = ({"body_text_named_params": [{"param_name": n, "example": "x"} for n in names]} if named
                else {"body_text": [["x"] * len(names)]})
     t = wt.template_of({"name": "t", "language": "en", "status": "APPROVED", "category": "UTILITY",
@@ -138,7 +138,7 @@ def test_any_template_filled_completely_goes_and_shows_every_value(values: list[
     assert all(("parameter_name" in p) == named for p in component["parameters"])
     assert wt.render(t, given_) == "Dear " + ", ".join(values) + "."
     if len(values) > 1:  # one left out is named, whichever it is
-        short = {"body": dict(list(zip(names, values, strict=True))[1:]) if named else [""] + values[1:]}
+        short = {"body": dict(list(zip(names, values, strict=True))[1:]) if named else ["", *values[1:]]}
         assert wt.problems(t.parameters, short) == [f"missing parameter body {{{{{names[0]}}}}}"]
 
 
