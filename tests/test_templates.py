@@ -22,6 +22,7 @@ import orjson
 import pytest
 from conftest import FIXTURES, WABA_ID, Stack, eventually
 from inbox_client import Api, customer_says, make_user, phone, sign_in
+from test_openapi import _conforms, contract
 from test_replies import sends_to
 
 from wacrm.core import procs
@@ -435,3 +436,27 @@ async def test_every_pywa_fixture_is_applied(stack: Stack, db: asyncpg.Connectio
                                  "AND name = 'abandoned_cart'")
     assert rejected["status"] == "REJECTED" and rejected["reason"].startswith("Your template has parameters")
 
+
+
+async def test_the_answers_are_the_contracts_shapes(stack: Stack, db: asyncpg.Connection, synced: dict[str, Any],
+                                                   admin: Api, agent: Api) -> None:
+    doc = contract()
+    await _conforms(doc, agent, "GET", "/templates", "templates?status=APPROVED")
+    await _conforms(doc, admin, "GET", "/templates")
+    await _conforms(doc, agent, "POST", "/templates/sync", "templates/sync")  # 403
+    await _conforms(doc, admin, "POST", "/templates/sync", "templates/sync")
+    await fake(stack, "POST", "__templates", {"fail": {"count": 1, "code": 131000, "http_status": 500}})
+    await _conforms(doc, admin, "POST", "/templates/sync", "templates/sync")  # 502 SYNC_FAILED
+    _, cid = await closed_window(stack, db, agent)
+    path = "/conversations/{id}/messages"
+    await _conforms(doc, agent, "GET", "/conversations/{id}", f"conversations/{cid}")
+    await _conforms(doc, agent, "POST", path, f"conversations/{cid}/messages",
+                    {"text": "late", "idempotency_key": "k1"})  # 409 WINDOW_CLOSED
+    await _conforms(doc, agent, "POST", path, f"conversations/{cid}/messages",
+                    {"template": {"name": "welcome", "language": "en", "parameters": {}}, "idempotency_key": "k2"})
+    await _conforms(doc, agent, "POST", path, f"conversations/{cid}/messages",
+                    {"template": {"name": "back_in_stock", "language": "en", "parameters": ["Fig"]},
+                     "idempotency_key": "k3"})  # 409 TEMPLATE_NOT_APPROVED
+    await _conforms(doc, agent, "POST", path, f"conversations/{cid}/messages",
+                    {"template": {"name": "welcome", "language": "en", "parameters": {"body": ["Dana"]}},
+                     "idempotency_key": "k4"})  # 202
