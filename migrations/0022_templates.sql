@@ -3,8 +3,9 @@
 -- The template catalogue of each WhatsApp Business Account, kept in step with Meta: replaced by
 -- every full sync (inbox/catalogue.py), changed at once by the template webhooks. `parameters` is
 -- what each send must fill (whatsapp/templates.py spec_of), computed from `components`.
+-- (Keys are named here so that `wacrm verify-schema` knows which migration makes their indexes.)
 CREATE TABLE templates (
-    id                bigserial PRIMARY KEY,
+    id                bigserial CONSTRAINT templates_pkey PRIMARY KEY,
     waba_id           text NOT NULL,
     name              text NOT NULL,
     language          text NOT NULL,
@@ -20,12 +21,12 @@ CREATE TABLE templates (
     -- a webhook older than it is stale and changes nothing
     changed_at        timestamptz NOT NULL DEFAULT now(),
     synced_at         timestamptz,
-    UNIQUE (waba_id, name, language)
+    CONSTRAINT templates_waba_id_name_language_key UNIQUE (waba_id, name, language)
 );
 
 -- One row per WABA: the last sync, the last good one, and what it found wrong.
 CREATE TABLE template_syncs (
-    waba_id         text PRIMARY KEY,
+    waba_id         text CONSTRAINT template_syncs_pkey PRIMARY KEY,
     started_at      timestamptz,
     finished_at     timestamptz,
     ok              boolean,
@@ -43,13 +44,13 @@ ALTER TABLE contacts ADD COLUMN marketing_changed_at timestamptz;
 
 -- account_update events as Meta sent them, once each, with the words admins are shown.
 CREATE TABLE account_events (
-    id           bigserial PRIMARY KEY,
+    id           bigserial CONSTRAINT account_events_pkey PRIMARY KEY,
     waba_id      text NOT NULL,
     event        text NOT NULL,
     occurred_at  timestamptz NOT NULL,
     value        jsonb NOT NULL,
     words        text NOT NULL,
-    dedupe_key   text NOT NULL UNIQUE,
+    dedupe_key   text NOT NULL CONSTRAINT account_events_dedupe_key_key UNIQUE,
     received_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX account_events_recent ON account_events (waba_id, occurred_at DESC);
@@ -60,5 +61,5 @@ CREATE TABLE account_restrictions (
     restriction_type  text NOT NULL,
     until             timestamptz,
     event_id          bigint NOT NULL REFERENCES account_events (id),
-    PRIMARY KEY (waba_id, restriction_type)
+    CONSTRAINT account_restrictions_pkey PRIMARY KEY (waba_id, restriction_type)
 );
