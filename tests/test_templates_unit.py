@@ -11,18 +11,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from conftest import FIXTURES
 from hypothesis import given
 from hypothesis import strategies as st
 
 from wacrm.agents import template_send
 from wacrm.agents.ingest import split
+from wacrm.core.embedded import free_port
 from wacrm.storage.templates import SendContext
 from wacrm.topics.records import RawRef, SendIntent
+from wacrm.whatsapp import fake_meta, template_list, updates
 from wacrm.whatsapp import templates as wt
-from wacrm.whatsapp import updates
 from wacrm.whatsapp.fake_meta import DEFAULT_TEMPLATES, load_templates
 
 PYWA = FIXTURES / "pywa"
@@ -256,3 +259,29 @@ def test_fake_metas_shipped_catalogue_reads_as_templates() -> None:
     found = [wt.template_of(t) for t in items]
     assert {t.status for t in found} >= {"APPROVED", "PAUSED", "REJECTED"}
     assert {("follow_up", "en"), ("follow_up", "en_US")} <= {(t.name, t.language) for t in found}
+
+
+async def test_every_page_is_read_by_following_paging_next(tmp_path: Path) -> None:
+    """whatsapp.template_list against fake-meta over loopback, with a catalogue given as --templates gives it."""
+    items = [{"name": f"t{i:02d}", "language": "en", "status": "APPROVED", "category": "UTILITY",
+              "components": [{"type": "BODY", "text": "Hi {{1}}"}]} for i in range(23)]
+    path = tmp_path / "catalogue.json"
+    path.write_bytes(orjson.dumps(items))
+    runner = web.AppRunner(fake_meta.make_app(templates=fake_meta.load_templates(path)))
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    pages: list[tuple[int, int]] = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            found, n = await template_list.fetch_all(s, f"http://127.0.0.1:{port}", "v25.0", "100000000000001", "tok",
+                                                     timeout=10, on_page=lambda p, c: pages.append((p, c)))
+            assert [t.name for t in found] == [t["name"] for t in items] and n == 3
+            assert pages == [(1, 10), (2, 20), (3, 23)]
+            with pytest.raises(template_list.ListError, match=r"HTTP 401, code 190"):
+                await template_list.fetch_all(s, f"http://127.0.0.1:{port}", "v25.0", "1", "", timeout=10)
+    finally:
+        await runner.cleanup()
+    (tmp_path / "bad.json").write_text('{"nope": 1}')
+    with pytest.raises(ValueError, match="expected a JSON list of templates"):
+        fake_meta.load_templates(tmp_path / "bad.json")
