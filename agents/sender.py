@@ -141,7 +141,7 @@ class Sender:
         intent = job.intent
         decision = self._decide(job, job.checks)
         if isinstance(decision, sending.Send) and intent.kind == "template":
-            intent, refused = await self._from_catalogue(intent)
+            intent, refused = await self._from_catalogue(job, intent)
             decision = refused or decision
         if isinstance(decision, sending.Send):
             self._pacer.try_send(intent.to)
@@ -164,14 +164,20 @@ class Sender:
                               template=self._rules.window_template,
                               pair_wait_s=self._pacer.wait_s(job.row.intent.to))
 
-    async def _from_catalogue(self, intent: SendIntent) -> tuple[SendIntent, sending.Fail | None]:
-        """A template intent completed from the catalogue, or why it must not go (:mod:`agents.template_send`)."""
+    async def _from_catalogue(self, job: _Job, intent: SendIntent) -> tuple[SendIntent, sending.Fail | None]:
+        """A template intent completed from the catalogue, or why it must not go (:mod:`agents.template_send`).
+        A completed intent is written back to its waiting ledger row, so the ledger holds what is sent (and a
+        status that settles it later records the text the customer saw)."""
         t = intent.template or {}
         async with self._res.pool.acquire() as conn:
             account = await tstore.account_of(conn, self._s, intent.phone_number_id)
             ctx = await tstore.send_context(conn, account.waba_id if account else None, str(t.get("name")),
                                             str(t.get("language")), intent.conversation_id)
-        return template_send.decide(intent, ctx, datetime.now(UTC))
+            completed, refused = template_send.decide(intent, ctx, datetime.now(UTC))
+            if refused is None and completed is not intent:
+                await tstore.complete_intent(conn, job.row.id, dataclasses.replace(
+                    job.row.intent, template=completed.template, text=completed.text))
+        return completed, refused
 
     async def _wait_for_token(self, phone_number_id: str) -> None:
         bucket = self._buckets.get(phone_number_id)

@@ -279,6 +279,13 @@ async def account_state(conn: asyncpg.Connection, waba_id: str, *, events: int =
 
 # --- what a template send checks -------------------------------------------------------------
 
+async def complete_intent(conn: asyncpg.Connection, outbound_log_id: int, intent: Any) -> None:
+    """Store a template intent completed from the catalogue (components, the text the customer sees) in its
+    ledger row while the row still waits to be sent."""
+    await conn.execute("UPDATE outbound_log SET intent = $2 WHERE id = $1 AND state IN ('queued', 'retry_wait')",
+                       outbound_log_id, intent)
+
+
 @dataclass(frozen=True, slots=True)
 class SendContext:
     template: wt.Template | None  # None: the catalogue does not know it
