@@ -318,7 +318,7 @@ def test_the_picker_shows_the_marketing_opt_out_and_an_account_restriction(stack
     expect(item).to_be_visible(timeout=LIVE_S)
     cid = int(item.get_attribute("data-conversation-id") or 0)
     run_sync(_window_closed(database_url, cid))
-    run_sync(stack.post(body_of("45_user_preferences_stop.json", wa_id=wa_id)))  # the customer said stop
+    run_sync(stack.post(body_of("65_user_preferences_stop.json", wa_id=wa_id)))  # the customer said stop
     run_sync(eventually(lambda: _flag(database_url, wa_id), 60, "the marketing opt-out stored"))
     item.locator("button").click()
     expect(page.locator("#contact")).to_contain_text("opted out: no marketing templates")
@@ -329,7 +329,7 @@ def test_the_picker_shows_the_marketing_opt_out_and_an_account_restriction(stack
 
     until = int(time.time()) + 86400
     restriction = [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": until}]
-    run_sync(stack.post(body_of("47_account_restriction.json", restriction_info=restriction)))
+    run_sync(stack.post(body_of("67_account_restriction.json", restriction_info=restriction)))
     try:
         note = page.locator("#account-restriction")
         for _ in range(60):  # the restriction arrives through the worker; the page shows it on its next load
@@ -343,7 +343,7 @@ def test_the_picker_shows_the_marketing_opt_out_and_an_account_restriction(stack
         page.locator("#template-fields input").nth(1).fill("$5")
         expect(page.locator("#send-template")).to_be_disabled()
     finally:  # a newer restriction without business-initiated messaging lifts it
-        run_sync(stack.post(body_of("47_account_restriction.json", at=int(time.time()) + 2, restriction_info=[])))
+        run_sync(stack.post(body_of("67_account_restriction.json", at=int(time.time()) + 2, restriction_info=[])))
 
 
 async def _flag(database_url: str, wa_id: str) -> bool:

@@ -196,7 +196,7 @@ async def test_the_command_syncs_with_a_progress_line_and_lists_the_catalogue(st
 
 async def test_template_webhooks_change_the_catalogue_at_once_and_a_paused_one_cannot_be_sent(
         stack: Stack, db: asyncpg.Connection, synced: dict[str, Any], admin: Api, agent: Api) -> None:
-    assert (await stack.post(body_of("42_template_status_paused.json")))[0] == 200
+    assert (await stack.post(body_of("62_template_status_paused.json")))[0] == 200
 
     async def paused() -> dict[str, Any] | None:
         t = await catalogue_entry(agent, "seasonal_promotion", "en_US")
@@ -213,12 +213,12 @@ async def test_template_webhooks_change_the_catalogue_at_once_and_a_paused_one_c
     assert not any(t["name"] == "seasonal_promotion" for t in (await agent.get(f"conversations/{cid}"))
                    ["conversation"]["templates"])  # not offered either
 
-    await stack.post(body_of("43_template_quality_yellow.json", new_quality_score="RED"))
-    await stack.post(body_of("44_template_category_marketing.json"))
-    stale = body_of("40_template_status_approved.json", at=int(time.time()) - 7200,
+    await stack.post(body_of("63_template_quality_yellow.json", new_quality_score="RED"))
+    await stack.post(body_of("64_template_category_marketing.json"))
+    stale = body_of("60_template_status_approved.json", at=int(time.time()) - 7200,
                     message_template_name="seasonal_promotion")  # older than what the catalogue knows
     await stack.post(stale)
-    reinstated = body_of("40_template_status_approved.json", at=int(time.time()) + 2, event="REINSTATED",
+    reinstated = body_of("60_template_status_approved.json", at=int(time.time()) + 2, event="REINSTATED",
                          message_template_name="delivery_window", message_template_language="en")
     await stack.post(reinstated)
 
@@ -239,7 +239,7 @@ async def test_a_template_meta_approves_that_the_catalogue_lacks_arrives_with_a_
              "parameter_format": "POSITIONAL", "components": [{"type": "BODY", "text": "Hello {{1}}",
                                                                 "example": {"body_text": [["Ana"]]}}]}
     await fake(stack, "POST", "__templates", {"templates": [*CATALOGUE, fresh]})
-    await stack.post(body_of("40_template_status_approved.json", message_template_name=name,
+    await stack.post(body_of("60_template_status_approved.json", message_template_name=name,
                              message_template_language="en"))
 
     async def complete() -> dict[str, Any] | None:
@@ -307,7 +307,7 @@ async def test_marketing_preferences_set_and_clear_the_opt_out_and_marketing_is_
         stack: Stack, db: asyncpg.Connection, synced: dict[str, Any], agent: Api) -> None:
     wa_id, cid = await closed_window(stack, db, agent)
     assert (await agent.get(f"conversations/{cid}"))["conversation"]["marketing_opt_out"] is False
-    assert (await stack.post(body_of("45_user_preferences_stop.json", wa_id=wa_id)))[0] == 200
+    assert (await stack.post(body_of("65_user_preferences_stop.json", wa_id=wa_id)))[0] == 200
 
     async def opted() -> bool:
         return (await agent.get(f"conversations/{cid}"))["conversation"]["marketing_opt_out"] is True
@@ -327,8 +327,8 @@ async def test_marketing_preferences_set_and_clear_the_opt_out_and_marketing_is_
     await eventually(lambda: _text_sent(stack, wa_id, "Thanks!"), 60, "the reply in the window")
 
     # an older resume changes nothing; a newer one clears it
-    await stack.post(body_of("46_user_preferences_resume.json", wa_id=wa_id, at=int(time.time()) - 3600))
-    await stack.post(body_of("46_user_preferences_resume.json", wa_id=wa_id, at=int(time.time()) + 5))
+    await stack.post(body_of("66_user_preferences_resume.json", wa_id=wa_id, at=int(time.time()) - 3600))
+    await stack.post(body_of("66_user_preferences_resume.json", wa_id=wa_id, at=int(time.time()) + 5))
 
     async def resumed() -> bool:
         return await db.fetchval("SELECT NOT marketing_opt_out FROM contacts WHERE wa_id = $1", wa_id)
@@ -370,7 +370,7 @@ async def test_a_restriction_blocks_template_sends_until_lifted_and_admins_read_
     until = int(time.time()) + 7 * 86400
     restriction = [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": until},
                    {"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION", "expiration": until}]
-    body = body_of("47_account_restriction.json", restriction_info=restriction)
+    body = body_of("67_account_restriction.json", restriction_info=restriction)
     assert (await stack.post(body))[0] == 200
     assert (await stack.post(body))[0] == 200  # Meta delivers twice: stored once
     try:
@@ -387,7 +387,7 @@ async def test_a_restriction_blocks_template_sends_until_lifted_and_admins_read_
         assert await db.fetchval("SELECT count(*) FROM account_events WHERE dedupe_key LIKE $1",
                                  f"{WABA_ID}:ACCOUNT_RESTRICTION:{body_of_time(body)}:%") == 1
     finally:  # a newer restriction without business-initiated messaging lifts it
-        await stack.post(body_of("47_account_restriction.json", at=int(time.time()) + 2,
+        await stack.post(body_of("67_account_restriction.json", at=int(time.time()) + 2,
                                  restriction_info=restriction[1:]))
 
     async def lifted() -> bool:
@@ -396,7 +396,7 @@ async def test_a_restriction_blocks_template_sends_until_lifted_and_admins_read_
     await eventually(lifted, 60, "the restriction lifted")
     assert (await send(agent, cid, "payment_received", "en", {"body": ["Dana", "$5"]}))[0] == 202
 
-    for name in ("48_account_violation.json", "49_account_disabled.json", "50_account_offboarded.json"):
+    for name in ("68_account_violation.json", "69_account_disabled.json", "70_account_offboarded.json"):
         await stack.post(body_of(name))
 
     async def shown() -> list[dict[str, Any]] | None:
