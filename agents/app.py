@@ -135,7 +135,7 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     retries = {retry_topic(n): topic(retry_topic(n)) for n in range(1, len(settings.retry_delays()) + 1)}
 
     messages = Inbound(settings, resources, orchestrator, outbound)
-    ingest = Ingest(messages, status, outbound, dlq, resources=resources)
+    ingest = Ingest(messages, status, outbound, dlq, resources)
     sender = Sender(settings, resources, rules, {"outbound": outbound, **retries}, dlq)
     stages: list[tuple[str, faust.TopicT, runner.Handler]] = [
         ("ingest", raw, ingest.handle),

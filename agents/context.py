@@ -1,7 +1,9 @@
 """Resources the agents share, owned by one service with a managed lifetime.
 
-:class:`Resources` opens the database pool, the HTTP session and the Graph API client
-when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
+:class:`Resources` opens the database pool, the HTTP session, the Graph API client and the
+business numbers' lookup (:class:`storage.numbers.Numbers`: each Graph call's token) when the
+worker starts (the environment's number made a row first) and closes them, with the lag probe,
+when it stops. Agents wait on
 ``ready`` before their first event. While it runs, its timer beats the worker's
 :class:`~wacrm.core.liveness.Heartbeat` on the event loop (``/livez``).
 """
@@ -21,6 +23,7 @@ from wacrm.core.liveness import BEAT_EVERY_S, Heartbeat
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.llm import LlmClient
 from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import numbers as business_numbers
 from wacrm.storage.db import create_pool
 from wacrm.topics.lag import LagProbe
 from wacrm.whatsapp.graph import GraphClient
@@ -39,6 +42,7 @@ class Resources(Service):
         self._pool: asyncpg.Pool | None = None
         self._session: aiohttp.ClientSession | None = None
         self._graph: GraphClient | None = None
+        self._numbers: business_numbers.Numbers | None = None
         self.topics: dict[str, faust.TopicT] = {}
         self.lag_probe: LagProbe | None = None  # the health timer's, started on its first sample
         self.heartbeat = Heartbeat()
@@ -50,8 +54,14 @@ class Resources(Service):
         self._pool = await create_pool(s.database_url, timeout=s.db_timeout_s, max_size=2 * s.batch_lanes + 4,
                                        pooled=s.database_pooled)
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
-        self._graph = GraphClient(self._session, s.graph_messages_url_base, s.whatsapp_access_token,
-                                  timeout=s.graph_timeout_s, default_region=s.default_phone_region)
+        self._graph = GraphClient(self._session, s.graph_messages_url_base, timeout=s.graph_timeout_s,
+                                  default_region=s.default_phone_region)
+        async with self._pool.acquire() as conn:
+            await business_numbers.ensure_environment_number(conn, s.whatsapp_phone_number_id,
+                                                             s.whatsapp_business_account_id, resume_refused=True)
+        self._numbers = business_numbers.Numbers(
+            self._pool, business_numbers.TokenCipher(s.token_encryption_key),
+            (s.whatsapp_phone_number_id, s.whatsapp_access_token) if s.whatsapp_access_token else None)
         if s.llm_api_base_url:
             llm = self.orchestrator.rules.llm
             self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, s.llm_api_key,
@@ -82,3 +92,9 @@ class Resources(Service):
     def graph(self) -> GraphClient:
         assert self._graph is not None, "Resources not started"
         return self._graph
+
+    @property
+    def numbers(self) -> business_numbers.Numbers:
+        """The business numbers: ``await numbers.token_for(phone_number_id)`` for every Graph API call."""
+        assert self._numbers is not None, "Resources not started"
+        return self._numbers

@@ -13,7 +13,9 @@ due for a reply after the burst window (the orchestrator timer answers it). A re
 message changes nothing, but a reply still ``queued`` (a crash between commit and
 publish) is published again; the sender's claim makes that safe. Commit: after every
 lane's transaction and the publish are acknowledged; a lane that committed before another
-failed is recognised as done when the batch is retried.
+failed is recognised as done when the batch is retried. An echo (what the business sent from the
+WhatsApp Business app) is stored in its customer's conversation the same way, never answered: the
+conversation becomes a person's and its customer no longer waits for one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from wacrm.agents.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
+from wacrm.inbox import waiting
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
 from wacrm.orchestrator.service import Orchestrator, auto_reply_key
 from wacrm.storage import replies, repo
@@ -102,16 +105,20 @@ class Inbound:
                         raise Raced(f"message {msgs[n].message_id} was stored meanwhile by another worker")
                     stored_in.append(conversation_id)
                 for n, conversation_id in zip(wave, stored_in, strict=True):
-                    log.info("stored message %s conversation %d", msgs[n].message_id, conversation_id,
-                             extra={"request_id": request_ids[n]})
+                    log.info("stored %s %s conversation %d", "echo" if msgs[n].echo else "message",
+                             msgs[n].message_id, conversation_id, extra={"request_id": request_ids[n]})
+                    if msgs[n].echo:  # a person answered from the phone: the customer no longer waits
+                        await waiting.end(conn, conversation_id)
+                        outcomes[n] = "stored"
+                customer = [(n, c) for n, c in zip(wave, stored_in, strict=True) if not msgs[n].echo]
                 if self._inline:
                     answers = await self._orchestrator.answer_many_in(
-                        conn, [(c, msgs[n].received_at) for n, c in zip(wave, stored_in, strict=True)])
-                    for n, answer in zip(wave, answers, strict=True):
+                        conn, [(c, msgs[n].received_at) for n, c in customer])
+                    for (n, _), answer in zip(customer, answers, strict=True):
                         intents[n] = answer
                         outcomes[n] = "replied" if answer else "stored"
                     continue
-                for n, conversation_id in zip(wave, stored_in, strict=True):
+                for n, conversation_id in customer:
                     if msgs[n].type not in NO_REPLY_TYPES:
                         await replies.schedule_reply(conn, conversation_id, self._window)
                     outcomes[n] = "stored"

@@ -3,11 +3,17 @@
 Input: raw webhook bodies as Meta signed them, keyed by the conversation of the body's first
 item, so one partition sees a conversation's bodies in order. The batch's messages (in
 timestamp order within a body) are stored and answered right here (:meth:`agents.inbound.Inbound.store`):
-no hop through ``wa.inbound``. Statuses go to ``wa.status`` keyed by conversation. Each message
+no hop through ``wa.inbound``; so are the echoes of what the business sent from the WhatsApp
+Business app, in their customer's conversation. Statuses go to ``wa.status`` keyed by conversation. Each message
 and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
 request id. Commit: after the batch's messages are stored and its statuses, replies and dead
 letters are acknowledged by the broker. Idempotency: a replayed body is deduplicated by the
 message's provider id (its queued reply published again) and by the status agent.
+Unknown numbers: the messages and statuses of a ``phone_number_id`` that is not configured (or is
+disabled) are skipped — acked, nothing stored — counted in ``wacrm_webhook_unknown_number_total``
+and named in one warning per number; the body stays on ``wa.webhook.raw``, so ``wacrm replay``
+after ``wacrm numbers add`` brings it in. The known numbers come from the numbers table
+(:meth:`storage.numbers.Numbers.known`, a copy a few seconds old at most).
 Failures: a body that is not a JSON object is returned to the runner as poison (it
 dead-letters it, within the storm limit); a body whose messages cannot be stored for good is
 dead-lettered whole by the runner (its raw bytes; a redrive puts it back on ``wa.webhook.raw``).
@@ -122,7 +128,7 @@ def split(body: bytes, ref: RawRef, received_at: float) -> Split:
             customer=customer, message_id=m.id, timestamp=m.timestamp, type=m.type, text=m.text,
             payload=m.payload, raw_ref=ref, received_at=received_at, content=model.as_dict(m.content),
             context=dataclasses.asdict(m.context) if m.context else None,
-            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors)
+            referral=dataclasses.asdict(m.referral) if m.referral else None, errors=m.errors, echo=m.echo)
         if fits(INBOUND, message, m.payload) is None:
             continue
         out.messages.append(message)
@@ -164,14 +170,54 @@ async def apply_business_updates(conn: Any, found: updates.Updates, request_id: 
                     extra={"request_id": request_id})
 
 
+class UnknownNumbers:
+    """Skips what is for a number that is not configured: counts it, warns once per number."""
+
+    MAX_WARNED = 10_000  # numbers remembered as warned about (a flood of made-up ids cannot grow it further)
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def keep(self, phone_number_id: str, known: frozenset[str], kind: str, request_id: str | None) -> bool:
+        if phone_number_id in known:
+            return True
+        metrics.UNKNOWN_NUMBER.labels(kind).inc()
+        if phone_number_id not in self._warned and len(self._warned) < self.MAX_WARNED:
+            self._warned.add(phone_number_id)
+            log.warning("webhook for business number %r, which is not configured: skipped (the body stays on the "
+                        "raw topic; `wacrm numbers add` then `wacrm replay --topic wa.webhook.raw` brings it in)",
+                        phone_number_id, extra={"request_id": request_id})
+        return False
+
+
 class Ingest:
-    def __init__(self, inbound: Inbound, status: faust.TopicT, outbound: faust.TopicT, dlq: faust.TopicT, *,
-                 resources: Resources | None = None) -> None:
+    def __init__(self, inbound: Inbound, status: faust.TopicT, outbound: faust.TopicT, dlq: faust.TopicT,
+                 resources: Resources) -> None:
         self._inbound = inbound
         self._status = status
         self._outbound = outbound
         self._dlq = dlq
-        self._res = resources  # for the business updates (templates, consent, account)
+        self._res = resources
+        self._unknown = UnknownNumbers()
+
+    async def _skip_unknown(self, items: list[Item], splits: list[Split | Poison]) -> None:
+        """Drop the messages and statuses of numbers that are not configured; record display numbers."""
+        wanted = frozenset(m.phone_number_id for sp in splits if isinstance(sp, Split) for m in sp.messages) | \
+            frozenset(key.split(":", 1)[0] for sp in splits if isinstance(sp, Split) for key, _ in sp.statuses)
+        known = await self._res.numbers.known(wanted)
+        displays: dict[str, str] = {}
+        for item, sp in zip(items, splits, strict=True):
+            if isinstance(sp, Poison):
+                continue
+            sp.messages = [m for m in sp.messages
+                           if self._unknown.keep(m.phone_number_id, known, "message", item.request_id)]
+            sp.statuses = [(key, data) for key, data in sp.statuses
+                           if self._unknown.keep(key.split(":", 1)[0], known, "status", item.request_id)]
+            for m in sp.messages:
+                if m.display_phone_number:
+                    displays[m.phone_number_id] = m.display_phone_number
+        if displays:
+            await self._res.numbers.seen_display_numbers(displays)
 
     async def handle(self, items: list[Item]) -> list[Outcome]:
         """Split every body of the batch and store all its messages (answering them); then produce
@@ -185,12 +231,13 @@ class Ingest:
                 splits.append(split(value, ref, received_at))
             except Poison as exc:  # this body only: the runner dead-letters it; the others of the batch go on
                 splits.append(exc)
+        await self._skip_unknown(items, splits)
         messages = [(m, item.request_id) for item, sp in zip(items, splits, strict=True)
                     if isinstance(sp, Split) for m in sp.messages]
         _, intents = await self._inbound.store([m for m, _ in messages], [r for _, r in messages])
         business = [(sp.business, item.request_id) for item, sp in zip(items, splits, strict=True)
                     if isinstance(sp, Split) and sp.business]
-        if business and self._res is not None:
+        if business:
             async with self._res.pool.acquire() as conn, conn.transaction():
                 for found, request_id in business:
                     await apply_business_updates(conn, found, request_id)

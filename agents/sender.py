@@ -23,8 +23,13 @@ worker's settle timer hands what stays unsettled to a person (or resends it, by 
 
 Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
 then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
-intent waits; 131047 → the window path. Every ledger change is guarded by the state it expects;
-one that finds the row moved on is counted and logged as ``raced``.
+intent waits; a refused token (401, code 190) → that number's sends wait, kept, until a new token
+(``numbers add``) resumes them, and the admins are told; 131047 → the window path. Every ledger
+change is guarded by the state it expects; one that finds the row moved on is counted and logged
+as ``raced``.
+
+Each call carries its number's token (:meth:`storage.numbers.Numbers.token_for`) and waits for its
+number's token bucket (the number's own send limit, at most 20/s for a coexistence number).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from wacrm.agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_lette
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import replies, repo
+from wacrm.storage import numbers, replies, repo
 from wacrm.storage import templates as tstore
 from wacrm.topics import retry_topic
 from wacrm.topics.records import RawRef, SendIntent, decode_intent, encode
@@ -59,6 +64,7 @@ if TYPE_CHECKING:  # the worker's resources; imported for the type only
 
 log = logging.getLogger("wacrm.sender")
 RECORD_EVERY_S = 0.05  # accepted sends are recorded at least this often while a batch runs
+TOKEN_REPLACED_WAIT_S = 1.0  # a send refused with a token replaced meanwhile goes again after this
 
 
 @dataclasses.dataclass(slots=True)
@@ -180,9 +186,10 @@ class Sender:
         return completed, refused
 
     async def _wait_for_token(self, phone_number_id: str) -> None:
+        number = await self._res.numbers.get(phone_number_id)
+        rate = number.send_rate(self._s.rate_limit_per_s) if number is not None else self._s.rate_limit_per_s
         bucket = self._buckets.get(phone_number_id)
-        if bucket is None:
-            rate = self._s.rate_limit_per_s
+        if bucket is None or bucket.rate != rate:  # a number's limit changed: a bucket at the new rate
             bucket = self._buckets[phone_number_id] = TokenBucket(rate, max(1.0, rate))
         delay = bucket.reserve()
         if delay > 0:
@@ -196,12 +203,15 @@ class Sender:
                     accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
         """The Graph API call of a claimed row (``sending``, ``attempts`` with this one)."""
         started = time.perf_counter()
+        credentials: numbers.Credentials | None = None
         try:
+            credentials = await self._res.numbers.token_for(intent.phone_number_id)
             body = sending.payload(self._res.graph, job.row.id, intent)
-            answer = await self._res.graph.send(intent.phone_number_id, body)
+            answer = await self._res.graph.send(intent.phone_number_id, body, credentials.token)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
             r: sending.Route | sending.Fail = sending.route(exc, attempts, self._s.send_attempts, self._delays,
                                                            random.random())
+            version = credentials.token_version if credentials is not None else getattr(exc, "token_version", None)
             metrics.SEND_DURATION.labels(type(r).__name__.lower()).observe(time.perf_counter() - started)
             code = getattr(exc, "code", None)
             metrics.SEND_ERRORS.labels(str(code if code is not None else f"http_{getattr(exc, 'http_status', None)}"))\
@@ -216,7 +226,7 @@ class Sender:
                     await tstore.marketing_stopped(conn, intent.conversation_id)
                 r = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
                                  "the template was not delivered", dead_letter=False)
-            return await self._carry_out(r, job, intent, error, claimed=attempts)
+            return await self._carry_out(r, job, intent, error, claimed=attempts, token_version=version)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
         log.info("sent %s ledger row %d attempt %d: message %s", intent.dedupe_key, job.row.id, attempts,
@@ -226,10 +236,12 @@ class Sender:
         return "sent"
 
     async def _carry_out(self, step: sending.Decision | sending.Route, job: _Job, intent: SendIntent,
-                         error: dict[str, Any] | None = None, *, claimed: int | None = None) -> str:
+                         error: dict[str, Any] | None = None, *, claimed: int | None = None,
+                         token_version: int | None = None) -> str:
         """Carry out a decision on a waiting row (``claimed`` None: guarded by the event's attempt count) or
         a route on the row this worker claimed (``sending``, ``claimed`` attempts made), in one transaction,
-        then publish what it asks for (a retry, a template) or dead-letter it."""
+        then publish what it asks for (a retry, a template) or dead-letter it. ``token_version``: the
+        version of the token a refused call carried."""
         if isinstance(step, sending.Skip):
             if step.outcome != "in_flight":
                 metrics.DUPLICATES.labels("send_intent").inc()
@@ -248,6 +260,17 @@ class Sender:
         async with self._res.pool.acquire() as conn, conn.transaction():
             if isinstance(step, sending.Ambiguous):
                 done = await repo.mark_ambiguous(conn, row.id, error)
+            elif isinstance(step, sending.TokenPause):
+                how = await numbers.pause_for_token(conn, intent.phone_number_id, token_version,
+                                                    f"{error.get('error')} (code {error.get('code')})")
+                # stale: a new token came while this call was out; it waits a moment and goes with that one
+                until = numbers.UNTIL_NEW_TOKEN if how != "stale" else \
+                    datetime.fromtimestamp(time.time() + TOKEN_REPLACED_WAIT_S, tz=UTC)
+                done = await repo.wait(conn, row.id, expected, until, error, refund=True, on_topic=False) is not None
+                outcome = "token_replaced" if how == "stale" else "held"
+                if how == "paused":
+                    log.warning("business number %s: Meta refused its access token; its sends wait for a new "
+                                "one (wacrm numbers add)", intent.phone_number_id)
             elif isinstance(step, sending.Pause):
                 await replies.pause_number(conn, intent.phone_number_id, f"{error.get('error')} (code "
                                            f"{error.get('code')})", self._s.pause_s, intent.conversation_id)
@@ -278,6 +301,8 @@ class Sender:
                                                 step.kind, step.title, attempts=guard,
                                                 request_id=intent.request_id)
                 outcome = step.kind
+        if isinstance(step, sending.TokenPause):
+            self._res.numbers.invalidate()  # the next lookup reads the number's state and token afresh
         if not done:
             metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
             log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome,

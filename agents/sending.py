@@ -234,11 +234,17 @@ class Pause:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenPause:
+    """Meta refused the number's access token (or it has none): the number's sends wait, kept, until
+    a new token arrives (:func:`storage.numbers.pause_for_token`); the other numbers go on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Window:
     """Meta said the window is closed (131047): :func:`window_path`."""
 
 
-Route = Retry | DeadLetter | Ambiguous | Pause | Window
+Route = Retry | DeadLetter | Ambiguous | Pause | TokenPause | Window
 
 
 def route(error: BaseException, attempts: int, max_attempts: int, delays: list[float], jitter: float) -> Route:
@@ -246,10 +252,13 @@ def route(error: BaseException, attempts: int, max_attempts: int, delays: list[f
 
     ``delays[n - 1]`` is the wait before retry number n; ``jitter`` in [0, 1) spreads it by ±20 %.
     The error says itself what it is (:func:`agents.errors.classify`, duck-typed flags of
-    :mod:`whatsapp.graph`): ``pausing`` errors pause the number, code 131047 takes the window
+    :mod:`whatsapp.graph`): a refused token (``token_rejected``) holds the number's sends until a
+    new token, other ``pausing`` errors pause the number for a while, code 131047 takes the window
     path, ambiguous ones are never retried, retryable ones are retried until the attempts run out;
     a recipient that cannot be sent to (not a phone number, Meta's 131026) is ``invalid_recipient``.
     """
+    if getattr(error, "token_rejected", False) is True:
+        return TokenPause()
     if getattr(error, "pausing", False) is True:
         return Pause()
     if getattr(error, "code", None) == REENGAGEMENT:

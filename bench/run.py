@@ -38,11 +38,12 @@ import asyncpg
 import orjson
 
 from bench import inbox, plots, probes, report, stats, wrk
-from bench.bodies import BodyFactory
+from bench.bodies import BUSINESS_NUMBERS, BodyFactory
 from faults import count
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.storage import repo
+from wacrm.storage.numbers import new_key
 from wacrm.topics.lag import LagProbe
 
 WEBHOOK_P99_BOUND_S = 0.010  # issue #12: p99 ≤ 10 ms
@@ -116,6 +117,7 @@ class Bench:
         self.logs = work / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.secret = secrets.token_hex(16)
+        self.token_key = new_key()  # TOKEN_ENCRYPTION_KEY: the second business number's token is stored with it
         self.pg: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
         self.children: dict[str, subprocess.Popen] = {}
@@ -137,7 +139,8 @@ class Bench:
         env = procs.env_with(
             DATABASE_URL=self.db_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
             WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="bench-verify",
-            WHATSAPP_ACCESS_TOKEN="bench-access-token",
+            WHATSAPP_ACCESS_TOKEN="bench-access-token", TOKEN_ENCRYPTION_KEY=self.token_key,
+            WHATSAPP_PHONE_NUMBER_ID=BUSINESS_NUMBERS[0][0],
             WHATSAPP_API_BASE_URL=f"http://127.0.0.1:{self.ports['fake-meta']}",
             PORT=str(self.ports["serve"]), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.worker_ports[0]),
             KAFKA_GROUP_ID=self.group, BROKER_SESSION_TIMEOUT="6", PYTHONUNBUFFERED="1",
@@ -146,6 +149,20 @@ class Bench:
             for name in PIPELINE_ONLY:
                 env.pop(name, None)
         return env
+
+    async def add_numbers(self) -> None:
+        """The bodies' business numbers other than the environment's, each with a token of its own
+        (stored as ``wacrm numbers add`` stores it): a body for a number not configured is skipped."""
+        from wacrm.storage import numbers
+
+        cipher = numbers.TokenCipher(self.token_key)
+        conn = await asyncpg.connect(self.db_url)
+        try:
+            for number, display in BUSINESS_NUMBERS[1:]:
+                await numbers.add(conn, numbers.NewNumber(number, "100000000000001", f"bench-token-{number}",
+                                                          display_phone_number=display), cipher)
+        finally:
+            await conn.close()
 
     def start(self, name: str, cmd: list[str], port: int | None = None, *, defaults: bool = False,
               env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -306,6 +323,7 @@ class Bench:
         self.ceiling_db = f"{base}/wacrm_bench_ceiling"
         for url in (self.db_url, self.ceiling_db):
             asyncio.run(run_migrations(url, 10, out=lambda m: None))
+        asyncio.run(self.add_numbers())
 
         async def statements() -> None:
             conn = await asyncpg.connect(self.db_url)

@@ -50,6 +50,9 @@ STATUSES = Counter(
     ["status", "outcome"])
 WORKER_PARTITIONS = Gauge(
     "wacrm_worker_assigned_partitions", "Partitions currently assigned to this worker (0 until it joined its group)")
+UNKNOWN_NUMBER = Counter(
+    "wacrm_webhook_unknown_number_total", "Webhook messages and statuses skipped: their business number is not "
+    "configured (or is disabled)", ["kind"])
 MESSAGES = Counter(
     "wacrm_inbound_messages_total", "Customer messages split out of webhooks, by type and business number "
     "(before dedupe)", ["type", "phone_number_id"])

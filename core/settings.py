@@ -17,6 +17,8 @@ credentials are built from the same fields and context).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import os
@@ -34,6 +36,8 @@ GRAPH_API_DEFAULT = "https://graph.facebook.com"
 DATABASE_POOLERS = ("none", "transaction")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# A secret whose value a problem never repeats (the others are validated only for their length).
+UNECHOED = frozenset({"TOKEN_ENCRYPTION_KEY"})
 # Production refuses shorter secrets. Meta's app secrets are 32 hex digits and access tokens
 # far longer; the verify token is the operator's own choice.
 MIN_SECRET_LENGTH = {"WHATSAPP_APP_SECRET": 16, "WHATSAPP_ACCESS_TOKEN": 16, "WHATSAPP_VERIFY_TOKEN": 12}
@@ -61,7 +65,9 @@ class Settings:
     whatsapp_verify_token: str
     whatsapp_access_token: str
     whatsapp_phone_number_id: str
-    whatsapp_business_account_id: str | None  # the WABA of the configured number: its templates are synced
+    whatsapp_business_account_id: str | None
+    # business numbers' tokens are stored encrypted with it (storage.numbers); None: none can be stored
+    token_encryption_key: str | None = dataclasses.field(repr=False)
     whatsapp_api_base_url: str
     whatsapp_api_version: str
     port: int
@@ -238,6 +244,18 @@ def _region(raw: str) -> str:
     return raw.upper()
 
 
+def _fernet_key(raw: str) -> str:
+    # what cryptography's Fernet accepts (storage.numbers encrypts the tokens with it)
+    try:
+        decoded = base64.urlsafe_b64decode(raw.encode("ascii"))
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        decoded = b""
+    if len(decoded) != 32:
+        raise ValueError("must be 32 random bytes in url-safe base64 (a Fernet key; `wacrm dev` makes one, or: "
+                         "python -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')")
+    return raw
+
+
 def _version(raw: str) -> str:
     if not raw.startswith("v"):
         raise ValueError("must look like v25.0")
@@ -363,7 +381,8 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         try:
             return parse(raw)
         except ValueError as exc:
-            problems.append(f"{name}: {exc} (got {raw!r})")
+            got = f"{len(raw)} characters" if name in UNECHOED else repr(raw)
+            problems.append(f"{name}: {exc} (got {got})")
             return default
 
     generated = profile != "prod"
@@ -383,7 +402,8 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         whatsapp_verify_token=secret("WHATSAPP_VERIFY_TOKEN", secrets.token_urlsafe(12)),
         whatsapp_access_token=secret("WHATSAPP_ACCESS_TOKEN", "dev-access-token"),
         whatsapp_phone_number_id=get("WHATSAPP_PHONE_NUMBER_ID", str, "200000000000001"),
-        whatsapp_business_account_id=get("WHATSAPP_BUSINESS_ACCOUNT_ID", str, "100000000000001" if generated else None),
+        whatsapp_business_account_id=get("WHATSAPP_BUSINESS_ACCOUNT_ID", str, None),
+        token_encryption_key=get("TOKEN_ENCRYPTION_KEY", _fernet_key, None),
         whatsapp_api_base_url=get("WHATSAPP_API_BASE_URL", _url, GRAPH_API_DEFAULT),
         whatsapp_api_version=get("WHATSAPP_API_VERSION", _version, "v25.0"),
         port=get("PORT", _int(1, 65535), 8080),

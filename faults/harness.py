@@ -32,10 +32,12 @@ import asyncpg
 import orjson
 
 from faults.count import Tally, answered_messages, ledger_rows, tally
+from faults.load import HOME
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.orchestrator.fake_llm import FakeLlm
 from wacrm.storage import repo
+from wacrm.storage.numbers import new_key
 from wacrm.topics import DLQ
 
 # The pipeline's own deliberate waiting made short, so that a scenario measures delivery, not
@@ -47,6 +49,9 @@ BASE_ENV = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_
             # a send left in doubt by a kill is settled by its status or, past this, becomes a task
             "AMBIGUOUS_SETTLE_SECONDS": "20"}
 IN_FLIGHT = ("queued", "sending", "retry_wait", "ambiguous")
+HOME_NUMBER = HOME  # the default WHATSAPP_PHONE_NUMBER_ID and its display number
+HOME_TOKEN = "faults-access-token"  # its WHATSAPP_ACCESS_TOKEN
+WABA_ID = "100000000000001"
 # the longest a row in doubt waits to be settled: stuck `sending` past GRAPH_TIMEOUT_SECONDS (10) + 15 s,
 # then `ambiguous` for AMBIGUOUS_SETTLE_SECONDS (20), with the settle timer's second
 SETTLE_WAIT_S = 60.0
@@ -109,6 +114,8 @@ class System:
         self.children: dict[str, subprocess.Popen] = {}
         self.llm: FakeLlm | None = None
         self.letters: Counter[str] = Counter()  # wa.dlq by source topic and reason, as last counted
+        self.token_key = new_key()  # TOKEN_ENCRYPTION_KEY: the added numbers' tokens are stored with it
+        self.tokens: dict[str, str] = {}  # phone_number_id → the access token fake-meta accepts for it
 
     # --- lifetime ----------------------------------------------------------------------
 
@@ -125,13 +132,16 @@ class System:
         wiring = dict(
             DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
             WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="faults-verify",
-            WHATSAPP_ACCESS_TOKEN="faults-access-token", WHATSAPP_API_BASE_URL=self.fake_meta,
+            WHATSAPP_ACCESS_TOKEN=HOME_TOKEN, WHATSAPP_API_BASE_URL=self.fake_meta, TOKEN_ENCRYPTION_KEY=self.token_key,
             PORT=str(self.port), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.metrics_port),
             KAFKA_GROUP_ID=self.group)
         return procs.env_with(**{**wiring, **BASE_ENV, **self.extra_env, **more})
 
-    async def start(self, *, workers: int = 1, llm_delay_s: float | None = None) -> None:
-        """Broker and topics, fake-meta (and the fake LLM), serve and ``workers`` workers, joined."""
+    async def start(self, *, workers: int = 1, llm_delay_s: float | None = None,
+                    numbers: Sequence[tuple[str, str]] = ()) -> None:
+        """Broker and topics, fake-meta (and the fake LLM), serve and ``workers`` workers, joined.
+        ``numbers``: business numbers added (``wacrm numbers add``) beside the environment's one, each
+        with a token of its own that fake-meta checks, as it checks the environment's."""
         await asyncio.to_thread(self.broker.start)
         from wacrm.core.settings import load
         from wacrm.topics.admin import create_topics
@@ -141,10 +151,15 @@ class System:
             await self._start_llm(llm_delay_s)
         # fake-meta posts Meta's signed sent/delivered/read statuses back to our webhook, as Meta does:
         # they settle sends whose answer never came (ambiguous) and move messages forward
+        self.tokens = {HOME_NUMBER[0]: HOME_TOKEN} if numbers else {}
+        self.tokens |= {number: f"faults-{number}-{secrets.token_hex(12)}" for number, _ in numbers}
+        checks = [f"--token={number}={value}" for number, value in self.tokens.items()]
         self.spawn("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.fake_port), "--webhook-url",
-                                                 self.webhook, "--app-secret", self.secret), self.fake_port)
+                                                 self.webhook, "--app-secret", self.secret, *checks), self.fake_port)
         self.spawn("serve", procs.python_cmd("serve"), self.port)
         await self._wait_ready()
+        for number, _ in numbers:
+            await self.add_number(number, self.tokens[number])
         for i in range(workers):
             await self.start_worker(i)
 
@@ -226,6 +241,15 @@ class System:
 
     async def stop_child(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         return await asyncio.to_thread(procs.stop, self.children.pop(name, None), sig, timeout)
+
+    async def add_number(self, number: str, token: str) -> None:
+        """``wacrm numbers add NUMBER`` with ``token`` on standard input, as an operator does."""
+        proc = await asyncio.create_subprocess_exec(
+            *procs.python_cmd("numbers", "add", number, "--waba-id", WABA_ID), env=self.env(),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        _, err = await asyncio.wait_for(proc.communicate(token.encode() + b"\n"), 60)
+        if proc.returncode != 0:
+            raise HarnessError(f"wacrm numbers add {number}: exit {proc.returncode}: {err.decode()[-500:]}")
 
     # --- faults ------------------------------------------------------------------------
 
@@ -337,6 +361,14 @@ class System:
                     break
             await asyncio.sleep(min(5.0, 1.0 + n_sent / 10_000))  # /__sent grows: poll it less often
         return time.monotonic() - started
+
+    async def number_state(self, number: str) -> str | None:
+        """A business number's state (active, token_rejected, disabled), ``None`` when it has no row."""
+        conn = await self._db()
+        try:
+            return await conn.fetchval("SELECT state FROM business_numbers WHERE phone_number_id = $1", number)
+        finally:
+            await conn.close()
 
     async def in_flight(self) -> dict[str, int]:
         """Ledger rows not settled (queued, sending, waiting to retry, ambiguous) by state."""

@@ -7,7 +7,9 @@ after a short backoff, as Meta retries, until the generator is told to give up; 
 counts as *posted* once, when a 200 acknowledged it. Any other answer is recorded and not
 retried. Every message is its own conversation (a customer of its own), or, with
 ``burst > 1``, a customer writes ``burst`` messages ``burst_gap_s`` apart: a burst that must
-get one reply. Texts avoid handover and opt-out words, so each unit gets one automatic reply.
+get one reply. With ``numbers`` (``(phone_number_id, display number)`` pairs) the customers
+write to those business numbers in turn; else to the default one. Texts avoid handover and
+opt-out words, so each unit gets one automatic reply.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ TEXTS = ("hi", "hello", "price", "is this available", "can I order two", "what t
          "thanks", "do you ship to Berlin?", "I want to book a table for 4 tonight", "ok",
          "where is my order #48213", "send me the catalogue please")
 RETRY_STATUSES = frozenset({503, -1})  # -1: no answer (connection refused, dropped, timed out)
+HOME = ("200000000000001", "15550001111")  # the default business number (WHATSAPP_PHONE_NUMBER_ID) and its display
 
 
 @dataclass
@@ -55,8 +58,10 @@ class Load:
     ``await finish(retry_for)``. ``tag`` keeps message ids and phone numbers of runs apart."""
 
     def __init__(self, url: str, secret: str, rate: float, *, tag: str, burst: int = 1, burst_gap_s: float = 0.3,
-                 connections: int = 48, timeout_s: float = 15.0, seed: int = 1) -> None:
+                 connections: int = 48, timeout_s: float = 15.0, seed: int = 1,
+                 numbers: Sequence[tuple[str, str]] = ()) -> None:
         self.url, self.secret, self.rate, self.tag = url, secret, rate, tag
+        self.numbers = list(numbers)
         self.burst, self.burst_gap_s = burst, burst_gap_s
         self.timeout_s = timeout_s
         self.result = LoadResult()
@@ -121,8 +126,10 @@ class Load:
             if k:
                 await asyncio.sleep(self.burst_gap_s)
             mid = f"wamid.FAULTS_{self.tag}_{n:07d}_{k}"
-            body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id,
-                                                     name=f"Customer {n}", message_id=mid))
+            number, display = self.numbers[n % len(self.numbers)] if self.numbers else HOME
+            body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id, name=f"Customer {n}",
+                                                     message_id=mid, phone_number_id=number,
+                                                     display_phone_number=display))
             if await self._post_until_acked(body):
                 acked.append(mid)
             else:

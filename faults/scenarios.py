@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from faults import poison as poison_bodies
 from faults.count import Expect, Tally, Verdict, judge
-from faults.harness import Harness, System, log
+from faults.harness import HOME_NUMBER, Harness, System, log
 from faults.load import Load, LoadResult
 
 
@@ -57,6 +57,8 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     workers: int = 1
     expect: Expect = field(default_factory=Expect)
+    # business numbers added beside the environment's one (each its own token); the load writes to all in turn
+    numbers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -226,6 +228,42 @@ async def _rebalance(system: System, p: Params, tl: Timeline, out: Injected) -> 
     out.faults.append(f"two workers; a third joins and leaves mid-load ×{p.faults}")
 
 
+SECOND_NUMBER = ("200000000000002", "15550001112")
+
+
+async def _token_revoked(system: System, p: Params, tl: Timeline, out: Injected) -> None:
+    """Meta revokes the second number's token mid-load; an operator gives it a new one later."""
+    number, new_token = SECOND_NUMBER[0], f"faults-renewed-{time.monotonic_ns()}"
+    await tl.at(0.25)
+    revoked_at = time.time()
+    await system.meta("/__tokens", {"phone_number_id": number, "token": new_token})
+    log(f"  Meta revoked the token of {number}")
+    await tl.at(0.25 + 0.4)
+    state = await system.number_state(number)
+    await system.add_number(number, new_token)
+    restored_at = time.time()
+    log(f"  wacrm numbers add {number} with a new token after {restored_at - revoked_at:.0f}s (it was {state})")
+    out.faults.append(f"the token of {number} revoked for {restored_at - revoked_at:.0f}s (Meta: 401, code 190), "
+                      "then a new one given with `wacrm numbers add`")
+    if state != "token_rejected":
+        out.problems.append(f"{number} was {state}, not token_rejected, while Meta refused its token")
+
+    async def other_number(system: System) -> None:
+        """The other number went on while this one waited; only this one's sends were refused."""
+        sent = await system.sent()
+        refused = [x for x in sent if (x.get("answered") or {}).get("error") == 190]
+        meanwhile = [x for x in sent if x["phone_number_id"] != number and "id" in (x.get("answered") or {})
+                     and revoked_at <= x["received_at"] <= restored_at]
+        out.notes.append(f"{len(refused)} sends from {number} refused (401) while its token was revoked; "
+                         f"{len(meanwhile)} replies from the other number went out meanwhile")
+        if any(x["phone_number_id"] != number for x in refused):
+            out.problems.append("a send from the other number was refused")
+        if not meanwhile:
+            out.problems.append("the other number sent nothing while this one waited for its token")
+
+    out.after_drain = other_number
+
+
 # --- the catalogue -------------------------------------------------------------------------
 
 # A restart takes the worker 10-15 s (stop, join, the broker's rebalance delay): ten of them need
@@ -277,6 +315,11 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("rebalance", "Two workers share the partitions; a third joins mid-load and leaves again "
              "(two rebalances): nothing lost or doubled.",
              _rebalance, _PLAIN_FULL, _PLAIN_QUICK, workers=2),
+    Scenario("token_revoked", "Two business numbers, each with its own token, share the load; Meta revokes "
+             "one number's token a quarter into it (401, code 190) and an operator gives it a new one "
+             "(`wacrm numbers add`) 40 % later. That number's replies wait, kept (not failed, not "
+             "dead-lettered), and go out once each with the new token; the other number's go on meanwhile.",
+             _token_revoked, _PLAIN_FULL, _PLAIN_QUICK, numbers=(SECOND_NUMBER,)),
 )
 BY_NAME = {s.name: s for s in SCENARIOS}
 
@@ -295,9 +338,10 @@ async def run_scenario(harness: Harness, scenario: Scenario, *, quick: bool) -> 
     system = await harness.system(scenario.name, scenario.env)
     injected = Injected()
     result: LoadResult | None = None
-    load = Load(system.webhook, system.secret, p.rate, tag=scenario.name, burst=p.burst)
+    numbers = (HOME_NUMBER, *scenario.numbers) if scenario.numbers else ()
+    load = Load(system.webhook, system.secret, p.rate, tag=scenario.name, burst=p.burst, numbers=numbers)
     try:
-        await system.start(workers=scenario.workers, llm_delay_s=p.llm_delay_s)
+        await system.start(workers=scenario.workers, llm_delay_s=p.llm_delay_s, numbers=scenario.numbers)
         tl = Timeline(p.seconds)
         log(f"{scenario.name}: load running, faults on the way")
         posting = asyncio.ensure_future(load.run(p.seconds))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -39,7 +40,7 @@ from wacrm.inbox import auth, catalogue, events, intelligence, openapi, store, w
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import replies, repo
+from wacrm.storage import numbers, replies, repo
 from wacrm.storage import templates as tstore
 from wacrm.whatsapp import reasons
 from wacrm.whatsapp import templates as wt
@@ -340,11 +341,14 @@ async def list_conversations(request: web.Request) -> web.Response:
     waits = q.get("waiting", "false")
     if waits not in ("true", "false"):
         raise invalid("waiting must be true or false")
+    number = q.get("number")
+    if number is not None and not _PHONE_NUMBER_ID.fullmatch(number):
+        raise invalid("number must be a business number's phone_number_id")
     stamp = request.app[HUB].stamp()
     async with request.app[POOL].acquire() as conn:
         items, counts = await store.list_conversations(
-            conn, store.ListQuery(status, assignee, q.get("q"), page, waiting=waits == "true"), request[USER].id,
-            request.app[COUNTS], stamp)
+            conn, store.ListQuery(status, assignee, q.get("q"), page, waiting=waits == "true", number=number),
+            request[USER].id, request.app[COUNTS], stamp)
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 
@@ -714,6 +718,63 @@ async def admin_list(request: web.Request) -> web.Response:
     return ok(conversations=items, meta={"page": page, "per_page": store.PER_PAGE, "counts": counts})
 
 
+# --- business numbers (admins) ----------------------------------------------------------------
+
+_PHONE_NUMBER_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # Meta's ids are digits
+_NUMBER_FIELDS = {"phone_number_id", "waba_id", "label", "access_token", "rate_limit_per_s", "coexistence"}
+
+
+async def list_numbers(request: web.Request) -> web.Response:
+    _admin(request)
+    async with request.app[POOL].acquire() as conn:
+        found = await numbers.list_numbers(conn)
+    return ok(numbers=[n.as_json() for n in found])
+
+
+def _new_number(body: dict[str, Any]) -> numbers.NewNumber:
+    unknown = sorted(set(body) - _NUMBER_FIELDS)
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(unknown)}; a number has {', '.join(sorted(_NUMBER_FIELDS))}")
+    pid, waba, token = body.get("phone_number_id"), body.get("waba_id"), body.get("access_token")
+    if not isinstance(pid, str) or not _PHONE_NUMBER_ID.fullmatch(pid):
+        raise invalid("phone_number_id is required: Meta's id of the business number")
+    if not isinstance(waba, str) or not _PHONE_NUMBER_ID.fullmatch(waba):
+        raise invalid("waba_id is required: the WhatsApp Business Account's id")
+    if not isinstance(token, str) or not token or len(token) > 4096 or any(c.isspace() for c in token):
+        raise invalid("access_token is required: 1 to 4096 characters without spaces")
+    label = body.get("label")
+    if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 100):
+        raise invalid("label must be 1 to 100 characters")
+    rate = body.get("rate_limit_per_s")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1000):
+        raise invalid("rate_limit_per_s must be more than 0 and at most 1000 sends per second")
+    coexistence = body.get("coexistence", False)
+    if not isinstance(coexistence, bool):
+        raise invalid("coexistence must be true or false")
+    return numbers.NewNumber(pid, waba, token, label.strip() if label else None,
+                             float(rate) if rate is not None else None, coexistence)
+
+
+async def add_number(request: web.Request) -> web.Response:
+    """Add a number or replace an existing one's settings and token; replies waiting for a new token go."""
+    user = _admin(request)
+    new = _new_number(await body_of(request))
+    key = request.app[SETTINGS].token_encryption_key
+    if key is None:
+        raise ApiError(409, "NO_ENCRYPTION_KEY", "TOKEN_ENCRYPTION_KEY is not set on the server: an access token "
+                       "cannot be stored (the environment's number needs none)")
+    cipher = numbers.TokenCipher(key)
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        try:
+            await numbers.check_tokens(conn, cipher)
+        except numbers.TokenKeyError as exc:
+            raise ApiError(409, "NO_ENCRYPTION_KEY", str(exc)) from None
+        number, resumed = await numbers.add(conn, new, cipher)
+    log.info("user %d added business number %s (%d waiting replies resumed)", user.id, number.phone_number_id,
+             resumed)
+    return ok(201, number=number.as_json(), resumed=resumed)
+
+
 async def live_events(request: web.Request) -> web.StreamResponse:
     return await events.stream(request, request.app[HUB], request.app[POOL])
 
@@ -745,6 +806,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/conversations/{id}/delete", admin_delete)
     r.add_post("/admin/conversations/{id}/restore", admin_restore)
     r.add_get("/admin/conversations", admin_list)
+    r.add_get("/numbers", list_numbers)
+    r.add_post("/numbers", add_number)
     r.add_get("/events", live_events)
     r.add_get("/templates", list_templates)
     r.add_post("/templates/sync", sync_templates)

@@ -80,6 +80,10 @@ async def sync(pool: asyncpg.Pool, session: aiohttp.ClientSession, settings: Set
         accounts = await catalogue.accounts(conn, settings)
     out: list[Synced] = []
     for account in accounts:
+        if account.token is None:
+            why = "no number of this account has a usable access token (wacrm numbers add)"
+            out.append(Synced(account.waba_id, ok=False, error=why))
+            continue
         async with pool.acquire() as conn:
             started = await catalogue.claim_sync(conn, account.waba_id, min_age_s)
         if started is None:

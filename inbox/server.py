@@ -31,6 +31,7 @@ from wacrm.inbox import api, catalogue, events, intelligence, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
 from wacrm.orchestrator.rules import Rules, load_rules
+from wacrm.storage import numbers
 from wacrm.storage.db import create_pool
 from wacrm.webhook.app import broker_problems, healthz, metrics_view, readiness, readiness_response
 from wacrm.webhook.app import make_app as make_webhook_app
@@ -53,6 +54,7 @@ def rules_of(settings: Settings) -> Rules:
 async def _housekeeping(app: web.Application) -> None:
     settings, pool, rules = app[api.SETTINGS], app[api.POOL], app[api.RULES]
     pruned_at = 0.0
+    numbered = False  # the environment's number is a row (for the list of numbers and the conversations')
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(TICK_S)
@@ -60,6 +62,11 @@ async def _housekeeping(app: web.Application) -> None:
             if await app[api.SCHEMA].problem(pool) is not None:
                 continue
             async with pool.acquire() as conn:
+                if not numbered:
+                    await numbers.ensure_environment_number(conn, settings.whatsapp_phone_number_id,
+                                                            settings.whatsapp_business_account_id,
+                                                            resume_refused=False)
+                    numbered = True
                 await store.reopen_snoozed(conn)
                 due = await store.intelligence_due(conn, settings.intelligence_every, INTELLIGENCE_PER_TICK) \
                     if settings.intelligence_every else []

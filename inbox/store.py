@@ -48,16 +48,22 @@ def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
         "lead": {"id": r["lead_id"], "stage": r["stage"]} if r["lead_id"] is not None else None,
         "window_open_until": _iso(window_open_until(r["last_inbound_at"])),
         "deleted_at": _iso(r["deleted_at"]), "bot_paused": r["bot_paused"],
+        "business_app_since": _iso(r["business_app_since"]),
+        "number": {"phone_number_id": r["phone_number_id"], "label": r["number_label"],
+                   "display_phone_number": r["display_phone_number"]},
     }
 
 
 _SELECT = """
     SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.bot_paused, c.last_message_at,
+           c.business_app_since,
            c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
            k.id contact_id, k.profile_name, k.wa_id, k.user_id contact_user_id,
            l.id lead_id, l.stage, l.score, l.source, l.stage_set_by,
+           c.phone_number_id, b.label number_label, b.display_phone_number,
            (SELECT m.body FROM messages m WHERE m.conversation_id = c.id ORDER BY m.id DESC LIMIT 1) preview
-    FROM conversations c JOIN contacts k ON k.id = c.contact_id LEFT JOIN leads l ON l.contact_id = c.contact_id"""
+    FROM conversations c JOIN contacts k ON k.id = c.contact_id LEFT JOIN leads l ON l.contact_id = c.contact_id
+         LEFT JOIN business_numbers b ON b.phone_number_id = c.phone_number_id"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +74,7 @@ class ListQuery:
     page: int
     deleted: bool = False
     waiting: bool = False  # only the conversations waiting for a person, the longest wait first
+    number: str | None = None  # only the conversations of this business number (phone_number_id)
 
 
 async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int,
@@ -154,6 +161,8 @@ def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
         where.append(_search(query.q.strip(), arg))
     if query.waiting:
         where.append(waiting.FILTER)
+    if query.number is not None:
+        where.append(f"c.phone_number_id = {arg(query.number)}")
     order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
     sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
            f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")
@@ -230,13 +239,24 @@ def error_json(raw: Any) -> dict[str, Any] | None:
     return None
 
 
+# Who wrote a stored message. Exact: every send of ours is recorded with its ledger row, so an outbound
+# message without one is an echo of the WhatsApp Business app (migration 0019).
+_SOURCE = """CASE WHEN m.direction = 'inbound' THEN 'customer' WHEN m.outbound_log_id IS NULL THEN 'business_app'
+                  WHEN o.automatic THEN 'bot' ELSE 'person' END"""
+
+
 def _message_json(m: asyncpg.Record) -> dict[str, Any]:
     outbound = m["outbound_id"] is not None
+    versions = m["versions"] or []
     return {"id": m["id"], "direction": m["direction"], "type": m["type"], "body": m["body"], "status": m["status"],
             "created_at": _iso(m["created_at"]), "sent_at": _iso(m["provider_timestamp"]),
             "provider_message_id": m["provider_message_id"], "author": m["author_user_id"],
             "error": error_json(m["error"] if m["error"] is not None or not outbound else m["ledger_error"]),
-            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed"}
+            "outbound_id": m["outbound_id"], "retryable": m["ledger_state"] == "failed", "source": m["source"],
+            "edited_at": _iso(m["edited_at"]),
+            "edits": [{"body": v.get("body"), "at": v.get("at")} for v in versions[:-1]],
+            "deleted_by_customer": m["deleted_at"] is not None and m["direction"] == "inbound",
+            "deleted_at": _iso(m["deleted_at"])}
 
 
 def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
@@ -245,16 +265,24 @@ def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
     return {"id": None, "direction": "outbound", "type": "template" if intent.get("kind") == "template" else "text",
             "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
             "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
-            "outbound_id": u["id"], "retryable": True}
+            "outbound_id": u["id"], "retryable": True, "source": "bot" if u["automatic"] else "person",
+            "edited_at": None, "edits": [], "deleted_by_customer": False, "deleted_at": None}
 
 
 # The ledger rows that failed before Meta took them (no message names them): shown among the messages.
 _FAILED_UNSENT = """
-    SELECT o.id, o.intent, o.error, o.author_user_id, o.created_at FROM outbound_log o
+    SELECT o.id, o.intent, o.error, o.author_user_id, o.automatic, o.created_at FROM outbound_log o
     WHERE o.conversation_id = $1 AND o.state = 'failed'
       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.outbound_log_id = o.id)
       AND ($2::timestamptz IS NULL OR o.created_at >= $2) AND ($3::timestamptz IS NULL OR o.created_at < $3)
     ORDER BY o.id LIMIT 100"""
+
+
+# An edit or a deletion applied to its original (migration 0019): the original shows it, not a message of its own.
+# One that waits for its original is shown as it came.
+_APPLIED_CHANGE = """(m.type IN ('edit', 'revoke') AND EXISTS (
+    SELECT 1 FROM messages x WHERE x.channel = m.channel
+      AND x.provider_message_id = m.payload -> m.type ->> 'original_message_id' AND x.contact_id = m.contact_id))"""
 
 
 async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | None) -> dict[str, Any]:
@@ -265,11 +293,12 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
     customer's message and the Graph API's acceptance for ours."""
     cid = row["id"]
     messages = await conn.fetch(
-        """SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
-                  m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
-                  o.error ledger_error
-           FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
-           WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) ORDER BY m.id DESC LIMIT $3""",
+        f"""SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
+                   m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
+                   o.error ledger_error, {_SOURCE} source, m.edited_at, m.versions, m.deleted_at
+            FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
+            WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) AND NOT {_APPLIED_CHANGE}
+            ORDER BY m.id DESC LIMIT $3""",
         cid, before, MESSAGES_PER_PAGE + 1)
     more = len(messages) > MESSAGES_PER_PAGE
     messages = list(reversed(messages[:MESSAGES_PER_PAGE]))
@@ -317,8 +346,10 @@ async def ledger_row(conn: asyncpg.Connection, dedupe_key: str) -> asyncpg.Recor
 
 async def set_status(conn: asyncpg.Connection, conversation_id: int, status: str,
                      snoozed_until: datetime | None) -> None:
-    await conn.execute("UPDATE conversations SET inbox_status = $2, snoozed_until = $3 WHERE id = $1",
-                       conversation_id, status, snoozed_until)
+    """Resolving also gives a conversation taken from the WhatsApp Business app back to the bot."""
+    await conn.execute("""UPDATE conversations SET inbox_status = $2, snoozed_until = $3,
+                              business_app_since = CASE WHEN $2 = 'resolved' THEN NULL ELSE business_app_since END
+                          WHERE id = $1""", conversation_id, status, snoozed_until)
 
 
 async def reopen_snoozed(conn: asyncpg.Connection) -> int:

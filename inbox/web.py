@@ -2,8 +2,9 @@
 
 The pages are shells; ``static/inbox.js`` (our own, no framework, no third-party file) fills them
 from the inbox API with the session cookie and the CSRF header, and keeps them live with one
-``EventSource('/api/v1/events')``. The page never reads the database: the server here only asks
-whether the visitor's session is alive, to redirect a signed-out visit to ``/login``.
+``EventSource('/api/v1/events')``. The server here only asks whether the visitor's session is
+alive, to redirect a signed-out visit to ``/login``, and reads the business numbers (labels, no
+tokens) for the list's number filter.
 
 Every asset in :data:`ASSETS` must be present when the application is created; a missing one is
 :class:`MissingAsset` then, not a blank page later.
@@ -20,6 +21,7 @@ import jinja2
 from aiohttp import web
 
 from wacrm.inbox import api, auth
+from wacrm.storage import numbers as business_numbers
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -81,9 +83,12 @@ def add_pages(root: web.Application, api_app: web.Application) -> None:
         session = await _signed_in(request, api_app)
         if session is None:
             raise web.HTTPFound("/login")
+        async with api_app[api.POOL].acquire() as conn:
+            numbers = await business_numbers.list_numbers(conn)  # the number filter's choices
         response = aiohttp_jinja2.render_template(
             "inbox.html", request, {"user": session.user, "csrf_token": session.csrf_token,
-                                    "stages": ",".join(api_app[api.RULES].intelligence.stages)})
+                                    "stages": ",".join(api_app[api.RULES].intelligence.stages),
+                                    "numbers": numbers})
         response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -19,8 +19,9 @@ from wacrm.storage.repo import Earlier, create_task, tasks_from
 from wacrm.topics.records import SendIntent, intent_from_dict
 from wacrm.whatsapp.graph import REENGAGEMENT
 
-#: A person owns conversation ``c`` (assigned, handed over, or the bot paused): the bot stays quiet.
-HUMAN_OWNED = "(c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused)"
+#: A person owns conversation ``c`` (assigned, handed over, the bot paused, or answered from the WhatsApp
+#: Business app): the bot stays quiet.
+HUMAN_OWNED = "(c.assigned_user_id IS NOT NULL OR c.needs_human OR c.bot_paused OR c.business_app_since IS NOT NULL)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +52,9 @@ class ReplyContext:
     answered_upto_at: datetime | None = None  # when the last message answered before these was written
 
 
-_REPLY_CONTEXT = """
-    SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, c.assigned_user_id, c.needs_human,
-           c.bot_paused, c.ownership_version, k.wa_id, k.user_id, k.profile_name, k.opted_out,
+_REPLY_CONTEXT = f"""
+    SELECT c.id, c.conversation_key, c.phone_number_id, c.contact_id, {HUMAN_OWNED} AS human_owned,
+           c.ownership_version, k.wa_id, k.user_id, k.profile_name, k.opted_out,
            ARRAY(SELECT ROW(m.id, m.provider_message_id, m.type, m.body, m.provider_timestamp, m.request_id)
                  FROM messages m WHERE m.conversation_id = c.id AND m.direction = 'inbound'
                    AND m.id > c.reply_upto_message_id AND ($2::bigint IS NULL OR m.id <= $2)
@@ -72,7 +73,7 @@ def _reply_context(row: asyncpg.Record | None) -> ReplyContext | None:
         conversation_id=row["id"], conversation_key=row["conversation_key"], phone_number_id=row["phone_number_id"],
         contact_id=row["contact_id"], customer=row["wa_id"] or row["user_id"], customer_name=row["profile_name"],
         opted_out=row["opted_out"],
-        human_owned=row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"],
+        human_owned=row["human_owned"],
         ownership_version=row["ownership_version"], new_contact=bool(pending) and row["first_time"],
         pending=pending, answered_upto_at=row["answered_upto_at"])
 
@@ -235,10 +236,10 @@ async def set_bot_paused(conn: asyncpg.Connection, conversation_id: int, paused:
 
 
 async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
-    """Give the conversation back to the bot."""
+    """Give the conversation back to the bot (from a person, and from the WhatsApp Business app)."""
     return int(await conn.fetchval(
         """UPDATE conversations SET assigned_user_id = NULL, needs_human = false, bot_paused = false,
-               ownership_version = ownership_version + 1
+               business_app_since = NULL, ownership_version = ownership_version + 1
            WHERE id = $1 RETURNING ownership_version""", conversation_id))
 
 
@@ -396,7 +397,7 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
     the customer opted out, a person owns the conversation, the rules chose none, or the 24-hour
     window had closed; not intended: the reply failed or is in doubt."""
     row = await conn.fetchrow(
-        """SELECT m.id, c.reply_upto_message_id, c.assigned_user_id, c.needs_human, c.bot_paused, k.opted_out,
+        f"""SELECT m.id, c.reply_upto_message_id, {HUMAN_OWNED} AS human_owned, c.business_app_since, k.opted_out,
                   o.state AS ledger_state, o.error AS ledger_error
            FROM messages m JOIN conversations c ON c.id = m.conversation_id JOIN contacts k ON k.id = c.contact_id
                 LEFT JOIN outbound_log o ON o.dedupe_key = 'auto:' || $1
@@ -414,7 +415,9 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
         return None  # a reply is on its way or went out, or nothing is decided yet
     if row["opted_out"]:
         return True, "the customer opted out (they sent STOP; START opts back in), so the bot stays quiet"
-    if row["assigned_user_id"] is not None or row["needs_human"] or row["bot_paused"]:
+    if row["business_app_since"] is not None:
+        return True, "a person answered from the WhatsApp Business app, so the bot stays quiet until it is handed back"
+    if row["human_owned"]:
         return True, "a person owns this conversation (it was handed over), so the bot stays quiet: see the inbox"
     return True, "the rules chose not to answer this message"
 

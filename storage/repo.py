@@ -74,12 +74,37 @@ async def store_inbound(conn: asyncpg.Connection, msg: InboundMessage, request_i
 
 async def store_inbound_many(conn: asyncpg.Connection, msgs: list[InboundMessage],
                              request_ids: list[str | None]) -> list[int | None]:
-    """:func:`store_inbound` for each message (with its request id), in order, as if one after the
-    other, but pipelined: one round trip for all of them."""
+    """:func:`store_inbound` (an echo: :func:`store_echo`) for each message (with its request id), in
+    order, as if one after the other, but pipelined: one round trip for all the customer's messages,
+    one for the echoes. The messages are of distinct conversations (a wave), so the two need no order."""
     if not msgs:
         return []
-    return [r[0] for r in await conn.fetchmany(
-        _STORE_INBOUND, [_store_args(m, r) for m, r in zip(msgs, request_ids, strict=True)])]
+    out: list[int | None] = [None] * len(msgs)
+    for echo, sql, args in ((False, _STORE_INBOUND, _store_args), (True, _STORE_ECHO, _echo_args)):
+        picked = [n for n, m in enumerate(msgs) if m.echo is echo]
+        if picked:
+            rows = await conn.fetchmany(sql, [args(msgs[n], request_ids[n]) for n in picked])
+            for n, r in zip(picked, rows, strict=True):
+                out[n] = r[0]
+    return out
+
+
+_STORE_ECHO = "SELECT wacrm_store_echo(" + ", ".join(f"${n}" for n in range(1, 18)) + ")"
+
+
+def _echo_args(msg: InboundMessage, request_id: str | None = None) -> tuple[Any, ...]:
+    c = msg.customer
+    return (CHANNEL, msg.message_id, msg.phone_number_id, msg.conversation_key, c.wa_id, c.user_id, c.profile_name,
+            c.username, c.parent_user_id, msg.type, msg.text, msg.payload, _ts(msg.timestamp),
+            msg.raw_ref, msg.content or None, msg.context, request_id)
+
+
+async def store_echo(conn: asyncpg.Connection, msg: InboundMessage, request_id: str | None = None) -> int | None:
+    """Store what the business sent from the WhatsApp Business app (``msg.echo``) in its customer's
+    conversation, as an outbound message never sent, and hand the conversation to a person (the bot
+    stays quiet until someone hands it back or resolves it); returns the conversation id, ``None``
+    when the message id is stored already. The SQL function ``wacrm_store_echo`` (migration 0019)."""
+    return await conn.fetchval(_STORE_ECHO, *_echo_args(msg, request_id))
 
 
 async def queued_intent(conn: asyncpg.Connection, dedupe_key: str) -> dict[str, Any] | None:

@@ -3,13 +3,14 @@ Account (WABA) and its syncs, the template webhooks, the contacts' marketing opt
 account events and restrictions Meta sends.
 
 Like :mod:`storage.repo`, functions run inside the caller's transaction (or connection).
-:func:`accounts` is the one place that says which WABAs there are, with their tokens and numbers.
+:func:`accounts` is the one place that says which WABAs there are, with their tokens and numbers (from the
+business numbers, :mod:`storage.numbers`).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ import asyncpg
 import orjson
 
 from wacrm.core.settings import Settings
+from wacrm.storage import numbers
 from wacrm.whatsapp import templates as wt
 from wacrm.whatsapp.updates import AccountEvent, Preference, TemplateChange
 
@@ -27,24 +29,47 @@ FOREVER = datetime.max.replace(tzinfo=UTC)  # a restriction Meta gave no end
 
 @dataclass(frozen=True, slots=True)
 class Account:
-    """A WABA, the access token its Graph calls carry, and its business numbers (empty: every number)."""
+    """A WABA, the access token its Graph calls carry (``None``: none of its numbers has a usable one),
+    and its business numbers."""
 
     waba_id: str
-    token: str
+    token: str | None = field(repr=False)
     phone_number_ids: tuple[str, ...] = ()
 
 
-async def accounts(conn: asyncpg.Connection | None, settings: Settings) -> list[Account]:
-    """Every WABA with its token: for now the one of ``WHATSAPP_BUSINESS_ACCOUNT_ID`` with
-    ``WHATSAPP_ACCESS_TOKEN``, owning every number. (When numbers are data, this reads them.)"""
-    waba = settings.whatsapp_business_account_id
-    return [Account(waba, settings.whatsapp_access_token)] if waba else []
+async def accounts(conn: asyncpg.Connection, settings: Settings) -> list[Account]:
+    """Every WABA of the business numbers (:mod:`storage.numbers`) that are not disabled, with the token of
+    the first of its numbers that has one (a stored token, or the environment number's
+    ``WHATSAPP_ACCESS_TOKEN``); and ``WHATSAPP_BUSINESS_ACCOUNT_ID`` with the environment's number when no
+    row names it yet (a one-number setup before its first start)."""
+    rows = await conn.fetch("SELECT phone_number_id, waba_id, token_ciphertext FROM business_numbers "
+                            "WHERE waba_id IS NOT NULL AND state <> 'disabled' ORDER BY created_at, phone_number_id")
+    cipher = numbers.TokenCipher(settings.token_encryption_key)
+    found: dict[str, tuple[list[str], list[str]]] = {}
+    for r in rows:
+        ids, tokens = found.setdefault(r["waba_id"], ([], []))
+        ids.append(r["phone_number_id"])
+        if r["token_ciphertext"] is None:
+            if r["phone_number_id"] == settings.whatsapp_phone_number_id and settings.whatsapp_access_token:
+                tokens.append(settings.whatsapp_access_token)
+            continue
+        try:
+            tokens.append(cipher.decrypt(r["token_ciphertext"], r["phone_number_id"]))
+        except numbers.TokenKeyError:
+            continue  # the worker and the inbox name it at start; another number of the account may serve
+    out = [Account(waba, tokens[0] if tokens else None, tuple(ids)) for waba, (ids, tokens) in found.items()]
+    env = settings.whatsapp_business_account_id
+    if env and env not in found:
+        out.append(Account(env, settings.whatsapp_access_token or None, (settings.whatsapp_phone_number_id,)))
+    return out
 
 
-async def account_of(conn: asyncpg.Connection | None, settings: Settings, phone_number_id: str) -> Account | None:
-    """The WABA a business number belongs to (``None``: none is configured)."""
-    found = await accounts(conn, settings)
-    return next((a for a in found if not a.phone_number_ids or phone_number_id in a.phone_number_ids), None)
+async def account_of(conn: asyncpg.Connection, settings: Settings, phone_number_id: str) -> Account | None:
+    """The WABA a business number belongs to, without its token (``None``: the number names none)."""
+    waba = await conn.fetchval("SELECT waba_id FROM business_numbers WHERE phone_number_id = $1", phone_number_id)
+    if waba is None and phone_number_id == settings.whatsapp_phone_number_id:
+        waba = settings.whatsapp_business_account_id  # the environment's number before its row exists
+    return Account(waba, None, (phone_number_id,)) if waba else None
 
 
 # --- the catalogue ----------------------------------------------------------------------------

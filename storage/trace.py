@@ -28,7 +28,7 @@ _LEDGER = """
            intent->>'reply_to' AS reply_to
     FROM outbound_log WHERE request_id = $1 ORDER BY id"""
 _OUTBOUND = """
-    SELECT id, provider_message_id, outbound_log_id, status, created_at FROM messages
+    SELECT id, provider_message_id, outbound_log_id, status, created_at, conversation_id, type FROM messages
     WHERE request_id = $1 AND direction = 'outbound' ORDER BY id"""
 _STATUSES = """
     SELECT provider_message_id, status, occurred_at, received_at, errors FROM message_status_events
@@ -100,7 +100,8 @@ def _no_reply_reason(m: dict[str, Any], tasks: list[dict[str, Any]]) -> str:
     if handovers:
         return f"handed over to a person (task {handovers[0]['id']}: {handovers[0]['title']})"
     if m["human_owned"]:
-        return "no reply: a person owns the conversation (assigned, handed over or bot paused)"
+        return ("no reply: a person owns the conversation (assigned, handed over, bot paused or answered from the "
+                "WhatsApp Business app)")
     if m["opted_out"]:
         return "no reply: the customer opted out"
     return (f"no reply: the rules chose none for a {m['type']} message (the worker's 'decided' log line with "
@@ -159,6 +160,11 @@ def render(rows: Rows, bus: BusFacts) -> list[str]:
                          f"{_when(m['reply_due_at'])}")
         else:
             stops.append(f"message {m['provider_message_id']}: not answered, and no reply is scheduled")
+    echoes = [m for m in rows.outbound if m["outbound_log_id"] is None]
+    for m in echoes:
+        out.append(_line(m["created_at"], "stored", f"echo {m['provider_message_id']} ({m['type']}) from the WhatsApp "
+                                                    f"Business app in conversation {m['conversation_id']} (row "
+                                                    f"{m['id']}): a person answers there, the bot stays quiet"))
     sent_wamids: list[str] = []
     for row in rows.ledger:
         lines, stop = _ledger_lines(row)
@@ -191,6 +197,8 @@ def render(rows: Rows, bus: BusFacts) -> list[str]:
         out += ["", "stopped:"] + [f"  {s}" for s in stops]
     elif rows.status_call and not rows.inbound:
         out += ["", f"done: a status webhook; {len(rows.status_call)} status(es) recorded"]
+    elif echoes and not rows.inbound and not rows.ledger:
+        out += ["", f"done: {len(echoes)} echo(es) of the WhatsApp Business app stored, never sent"]
     elif sent_wamids:
         latest = ", ".join(f"{w} {seen.get(w, 'accepted, no status yet')}" for w in sent_wamids)
         out += ["", f"done: every reply sent ({latest})"]

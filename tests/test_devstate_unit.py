@@ -27,6 +27,12 @@ def test_a_running_dev_fills_only_what_is_unset_and_says_which_it_used(tmp_path:
     assert env["DATABASE_URL"] == "postgresql://dev@127.0.0.1:5999/x" and env["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert note is not None and "DATABASE_URL unset" in note and f"pid {os.getpid()}" in note
     assert "KAFKA" not in note
+    assert "TOKEN_ENCRYPTION_KEY" not in env  # the dev wrote no secrets.json here
+    (tmp_path / "secrets.json").write_text(json.dumps({"TOKEN_ENCRYPTION_KEY": "k" * 44}))
+    env, _ = with_running_dev({}, tmp_path)
+    assert env["TOKEN_ENCRYPTION_KEY"] == "k" * 44  # its database's tokens need its key
+    env, _ = with_running_dev({"TOKEN_ENCRYPTION_KEY": "mine"}, tmp_path)
+    assert env["TOKEN_ENCRYPTION_KEY"] == "mine"
     env, note = with_running_dev({"DATABASE_URL": "postgresql://mine/db", "KAFKA_BOOTSTRAP_SERVERS": "k:1"}, tmp_path)
     assert note is None and env["DATABASE_URL"] == "postgresql://mine/db"
 

@@ -86,6 +86,8 @@ async def test_conversations_waiting_for_the_bot_count_until_a_person_owns_them(
     paused_number = "200000000000077"  # a number of its own: the other tests' replies go out
     before = await stack.worker_metric(waiting)
     stored_before = await stack.worker_metric(stored, 'expects_reply="true"')
+    await db.execute("INSERT INTO business_numbers (phone_number_id, label) VALUES ($1, 'paused in a test') "
+                     "ON CONFLICT DO NOTHING", paused_number)  # a configured number: its webhooks are taken in
     await db.execute("INSERT INTO number_pauses (phone_number_id, reason, until) VALUES "
                      "($1, 'test', now() + interval '1 hour')", paused_number)
     try:

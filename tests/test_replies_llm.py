@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,17 +14,19 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from conftest import Stack, eventually, own_stack
+from conftest import ACCESS_TOKEN, Stack, eventually, own_stack
 from fake_llm import FakeLlm
 from test_inbound_fidelity import META, contact, envelope, stored, text_msg
 from test_replies import _phone, ledger, say, script, sends_to
 
+from wacrm.core import procs
 from wacrm.orchestrator.llm import LlmClient
 from wacrm.orchestrator.rules import load_rules
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import replies
 from wacrm.storage.db import connect, create_pool
 from wacrm.storage.migrate import run_migrations
+from wacrm.storage.numbers import new_key
 
 pytestmark = pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
                                 reason="needs a broker of its own: the embedded one")
@@ -47,7 +50,8 @@ async def llm_stack(make_database: Callable[[], str], llm: FakeLlm,
     rules["llm"].update(timeout_seconds=4, system_prompt="You are the test shop's assistant.")
     (tmp / "rules.json").write_text(json.dumps(rules))
     async with own_stack(make_database, tmp, RULES_FILE=str(tmp / "rules.json"), LLM_API_BASE_URL=llm.base_url,
-                         LLM_API_KEY="test-llm-key", LLM_MODEL="test-model", PAUSE_SECONDS="3") as (stack, _):
+                         LLM_API_KEY="test-llm-key", LLM_MODEL="test-model", PAUSE_SECONDS="3",
+                         TOKEN_ENCRYPTION_KEY=new_key()) as (stack, _):
         yield stack
 
 
@@ -169,24 +173,28 @@ async def test_a_late_131047_failure_sends_the_template(llm_stack: Stack, ldb: a
     await eventually(template_sent, what="the template after the failed status")
 
 
-async def test_an_expired_token_pauses_the_number_then_sending_resumes(llm_stack: Stack,
-                                                                       ldb: asyncpg.Connection) -> None:
-    wa_id = _phone()
+async def test_an_expired_token_holds_the_number_until_it_has_a_token_again(llm_stack: Stack,
+                                                                            ldb: asyncpg.Connection) -> None:
+    wa_id, number = _phone(), META["phone_number_id"]
     await script(llm_stack, [{"to": f"+{wa_id}", "code": 190, "http_status": 401}])
     (mid,) = await say(llm_stack, wa_id, "hello")
 
-    async def paused() -> bool:
-        return bool(await ldb.fetchval("SELECT count(*) FROM tasks WHERE kind = 'sending_paused'"))
+    async def held() -> bool:
+        return await ldb.fetchval("SELECT state FROM business_numbers WHERE phone_number_id = $1",
+                                  number) == "token_rejected"
 
-    await eventually(paused, what="the pause alert")
-    assert await ldb.fetchval("SELECT until > now() FROM number_pauses WHERE phone_number_id = $1",
-                              META["phone_number_id"])
+    await eventually(held, what="the number held for its refused token")
+    assert (await ledger(ldb, f"auto:{mid}"))["state"] == "retry_wait"  # kept, not failed
+    given = await asyncio.to_thread(subprocess.run, procs.python_cmd("numbers", "add", number, "--waba-id",
+                                                                      "100000000000001"),
+                                    input=ACCESS_TOKEN, capture_output=True, text=True, env=llm_stack.env())
+    assert given.returncode == 0, given.stderr
 
     async def sent() -> bool:
         row = await ledger(ldb, f"auto:{mid}")
         return bool(row and row["state"] == "sent")
 
-    await eventually(sent, 30, "the reply once the pause is over")
+    await eventually(sent, 30, "the reply once the number has a token again")
     row = await ledger(ldb, f"auto:{mid}")
     assert row["attempts"] == 1  # a pause does not use up the retry budget
     assert len(await sends_to(llm_stack, wa_id)) == 2

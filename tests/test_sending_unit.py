@@ -182,8 +182,8 @@ async def _server(handler: Callable[[web.Request], Awaitable[web.StreamResponse]
 
 async def _send(base: str, timeout: float = 0.5) -> None:
     async with aiohttp.ClientSession() as session:
-        client = GraphClient(session, base, "token", timeout=timeout)
-        await client.send("200", client.text_payload("15550001111", "hi"))
+        client = GraphClient(session, base, timeout=timeout)
+        await client.send("200", client.text_payload("15550001111", "hi"), "token")
 
 
 async def test_a_timeout_after_the_request_was_written_is_ambiguous() -> None:
@@ -260,9 +260,9 @@ async def test_fake_meta_posts_signed_statuses_after_a_late_answer_unless_switch
     try:
         async with aiohttp.ClientSession() as s:
             await s.post(f"{base}/__script", json=[{"delay_ms": 800}])
-            client = GraphClient(s, f"{base}/v25.0", "token", timeout=0.3)
+            client = GraphClient(s, f"{base}/v25.0", timeout=0.3)
             with pytest.raises(AmbiguousGraphError):  # the client gave up; Meta had taken it
-                await client.send("200", client.text_payload("15550001111", "hi", callback_data="ol:7"))
+                await client.send("200", client.text_payload("15550001111", "hi", callback_data="ol:7"), "token")
             for _ in range(100):
                 if len(received) == 3:
                     break
@@ -274,11 +274,12 @@ async def test_fake_meta_posts_signed_statuses_after_a_late_answer_unless_switch
 
             async with s.post(f"{base}/__statuses", json={"enabled": False}) as r:
                 assert r.status == 200
-            patient = GraphClient(s, f"{base}/v25.0", "token", timeout=5)
-            quiet = await patient.send("200", client.text_payload("15550001111", "quiet", callback_data="ol:8"))
+            patient = GraphClient(s, f"{base}/v25.0", timeout=5)
+            quiet = await patient.send("200", client.text_payload("15550001111", "quiet", callback_data="ol:8"),
+                                       "token")
             async with s.post(f"{base}/__statuses", json={"enabled": True}) as r:
                 assert r.status == 200
-            loud = await patient.send("200", client.text_payload("15550001111", "loud", callback_data="ol:9"))
+            loud = await patient.send("200", client.text_payload("15550001111", "loud", callback_data="ol:9"), "token")
             for _ in range(100):  # the quiet send's statuses, had there been any, would come before these
                 if len(received) == 6:
                     break

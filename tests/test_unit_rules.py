@@ -13,6 +13,7 @@ from wacrm.whatsapp.graph import (
     PausingGraphError,
     PermanentGraphError,
     RetryableGraphError,
+    TokenRejected,
     classify,
     recipient_field,
 )
@@ -51,11 +52,12 @@ def _graph_error(name: str) -> dict:
     ("error_131026_undeliverable.json", 400, PermanentGraphError),
     ("error_131047_reengagement.json", 400, PermanentGraphError),
     ("error_100_invalid_param.json", 400, PermanentGraphError),
-    ("error_190_token_expired.json", 401, PausingGraphError),
+    ("error_190_token_expired.json", 401, TokenRejected),
 ])
 def test_errors_are_classified_by_code_not_http_status(fixture: str, status: int, kind: type) -> None:
     err = classify(status, _graph_error(fixture))
     assert type(err) is kind
+    assert err.pausing is issubclass(kind, PausingGraphError)  # a refused token pauses its number too
     assert err.code == _graph_error(fixture)["error"]["code"]
 
 

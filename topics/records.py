@@ -117,7 +117,7 @@ def conversation_key(phone_number_id: str, customer: Customer) -> str:
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
-    """One customer message, split out of a webhook body (topic ``wa.inbound``)."""
+    """One customer message (or an echo of the business's own), split out of a webhook body (topic ``wa.inbound``)."""
 
     conversation_key: str
     phone_number_id: str
@@ -134,6 +134,7 @@ class InboundMessage:
     context: dict[str, Any] | None = None
     referral: dict[str, Any] | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    echo: bool = False  # the business sent it from the WhatsApp Business app (to ``customer``): stored, never sent
 
 
 @dataclass(frozen=True, slots=True)

@@ -218,6 +218,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         else:
             if problem:
                 log.error("%s (serving anyway: the webhook keeps accepting, the inbox answers DB_MISMATCH)", problem)
+            else:
+                asyncio.run(_check_token_key(s))  # a wrong TOKEN_ENCRYPTION_KEY stops it here (exit 2)
     try:
         app = make_app(s, args.only)
     except RulesError as exc:
@@ -284,6 +286,103 @@ def cmd_users(args: argparse.Namespace) -> int:
         if password is not None and len(password) < 8:
             raise CommandError("the password on standard input must have at least 8 characters", EXIT_CONFIG)
     asyncio.run(_users(args, s, password))
+    return 0
+
+
+# --- numbers -------------------------------------------------------------------------------
+
+async def _check_token_key(s: Settings) -> None:
+    """Every stored access token decrypts with ``TOKEN_ENCRYPTION_KEY``, or exit 2 naming it: a wrong key
+    stops a process at its start, not at its first send."""
+    import asyncpg
+
+    from wacrm.storage import numbers
+
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
+    try:
+        await numbers.check_tokens(conn, numbers.TokenCipher(s.token_encryption_key))
+    except numbers.TokenKeyError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+
+
+def _rate(text: str) -> float:
+    """``--rate-limit``: sends per second, more than 0 and at most 1000."""
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of sends per second, not {text!r}") from None
+    if not 0 < rate <= 1000:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 1000, not {text}")
+    return rate
+
+
+async def _numbers(args: argparse.Namespace, s: Settings, token: str | None) -> list[str]:
+    import asyncpg
+
+    from wacrm.storage import numbers
+
+    assert s.direct_url
+    conn = await _connected(s.direct_url, s.db_timeout_s, s.direct_variable)
+    try:
+        if args.numbers_command == "add":
+            assert token is not None
+            cipher = numbers.TokenCipher(s.token_encryption_key)
+            async with conn.transaction():
+                await numbers.check_tokens(conn, cipher)  # one key for every stored token
+                number, resumed = await numbers.add(conn, numbers.NewNumber(
+                    args.phone_number_id, args.waba_id, token, args.label, args.rate_limit, args.coexistence), cipher)
+            return [f"added {number.phone_number_id} (WABA {number.waba_id}"
+                    + (f", {number.label}" if number.label else "") + "): active"
+                    + (f"; {resumed} waiting repl{'y' if resumed == 1 else 'ies'} resumed" if resumed else "")]
+        if args.numbers_command == "disable":
+            async with conn.transaction():
+                disabled = await numbers.disable(conn, args.phone_number_id)
+            if disabled is None:
+                raise CommandError(f"no business number {args.phone_number_id} (wacrm numbers list)")
+            return [f"disabled {disabled.phone_number_id}: its webhooks are skipped and its replies wait until "
+                    "`wacrm numbers add` enables it again"]
+        rows = await numbers.list_numbers(conn)
+        head = f"{'PHONE NUMBER ID':<20} {'WABA':<18} {'LABEL':<20} {'DISPLAY':<16} {'RATE/S':>7} {'COEX':<5} " \
+               f"{'TOKEN':<12} STATE"
+        lines = [f"{n.phone_number_id:<20} {n.waba_id or '-':<18} {(n.label or '-')[:20]:<20} "
+                 f"{n.display_phone_number or '-':<16} "
+                 f"{n.send_rate(s.rate_limit_per_s):>7g} {'yes' if n.coexistence else 'no':<5} {n.token_source:<12} "
+                 f"{n.state}" + (f" ({n.state_reason})" if n.state != "active" and n.state_reason else "")
+                 for n in rows]
+        return [head, *lines, f"{len(rows)} business number(s)"]
+    except numbers.TokenKeyError as exc:
+        raise CommandError(str(exc), EXIT_CONFIG) from None
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+    finally:
+        await conn.close()
+
+
+def cmd_numbers(args: argparse.Namespace) -> int:
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    token = None
+    if args.numbers_command == "add":
+        if s.token_encryption_key is None:
+            raise CommandError("TOKEN_ENCRYPTION_KEY: required to store an access token and not set (32 random "
+                               "bytes in url-safe base64; `wacrm dev` makes one)", EXIT_CONFIG)
+        if sys.stdin.isatty():
+            import getpass
+
+            token = getpass.getpass("access token: ")
+        else:
+            token = sys.stdin.readline().strip()
+        if not token or len(token) > 4096 or any(c.isspace() for c in token):
+            raise CommandError("the access token on standard input must be one line of 1 to 4096 characters "
+                               "without spaces", EXIT_CONFIG)
+    for line in asyncio.run(_numbers(args, s, token)):
+        print(line)
     return 0
 
 
@@ -517,6 +616,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     s = _settings("prod", {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "WHATSAPP_ACCESS_TOKEN"})
     assert s.database_url
     asyncio.run(_check_schema(s))
+    asyncio.run(_check_token_key(s))
     try:
         app, resources = build(s)
     except RulesError as exc:
@@ -639,14 +739,24 @@ def cmd_fake_meta(args: argparse.Namespace) -> int:
                            "WHATSAPP_APP_SECRET", EXIT_CONFIG)
     where = (f"; statuses posted to {args.webhook_url}" if args.webhook_url
              else "; no statuses posted (no --webhook-url)")
+    tokens = dict(t.split("=", 1) for t in args.token)
     print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent){where}", flush=True)
     try:
-        asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret, templates=templates))
+        asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret, tokens=tokens,
+                          templates=templates))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {exc}") from None
     return 0
+
+
+def _number_token(text: str) -> str:
+    """``--token PHONE_NUMBER_ID=TOKEN``."""
+    number, sep, token = text.partition("=")
+    if not sep or not number.strip() or not token:
+        raise argparse.ArgumentTypeError("must be PHONE_NUMBER_ID=TOKEN")
+    return f"{number.strip()}={token}"
 
 
 def _install_sigterm_as_interrupt() -> None:
@@ -862,6 +972,33 @@ def parser() -> argparse.ArgumentParser:
     usub.add_parser("list", help="list users", description="Lists the users: email, role, name, and whether "
                     "they are disabled.")
     us.set_defaults(func=cmd_users)
+    nu = sub.add_parser("numbers", help="the business numbers this deployment serves, each with its own access "
+                        "token (needs DATABASE_URL; add needs TOKEN_ENCRYPTION_KEY)",
+                        description="Adds, lists and disables business numbers. A number's access token is stored "
+                        "encrypted with TOKEN_ENCRYPTION_KEY and never shown. WHATSAPP_PHONE_NUMBER_ID with "
+                        "WHATSAPP_ACCESS_TOKEN configures one number without this command.")
+    nsub = nu.add_subparsers(dest="numbers_command", required=True, metavar="ACTION")
+    na = nsub.add_parser("add", help="add a number, or replace an existing one's settings and token; the token is "
+                         "read from standard input",
+                         description="Adds the number (or replaces every setting and the token of an existing one) "
+                         "and makes it active: replies waiting because Meta refused its old token go out at once, "
+                         "without a restart. The access token is read from standard input.")
+    na.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID", help="Meta's id of the business number")
+    na.add_argument("--waba-id", required=True, help="the WhatsApp Business Account the number belongs to")
+    na.add_argument("--label", default=None, help="a name people see in the inbox, e.g. 'Lisbon shop'")
+    na.add_argument("--rate-limit", type=_rate, default=None, metavar="N",
+                    help="sends per second from this number, per worker (default RATE_LIMIT_PER_SECOND)")
+    na.add_argument("--coexistence", action="store_true",
+                    help="the number is also used in the WhatsApp Business app: Meta caps it at 20 sends/s")
+    nsub.add_parser("list", help="the numbers, their settings and state (never a token)",
+                    description="Lists every business number: id, WABA, label, display number, send limit, "
+                    "coexistence, where its token comes from (stored, or the environment) and its state "
+                    "(active, token_rejected, disabled).")
+    nd = nsub.add_parser("disable", help="stop serving a number (its webhooks are skipped, its replies wait)",
+                         description="Disables the number: its webhooks are skipped (they stay on the raw topic, "
+                         "for `wacrm replay`) and its replies wait. `wacrm numbers add` enables it again.")
+    nd.add_argument("phone_number_id", metavar="PHONE_NUMBER_ID", help="the number to disable")
+    nu.set_defaults(func=cmd_numbers)
     sub.add_parser("worker", help="the agents: ingest, inbound, sender, status (needs DATABASE_URL, "
                    "KAFKA_BOOTSTRAP_SERVERS, WHATSAPP_ACCESS_TOKEN)",
                    description="Runs the agents in one consumer group (KAFKA_GROUP_ID): ingest splits webhook "
@@ -980,6 +1117,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--templates", metavar="FILE", default=None,
                    help="the template catalogue GET /{version}/{waba_id}/message_templates serves, paged: a JSON list "
                    "of Meta's template objects (default: a shipped sample of two dozen)")
+    f.add_argument("--token", action="append", default=[], type=_number_token, metavar="PHONE_NUMBER_ID=TOKEN",
+                   help="calls for this number must carry this bearer token, else 401 (code 190) as Meta answers "
+                   "a revoked token; repeat for each number (default: any bearer; POST /__tokens changes them)")
     f.set_defaults(func=cmd_fake_meta)
 
     sm = sub.add_parser("simulate", help="sign and POST a realistic inbound message (text, image or document) to "

@@ -36,7 +36,9 @@ from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
-from wacrm.devstate import STATE_FILE
+from wacrm.devstate import SECRETS_FILE, STATE_FILE
+from wacrm.storage.numbers import new_key
+from wacrm.whatsapp.fake_meta import WABA_ID as FAKE_WABA_ID
 
 RESTARTS_PER_MINUTE = 5
 
@@ -66,15 +68,18 @@ def open_private(path: Path, mode: str) -> Any:
 
 
 def _persistent_secrets(state_dir: Path) -> dict[str, str]:
-    """Generated once per state dir so the webhook's secrets survive restarts."""
-    path = state_dir / "secrets.json"
+    """Generated once per state dir so the webhook's secrets (and the key the numbers' tokens are
+    encrypted with) survive restarts; one missing from an older state dir is added."""
+    path = state_dir / SECRETS_FILE
     try:
-        return json.loads(path.read_text())
+        values: dict[str, str] = json.loads(path.read_text())
     except (OSError, ValueError):
         values = {"WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_VERIFY_TOKEN": secrets.token_urlsafe(12),
                   "WHATSAPP_ACCESS_TOKEN": "dev-" + secrets.token_hex(8)}
+    if "TOKEN_ENCRYPTION_KEY" not in values:
+        values["TOKEN_ENCRYPTION_KEY"] = new_key()
         write_private(path, json.dumps(values))
-        return values
+    return values
 
 
 ADMIN_FILE = "admin.json"
@@ -259,7 +264,8 @@ def run_dev(state_dir: Path) -> int:
             fake_port = free_port()
             fake_meta_url = f"http://127.0.0.1:{fake_port}"
             env["WHATSAPP_API_BASE_URL"] = fake_meta_url
-            env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or "")  # its catalogue
+            # the fake's account, whose template catalogue it serves
+            env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or FAKE_WABA_ID)
             # statuses flow back, as from Meta
             webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"
             children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),

@@ -1,7 +1,8 @@
 """What a running ``wacrm dev`` publishes about itself (``STATE_DIR/dev.json``), and the one rule by
 which every other command uses it: when ``DATABASE_URL`` or ``KAFKA_BOOTSTRAP_SERVERS`` is unset and a
 ``wacrm dev`` runs on the state dir (``.wacrm`` in the current directory unless told), its
-database and broker are used, and the command says so on stderr.
+database and broker are used (with the key its numbers' tokens are encrypted with), and the
+command says so on stderr.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ STATE_FILE = "dev.json"
 DEFAULT_STATE_DIR = Path(".wacrm")
 #: The variables a running ``wacrm dev`` fills in, and the key of ``dev.json`` that holds each.
 FROM_DEV = {"DATABASE_URL": "database_url", "KAFKA_BOOTSTRAP_SERVERS": "kafka"}
+#: Taken from the dev's ``secrets.json`` too when its database is used (``wacrm numbers add`` beside it).
+KEY_VARIABLE = "TOKEN_ENCRYPTION_KEY"
+SECRETS_FILE = "secrets.json"
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
@@ -25,6 +29,14 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+def _secret(state_dir: Path, name: str) -> str | None:
+    try:
+        value = json.loads((state_dir / SECRETS_FILE).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
 def _alive(pid: Any) -> bool:
@@ -58,5 +70,9 @@ def with_running_dev(env: Mapping[str, str], state_dir: Path = DEFAULT_STATE_DIR
     if not filled:
         return out, None
     out.update({name: state[FROM_DEV[name]] for name in filled})
+    if "DATABASE_URL" in filled and not (env.get(KEY_VARIABLE) or "").strip():
+        key = _secret(state_dir, KEY_VARIABLE)  # its database's tokens are encrypted with its key
+        if key:
+            out[KEY_VARIABLE] = key
     return out, (f"{' and '.join(filled)} unset: using the running `wacrm dev` (pid {state['pid']}, "
                  f"{state_dir / STATE_FILE})")

@@ -20,6 +20,11 @@ statuses come. Posting happens beside the answer (never delays it) and retries a
   ``"statuses": false`` posts no statuses for that send.
 - ``POST /__statuses``: ``{"enabled": false}`` stops posting statuses (``true`` resumes);
   ``GET /__statuses`` lists the status posts made (wamid, status, HTTP answer or error).
+- Access tokens per number (``--token PHONE_NUMBER_ID=TOKEN``, repeated, or at run time
+  ``POST /__tokens`` ``{"phone_number_id": "…", "token": "…"}``; ``"token": null`` forgets it): a
+  call for a number with a token must carry it as its bearer, else 401 with code 190, as Meta
+  answers a revoked or expired token. A number without one accepts any bearer.
+  ``GET /__tokens`` lists which numbers are checked (not the tokens).
 - ``GET /{version}/{waba_id}/message_templates``: the template catalogue, paged as Meta pages it
   (``limit``, at most ``page_size`` a page; ``paging.cursors.after`` and ``paging.next`` while more
   follow), for any WABA, with a bearer token. The catalogue is ``fake_templates.json`` beside this
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hmac
 import itertools
 import logging
 import secrets
@@ -76,11 +82,13 @@ class FakeMeta:
     """The recorded state of one fake Graph API."""
 
     def __init__(self, webhook_url: str | None = None, app_secret: str | None = None,
-                 templates: list[dict[str, Any]] | None = None, page_size: int = PAGE_SIZE) -> None:
+                 tokens: dict[str, str] | None = None, templates: list[dict[str, Any]] | None = None,
+                 page_size: int = PAGE_SIZE) -> None:
         self.templates: list[dict[str, Any]] = templates if templates is not None else load_templates()
         self.page_size = page_size
         self.template_failures: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
+        self.tokens: dict[str, str] = dict(tokens or {})  # phone_number_id → the one bearer it accepts
         self.status_posts: list[dict[str, Any]] = []
         self._run = secrets.token_hex(4).upper()  # ids unique across runs, as Meta's are
         self._ids = itertools.count(1)
@@ -155,9 +163,10 @@ class FakeMeta:
             return _error(100, 400, "Request body is not JSON")
         self.sent.append(record)
         body = record["body"]
-        auth = record["authorization"] or ""
-        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
-            return _error(190, 401, "Missing or malformed access token")
+        refused = self.refuse_token(record["phone_number_id"], record["authorization"])
+        if refused is not None:
+            record["answered"] = {"error": 190}
+            return refused
         step = self._next_step(body)
         delay_s = float(step.get("delay_ms") or 0) / 1000
         if "code" in step:
@@ -185,6 +194,34 @@ class FakeMeta:
         else:
             answer["contacts"] = [{"input": recipient, "user_id": recipient}]
         return _json(answer)
+
+    def refuse_token(self, phone_number_id: str, authorization: str | None) -> web.Response | None:
+        """Meta's 401 (code 190) when the bearer is missing, or is not the number's token; ``None`` when
+        the call may go on. Every endpoint of a number asks this."""
+        auth = authorization or ""
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            return _error(190, 401, "Missing or malformed access token")
+        expected = self.tokens.get(phone_number_id)
+        if expected is not None and not hmac.compare_digest(auth[len("Bearer "):].encode(), expected.encode()):
+            return _error(190, 401, "Error validating access token: the session is invalid or has expired")
+        return None
+
+    async def set_token(self, request: web.Request) -> web.Response:
+        try:
+            spec = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            spec = None
+        if not isinstance(spec, dict) or not isinstance(spec.get("phone_number_id"), str) \
+                or not isinstance(spec.get("token", ""), (str, type(None))) or "token" not in spec:
+            return _json({"error": 'expected {"phone_number_id": "…", "token": "…" or null}'}, 400)
+        if spec["token"] is None:
+            self.tokens.pop(spec["phone_number_id"], None)
+        else:
+            self.tokens[spec["phone_number_id"]] = spec["token"]
+        return _json({"checked": sorted(self.tokens)})
+
+    async def list_tokens(self, request: web.Request) -> web.Response:
+        return _json({"checked": sorted(self.tokens)})
 
     def _next_step(self, body: Any) -> dict[str, Any]:
         """The first scripted step for this recipient (a step with "to" applies to that recipient only)."""
@@ -323,8 +360,8 @@ def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, statu
 
 
 def make_app(webhook_url: str | None = None, app_secret: str | None = None,
-             templates: list[dict[str, Any]] | None = None) -> web.Application:
-    fake = FakeMeta(webhook_url, app_secret, templates)
+             tokens: dict[str, str] | None = None, templates: list[dict[str, Any]] | None = None) -> web.Application:
+    fake = FakeMeta(webhook_url, app_secret, tokens, templates)
     app = web.Application()
 
     async def close(app: web.Application) -> None:
@@ -341,14 +378,18 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None,
     app.router.add_delete("/__sent", fake.clear_sent)
     app.router.add_post("/__fail", fake.fail)
     app.router.add_post("/__script", fake.script)
+    app.router.add_post("/__tokens", fake.set_token)
+    app.router.add_get("/__tokens", fake.list_tokens)
     return app
 
 
 async def serve(host: str, port: int, ready: asyncio.Event | None = None, *, webhook_url: str | None = None,
-                app_secret: str | None = None, templates: list[dict[str, Any]] | None = None) -> None:
+                app_secret: str | None = None, tokens: dict[str, str] | None = None,
+                templates: list[dict[str, Any]] | None = None) -> None:
     """Run until cancelled; statuses go to ``webhook_url`` (none when it is ``None``), signed with ``app_secret``;
-    ``templates``: the catalogue served (default :data:`DEFAULT_TEMPLATES`)."""
-    runner = web.AppRunner(make_app(webhook_url, app_secret, templates), access_log=None)
+    ``tokens``: the access token each of those numbers must be called with; ``templates``: the catalogue served
+    (default :data:`DEFAULT_TEMPLATES`)."""
+    runner = web.AppRunner(make_app(webhook_url, app_secret, tokens, templates), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -10,11 +10,16 @@ Exception tree (catch at the level you need)::
     │                          blindly (the statuses naming ``biz_opaque_callback_data`` settle it)
     ├── PermanentGraphError    do not retry this intent (bad request, window closed, undeliverable)
     │   └── InvalidRecipient   the recipient cannot be normalised; raised before any request
-    └── PausingGraphError      stop sending for this business number and alert (token, spam rate)
+    └── PausingGraphError      stop sending for this business number and alert (spam rate)
+        └── TokenRejected      Meta refused the number's access token (401, code 190): its sends wait
+                               for a new token
 
 Each class carries flags that :func:`agents.errors.classify` reads duck-typed: ``retryable``
 (bool), ``ambiguous`` (True only for :class:`AmbiguousGraphError`), and ``pausing`` and
-``invalid_recipient`` for the sender's routes.
+``invalid_recipient`` and ``token_rejected`` for the sender's routes.
+
+Every call carries the access token of the number it is for (``token``): the caller looks it up
+(:meth:`storage.numbers.Numbers.token_for`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class GraphError(Exception):
     ambiguous = False
     pausing = False
     invalid_recipient = False
+    token_rejected = False
 
     def __init__(self, message: str, *, code: int | None = None, http_status: int | None = None,
                  details: str | None = None) -> None:
@@ -66,10 +72,15 @@ class PausingGraphError(GraphError):
     pausing = True
 
 
+class TokenRejected(PausingGraphError):
+    token_rejected = True
+
+
 # Meta error code → what to do. Codes not listed: 5xx without a code is retryable,
 # anything else permanent (an unknown 4xx must not burn retries).
 RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004})
 PAUSING_CODES = frozenset({190, 131048})
+TOKEN_REJECTED = 190  # Meta: the access token expired, was revoked or is invalid (HTTP 401)
 REENGAGEMENT = 131047  # more than 24 hours since the customer last wrote: only a template may go
 
 
@@ -78,15 +89,18 @@ def classify(http_status: int, body: Any) -> GraphError:
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict) or not isinstance(err.get("code"), int):
         message = f"Graph API answered HTTP {http_status} without an error code"
-        cls = RetryableGraphError if http_status >= 500 or http_status == 429 else PermanentGraphError
+        cls = RetryableGraphError if http_status >= 500 or http_status == 429 else \
+            TokenRejected if http_status == 401 else PermanentGraphError
         return cls(message, http_status=http_status)
     code = err["code"]
     raw_data = err.get("error_data")
     data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
     details = data.get("details") if isinstance(data.get("details"), str) else None
     message = str(err.get("message") or f"Graph API error {code}")
-    if code in PAUSING_CODES:
-        cls2: type[GraphError] = PausingGraphError
+    if code == TOKEN_REJECTED:
+        cls2: type[GraphError] = TokenRejected
+    elif code in PAUSING_CODES:
+        cls2 = PausingGraphError
     elif code in RETRYABLE_CODES:
         cls2 = RetryableGraphError
     else:
@@ -130,17 +144,17 @@ class Sent:
 
 
 class GraphClient:
-    """Sends messages through ``{base}/{version}/{phone_number_id}/messages``.
+    """Sends messages through ``{base}/{version}/{phone_number_id}/messages``, each with the
+    access token of its number.
 
     Owns no session: the caller passes one in and closes it. Every call is bounded by
     ``timeout`` seconds.
     """
 
-    def __init__(self, session: aiohttp.ClientSession, base_url: str, access_token: str, *,
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, *,
                  timeout: float, default_region: str | None = None) -> None:
         self._session = session
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {access_token}", "Content-Type": "application/json"}
         # The connect phase (pool wait, DNS, TCP, TLS) times out first, so a total timeout means the
         # request was on the wire: ambiguous, whereas a connect timeout is safely retryable.
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout / 2)
@@ -171,10 +185,12 @@ class GraphClient:
             payload["biz_opaque_callback_data"] = callback_data
         return payload
 
-    async def send(self, phone_number_id: str, payload: dict[str, Any]) -> Sent:
+    async def send(self, phone_number_id: str, payload: dict[str, Any], token: str) -> Sent:
+        """Send ``payload`` from the number, authorised by its access ``token``."""
         url = f"{self._base}/{phone_number_id}/messages"
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            async with self._session.post(url, data=orjson.dumps(payload), headers=self._headers,
+            async with self._session.post(url, data=orjson.dumps(payload), headers=headers,
                                           timeout=self._timeout) as resp:
                 raw = await resp.read()
                 status = resp.status

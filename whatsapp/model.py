@@ -147,6 +147,22 @@ class Unsupported:
 
 
 @dataclass(frozen=True, slots=True)
+class Edit:
+    """The sender edited an earlier message (``original_message_id``): ``message`` is its new content
+    (a text, or a media item with its new caption)."""
+
+    original_message_id: str | None
+    message: Content
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    """The sender deleted an earlier message (``original_message_id``) for everyone."""
+
+    original_message_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A type this code does not know yet: kept raw, never dropped."""
 
@@ -154,7 +170,7 @@ class Unknown:
 
 
 Content = Text | Media | Location | Contacts | InteractiveReply | Button | Reaction | Order | System | Unsupported \
-    | Unknown
+    | Edit | Revoke | Unknown
 
 MEDIA_TYPES = frozenset({"image", "audio", "video", "document", "sticker"})
 KNOWN_TYPES = MEDIA_TYPES | {"text", "location", "contacts", "interactive", "button", "reaction", "order", "system",
@@ -194,6 +210,11 @@ def content_of(msg: dict[str, Any]) -> Content:
                       _s(part, "identity"))
     if kind in ("unsupported", "unknown"):
         return Unsupported(_s(part, "type"))
+    if kind == "edit":
+        inner = _d(part, "message")
+        return Edit(_s(part, "original_message_id"), content_of(inner) if inner else Unknown({}))
+    if kind == "revoke":
+        return Revoke(_s(part, "original_message_id"))
     return Unknown(msg)
 
 
@@ -223,10 +244,15 @@ def render(content: Content) -> str | None:
             return body
         case Unsupported(unsupported_type=t):
             return f"[unsupported: {t}]" if t else "[unsupported]"
+        case Edit(message=message):
+            return render(message)
     return None
 
 
 def as_dict(content: Content) -> dict[str, Any]:
+    if isinstance(content, Edit):  # the new content typed like any message's
+        return {"kind": "edit", "original_message_id": content.original_message_id,
+                "message": as_dict(content.message)}
     data = dataclasses.asdict(content)
     data.pop("raw", None)  # the raw message is stored beside it
     data["kind"] = type(content).__name__.lower()

@@ -3,11 +3,13 @@
 Pure functions, no I/O. :func:`parse` iterates every ``entry`` × ``change`` × item
 (Meta batches up to 1000 updates in a body); a broken item becomes a :class:`Problem`
 while the other items of the body are still returned. Only a body that is not a JSON
-object at all raises :class:`BodyError`.
+object at all raises :class:`BodyError`. What the business sends from the WhatsApp Business app
+(field ``smb_message_echoes``) comes out as messages too, marked ``echo``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +17,9 @@ from typing import Any
 import orjson
 
 from wacrm.whatsapp import model
+
+#: The change field of what the business sends from the WhatsApp Business app on a coexistence number.
+ECHOES_FIELD = "smb_message_echoes"
 
 
 class BodyError(ValueError):
@@ -44,6 +49,7 @@ class Message:
     referral: model.Referral | None
     errors: list[dict[str, Any]]
     payload: dict[str, Any]  # the message object exactly as Meta sent it
+    echo: bool = False  # sent by the business from the WhatsApp Business app (smb_message_echoes); sender = customer
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +156,18 @@ def _message(meta: tuple[str, str | None], msg: Any, contacts: list[Sender]) -> 
     )
 
 
+def _echo(meta: tuple[str, str | None], msg: Any, contacts: list[Sender]) -> Message:
+    """A ``message_echoes`` item: what the business sent from the WhatsApp Business app, to ``to``
+    (``to_user_id``). Its ``sender`` is that customer, as for their own messages."""
+    if not isinstance(msg, dict):
+        raise ValueError("message echo is not an object")
+    to, frm = _opt_str(msg, "to"), _opt_str(msg, "from")
+    if to is not None and frm is not None and meta[1] is not None and to == meta[1]:
+        to = frm  # written the other way round (the customer in "from"): the customer is the one who is not us
+    customer = {"from": to, "from_user_id": _opt_str(msg, "to_user_id")}
+    return dataclasses.replace(_message(meta, {**msg, **customer}, contacts), payload=msg, echo=True)
+
+
 def _status(meta: tuple[str, str | None], st: Any, contacts: list[Sender]) -> Status:
     if not isinstance(st, dict):
         raise ValueError("status is not an object")
@@ -202,7 +220,7 @@ def parse(data: dict[str, Any]) -> Parsed:
             if not isinstance(change, dict):
                 out.problems.append(Problem("change is not an object", where, change))
                 continue
-            if change.get("field") != "messages":
+            if change.get("field") not in ("messages", ECHOES_FIELD):
                 out.ignored_fields.append(f"field:{change.get('field')!s:.40}")
                 continue
             _parse_value(change.get("value"), where, out)
@@ -225,7 +243,8 @@ def _parse_value(value: Any, where: str, out: Parsed) -> None:
     meta = (str(pnid), display if isinstance(display, str) else None)
     contacts = _senders(value)
     sinks: tuple[tuple[str, Callable[..., Any], list[Any]], ...] = (
-        ("messages", _message, out.messages), ("statuses", _status, out.statuses))
+        ("messages", _message, out.messages), ("statuses", _status, out.statuses),
+        ("message_echoes", _echo, out.messages))
     for key, build, sink in sinks:
         items = value.get(key)
         if items is None:
@@ -253,6 +272,8 @@ def routing_key(data: dict[str, Any]) -> str | None:
         value = data["entry"][0]["changes"][0]["value"]
         pnid = value["metadata"]["phone_number_id"]
         items = value.get("messages") or value.get("statuses")
+        if not items and value.get("message_echoes"):
+            return _echo_key(str(pnid), value["message_echoes"][0], value.get("metadata", {}))
         first = items[0]
         customer = (first.get("from") or first.get("from_user_id") or first.get("recipient_id")
                     or first.get("recipient_user_id"))
@@ -261,3 +282,13 @@ def routing_key(data: dict[str, Any]) -> str | None:
     if not isinstance(customer, str) or not isinstance(pnid, (str, int)):
         return None
     return f"{pnid}:{customer}"
+
+
+def _echo_key(pnid: str, first: dict[str, Any], metadata: dict[str, Any]) -> str | None:
+    """:func:`routing_key` of an echo body: the customer it went to, as :func:`_echo` reads it."""
+    try:
+        echo = _echo((pnid, metadata.get("display_phone_number")), first, [])
+    except (ValueError, AttributeError, TypeError):
+        return None
+    customer = echo.sender.wa_id or echo.sender.user_id
+    return f"{pnid}:{customer}" if customer else None

@@ -9,7 +9,7 @@
   const ADMIN = document.body.dataset.role === "admin";
   const TICKS = {sent: "✓", delivered: "✓✓", read: "✓✓", played: "✓✓", failed: "✗"};
 
-  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null, waiting: false};
+  const state = {status: "open", assignee: "all", q: "", page: 1, open: null, detail: null, waiting: false, number: ""};
 
   function el(tag, attrs = {}, ...children) {
     const node = document.createElement(tag);
@@ -105,6 +105,7 @@
   async function loadList() {
     const params = new URLSearchParams({status: state.status, assignee: state.assignee, page: state.page});
     if (state.q) params.set("q", state.q);
+    if (state.number) params.set("number", state.number);
     if (state.waiting) { params.set("waiting", "true"); params.set("status", "all"); }
     let data;
     try { data = await latest("list", "conversations?" + params); } catch (e) { return; }
@@ -133,7 +134,10 @@
     const owner = c.assignee_id === null ? "unassigned" : (c.assignee_id === ME ? "mine" : `user ${c.assignee_id}`);
     const unread = c.unread_count > 0;
     const wait = c.waiting ? waitWords(c.waiting) : null;
+    // several numbers (the page offers a number filter): each conversation says which one it is with
+    const number = c.number && $("#filters").number ? (c.number.label || c.number.display_phone_number || c.number.phone_number_id) : "";
     return el("li", {"data-conversation-id": c.id, "data-waiting": c.waiting ? "true" : null,
+                     "data-number": c.number ? c.number.phone_number_id : null,
                      class: "conv" + (c.id === state.open ? " current" : "") + (unread ? " unread" : "") + (c.waiting ? " waiting" : "")},
       el("button", {type: "button", "aria-current": c.id === state.open ? "true" : null,
                     "aria-label": `${name}, ${wait || c.status + ", " + owner}` + (unread ? `, ${c.unread_count} unread` : ""),
@@ -142,7 +146,8 @@
         unread ? el("span", {class: "unread-mark", "aria-hidden": "true", text: String(c.unread_count)}) : null,
         el("span", {class: "preview", text: c.last_message_preview || ""}),
         wait ? el("span", {class: "wait", text: wait}) : null,
-        el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`})));
+        el("span", {class: "meta", text: `${c.status} · ${owner}` + (c.lead ? ` · ${c.lead.stage}` : "") + ` · ${when(c.last_message_at)}`}),
+        number ? el("span", {class: "number", text: `to ${number}`}) : null));
   }
 
   $("#filters").addEventListener("submit", (ev) => ev.preventDefault());
@@ -154,6 +159,7 @@
     });
   }
   $("#filters").assignee.addEventListener("change", (ev) => { state.assignee = ev.target.value; state.page = 1; loadList(); });
+  if ($("#filters").number) $("#filters").number.addEventListener("change", (ev) => { state.number = ev.target.value; state.page = 1; loadList(); });
   let searchTimer;
   $("#filters").q.addEventListener("input", (ev) => {
     clearTimeout(searchTimer);
@@ -228,18 +234,28 @@
     const failed = mine && m.status === "failed";
     return el("li", {"data-message-id": m.id === null ? null : m.id, "data-outbound-id": m.outbound_id,
                      "data-status": m.status || null, "data-at": m.created_at,
-                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")},
-      el("div", {class: "body", text: m.body || `[${m.type}]`}),
+                     class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")
+                       + (m.source === "business_app" ? " business-app" : "") + (m.deleted_at ? " deleted" : "")},
+      el(m.deleted_at ? "del" : "div", {class: "body", text: m.body || `[${m.type}]`}),
       el("div", {class: "meta"},
         el("time", {dateTime: at, title: m.sent_at ? "sent" : "written (never sent)", text: when(at)}),
         mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
-        mine && !m.author ? el("span", {text: " · bot"}) : null,
+        m.source === "business_app" ? el("span", {class: "source", text: " · WhatsApp Business app"})
+          : mine && !m.author ? el("span", {text: " · bot"}) : null,
+        m.edited_at ? el("span", {class: "edited", title: editsWords(m), text: " · edited"}) : null,
+        m.deleted_at ? el("span", {class: "deleted",
+          text: m.deleted_by_customer ? " · deleted by the customer" : " · deleted in the WhatsApp Business app"}) : null,
         mine && m.status ? tick(m.status, m.error) : null),
       failed ? el("div", {class: "error failure"},
         el("span", {class: "reason", text: `Not delivered${m.error ? ": " + errorWords(m) : ""}`}),
         m.retryable && m.outbound_id ? el("button", {type: "button", class: "retry", text: "Retry",
           "aria-label": "Retry sending this reply", onclick: (ev) => retry(m.outbound_id, ev.target)}) : null)
         : null);
+  }
+
+  // The earlier texts of an edited message, for its "edited" mark's tooltip.
+  function editsWords(m) {
+    return (m.edits || []).map((e) => `${when(e.at)}: ${e.body || ""}`).join("\n") || "edited";
   }
 
   async function retry(outboundId, button) {
@@ -270,7 +286,7 @@
       (c.snoozed_until ? ` until ${when(c.snoozed_until)}` : "") + ` · owner: ${owner}`;
     renderWaiting(c);
     $("#take-over").hidden = c.assignee_id === ME;
-    $("#hand-back").hidden = c.assignee_id === null;
+    $("#hand-back").hidden = c.assignee_id === null && !c.business_app_since;
     $("#resolve").hidden = c.status === "resolved";
     $("#reopen").hidden = c.status === "open";
     const bot = $("#bot-toggle");
@@ -576,6 +592,7 @@
     if (c.assignee_id === ME) return "you";
     if (c.assignee_id !== null) return `user ${c.assignee_id}`;
     if (c.waiting || c.needs_human) return "nobody yet (the bot is quiet: a person answers)";
+    if (c.business_app_since) return "a person in the WhatsApp Business app (the bot is quiet until handed back or resolved)";
     return "unassigned (the bot answers)";
   }
 
