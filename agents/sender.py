@@ -219,13 +219,13 @@ class Sender:
             error = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
             if getattr(exc, "invalid_recipient", False):
                 error["code"] = "INVALID_RECIPIENT"
-            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
-                        extra={"request_id": intent.request_id})
             if code == MARKETING_STOPPED:  # the customer stopped marketing: remembered, never retried
                 async with self._res.pool.acquire() as conn:
                     await tstore.marketing_stopped(conn, intent.conversation_id)
                 r = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
                                  "the template was not delivered", dead_letter=False)
+            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
+                        extra={"request_id": intent.request_id})
             return await self._carry_out(r, job, intent, error, claimed=attempts, token_version=version)
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)

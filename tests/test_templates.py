@@ -428,12 +428,13 @@ async def test_every_pywa_fixture_is_applied(stack: Stack, db: asyncpg.Connectio
     assert posted > 15
     accounts = len(orjson.loads((FIXTURES / "pywa" / "account_update.json").read_bytes()))
 
-    async def stored() -> bool:
-        return await db.fetchval("SELECT count(*) FROM account_events") - before >= accounts
-
-    await eventually(stored, 60, "every account event stored")
-    rejected = await db.fetchrow("SELECT status, category, reason FROM templates WHERE waba_id = '102290129340398' "
+    async def stored() -> asyncpg.Record | None:
+        if await db.fetchval("SELECT count(*) FROM account_events") - before < accounts:
+            return None
+        return await db.fetchrow("SELECT status, category, reason FROM templates WHERE waba_id = '102290129340398' "
                                  "AND name = 'abandoned_cart'")
+
+    rejected = await eventually(stored, 60, "every account event and template update stored")
     assert rejected["status"] == "REJECTED" and rejected["reason"].startswith("Your template has parameters")
 
 
