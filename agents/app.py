@@ -46,6 +46,8 @@ from wacrm.agents.dlqlimit import DlqLimitConfig
 from wacrm.agents.errors import Next, classify
 from wacrm.agents.inbound import Inbound
 from wacrm.agents.ingest import Ingest
+from wacrm.agents.media import LEASE_S as MEDIA_LEASE_S
+from wacrm.agents.media import MediaAgent
 from wacrm.agents.sender import Sender
 from wacrm.agents.sending import WINDOW
 from wacrm.agents.status import Status
@@ -53,9 +55,11 @@ from wacrm.core import metrics
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import load_rules
 from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import media as media_ledger
 from wacrm.storage import replies, repo
-from wacrm.topics import DLQ, INBOUND, OUTBOUND, RAW, STATUS, retry_topic
+from wacrm.topics import DLQ, INBOUND, MEDIA, OUTBOUND, RAW, STATUS, retry_topic
 from wacrm.topics.lag import LagProbe
+from wacrm.topics.records import encode
 
 log = logging.getLogger("wacrm.worker")
 # A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.
@@ -131,17 +135,18 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
     def topic(name: str) -> faust.TopicT:
         return app.topic(name, value_type=bytes, key_type=bytes, internal=False)
 
-    raw, inbound, status, outbound, dlq = (topic(n) for n in (RAW, INBOUND, STATUS, OUTBOUND, DLQ))
+    raw, inbound, status, outbound, dlq, media = (topic(n) for n in (RAW, INBOUND, STATUS, OUTBOUND, DLQ, MEDIA))
     retries = {retry_topic(n): topic(retry_topic(n)) for n in range(1, len(settings.retry_delays()) + 1)}
 
     messages = Inbound(settings, resources, orchestrator, outbound)
-    ingest = Ingest(messages, status, outbound, dlq, resources)
+    ingest = Ingest(messages, status, outbound, dlq, resources, media)
     sender = Sender(settings, resources, rules, {"outbound": outbound, **retries}, dlq)
     stages: list[tuple[str, faust.TopicT, runner.Handler]] = [
         ("ingest", raw, ingest.handle),
         ("inbound", inbound, messages.handle),  # drains what an older worker put there, and redrives
         ("sender", outbound, sender.handle),
         ("status", status, Status(resources, rules, outbound).handle),
+        ("media", media, MediaAgent(settings, resources).handle),
     ]
     config = runner_config(settings)
 
@@ -197,6 +202,19 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         except Exception as exc:
             _timer_failed("the outbox sweep", exc)
 
+    @app.timer(interval=1.0)
+    async def publish_due_media() -> None:
+        """Media downloads due again (a retry's time came, a record was lost, a worker died mid-download)."""
+        if not resources.ready.is_set():
+            return
+        try:
+            async with resources.pool.acquire() as conn, conn.transaction():
+                jobs = await media_ledger.due_for_publishing(conn, MEDIA_LEASE_S, 200)
+            futures = [await runner.produce(media, j.conversation_key.encode(), encode(j)) for j in jobs]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            _timer_failed("the media sweep", exc)
+
     in_flight_after_s = settings.graph_timeout_s + IN_FLIGHT_MARGIN_S
 
     @app.timer(interval=1.0)
@@ -222,7 +240,8 @@ def build(settings: Settings) -> tuple[faust.App, Resources]:
         except Exception as exc:
             _timer_failed("the ambiguous-send timer", exc)
 
-    lag_probe = resources.lag_probe = LagProbe(settings.kafka_group_id, [RAW, INBOUND, STATUS, OUTBOUND, *retries],
+    lag_probe = resources.lag_probe = LagProbe(settings.kafka_group_id,
+                                               [RAW, INBOUND, STATUS, OUTBOUND, MEDIA, *retries],
                                                **settings.kafka_client_kwargs())
     lag_started = False
 

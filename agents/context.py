@@ -1,9 +1,9 @@
 """Resources the agents share, owned by one service with a managed lifetime.
 
 :class:`Resources` opens the database pool, the HTTP session, the Graph API client and the
-business numbers' lookup (:class:`storage.numbers.Numbers`: each Graph call's token) when the
-worker starts (the environment's number made a row first) and closes them, with the lag probe,
-when it stops. Agents wait on
+business numbers' lookup (:class:`storage.numbers.Numbers`: each Graph call's token; the
+environment's number made a row first) and the media store (with the media endpoint's client)
+when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
 ``ready`` before their first event. While it runs, its timer beats the worker's
 :class:`~wacrm.core.liveness.Heartbeat` on the event loop (``/livez``).
 """
@@ -11,6 +11,7 @@ when it stops. Agents wait on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -21,12 +22,14 @@ from mode import Service
 
 from wacrm.core.liveness import BEAT_EVERY_S, Heartbeat
 from wacrm.core.settings import Settings
+from wacrm.media import MediaStore, open_store
 from wacrm.orchestrator.llm import LlmClient
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import numbers as business_numbers
 from wacrm.storage.db import create_pool
 from wacrm.topics.lag import LagProbe
 from wacrm.whatsapp.graph import GraphClient
+from wacrm.whatsapp.media import MediaClient
 
 log = logging.getLogger("wacrm.worker")
 
@@ -46,6 +49,9 @@ class Resources(Service):
         self.topics: dict[str, faust.TopicT] = {}
         self.lag_probe: LagProbe | None = None  # the health timer's, started on its first sample
         self.heartbeat = Heartbeat()
+        self._media = contextlib.AsyncExitStack()
+        self._media_store: MediaStore | None = None
+        self._media_client: MediaClient | None = None
 
     async def on_start(self) -> None:
         s = self.settings
@@ -62,6 +68,8 @@ class Resources(Service):
         self._numbers = business_numbers.Numbers(
             self._pool, business_numbers.TokenCipher(s.token_encryption_key),
             (s.whatsapp_phone_number_id, s.whatsapp_access_token) if s.whatsapp_access_token else None)
+        self._media_store = await self._media.enter_async_context(open_store(s))
+        self._media_client = MediaClient(self._session, s.graph_messages_url_base, timeout=s.graph_timeout_s)
         if s.llm_api_base_url:
             llm = self.orchestrator.rules.llm
             self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, s.llm_api_key,
@@ -78,6 +86,7 @@ class Resources(Service):
         self.ready.clear()
         if self.lag_probe is not None:
             await self.lag_probe.stop()
+        await self._media.aclose()
         if self._session is not None:
             await self._session.close()
         if self._pool is not None:
@@ -98,3 +107,14 @@ class Resources(Service):
         """The business numbers: ``await numbers.token_for(phone_number_id)`` for every Graph API call."""
         assert self._numbers is not None, "Resources not started"
         return self._numbers
+
+
+    @property
+    def media_store(self) -> MediaStore:
+        assert self._media_store is not None, "Resources not started"
+        return self._media_store
+
+    @property
+    def media_client(self) -> MediaClient:
+        assert self._media_client is not None, "Resources not started"
+        return self._media_client

@@ -4,8 +4,10 @@ Input: raw webhook bodies as Meta signed them, keyed by the conversation of the 
 item, so one partition sees a conversation's bodies in order. The batch's messages (in
 timestamp order within a body) are stored and answered right here (:meth:`agents.inbound.Inbound.store`):
 no hop through ``wa.inbound``; so are the echoes of what the business sent from the WhatsApp
-Business app, in their customer's conversation. Statuses go to ``wa.status`` keyed by conversation. Each message
-and status keeps a reference to its raw body (topic, partition, offset) and the raw record's
+Business app, in their customer's conversation. Statuses go to ``wa.status`` keyed by conversation,
+and each media message's download to ``wa.media`` (:mod:`agents.media`): its caption is answered
+without waiting for it. Each message and status keeps a reference to its raw body (topic, partition,
+offset) and the raw record's
 request id. Commit: after the batch's messages are stored and its statuses, replies and dead
 letters are acknowledged by the broker. Idempotency: a replayed body is deduplicated by the
 message's provider id (its queued reply published again) and by the status agent.
@@ -45,6 +47,7 @@ from wacrm.topics.records import (
     DEAD_LETTER_PREVIEW_CHARS,
     Customer,
     InboundMessage,
+    MediaJob,
     RawRef,
     RecordError,
     StatusUpdate,
@@ -192,12 +195,13 @@ class UnknownNumbers:
 
 class Ingest:
     def __init__(self, inbound: Inbound, status: faust.TopicT, outbound: faust.TopicT, dlq: faust.TopicT,
-                 resources: Resources) -> None:
+                 resources: Resources, media: faust.TopicT) -> None:
         self._inbound = inbound
         self._status = status
         self._outbound = outbound
         self._dlq = dlq
         self._res = resources
+        self._media = media
         self._unknown = UnknownNumbers()
 
     async def _skip_unknown(self, items: list[Item], splits: list[Split | Poison]) -> None:
@@ -243,6 +247,8 @@ class Ingest:
                     await apply_business_updates(conn, found, request_id)
         futures = [await produce(self._outbound, i.conversation_key.encode(), encode(i), i.request_id)
                    for i in intents]
+        futures += [await produce(self._media, m.conversation_key.encode(), encode(job), r)
+                    for m, r in messages if (job := media_job(m, r)) is not None]
         outcomes: list[Outcome] = []
         for item, sp in zip(items, splits, strict=True):
             if isinstance(sp, Poison):
@@ -264,6 +270,13 @@ class Ingest:
             outcomes.append("processed" if stored else ("ignored" if not parsed.problems else "dead_lettered"))
         await asyncio.gather(*futures)
         return outcomes
+
+
+def media_job(m: InboundMessage, request_id: str | None) -> MediaJob | None:
+    """The download a stored message asks for (its ``media`` row was made with it), or None: not media.
+    Redeliveries ask again: the media agent's claim makes a second copy do nothing."""
+    media_id = m.content.get("media_id") if m.type in model.MEDIA_TYPES else None
+    return MediaJob(media_id, m.conversation_key, request_id) if isinstance(media_id, str) else None
 
 
 def _jsonable(item: Any) -> Any:

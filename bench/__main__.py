@@ -16,11 +16,12 @@ def main(argv: list[str] | None = None) -> int:
         "Loopback only; bounded in time; stops everything it started.")
     p.add_argument("--quick", action="store_true", help="about two minutes instead of about fifteen")
     p.add_argument("--out", default="BENCHMARKS.md", help="where to write the report (default BENCHMARKS.md)")
-    p.add_argument("--only", choices=("inbox", "pipeline", "budget", "webhook"), default=None,
+    p.add_argument("--only", choices=("inbox", "pipeline", "budget", "webhook", "media"), default=None,
                    help="run one part: 'inbox' (a seeded database and 50 people working the inbox API), "
                         "'pipeline' (the ceilings, the webhook and the pipeline end to end, without the inbox), "
                         "'budget' (the CPU and SQL statements each message costs, at a fixed rate: a minute) or "
-                        "'webhook' (the webhook alone, open loop and under wrk)")
+                        "'webhook' (the webhook alone, open loop and under wrk) or 'media' (media downloads/s "
+                        "and the worker's peak RSS while a 100 MB document downloads)")
     p.add_argument("--serve-processes", metavar="N", type=int, default=None,
                    help="the pipeline's `wacrm serve --processes N` (default: what `wacrm dev` would use here)")
     p.add_argument("--workers", metavar="M", type=int, default=None,

@@ -113,6 +113,16 @@ AMBIGUOUS_OPEN = Gauge(
     "wacrm_ambiguous_unsettled", "Sends Meta may or may not have taken that no status has settled yet, and their "
     "oldest age in seconds", ["measure"])
 
+# media (agents.media)
+MEDIA_DOWNLOADS = Counter(
+    "wacrm_media_downloads_total", "Media download attempts by outcome (stored, deduplicated: the same file was "
+    "kept already; failed, too_large, retry_scheduled, duplicate: done or in hand elsewhere)", ["outcome"])
+MEDIA_BYTES = Counter("wacrm_media_bytes_total", "Bytes of media downloaded and kept")
+MEDIA_DOWNLOAD_DURATION = Histogram("wacrm_media_download_seconds", "From claim to outcome of one media download",
+                                    buckets=_SLOW)
+MEDIA_STORE_FAILURES = Counter("wacrm_media_store_failures_total", "Media store operations that failed (the "
+                               "download waits and is retried)", ["store"])
+
 # database
 DB_POOL_WAIT = Histogram("wacrm_db_pool_wait_seconds", "Time waiting for a pooled database connection",
                          buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

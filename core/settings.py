@@ -129,6 +129,12 @@ class Settings:
     intelligence_every: int
     intelligence_timeout_s: float
     template_sync_s: float  # the template catalogue is synced with Meta this often (inbox/catalogue.py)
+    # media (MEDIA_S3_BUCKET set: the bucket; else the directory)
+    media_dir: str
+    media_s3_bucket: str | None
+    media_s3_endpoint_url: str | None
+    media_s3_region: str | None
+    media_retention_days: int | None  # None: kept forever
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -459,6 +465,11 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
         intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
         template_sync_s=get("TEMPLATE_SYNC_SECONDS", _float(10, 7 * 86400), 3600.0),
+        media_dir=get("MEDIA_DIR", str, "media"),
+        media_s3_bucket=get("MEDIA_S3_BUCKET", str, None),
+        media_s3_endpoint_url=get("MEDIA_S3_ENDPOINT_URL", _url, None),
+        media_s3_region=get("AWS_REGION", str, None) or get("AWS_DEFAULT_REGION", str, None),
+        media_retention_days=get("MEDIA_RETENTION_DAYS", _int(1, 36500), None),
     )
     problems += _kafka_security_problems(settings)
     problems += _pooler_problems(settings, direct_url is not None, needs)

@@ -127,6 +127,10 @@ class System:
     def fake_meta(self) -> str:
         return f"http://127.0.0.1:{self.fake_port}"
 
+    @property
+    def media_dir(self) -> Path:
+        return self.work / "media"
+
     def env(self, **more: str) -> dict[str, str]:
         """A process's environment: the system's wiring, :data:`BASE_ENV`, the scenario's, ``more``."""
         wiring = dict(
@@ -134,7 +138,7 @@ class System:
             WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="faults-verify",
             WHATSAPP_ACCESS_TOKEN=HOME_TOKEN, WHATSAPP_API_BASE_URL=self.fake_meta, TOKEN_ENCRYPTION_KEY=self.token_key,
             PORT=str(self.port), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.metrics_port),
-            KAFKA_GROUP_ID=self.group)
+            KAFKA_GROUP_ID=self.group, MEDIA_DIR=str(self.media_dir))
         return procs.env_with(**{**wiring, **BASE_ENV, **self.extra_env, **more})
 
     async def start(self, *, workers: int = 1, llm_delay_s: float | None = None,
@@ -283,6 +287,16 @@ class System:
 
     async def postgres_start(self) -> None:
         await asyncio.to_thread(self.harness.pg.start, 120)
+
+    def media_store_away(self) -> None:
+        """The media directory cannot be written: a file where it was (root ignores permissions)."""
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+        self.media_dir.rename(self.media_dir.with_name("media.away"))
+        self.media_dir.write_text("the media store is away")
+
+    def media_store_back(self) -> None:
+        self.media_dir.unlink()
+        self.media_dir.with_name("media.away").rename(self.media_dir)
 
     def broker_pause(self) -> None:
         assert self.broker.proc is not None

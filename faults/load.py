@@ -59,9 +59,14 @@ class Load:
 
     def __init__(self, url: str, secret: str, rate: float, *, tag: str, burst: int = 1, burst_gap_s: float = 0.3,
                  connections: int = 48, timeout_s: float = 15.0, seed: int = 1,
-                 numbers: Sequence[tuple[str, str]] = ()) -> None:
+                 numbers: Sequence[tuple[str, str]] = (), media_every: int = 0,
+                 fake_meta: str | None = None) -> None:
         self.url, self.secret, self.rate, self.tag = url, secret, rate, tag
         self.numbers = list(numbers)
+        # every media_every-th customer sends an image with the text as its caption, its file registered
+        # with fake-meta first (as Meta has the file before the webhook names it)
+        self.media_every, self.fake_meta = media_every, fake_meta
+        self.media_ids: list[str] = []
         self.burst, self.burst_gap_s = burst, burst_gap_s
         self.timeout_s = timeout_s
         self.result = LoadResult()
@@ -127,15 +132,31 @@ class Load:
                 await asyncio.sleep(self.burst_gap_s)
             mid = f"wamid.FAULTS_{self.tag}_{n:07d}_{k}"
             number, display = self.numbers[n % len(self.numbers)] if self.numbers else HOME
-            body = simulate.dumps(simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id, name=f"Customer {n}",
-                                                     message_id=mid, phone_number_id=number,
-                                                     display_phone_number=display))
+            built = simulate.text_body(text=self._rng.choice(TEXTS), wa_id=wa_id, name=f"Customer {n}",
+                                       message_id=mid, phone_number_id=number, display_phone_number=display)
+            if self.media_every and n % self.media_every == 0:
+                await self._as_image(built, f"9{self.tag_number()}{n:07d}{k}")
+            body = simulate.dumps(built)
             if await self._post_until_acked(body):
                 acked.append(mid)
             else:
                 self.result.gave_up += 1
         if acked:
             self.result.units.append(tuple(acked))
+
+    async def _as_image(self, body: dict[str, Any], media_id: str) -> None:
+        """Make the body's text message an image captioned with the text, its file registered with fake-meta."""
+        assert self._session is not None and self.fake_meta is not None
+        data = b"\xff\xd8\xff\xe0" + self._rng.randbytes(8_000) + b"\xff\xd9"
+        async with self._session.post(f"{self.fake_meta}/__media", data=data,
+                                      params={"id": media_id, "mime_type": "image/jpeg"}) as r:
+            r.raise_for_status()
+            file = await r.json()
+        message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+        caption = message.pop("text")["body"]
+        message.update(type="image", image={"id": media_id, "mime_type": "image/jpeg", "sha256": file["sha256_b64"],
+                                            "caption": caption})
+        self.media_ids.append(media_id)
 
     def tag_number(self) -> str:
         """Two digits from the tag: a run's phone numbers differ from another run's."""

@@ -16,6 +16,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+import aiohttp
+import asyncpg
+
 from faults import poison as poison_bodies
 from faults.count import Expect, Tally, Verdict, judge
 from faults.harness import HOME_NUMBER, Harness, System, log
@@ -32,6 +35,7 @@ class Params:
     drain_s: float = 180.0  # the bound on waiting for quiet
     burst: int = 1  # messages per conversation
     llm_delay_s: float | None = None  # a fake LLM answering after this many seconds
+    media_every: int = 0  # every N-th customer sends an image with a caption (0: text only)
 
 
 @dataclass
@@ -264,6 +268,72 @@ async def _token_revoked(system: System, p: Params, tl: Timeline, out: Injected)
     out.after_drain = other_number
 
 
+async def _media_store_away(system: System, p: Params, tl: Timeline, out: Injected) -> None:
+    await tl.at(0.25)
+    system.media_store_away()
+    log(f"  media store: the directory cannot be written for {p.outage_s:.0f}s")
+    outage = time.time()
+    try:
+        await asyncio.sleep(p.outage_s)
+    finally:
+        system.media_store_back()
+    log("  media store: writable again")
+    out.faults.append(f"media directory not writable for {p.outage_s:.0f}s")
+
+    async def media_counted(system: System) -> None:
+        """Every image stored once, none lost or failed; captions answered while the store was away."""
+        conn = await asyncpg.connect(system.database_url)
+        try:
+            deadline = time.monotonic() + MEDIA_DRAIN_S  # the drain waits for replies; downloads may lag behind
+            while time.monotonic() < deadline:
+                if not await conn.fetchval("SELECT count(*) FROM media WHERE state IN ('pending', 'downloading')"):
+                    break
+                await asyncio.sleep(1)
+            images = await conn.fetchval("SELECT count(*) FROM messages WHERE direction = 'inbound' "
+                                         "AND type = 'image'")
+            states = dict(await conn.fetch("SELECT state, count(*) FROM media GROUP BY state"))
+            rows = await conn.fetchval("SELECT count(*) FROM media")
+            files = await conn.fetchval("SELECT count(DISTINCT sha256) FROM media WHERE state = 'stored'")
+            # a caption's reply: the ledger row answering the image message, sent (its outbound message)
+            delays = [r[0] for r in await conn.fetch(
+                """SELECT extract(epoch FROM r.created_at - m.created_at)::float8 FROM messages m
+                   JOIN outbound_log o ON o.intent ->> 'reply_to' = m.provider_message_id
+                   JOIN messages r ON r.outbound_log_id = o.id
+                   WHERE m.type = 'image' AND m.created_at BETWEEN to_timestamp($1) AND to_timestamp($2)
+                   ORDER BY 1""", outage, outage + p.outage_s)]
+        finally:
+            await conn.close()
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{system.fake_meta}/__media") as r:
+                fetched = await r.json()
+            async with s.get(f"http://127.0.0.1:{system.metrics_port}/metrics") as r:
+                failures = sum(float(line.split()[-1]) for line in (await r.text()).splitlines()
+                               if line.startswith("wacrm_media_store_failures_total{"))
+        out.notes.append(f"media store failures the worker met (each retried in place): {failures:.0f}")
+        if not failures:
+            out.problems.append("the worker never met the media store's outage: the scenario proved nothing")
+        downloads = sum(f["downloads"] for f in fetched)
+        out.notes.append(f"media: {images} image messages, {rows} media rows, states {dict(states)}, "
+                         f"{files} files kept, {downloads} downloads of {len(fetched)} files registered")
+        if delays:
+            out.notes.append(f"captions written while the store was away: {len(delays)}, answered in "
+                             f"{delays[len(delays) // 2]:.2f}s (median), {delays[-1]:.2f}s at most")
+        if rows != images or states.get("stored", 0) != images:
+            out.problems.append(f"{images} images but {states.get('stored', 0)} stored of {rows} media rows")
+        if files != states.get("stored", 0):
+            out.problems.append(f"{states.get('stored', 0)} stored media but {files} distinct files")
+        if downloads < files:
+            out.problems.append(f"{files} files kept from only {downloads} downloads")
+        if delays and delays[-1] > CAPTION_ON_TIME_S:
+            out.problems.append(f"a caption waited {delays[-1]:.1f}s for its reply while the store was away")
+
+    out.after_drain = media_counted
+
+
+CAPTION_ON_TIME_S = 10.0  # a caption's reply while the media store is away: as fast as a text's, within this
+MEDIA_DRAIN_S = 120.0  # the bound on waiting for downloads still pending once the messages are drained
+
+
 # --- the catalogue -------------------------------------------------------------------------
 
 # A restart takes the worker 10-15 s (stop, join, the broker's rebalance delay): ten of them need
@@ -312,6 +382,12 @@ SCENARIOS: tuple[Scenario, ...] = (
              "unsigned request is refused (401/403); other poison gets a 4xx, or is taken and then stored "
              "or dead-lettered; never a 500.",
              _poison, _PLAIN_FULL, _PLAIN_QUICK, expect=Expect(no_dead_letters=False)),
+    Scenario("media_store", "Every other customer sends an image with a caption; the media store (the "
+             "directory) cannot be written for 20 s mid-load. Captions are answered as texts are, the downloads "
+             "wait and retry: afterwards every image is stored once, none failed or lost.",
+             _media_store_away, Params(rate=100, seconds=75, outage_s=20, media_every=2, retry_for_s=120,
+                                       drain_s=300),
+             Params(rate=10, seconds=30, outage_s=20, media_every=2, drain_s=180)),
     Scenario("rebalance", "Two workers share the partitions; a third joins mid-load and leaves again "
              "(two rebalances): nothing lost or doubled.",
              _rebalance, _PLAIN_FULL, _PLAIN_QUICK, workers=2),
@@ -339,7 +415,8 @@ async def run_scenario(harness: Harness, scenario: Scenario, *, quick: bool) -> 
     injected = Injected()
     result: LoadResult | None = None
     numbers = (HOME_NUMBER, *scenario.numbers) if scenario.numbers else ()
-    load = Load(system.webhook, system.secret, p.rate, tag=scenario.name, burst=p.burst, numbers=numbers)
+    load = Load(system.webhook, system.secret, p.rate, tag=scenario.name, burst=p.burst, numbers=numbers,
+                media_every=p.media_every, fake_meta=system.fake_meta)
     try:
         await system.start(workers=scenario.workers, llm_delay_s=p.llm_delay_s, numbers=scenario.numbers)
         tl = Timeline(p.seconds)

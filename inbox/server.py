@@ -27,9 +27,10 @@ import aiohttp
 from aiohttp import web
 
 from wacrm.core.settings import Settings
-from wacrm.inbox import api, catalogue, events, intelligence, store
+from wacrm.inbox import api, catalogue, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
+from wacrm.media import open_store
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage import numbers
 from wacrm.storage.db import create_pool
@@ -136,6 +137,11 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         await app[api.HUB].close()
 
+    async def media_store(app: web.Application) -> AsyncIterator[None]:
+        async with open_store(settings) as opened:
+            app[media.STORE] = opened
+            yield
+
     async def graph(app: web.Application) -> AsyncIterator[None]:
         """The Graph API session of the template sync, and the sync loop that uses it."""
         app[api.GRAPH_SESSION] = session = aiohttp.ClientSession()
@@ -147,9 +153,11 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
         await session.close()
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(media_store)
     app.cleanup_ctx.append(graph)
     app.on_shutdown.append(end_streams)  # before the server waits for open requests
     api.add_routes(app)
+    app.router.add_get("/media/{id}", media.serve)  # inbox/media.py
     return app
 
 

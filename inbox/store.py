@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from wacrm.inbox import waiting
+from wacrm.inbox import media_json, waiting
 from wacrm.whatsapp import reasons
 
 PER_PAGE = 50
@@ -256,7 +256,7 @@ def _message_json(m: asyncpg.Record) -> dict[str, Any]:
             "edited_at": _iso(m["edited_at"]),
             "edits": [{"body": v.get("body"), "at": v.get("at")} for v in versions[:-1]],
             "deleted_by_customer": m["deleted_at"] is not None and m["direction"] == "inbound",
-            "deleted_at": _iso(m["deleted_at"])}
+            "deleted_at": _iso(m["deleted_at"]), "media": media_json.of(m)}
 
 
 def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
             "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
             "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
             "outbound_id": u["id"], "retryable": True, "source": "bot" if u["automatic"] else "person",
-            "edited_at": None, "edits": [], "deleted_by_customer": False, "deleted_at": None}
+            "edited_at": None, "edits": [], "deleted_by_customer": False, "deleted_at": None, "media": None}
 
 
 # The ledger rows that failed before Meta took them (no message names them): shown among the messages.
@@ -295,8 +295,10 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
     messages = await conn.fetch(
         f"""SELECT m.id, m.direction, m.type, m.body, m.status, m.created_at, m.provider_timestamp,
                    m.provider_message_id, m.error, o.author_user_id, o.id outbound_id, o.state ledger_state,
-                   o.error ledger_error, {_SOURCE} source, m.edited_at, m.versions, m.deleted_at
+                   o.error ledger_error, {_SOURCE} source, m.edited_at, m.versions, m.deleted_at,
+                   {media_json.COLUMNS}
             FROM messages m LEFT JOIN outbound_log o ON o.id = m.outbound_log_id
+                 LEFT JOIN media md ON md.message_id = m.id
             WHERE m.conversation_id = $1 AND ($2::bigint IS NULL OR m.id < $2) AND NOT {_APPLIED_CHANGE}
             ORDER BY m.id DESC LIMIT $3""",
         cid, before, MESSAGES_PER_PAGE + 1)

@@ -175,6 +175,10 @@ class Stack:
         return f"http://127.0.0.1:{self.fake_port}"
 
     @property
+    def media_dir(self) -> Path:
+        return self.logs / "media"
+
+    @property
     def worker_metrics(self) -> str:
         return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
 
@@ -186,7 +190,8 @@ class Stack:
             WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
             WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
             LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", BURST_WINDOW_SECONDS="1", RETRY_BASE_SECONDS="0.4",
-            RETRY_MULTIPLIER="2", WHATSAPP_BUSINESS_ACCOUNT_ID=WABA_ID), **self.extra_env})  # a test's own settings win
+            RETRY_MULTIPLIER="2", WHATSAPP_BUSINESS_ACCOUNT_ID=WABA_ID, MEDIA_DIR=str(self.media_dir)),
+            **self.extra_env})  # a test's own settings win
 
     def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:

@@ -96,7 +96,9 @@ def test_the_verdict_names_every_failure() -> None:
 
 def test_the_catalogue_has_every_scenario_of_the_issue() -> None:
     assert {"sigterm", "kill9", "postgres_stop", "postgres_crash", "broker_pause", "graph_timeout",
-            "graph_storm", "slow_llm", "replay", "poison", "rebalance"} <= set(BY_NAME)
+            "graph_storm", "slow_llm", "replay", "poison", "rebalance", "media_store"} <= set(BY_NAME)
+    assert BY_NAME["media_store"].quick.outage_s == BY_NAME["media_store"].full.outage_s == 20
+    assert BY_NAME["media_store"].quick.media_every > 0
     assert BY_NAME["sigterm"].full.rate >= 300 and BY_NAME["sigterm"].full.faults == 10
     assert BY_NAME["kill9"].full.faults == 10 and BY_NAME["kill9"].env["RATE_LIMIT_PER_SECOND"] == "80"
     assert BY_NAME["postgres_stop"].full.outage_s == 30 and BY_NAME["broker_pause"].full.outage_s == 30

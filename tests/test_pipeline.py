@@ -24,7 +24,7 @@ async def _rows(db: asyncpg.Connection, message_id: str) -> dict:
 
 
 async def test_text_message_is_stored_and_answered_once(stack: Stack, db: asyncpg.Connection) -> None:
-    body = simulate.dumps(simulate.text_body(text="Olá, ¿tienen envío? 🚚", wa_id="15550004444", name="Zoë"))
+    body = simulate.dumps(simulate.text_body(text="Olá, ¿tienen envío? 🚚", wa_id="15550004451", name="Zoë"))
     message_id = simulate_id(body)
     assert (await stack.post(body))[0] == 200
 
@@ -33,7 +33,7 @@ async def test_text_message_is_stored_and_answered_once(stack: Stack, db: asyncp
     req = replies[0]
     assert req["authorization"] == f"Bearer {ACCESS_TOKEN}"
     assert req["phone_number_id"] == "200000000000001" and req["version"] == "v25.0"
-    assert req["body"]["to"] == "+15550004444" and req["body"]["type"] == "text"
+    assert req["body"]["to"] == "+15550004451" and req["body"]["type"] == "text"
 
     async def stored() -> dict:
         rows = await _rows(db, message_id)
@@ -47,7 +47,7 @@ async def test_text_message_is_stored_and_answered_once(stack: Stack, db: asyncp
     conv = rows["conversation"]
     assert conv["last_inbound_at"] and conv["last_outbound_at"] and conv["last_message_at"] >= conv["last_inbound_at"]
     contact = await db.fetchrow("SELECT * FROM contacts WHERE id = $1", conv["contact_id"])
-    assert (contact["wa_id"], contact["profile_name"]) == ("15550004444", "Zoë")
+    assert (contact["wa_id"], contact["profile_name"]) == ("15550004451", "Zoë")
     assert await db.fetchval("SELECT source FROM leads WHERE contact_id = $1", contact["id"]) == "organic"
     ledger = await db.fetchrow("SELECT * FROM outbound_log WHERE dedupe_key = $1", f"auto:{message_id}")
     assert ledger["state"] == "sent" and ledger["attempts"] == 1

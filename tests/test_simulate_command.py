@@ -98,12 +98,15 @@ async def test_simulate_sends_an_image_and_a_document_with_their_caption(stack: 
     assert image["type"] == "image" and image["body"] == "[image] is this in stock?"
     digest = base64.b64encode(hashlib.sha256(photo.read_bytes()).digest()).decode()
     assert "image/png" in image["content"] and digest in image["content"]
+    # fake-meta was given the file: the worker downloaded and kept it
+    assert f"stored, {len(photo.read_bytes()):,} bytes, served at /api/v1/media/" in done.stdout, done.stdout
 
     done = await run(stack, "15550066005", "my invoice", tmp_path, "--document", str(invoice))
     assert done.returncode == 0, done.stdout + done.stderr
     document = await stored(stack, done.stdout)
     assert document["type"] == "document" and document["body"] == "[document] my invoice"
     assert "invoice-7.pdf" in document["content"] and "application/pdf" in document["content"]
+    assert f"stored, {len(invoice.read_bytes()):,} bytes" in done.stdout, done.stdout
 
     refused = await run(stack, "15550066005", "x", tmp_path, "--image", str(invoice))
     assert refused.returncode == 2 and "not a JPEG or PNG" in refused.stderr and "Traceback" not in refused.stderr

@@ -17,6 +17,7 @@ INBOUND = "wa.inbound"
 STATUS = "wa.status"
 OUTBOUND = "wa.outbound"
 DLQ = "wa.dlq"
+MEDIA = "wa.media"
 RETRY_PREFIX = "wa.outbound.retry."
 
 
@@ -62,6 +63,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         OUTBOUND,
         key="conversation key",
         why="replies of one conversation are sent in order",
+        config=(("retention.ms", _WEEK_MS),),
+    ),
+    TopicSpec(
+        MEDIA,
+        key="conversation key",
+        why="media downloads apart from the messages (a caption never waits for its file); keyed like the "
+            "messages so a conversation's files come in order and a slow download holds up one partition only",
         config=(("retention.ms", _WEEK_MS),),
     ),
     TopicSpec(

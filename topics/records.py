@@ -181,6 +181,15 @@ class SendIntent:
 
 
 @dataclass(frozen=True, slots=True)
+class MediaJob:
+    """A media file to download (topic ``wa.media``); ``media_id`` names its row in ``media``, the authority."""
+
+    media_id: str  # Meta's media id
+    conversation_key: str
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A poison event kept for a human (topic ``wa.dlq``)."""
 
@@ -318,3 +327,10 @@ def intent_from_dict(data: Any) -> SendIntent:
                        ("to", str), ("text", str)):
         _require(intent, name, kind)
     return intent
+
+
+def decode_media_job(value: bytes | None) -> MediaJob:
+    job = _build(MediaJob, _loads(value))
+    for name, kind in (("media_id", str), ("conversation_key", str)):
+        _require(job, name, kind)
+    return job

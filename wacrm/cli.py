@@ -768,6 +768,24 @@ def _install_sigterm_as_interrupt() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# --- media ---------------------------------------------------------------------------------
+
+def cmd_media(args: argparse.Namespace) -> int:
+    from wacrm import media_cmd
+
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    if s.media_retention_days is None:
+        print("MEDIA_RETENTION_DAYS is not set: media is kept forever, nothing to prune")
+        return 0
+    try:
+        asyncio.run(media_cmd.prune(s, dry_run=args.dry_run))
+    except media_cmd.PruneError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
 # --- simulate ------------------------------------------------------------------------------
 
 def _simulated_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -805,6 +823,7 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                     database_url: str | None) -> int:
     import aiohttp
 
+    from wacrm import media_cmd
     from wacrm.whatsapp import signature, simulate
 
     built = _simulated_body(args)
@@ -814,7 +833,13 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
     if args.request_id:
         headers["X-Request-Id"] = args.request_id
     timeout = aiohttp.ClientTimeout(total=15)
+    kind = message["type"]
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        if fake_meta and kind in ("image", "document"):  # Meta has the file before its webhook names it
+            try:
+                await media_cmd.give_fake_meta(session, fake_meta, Path(args.image or args.document), message[kind])
+            except media_cmd.FakeMetaRefused as exc:
+                raise CommandError(str(exc)) from None
         seen = len(await _sent(session, fake_meta)) if fake_meta and not args.no_wait else 0
         try:
             async with session.post(url, data=body, headers=headers) as resp:
@@ -833,7 +858,10 @@ async def _simulate(args: argparse.Namespace, secret: str, url: str, fake_meta: 
                   "24-hour window is closed")
         if not fake_meta or args.no_wait:
             return 0
-        return await _await_reply(args, session, fake_meta, database_url, message_id, seen)
+        code = await _await_reply(args, session, fake_meta, database_url, message_id, seen)
+        if kind in ("image", "document") and database_url is not None:
+            print(await media_cmd.downloaded(database_url, message[kind]["id"], args.wait))
+        return code
 
 
 async def _await_reply(args: argparse.Namespace, session: Any, fake_meta: str, database_url: str | None,
@@ -1102,6 +1130,14 @@ def parser() -> argparse.ArgumentParser:
                          description="Lists the stored catalogue and each account's last sync.")
     tl.add_argument("--status", default=None, help="only templates in this status (APPROVED, PAUSED, REJECTED …)")
     tp.set_defaults(func=cmd_templates)
+    md = sub.add_parser("media", help="the media store: prune media past MEDIA_RETENTION_DAYS (needs DATABASE_URL)",
+                        description="prune: media stored more than MEDIA_RETENTION_DAYS days ago becomes expired "
+                        "(its messages say so) and the files no message still shows are deleted from the media "
+                        "store (MEDIA_DIR or MEDIA_S3_BUCKET). Unset MEDIA_RETENTION_DAYS keeps media forever.")
+    msub = md.add_subparsers(dest="media_command", required=True)
+    mp = msub.add_parser("prune", help="expire media past MEDIA_RETENTION_DAYS and delete its files")
+    mp.add_argument("--dry-run", action="store_true", help="say what would be expired and deleted, change nothing")
+    md.set_defaults(func=cmd_media)
 
     f = sub.add_parser("fake-meta", help="a local stand-in for the Graph API that records what it receives",
                        description="Answers POST /{version}/{phone_number_id}/messages as Meta does, records every "

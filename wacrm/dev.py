@@ -208,6 +208,7 @@ def run_dev(state_dir: Path) -> int:
     env = dict(os.environ)
     for key, value in _persistent_secrets(state_dir).items():
         env.setdefault(key, value)
+    env.setdefault("MEDIA_DIR", str(state_dir / "media"))  # the customers' files, beside the database
     try:
         settings = load(env, "dev")
     except SettingsError as exc:

@@ -25,6 +25,8 @@ statuses come. Posting happens beside the answer (never delays it) and retries a
   call for a number with a token must carry it as its bearer, else 401 with code 190, as Meta
   answers a revoked or expired token. A number without one accepts any bearer.
   ``GET /__tokens`` lists which numbers are checked (not the tokens).
+- Media: ``POST /__media`` registers a file's bytes, ``GET /{version}/{media_id}`` and its
+  bearer-checked, expiring download serve it (:mod:`whatsapp.fake_media`).
 - ``GET /{version}/{waba_id}/message_templates``: the template catalogue, paged as Meta pages it
   (``limit``, at most ``page_size`` a page; ``paging.cursors.after`` and ``paging.next`` while more
   follow), for any WABA, with a bearer token. The catalogue is ``fake_templates.json`` beside this
@@ -49,7 +51,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from wacrm.whatsapp import signature
+from wacrm.whatsapp import fake_media, signature
 
 log = logging.getLogger("wacrm.fake_meta")
 WABA_ID = "100000000000001"
@@ -362,7 +364,7 @@ def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, statu
 def make_app(webhook_url: str | None = None, app_secret: str | None = None,
              tokens: dict[str, str] | None = None, templates: list[dict[str, Any]] | None = None) -> web.Application:
     fake = FakeMeta(webhook_url, app_secret, tokens, templates)
-    app = web.Application()
+    app = web.Application(client_max_size=fake_media.MAX_REGISTER_BYTES)
 
     async def close(app: web.Application) -> None:
         await fake.close()
@@ -380,6 +382,7 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None,
     app.router.add_post("/__script", fake.script)
     app.router.add_post("/__tokens", fake.set_token)
     app.router.add_get("/__tokens", fake.list_tokens)
+    fake_media.add_routes(app)  # the media endpoint and its downloads (whatsapp/fake_media.py)
     return app
 
 

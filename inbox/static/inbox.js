@@ -236,7 +236,9 @@
                      "data-status": m.status || null, "data-at": m.created_at,
                      class: `msg ${m.direction}` + (m.author ? " person" : "") + (failed ? " failed" : "")
                        + (m.source === "business_app" ? " business-app" : "") + (m.deleted_at ? " deleted" : "")},
-      el(m.deleted_at ? "del" : "div", {class: "body", text: m.body || `[${m.type}]`}),
+      renderMedia(m.media),
+      m.media ? (captionOf(m) ? el(m.deleted_at ? "del" : "div", {class: "body", text: captionOf(m)}) : null)
+              : el(m.deleted_at ? "del" : "div", {class: "body", text: m.body || `[${m.type}]`}),
       el("div", {class: "meta"},
         el("time", {dateTime: at, title: m.sent_at ? "sent" : "written (never sent)", text: when(at)}),
         mine && m.author ? el("span", {text: m.author === ME ? " · you" : ` · user ${m.author}`}) : null,
@@ -251,6 +253,44 @@
         m.retryable && m.outbound_id ? el("button", {type: "button", class: "retry", text: "Retry",
           "aria-label": "Retry sending this reply", onclick: (ev) => retry(m.outbound_id, ev.target)}) : null)
         : null);
+  }
+
+  function bytes(n) {
+    if (n === null || n === undefined) return "";
+    return n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(0)} KB` : `${(n / 1048576).toFixed(1)} MB`;
+  }
+
+  // A customer's file, through GET /api/v1/media/{id} (the session cookie goes with it): an image or a
+  // sticker inline (a click opens it full size), players for audio and video, a document as a named
+  // download with its size; while it is not here, what became of it.
+  const MEDIA_WORDS = {pending: "downloading…", failed: "could not be downloaded",
+                       too_large: "too large to download (above WhatsApp's limit)",
+                       expired: "removed after the retention period"};
+  function renderMedia(x) {
+    if (!x) return null;
+    if (x.state !== "stored") {
+      const words = MEDIA_WORDS[x.state] || x.state;
+      const why = x.state === "failed" && x.error ? x.error : "";
+      return el("div", {class: `media media-${x.state}`, "data-media-state": x.state, "data-media-id": x.id,
+                        title: why || null,
+                        text: `${x.type === "document" && x.filename ? x.filename : x.type}: ${words}` +
+                              (why ? ` (${why.length > 60 ? why.slice(0, 60) + "…" : why})` : "")});
+    }
+    const attrs = {class: `media ${x.type}`, "data-media-state": "stored", "data-media-id": x.id};
+    if (x.type === "image" || x.type === "sticker")
+      return el("a", {...attrs, href: x.url, target: "_blank", rel: "noopener", title: "Open full size"},
+        el("img", {src: x.url, alt: x.caption || x.type, loading: "lazy"}));
+    if (x.type === "audio") return el("audio", {...attrs, src: x.url, controls: true, preload: "metadata"});
+    if (x.type === "video") return el("video", {...attrs, src: x.url, controls: true, preload: "metadata"});
+    return el("a", {...attrs, href: x.url, download: x.filename || "",
+                    text: `Document: ${x.filename || "unnamed"} (${bytes(x.size)})`});
+  }
+
+  // A media message's text without the "[image] " its stored body starts with (an edit may replace it all);
+  // a document without a caption has its file name there, shown on the download already.
+  function captionOf(m) {
+    const text = (m.body || "").replace(/^\[[^\]]*\]\s?/, "");
+    return text === m.media.filename ? "" : text;
   }
 
   // The earlier texts of an edited message, for its "edited" mark's tooltip.

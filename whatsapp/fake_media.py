@@ -1,0 +1,134 @@
+"""The media half of ``wacrm fake-meta``: the media endpoint and its bearer-checked, expiring downloads.
+
+- ``POST /__media`` registers a file: the body is its bytes (or none, with ``?size=N``: N random
+  bytes). Query parameters: ``id`` (the media id; one is made up when absent), ``mime_type``
+  (default the request's Content-Type), and for tests of bad input ``sha256`` (what the media
+  endpoint claims, e.g. a wrong one), ``expired=N`` (the first N download URLs handed out for it
+  are dead already: 404) and ``fail=N`` (the next N media endpoint calls answer HTTP 500, code 2).
+  Answers ``{"id", "sha256", "file_size", "mime_type"}`` (the sha256 in hex, and ``sha256_b64``,
+  the webhook's form).
+- ``GET /{version}/{media_id}`` (a bearer token required) answers as Meta does: ``url``,
+  ``mime_type``, ``sha256``, ``file_size``, ``id``; an unknown id is Meta's error 100.
+- ``GET /__media/{id}/download?n=K`` (the URL above; the same bearer token required) serves the
+  bytes; a URL older than :data:`URL_TTL_S` (Meta's five minutes) or marked expired answers 404.
+- ``GET /__media`` lists what was registered with the number of metadata calls and downloads each had.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+URL_TTL_S = 300.0
+CHUNK = 1024 * 1024
+MAX_REGISTER_BYTES = 128 * 1024 * 1024  # a file registered by its bytes: up to a little past the document limit
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _error(code: int, http_status: int, message: str) -> web.Response:
+    return _json({"error": {"message": message, "type": "OAuthException", "code": code,
+                            "fbtrace_id": "AFAKEfbtrace"}}, http_status)
+
+
+def _bearer(request: web.Request) -> bool:
+    auth = request.headers.get("Authorization") or ""
+    return auth.startswith("Bearer ") and len(auth) > len("Bearer ")
+
+
+def _count(raw: str | None) -> int:
+    return int(raw) if raw and raw.isdigit() else 0
+
+
+@dataclass
+class _File:
+    data: bytes
+    mime_type: str
+    sha256: str  # what the media endpoint says (hex)
+    expired: int  # the first N URLs handed out are dead already
+    fail: int  # the next N media endpoint calls answer 500
+    urls: dict[int, float] = field(default_factory=dict)  # URL number -> when it was handed out
+    info_calls: int = 0
+    downloads: int = 0
+
+
+class FakeMedia:
+    def __init__(self) -> None:
+        self.files: dict[str, _File] = {}
+        self._urls = itertools.count(1)
+
+    async def register(self, request: web.Request) -> web.Response:
+        q = request.query
+        data = await request.read()
+        if not data and q.get("size", "").isdigit():
+            data = os.urandom(int(q["size"]))
+        media_id = q.get("id") or "1" + "".join(secrets.choice("0123456789") for _ in range(15))
+        digest = hashlib.sha256(data).digest()
+        mime = q.get("mime_type") or (request.content_type if request.content_type != "application/octet-stream"
+                                      else None) or "application/octet-stream"
+        self.files[media_id] = _File(data, mime, q.get("sha256") or digest.hex(), _count(q.get("expired")),
+                                     _count(q.get("fail")))
+        return _json({"id": media_id, "sha256": digest.hex(), "sha256_b64": base64.b64encode(digest).decode(),
+                      "file_size": len(data), "mime_type": mime})
+
+    async def listing(self, request: web.Request) -> web.Response:
+        return _json([{"id": k, "file_size": len(f.data), "info_calls": f.info_calls, "downloads": f.downloads,
+                       "urls": len(f.urls)} for k, f in self.files.items()])
+
+    async def info(self, request: web.Request) -> web.Response:
+        if not _bearer(request):
+            return _error(190, 401, "Missing or malformed access token")
+        media_id = request.match_info["media_id"]
+        found = self.files.get(media_id)
+        if found is None:
+            return _error(100, 400, f"Unsupported get request. Object with ID '{media_id}' does not exist")
+        found.info_calls += 1
+        if found.fail > 0:
+            found.fail -= 1
+            return _error(2, 500, "Service temporarily unavailable")
+        n = next(self._urls)
+        found.urls[n] = time.time()
+        if found.expired > 0:
+            found.expired -= 1
+            found.urls[n] = 0.0  # handed out dead
+        url = f"{request.url.origin()}/__media/{media_id}/download?n={n}"
+        return _json({"messaging_product": "whatsapp", "url": url, "mime_type": found.mime_type,
+                      "sha256": found.sha256, "file_size": len(found.data), "id": media_id})
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        if not _bearer(request):
+            return _error(190, 401, "Missing or malformed access token")
+        found = self.files.get(request.match_info["media_id"])
+        issued = found.urls.get(_count(request.query.get("n"))) if found is not None else None
+        if found is None or issued is None or time.time() - issued > URL_TTL_S:
+            return web.Response(status=404, text="URL signature expired")
+        found.downloads += 1
+        response = web.StreamResponse(headers={"Content-Type": found.mime_type})
+        response.content_length = len(found.data)
+        await response.prepare(request)
+        view = memoryview(found.data)
+        for start in range(0, len(view), CHUNK):
+            await response.write(view[start:start + CHUNK])
+        await response.write_eof()
+        return response
+
+
+def add_routes(app: web.Application) -> FakeMedia:
+    """Register the media routes on fake-meta's app (before its catch-all routes, if any)."""
+    fake = FakeMedia()
+    app.router.add_post("/__media", fake.register)
+    app.router.add_get("/__media", fake.listing)
+    app.router.add_get("/__media/{media_id}/download", fake.download)
+    app.router.add_get("/{version:v[0-9.]+}/{media_id}", fake.info)
+    return fake
