@@ -3,8 +3,7 @@ the session's running system: the queue of customers waiting for a person, a dra
 conversation, a failed reply in words, and the closed window's template box.
 
 Never ``playwright install``: the browser is the system's ``/usr/bin/chromium``; without it these
-tests are skipped with the reason. Screenshots go to docs/screenshots/ (and, when it exists, the
-briefs' folder /work/briefs/screenshots/).
+tests are skipped with the reason. Screenshots go to docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -177,11 +176,11 @@ def test_the_closed_window_offers_templates_and_an_old_error_goes_with_a_later_s
     expect(error).to_contain_text("The 24-hour window is closed", timeout=LIVE_S)
     expect(error).to_contain_text("Send an approved template")
     expect(page.locator("#templates")).to_be_visible()
-    expect(page.locator("#template-source")).to_contain_text("approved in Meta's WhatsApp Manager")
-    expect(page.locator("#template-list")).to_contain_text("names no template yet")
+    expect(page.locator("#template-source")).to_contain_text("approved templates of this number")
 
-    page.fill("#template-name", "follow_up")
-    page.fill("#template-params", name)
+    page.select_option("#template-pick", "follow_up|en")
+    page.locator("#template-fields input").fill(name)
     page.click("#send-template")
-    expect(page.locator("#messages li", has_text="[template follow_up")).to_be_visible(timeout=LIVE_S)
+    expect(page.locator("#messages li", has_text=f"Hi {name}, we have not heard from you")).to_be_visible(
+        timeout=LIVE_S)
     expect(error).to_be_hidden()  # the old error does not stay under the form after a success

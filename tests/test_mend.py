@@ -241,7 +241,7 @@ async def test_a_template_reply_is_stored_as_the_customer_sees_it(stack: Stack, 
     first = await customer_says(stack, wa_id, "hola")
     cid = (await stored(db, first))["conversation_id"]
     await agent.post(f"conversations/{cid}/assign")
-    template = {"name": "follow_up", "language": "en", "parameters": ["Ana", "10:00"]}
+    template = {"name": "payment_received", "language": "en", "parameters": {"body": ["Ana", "$10.00"]}}
     await agent.post(f"conversations/{cid}/messages", {"template": template, "idempotency_key": str(uuid.uuid4())},
                      expect=202)
 
@@ -250,7 +250,7 @@ async def test_a_template_reply_is_stored_as_the_customer_sees_it(stack: Stack, 
         return [m for m in messages if m["type"] == "template" and m["id"]]
 
     (message,) = await eventually(shown, 60, "the template in the thread")
-    assert message["body"] == "[template follow_up (en)] Ana · 10:00"
+    assert message["body"] == "Thank you Ana, we received your payment of $10.00."  # fake-meta's catalogue
 
 
 def _wacrm(stack: Stack, *args: str) -> subprocess.CompletedProcess:
