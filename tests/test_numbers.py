@@ -63,11 +63,12 @@ async def wacrm(stack: Stack, *args: str, stdin: str = "", **env: str) -> subpro
                                    text=True, timeout=120, env={**stack.env(), **env})
 
 
-async def customer_writes(stack: Stack, number: str, display: str = "15550001111", text: str = "hello") -> str:
-    """A customer of ``number`` writes; the message id."""
+async def customer_writes(stack: Stack, number: str, display: str = "15550001111", text: str = "hello",
+                          name: str = "Cliente") -> str:
+    """A customer (named ``name``) of ``number`` writes; the message id."""
     mid = simulate.new_message_id()
     status, _ = await stack.post(simulate.dumps(simulate.text_body(
-        text=text, wa_id=phone(), name="Cliente", phone_number_id=number, display_phone_number=display,
+        text=text, wa_id=phone(), name=name, phone_number_id=number, display_phone_number=display,
         message_id=mid)))
     assert status == 200
     return mid
