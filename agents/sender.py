@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents import sending
+from wacrm.agents import sending, uploads
 from wacrm.agents.coalesce import Coalescer
 from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
@@ -186,7 +186,9 @@ class Sender:
         credentials: numbers.Credentials | None = None
         try:
             credentials = await self._res.numbers.token_for(intent.phone_number_id)
-            body = sending.payload(self._res.graph, job.row.id, intent)
+            media_id = await uploads.media_id_for(self._res, job.row.id, intent, credentials.token) \
+                if intent.kind == "media" else None
+            body = sending.payload(self._res.graph, job.row.id, intent, media_id)
             answer = await self._res.graph.send(intent.phone_number_id, body, credentials.token)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
             r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
