@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -124,7 +125,8 @@ async def receive(reader: MultipartReader) -> Received:
 async def _spool(part: BodyPartReader, out: Received) -> None:
     """The file part to a temporary file, hashed as it goes; its type told by its first bytes, its size
     held to the limit for that type."""
-    out.filename = part.filename
+    # percent-decoded: browsers send a quote as %22 (the HTML form encoding), some clients escape every byte
+    out.filename = urllib.parse.unquote(part.filename) if part.filename else None
     fd, out.path = await asyncio.to_thread(tempfile.mkstemp, prefix="wacrm-send-")
     file: IO[bytes] = os.fdopen(fd, "wb")
     sha, head, limit = hashlib.sha256(), bytearray(), _LARGEST

@@ -11,7 +11,8 @@
   ``mime_type``, ``sha256``, ``file_size``, ``id``; an unknown id is Meta's error 100.
 - ``GET /__media/{id}/download?n=K`` (the URL above; the same bearer token required) serves the
   bytes; a URL older than :data:`URL_TTL_S` (Meta's five minutes) or marked expired answers 404.
-- ``GET /__media`` lists what was registered with the number of metadata calls and downloads each had.
+- ``GET /__media`` lists what was registered with the number of metadata calls and downloads each had
+  (and the ``phone_number_id`` each metadata call named, ``asked_for``).
 - ``POST /{version}/{phone_number_id}/media`` takes an upload as Meta does (multipart: ``file``,
   ``type``, ``messaging_product=whatsapp``; the number's bearer token) and answers ``{"id"}``; the
   file is then served like a registered one. ``GET /__uploads`` lists every upload (number, type,
@@ -71,6 +72,7 @@ class _File:
     fail: int  # the next N media endpoint calls answer 500
     urls: dict[int, float] = field(default_factory=dict)  # URL number -> when it was handed out
     url_numbers: dict[int, str] = field(default_factory=dict)  # URL number -> the number it was asked for
+    asked_for: list[str | None] = field(default_factory=list)  # the phone_number_id of each metadata call
     info_calls: int = 0
     downloads: int = 0
 
@@ -150,7 +152,7 @@ class FakeMedia:
 
     async def listing(self, request: web.Request) -> web.Response:
         return _json([{"id": k, "file_size": len(f.data), "info_calls": f.info_calls, "downloads": f.downloads,
-                       "urls": len(f.urls)} for k, f in self.files.items()])
+                       "urls": len(f.urls), "asked_for": f.asked_for} for k, f in self.files.items()])
 
     async def info(self, request: web.Request) -> web.Response:
         phone_number_id = request.query.get("phone_number_id")
@@ -162,6 +164,7 @@ class FakeMedia:
         if found is None:
             return _error(100, 400, f"Unsupported get request. Object with ID '{media_id}' does not exist")
         found.info_calls += 1
+        found.asked_for.append(phone_number_id)
         if found.fail > 0:
             found.fail -= 1
             return _error(2, 500, "Service temporarily unavailable")
