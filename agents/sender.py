@@ -21,6 +21,9 @@ answer is never resent: the row becomes ``ambiguous``; every send names its row 
 ``biz_opaque_callback_data``, so the status agent settles it from Meta's statuses, and the
 worker's settle timer hands what stays unsettled to a person (or resends it, by policy).
 
+A media reply (kind ``media``) is uploaded before its call, once per ledger row, its media id kept on
+the row before the send (:mod:`agents.uploads`): a retry sends the same upload.
+
 Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
 then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
 intent waits; a refused token (401, code 190) → that number's sends wait, kept, until a new token

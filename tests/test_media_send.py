@@ -241,6 +241,7 @@ async def test_a_send_that_fails_after_the_upload_is_retried_with_the_same_uploa
     await script(stack, [{"to": f"+{wa_id}", "code": 131000, "http_status": 500}])  # Meta: try again
     data = jpeg()
     status, answer = await send_file(stack, bearer, cid, data, "retry.jpg")
+    assert status == 202
     oid = answer["outbound"]["id"]
     await ledger_state(db, oid, "sent")
     (upload,) = await uploads(stack, data)
@@ -256,6 +257,7 @@ async def test_a_person_retries_a_failed_file_and_it_goes_with_the_same_upload(s
     await script(stack, [{"to": f"+{wa_id}", "code": 100, "http_status": 400}])  # Meta refuses it for good
     data = b"%PDF-1.4\n" + os.urandom(4_000)
     status, answer = await send_file(stack, bearer, cid, data, "quote.pdf")
+    assert status == 202
     oid = answer["outbound"]["id"]
     await ledger_state(db, oid, "failed")
     async with aiohttp.ClientSession() as s, s.post(f"{stack.base}/api/v1/outbound/{oid}/retry",
@@ -275,6 +277,7 @@ async def test_an_upload_meta_fails_is_retried_and_the_file_sent_once(stack: Sta
         assert r.status == 200
     data = jpeg()
     status, answer = await send_file(stack, bearer, cid, data, "again.jpg")
+    assert status == 202
     oid = answer["outbound"]["id"]
     await ledger_state(db, oid, "sent")
     (upload,) = await uploads(stack, data)  # the failed attempt left nothing at Meta
@@ -325,8 +328,8 @@ async def test_fake_meta_takes_an_upload_only_with_the_numbers_token_and_records
     anyone = await fake.post("/v21.0/222/media", data=_upload_form(), headers={"Authorization": "Bearer any"})
     assert anyone.status == 200  # a number without a token configured takes any bearer
     listed = await (await fake.get("/__uploads")).json()
-    assert [(u["id"], u["phone_number_id"], u["type"], u["filename"]) for u in listed][0] == (
-        media_id, "111", "image/jpeg", "a.jpg")
+    assert [(u["phone_number_id"], u["type"], u["filename"]) for u in listed] == [
+        ("111", "image/jpeg", "a.jpg"), ("222", "image/jpeg", "a.jpg")] and listed[0]["id"] == media_id
 
     # the uploaded file is served back, checked against the number named
     refused = await fake.get(f"/v21.0/{media_id}", params={"phone_number_id": "111"},
