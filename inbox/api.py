@@ -426,7 +426,7 @@ async def _send_file(request: web.Request, cid: int) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         _refuse_closed_window(request, await _conversation(conn, cid))
     try:
-        received = await files.receive(await request.multipart())
+        received = await files.receive(request)
     except files.Refused as exc:
         raise ApiError(exc.status, exc.code, exc.error) from None
     try:

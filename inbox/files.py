@@ -89,37 +89,45 @@ def caption_of(received: Received) -> str | None:
     return caption
 
 
-async def receive(reader: MultipartReader) -> Received:
+async def receive(request: web.Request) -> Received:
     """Read the body's parts: exactly one ``file``, and the text fields; raises :class:`Refused`
-    (the temporary file is removed then)."""
+    (the temporary file is removed then), 422 for a body that is not multipart/form-data."""
     out = Received()
     try:
-        async for part in reader:
-            if not isinstance(part, BodyPartReader) or part.name not in FIELDS:
-                name = getattr(part, "name", None)
-                raise Refused(422, "INVALID", f"unknown part {name!r}: send file, caption and idempotency_key")
-            if part.name == "file":
-                if out.path is not None:
-                    raise Refused(422, "INVALID", "one file per message")
-                await _spool(part, out)
-            elif part.name in out.fields:
-                raise Refused(422, "INVALID", f"{part.name} is given twice")
-            else:
-                raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
-                if len(raw) > MAX_FIELD_BYTES:
-                    raise Refused(422, "INVALID", f"{part.name} is too long")
-                await part.release()
-                text = raw.decode("utf-8", "replace")
-                if "\x00" in text:
-                    raise Refused(422, "INVALID", f"{part.name} must not contain NUL characters")
-                out.fields[part.name] = text
-        if out.path is None:
-            raise Refused(422, "INVALID", "file is required (multipart/form-data with file, caption, "
-                                          "idempotency_key)")
-        return out
+        await _parts(await request.multipart(), out)
+    except ValueError as exc:  # aiohttp's reader: no boundary, a broken or cut body
+        await out.discard()
+        raise Refused(422, "INVALID", f"the body is not valid multipart/form-data ({exc})") from None
     except BaseException:
         await out.discard()
         raise
+    if out.path is None:
+        raise Refused(422, "INVALID", "file is required (multipart/form-data with file, caption, idempotency_key)")
+    return out
+
+
+async def _parts(reader: MultipartReader, out: Received) -> None:
+    async for part in reader:
+        if not isinstance(part, BodyPartReader) or part.name not in FIELDS:
+            name = getattr(part, "name", None)
+            raise Refused(422, "INVALID", f"unknown part {name!r}: send file, caption and idempotency_key")
+        if any(h in part.headers for h in ("Content-Transfer-Encoding", "Content-Encoding")):
+            raise Refused(422, "INVALID", f"{part.name} must be sent as it is, not encoded")
+        if part.name == "file":
+            if out.path is not None:
+                raise Refused(422, "INVALID", "one file per message")
+            await _spool(part, out)
+        elif part.name in out.fields:
+            raise Refused(422, "INVALID", f"{part.name} is given twice")
+        else:
+            raw = await part.read_chunk(MAX_FIELD_BYTES + 1)
+            if len(raw) > MAX_FIELD_BYTES:
+                raise Refused(422, "INVALID", f"{part.name} is too long")
+            await part.release()
+            text = raw.decode("utf-8", "replace")
+            if "\x00" in text:
+                raise Refused(422, "INVALID", f"{part.name} must not contain NUL characters")
+            out.fields[part.name] = text
 
 
 async def _spool(part: BodyPartReader, out: Received) -> None:

@@ -221,6 +221,34 @@ async def test_a_program_named_jpg_is_415_and_a_file_over_the_limit_413_with_not
     assert [b["image"]["id"] for b in files_sent] == [u["id"] for u in await uploads(stack, fine)]
 
 
+async def test_a_body_that_is_not_a_file_to_send_is_422_naming_what_is_wrong(stack: Stack,
+                                                                             db: asyncpg.Connection) -> None:
+    bearer = await token(db)
+    cid, _ = await open_conversation(stack, db)
+    url, auth = f"{stack.base}/api/v1/conversations/{cid}/messages", {"Authorization": f"Bearer {bearer}"}
+    for content_type, body, words in (
+            ("multipart/form-data", b"--x\r\n", "not valid multipart"),
+            ("multipart/form-data; boundary=XX", b"garbage", "not valid multipart"),
+            ("multipart/form-data; boundary=XX",
+             b'--XX\r\nContent-Disposition: form-data; name="idempotency_key"\r\n\r\nk1\r\n--XX--\r\n',
+             "file is required"),
+            ("multipart/form-data; boundary=XX",
+             b'--XX\r\nContent-Disposition: form-data; name="text"\r\n\r\nhi\r\n--XX--\r\n', "unknown part 'text'")):
+        headers = {**auth, "Content-Type": content_type}
+        async with aiohttp.ClientSession() as s, s.post(url, data=body, headers=headers) as r:
+            answer = await r.json(content_type=None)
+        conforms(r.status, answer)
+        assert r.status == 422 and answer["code"] == "INVALID" and words in answer["error"], answer
+    no_key = aiohttp.FormData()
+    no_key.add_field("file", jpeg(), filename="a.jpg")
+    async with aiohttp.ClientSession() as s, s.post(url, data=no_key, headers=auth) as r:
+        assert r.status == 422 and "idempotency_key" in (await r.json())["error"]
+    long_caption = await send_file(stack, bearer, cid, jpeg(), "a.jpg", caption="x" * 1025)
+    assert long_caption[0] == 422 and "1024" in long_caption[1]["error"]
+    assert await db.fetchval("SELECT count(*) FROM outbound_log WHERE conversation_id = $1 AND "
+                             "intent ->> 'kind' = 'media'", cid) == 0
+
+
 async def test_a_file_outside_the_24_hour_window_is_409_as_for_text_and_costs_no_upload(
         stack: Stack, db: asyncpg.Connection) -> None:
     bearer = await token(db)
