@@ -24,6 +24,7 @@ from media_helpers import fake_media, fetch, media_body, register, settled, toke
 from test_inbound_fidelity import META
 from test_openapi import _answer_schema, contract
 
+from wacrm.storage import media as media_ledger
 from wacrm.whatsapp import fake_meta
 from wacrm.whatsapp.media import MAX_BYTES
 
@@ -371,3 +372,29 @@ async def test_fake_meta_takes_an_upload_only_with_the_numbers_token_and_records
     assert download.status == 200 and await download.read() == b"\xff\xd8\xff" + b"x" * 10
     unnamed = await fake.get(f"/v21.0/{media_id}", headers={"Authorization": "Bearer whatever"})
     assert unnamed.status == 200  # no number named: any bearer, as before
+
+
+async def test_prune_keeps_a_file_a_failed_reply_still_has_to_send(stack: Stack, db: asyncpg.Connection) -> None:
+    bearer = await token(db)
+    cid, _ = await open_conversation(stack, db)
+    data = jpeg()
+    file = await register(stack, data, mime_type="image/jpeg")  # a customer sent these bytes long ago
+    body, _ = media_body(phone(), "image", file)
+    assert (await stack.post(body))[0] == 200
+    assert (await settled(db, file["id"]))["state"] == "stored"
+    _, answer = await send_file(stack, bearer, cid, data, "again.jpg")  # and a person sends them on
+    oid = answer["outbound"]["id"]
+    await ledger_state(db, oid, "sent")
+    sha = hashlib.sha256(data).hexdigest()
+    with pytest.raises(_Undo):  # rolled back: the session's other tests see the rows as they were
+        async with db.transaction():
+            await db.execute("UPDATE media SET stored_at = now() - interval '400 days' WHERE sha256 = $1", sha)
+            await db.execute("UPDATE outbound_log SET state = 'failed' WHERE id = $1", oid)  # a person may retry
+            assert sha not in (await media_ledger.expire(db, 30, dry_run=True)).files
+            await db.execute("UPDATE outbound_log SET state = 'sent' WHERE id = $1", oid)
+            assert sha in (await media_ledger.expire(db, 30, dry_run=True)).files  # sent: nothing holds it
+            raise _Undo
+
+
+class _Undo(Exception):
+    """Leaves the test's transaction without keeping its changes."""
