@@ -5,10 +5,12 @@ refused with nothing kept, uploaded or sent. Real database, broker, processes; f
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -59,8 +61,12 @@ async def send_file(stack: Stack, bearer: str, cid: int, data: bytes, filename: 
 
 async def uploads(stack: Stack, data: bytes) -> list[dict[str, Any]]:
     """The uploads fake-meta took of these bytes."""
+    return [u for u in await uploads_all(stack) if u["sha256"] == hashlib.sha256(data).hexdigest()]
+
+
+async def uploads_all(stack: Stack) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.get(f"{stack.fake_meta}/__uploads") as r:
-        return [u for u in await r.json() if u["sha256"] == hashlib.sha256(data).hexdigest()]
+        return list(await r.json())
 
 
 async def sends_of(stack: Stack, oid: int) -> list[dict[str, Any]]:
@@ -372,6 +378,53 @@ async def test_fake_meta_takes_an_upload_only_with_the_numbers_token_and_records
     assert download.status == 200 and await download.read() == b"\xff\xd8\xff" + b"x" * 10
     unnamed = await fake.get(f"/v21.0/{media_id}", headers={"Authorization": "Bearer whatever"})
     assert unnamed.status == 200  # no number named: any bearer, as before
+
+
+async def test_a_100_mb_document_streams_through_the_inbox_and_the_worker_without_growing_them(
+        stack: Stack, db: asyncpg.Connection, tmp_path: Path) -> None:
+    import psutil
+
+    bearer = await token(db)
+    cid, _ = await open_conversation(stack, db)
+    path, sha = tmp_path / "catalogue.pdf", hashlib.sha256()
+    with path.open("wb") as out:  # written in pieces: the test holds no 100 MB either
+        for n in range(100):
+            piece = (b"%PDF-1.7\n" if n == 0 else b"") + os.urandom(1024 * 1024 - (9 if n == 0 else 0))
+            sha.update(piece)
+            out.write(piece)
+    assert path.stat().st_size == MAX_BYTES["document"]
+    processes = {name: psutil.Process(stack.procs[name].pid) for name in ("serve", "worker")}
+    before = {name: p.memory_info().rss for name, p in processes.items()}
+    peak = dict(before)
+
+    def sample() -> None:
+        for name, p in processes.items():
+            peak[name] = max(peak[name], p.memory_info().rss)
+
+    async def sampling() -> None:
+        while True:
+            sample()
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.ensure_future(sampling())
+    try:
+        form = aiohttp.FormData()
+        form.add_field("idempotency_key", str(uuid.uuid4()))
+        with path.open("rb") as file:
+            form.add_field("file", file, filename="catalogue.pdf", content_type="application/pdf")
+            async with aiohttp.ClientSession() as s, s.post(f"{stack.base}/api/v1/conversations/{cid}/messages",
+                                                            data=form, headers={"Authorization": f"Bearer {bearer}"},
+                                                            timeout=aiohttp.ClientTimeout(total=300)) as r:
+                assert r.status == 202, await r.text()
+                oid = (await r.json())["outbound"]["id"]
+        await ledger_state(db, oid, "sent", timeout=300)
+    finally:
+        sampler.cancel()
+    (upload,) = [u for u in await uploads_all(stack) if u["sha256"] == sha.hexdigest()]
+    assert upload["file_size"] == MAX_BYTES["document"] and upload["type"] == "application/pdf"
+    grown = {name: (peak[name] - before[name]) / 2**20 for name in processes}
+    print(f"RSS grew by {grown['serve']:.0f} MiB (serve) and {grown['worker']:.0f} MiB (worker) for 100 MB")
+    assert grown["serve"] < 40 and grown["worker"] < 40, grown
 
 
 async def test_prune_keeps_a_file_a_failed_reply_still_has_to_send(stack: Stack, db: asyncpg.Connection) -> None:
