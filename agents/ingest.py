@@ -41,6 +41,7 @@ import orjson
 from wacrm.agents.errors import Poison
 from wacrm.agents.runner import Item, Outcome, dead_letter, produce
 from wacrm.core import metrics
+from wacrm.storage import templates as tstore
 from wacrm.topics import INBOUND, STATUS
 from wacrm.topics.records import (
     DEAD_LETTER_PREVIEW_CHARS,
@@ -54,7 +55,7 @@ from wacrm.topics.records import (
     encode,
     encode_bounded,
 )
-from wacrm.whatsapp import model, webhook
+from wacrm.whatsapp import model, updates, webhook
 
 if TYPE_CHECKING:  # the message store and the worker's resources; imported for the type only
     from wacrm.agents.context import Resources
@@ -94,6 +95,7 @@ class Split:
     messages: list[InboundMessage]
     statuses: list[tuple[str, bytes]]
     parsed: webhook.Parsed
+    business: updates.Updates = dataclasses.field(default_factory=updates.Updates)
 
 
 def split(body: bytes, ref: RawRef, received_at: float) -> Split:
@@ -104,10 +106,11 @@ def split(body: bytes, ref: RawRef, received_at: float) -> Split:
     is held to the same bound as a record on the bus: it is what ``wa.inbound`` and ``wa.dlq`` carry.
     """
     try:
-        parsed = webhook.parse(webhook.loads(body))
+        envelope = webhook.loads(body)
     except webhook.BodyError as exc:
         raise Poison(str(exc)) from None
-    out = Split([], [], parsed)
+    parsed = webhook.parse(envelope)
+    out = Split([], [], parsed, business_updates(envelope, parsed))
 
     def fits(topic: str, record: Any, item: dict[str, Any]) -> bytes | None:
         try:
@@ -143,6 +146,31 @@ def split(body: bytes, ref: RawRef, received_at: float) -> Split:
         if data is not None:
             out.statuses.append((key, data))
     return out
+
+
+def business_updates(data: dict[str, Any], parsed: webhook.Parsed) -> updates.Updates:
+    """The template, preference and account updates of a body (:mod:`whatsapp.updates`); those fields
+    are not counted as ignored, and an update that cannot be read is one of the body's problems."""
+    found = updates.parse(data)
+    parsed.ignored_fields[:] = [f for f in parsed.ignored_fields if f.removeprefix("field:") not in updates.FIELDS]
+    parsed.problems.extend(webhook.Problem(p, "updates", p) for p in found.problems)
+    return found
+
+
+async def apply_business_updates(conn: Any, found: updates.Updates, request_id: str | None) -> None:
+    """Apply a body's business updates at once, idempotently (each is guarded by Meta's time or stored once)."""
+    for change in found.templates:
+        outcome = await tstore.apply_template_change(conn, change)
+        log.info("template %s (%s) of WABA %s: %s", change.name, change.language, change.waba_id, outcome,
+                 extra={"request_id": request_id})
+    for pref in found.preferences:
+        outcome = await tstore.apply_preference(conn, pref)
+        log.info("marketing preference %s of a contact of %s: %s", pref.value, pref.phone_number_id, outcome,
+                 extra={"request_id": request_id})
+    for event in found.accounts:
+        new = await tstore.record_account_event(conn, event)
+        log.warning("account update %s of WABA %s%s", event.event, event.waba_id, "" if new else " (seen before)",
+                    extra={"request_id": request_id})
 
 
 class UnknownNumbers:
@@ -211,6 +239,12 @@ class Ingest:
         messages = [(m, item.request_id) for item, sp in zip(items, splits, strict=True)
                     if isinstance(sp, Split) for m in sp.messages]
         _, intents = await self._inbound.store([m for m, _ in messages], [r for _, r in messages])
+        business = [(sp.business, item.request_id) for item, sp in zip(items, splits, strict=True)
+                    if isinstance(sp, Split) and sp.business]
+        if business:
+            async with self._res.pool.acquire() as conn, conn.transaction():
+                for found, request_id in business:
+                    await apply_business_updates(conn, found, request_id)
         futures = [await produce(self._outbound, i.conversation_key.encode(), encode(i), i.request_id)
                    for i in intents]
         futures += [await produce(self._media, m.conversation_key.encode(), encode(job), r)
@@ -232,7 +266,7 @@ class Ingest:
                 metrics.ACCOUNT_ERRORS.labels(str(error.get("code", "none"))[:12]).inc()
                 log.warning("account-level error from Meta (raw %s:%d@%d): %s", ref.topic, ref.partition,
                             ref.offset, orjson.dumps(error).decode()[:500], extra={"request_id": request_id})
-            stored = sp.messages or sp.statuses
+            stored = sp.messages or sp.statuses or sp.business
             outcomes.append("processed" if stored else ("ignored" if not parsed.problems else "dead_lettered"))
         await asyncio.gather(*futures)
         return outcomes

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents import sending, uploads
+from wacrm.agents import sending, template_send, uploads
 from wacrm.agents.coalesce import Coalescer
 from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
@@ -57,8 +57,10 @@ from wacrm.core import metrics
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import numbers, replies, repo
+from wacrm.storage import templates as tstore
 from wacrm.topics import retry_topic
 from wacrm.topics.records import RawRef, SendIntent, decode_intent, encode
+from wacrm.whatsapp.templates import MARKETING_STOPPED
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
     from wacrm.agents.context import Resources
@@ -147,6 +149,9 @@ class Sender:
     async def _one(self, job: _Job, passed: list[int], accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
         intent = job.intent
         decision = self._decide(job, job.checks)
+        if isinstance(decision, sending.Send) and intent.kind == "template":
+            intent, refused = await self._from_catalogue(job, intent)
+            decision = refused or decision
         if isinstance(decision, sending.Send):
             self._pacer.try_send(intent.to)
             await self._wait_for_token(intent.phone_number_id)
@@ -167,6 +172,21 @@ class Sender:
         return sending.decide(job.row, checks, datetime.now(UTC), attempt=job.event.attempt,
                               template=self._rules.window_template,
                               pair_wait_s=self._pacer.wait_s(job.row.intent.to))
+
+    async def _from_catalogue(self, job: _Job, intent: SendIntent) -> tuple[SendIntent, sending.Fail | None]:
+        """A template intent completed from the catalogue, or why it must not go (:mod:`agents.template_send`).
+        A completed intent is written back to its waiting ledger row, so the ledger holds what is sent (and a
+        status that settles it later records the text the customer saw)."""
+        t = intent.template or {}
+        async with self._res.pool.acquire() as conn:
+            account = await tstore.account_of(conn, self._s, intent.phone_number_id)
+            ctx = await tstore.send_context(conn, account.waba_id if account else None, str(t.get("name")),
+                                            str(t.get("language")), intent.conversation_id)
+            completed, refused = template_send.decide(intent, ctx, datetime.now(UTC))
+            if refused is None and completed is not intent:
+                await tstore.complete_intent(conn, job.row.id, dataclasses.replace(
+                    job.row.intent, template=completed.template, text=completed.text))
+        return completed, refused
 
     async def _wait_for_token(self, phone_number_id: str) -> None:
         number = await self._res.numbers.get(phone_number_id)
@@ -194,7 +214,8 @@ class Sender:
             body = sending.payload(self._res.graph, job.row.id, intent, media_id)
             answer = await self._res.graph.send(intent.phone_number_id, body, credentials.token)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
-            r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
+            r: sending.Route | sending.Fail = sending.route(exc, attempts, self._s.send_attempts, self._delays,
+                                                           random.random())
             version = credentials.token_version if credentials is not None else getattr(exc, "token_version", None)
             metrics.SEND_DURATION.labels(type(r).__name__.lower()).observe(time.perf_counter() - started)
             code = getattr(exc, "code", None)
@@ -203,6 +224,11 @@ class Sender:
             error = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
             if getattr(exc, "invalid_recipient", False):
                 error["code"] = "INVALID_RECIPIENT"
+            if code == MARKETING_STOPPED:  # the customer stopped marketing: remembered, never retried
+                async with self._res.pool.acquire() as conn:
+                    await tstore.marketing_stopped(conn, intent.conversation_id)
+                r = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
+                                 "the template was not delivered", dead_letter=False)
             log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
                         extra={"request_id": intent.request_id})
             return await self._carry_out(r, job, intent, error, claimed=attempts, token_version=version)

@@ -62,6 +62,11 @@ def payload(graph: GraphClient, outbound_log_id: int, intent: SendIntent,
                                    filename=m.get("filename"), callback_data=callback)
     if intent.kind == "template":
         t = intent.template or {}
+        if "components" in t:  # built from the catalogue (header, body and buttons, positional or named)
+            body = graph.template_payload(intent.to, t["name"], t["language"], (), callback_data=callback)
+            if t["components"]:
+                body["template"]["components"] = t["components"]
+            return body
         return graph.template_payload(intent.to, t["name"], t["language"], t.get("parameters") or (),
                                       callback_data=callback)
     return graph.text_payload(intent.to, intent.text, reply_to=intent.reply_to if intent.quote else None,

@@ -29,7 +29,9 @@ from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import replies, repo
+from wacrm.storage import templates as tstore
 from wacrm.topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
+from wacrm.whatsapp.templates import MARKETING_STOPPED
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
     import asyncpg
@@ -95,6 +97,8 @@ class Status:
                 outcomes[n] = "settled"
             elif st.status == "failed":
                 codes = {e.get("code") for e in st.errors}
+                if MARKETING_STOPPED in codes:
+                    await tstore.marketing_stopped(conn, row.conversation_id)
                 error = {"error": "Meta reported the send failed", "errors": st.errors,
                          "provider_message_id": st.message_id}
                 decision: sending.Decision = sending.window_path(intent, self._rules.window_template) \
@@ -131,6 +135,8 @@ class Status:
         if row is None:
             return None
         codes = {e.get("code") for e in st.errors}
+        if MARKETING_STOPPED in codes:  # the customer stopped marketing messages: remembered on the contact
+            await tstore.marketing_stopped(conn, row["conversation_id"])
         if sending.REENGAGEMENT in codes and row["intent"] is not None:
             decision = sending.window_path(intent_from_dict(row["intent"]), self._rules.window_template)
             if isinstance(decision, sending.UseTemplate):

@@ -15,7 +15,7 @@ PACKAGES = ("aiohttp", "aiokafka", "faust-streaming", "asyncpg", "orjson", "prom
 
 # Issue #12's targets: the webhook alone, the webhook beside a consuming worker, end to end, memory.
 TARGETS = {"webhook_rps": 15_000, "webhook_p99_s": 0.010, "webhook_with_worker_rps": 10_000, "e2e_rate": 2_000,
-           "e2e_p99_s": 1.0, "rss_growth": 0.10}
+           "e2e_p99_s": 1.0, "rss_growth": 0.10, "webhook_vs_minimal": 0.75}
 
 
 def machine(postgres_version: str | None = None) -> dict[str, Any]:
@@ -148,6 +148,12 @@ def render(results: dict[str, Any]) -> str:
             rows.append([f"webhook under wrk{', a worker consuming beside it' if consuming else ', alone'} "
                          f"(best: serve --processes {best['processes']})",
                          f"{num(best['rps'])} req/s, p99 {ms(p99)} ms", f"≥ {target:,}, p99 ≤ 10 ms", _met(ok)])
+    pair = webhook_vs_minimal(results.get("wrk") or {})
+    if pair is not None:
+        rows.append(["webhook under wrk, one process, as a fraction of the minimal durable handler",
+                     f"{pct(pair[0] / pair[1])} ({num(pair[0])} of {num(pair[1])} req/s)",
+                     f"≥ {pct(TARGETS['webhook_vs_minimal'])}",
+                     _met(pair[0] >= TARGETS["webhook_vs_minimal"] * pair[1])])
     if results.get("e2e") is not None:
         rate = e2e_best["messages_per_s"] if e2e_best else None
         rows.append([f"end-to-end messages/s, p99 ≤ {E2E_P99_BOUND_S:.0f} s, none lost or duplicated "
@@ -194,6 +200,7 @@ def render(results: dict[str, Any]) -> str:
                      f"connections as the agent runs them (one message per transaction: "
                      f"{num(seq.get('msgs_per_s'))}/s)", num(bat.get("msgs_per_s")),
                      _ratio(e2e_rate, bat.get("msgs_per_s"))])
+    crow += _minimal_rows(results)
     out += [table(["stage", "ours", "figure", "ceiling", "figure", "fraction"], crow), ""]
     if produce:
         a = produce.get("ack_latency_s", {})
@@ -236,8 +243,10 @@ def render(results: dict[str, Any]) -> str:
                 + ", ".join(f"`{k}={v}`" for k, v in st.items()) + "). Every inbound id the webhook accepted "
                 "is counted against the sends fake-meta recorded (`GET /__sent`, each send matched to the message "
                 "it answers through the ledger row it names) and "
-                "the inbound rows in PostgreSQL. 10 % of bodies are statuses, 10 % carry 2–5 messages, so a "
-                "body carries about 1.15 messages; rates are offered in bodies/s, the targets count messages/s.",
+                "the inbound rows in PostgreSQL. The generator's bodies carry customer messages (10 % carry 2–5, so a "
+                "body carries about 1.35 messages); rates are offered in bodies/s, the targets count messages/s. "
+                "The statuses are the real ones: fake-meta posts sent, delivered and read for every reply to the "
+                "webhook, signed, as Meta does, and each run waits until the workers applied them.",
                 ""]
         rows = []
         for label, s in runs:
@@ -358,7 +367,8 @@ def closed_loop_section(results: dict[str, Any]) -> list[str]:
     if not runs:
         return []
     rows = []
-    for r in runs:
+    mini = w.get("minimal")
+    for r in runs + ([{**mini, "processes": "minimal durable handler", "worker": False}] if mini else []):
         lat, cpu = r["latency_s"], r.get("cpu_cores") or {}
         rows.append([str(r["processes"]), "yes" if r["worker"] else "no", num(r["rps"]), ms(lat["p50"]),
                      ms(lat["p90"]), ms(lat["p99"]), num(r["non_2xx"]), num(r["socket_errors"]),
@@ -370,7 +380,24 @@ def closed_loop_section(results: dict[str, Any]) -> list[str]:
             f"{num(runs[0]['seconds'])} s after a 1 s warm-up; \"worker\": one `wacrm worker` consuming the same "
             "topic beside it. CPU in cores (serve with all its processes).", "",
             table(["serve processes", "worker", "requests/s", "p50 ms", "p90 ms", "p99 ms", "non-2xx",
-                   "socket errors", "CPU (cores)"], rows), ""]
+                   "socket errors", "CPU (cores)"], rows), "", *_against_minimal_handler(w)]
+
+
+def webhook_vs_minimal(w: dict[str, Any]) -> tuple[float, float] | None:
+    """One serve process alone under wrk, and the minimal durable handler (bench/minimal.py's webhook)."""
+    one = next((r for r in w.get("runs") or [] if r["processes"] == 1 and not r["worker"]), None)
+    mini = w.get("minimal")
+    return (one["rps"], mini["rps"]) if one and mini and mini.get("rps") else None
+
+
+def _against_minimal_handler(w: dict[str, Any]) -> list[str]:
+    pair = webhook_vs_minimal(w)
+    if pair is None:
+        return []
+    return [f"\"minimal durable handler\": `bench/minimal.py`'s webhook (aiohttp, the signature checked, the body "
+            "published with acks=all before the 200, nothing else), one process, on a fresh broker. One "
+            f"`wacrm serve` process did {num(pair[0])} requests/s, **{pct(pair[0] / pair[1])}** of its "
+            f"{num(pair[1])} (target ≥ {pct(TARGETS['webhook_vs_minimal'])}).", ""]
 
 
 def budget_section(results: dict[str, Any]) -> list[str]:
@@ -384,16 +411,21 @@ def budget_section(results: dict[str, Any]) -> list[str]:
     rows = [[name, f"{cost.get(name, 0):.2f}", pct(cost.get(name, 0) / total if total else None)]
             for name in CPU_COLUMNS]
     rows.append(["**total**", f"**{total:.2f}**", "100 %"])
+    st = b.get("statuses") or {}
     return ["## CPU budget per message", "",
             f"At a fixed {num(b['offered_rate'])} bodies/s ({num(b['messages_per_s'])} messages/s, "
             f"{b['duration_s']:.0f} s, every message answered: lost {b['lost']}, dup {b['duplicated']}), the CPU "
             "each process used over the load and its drain, divided by the messages: user + system time from "
             "/proc, PostgreSQL with its backends, the generator its own rusage.", "",
+            "Each customer message's reply brought its three statuses (sent, delivered, read), posted by fake-meta "
+            "to the webhook and applied by the workers within the run"
+            + (f" ({num(st.get('applied'))} of {num(st.get('expected'))} applied)" if st else "") + ".", "",
             table(["process", "CPU-ms per message", "share"], rows), "",
             f"At {total:.2f} CPU-ms a message, {cores} cores carry at most about "
             f"{num(cores * 1000 / total) if total else '–'} messages/s with nothing to spare; "
             f"the 2,000/s target needs {num(cores * 1000 / 2000, 2)} CPU-ms a message or less.", "",
-            *_drain(results), *_statements(b), *scale_section(results)]
+            *_drain(results), *_status_backlog(results), *minimal_section(results), *_statements(b),
+            *scale_section(results)]
 
 
 def _drain(results: dict[str, Any]) -> list[str]:
@@ -404,6 +436,69 @@ def _drain(results: dict[str, Any]) -> list[str]:
             f"on the raw topic with the workers stopped was answered at **{num(d['messages_per_s'])} messages/s** "
             f"({num(d['replied'])} answered in {d['seconds']:.1f} s from the moment the workers had joined; CPU in "
             "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in d["cpu_cores"].items()) + ").", ""]
+
+
+def _status_backlog(results: dict[str, Any]) -> list[str]:
+    d = results.get("status_backlog")
+    if not d:
+        return []
+    return [f"Status processing alone: {num(d['statuses'])} statuses of real replies (three a reply, one a body as "
+            "Meta posts them) put on the raw topic with the workers stopped were applied at "
+            f"**{num(d['statuses_per_s'])} statuses/s** ({num(d['applied'])} in {d['seconds']:.1f} s from the "
+            "moment the workers had joined; CPU in cores: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in d["cpu_cores"].items()) + ").", ""]
+
+
+def _minimal_fractions(results: dict[str, Any]) -> tuple[float | None, float | None, float | None, float | None]:
+    """Ours and the minimal pipeline's: backlog messages/s, and CPU-ms a message at the budget's rate."""
+    mini = results.get("minimal") or {}
+    ours_rate = (results.get("drain") or {}).get("messages_per_s")
+    mini_rate = (mini.get("backlog") or {}).get("messages_per_s")
+    ours_cpu = sum(((results.get("budget") or {}).get("cpu_ms_per_message") or {}).values()) or None
+    mini_cpu = sum(((mini.get("budget") or {}).get("cpu_ms_per_message") or {}).values()) or None
+    return ours_rate, mini_rate, ours_cpu, mini_cpu
+
+
+def _minimal_rows(results: dict[str, Any]) -> list[list[str]]:
+    if not results.get("minimal"):
+        return []
+    ours_rate, mini_rate, ours_cpu, mini_cpu = _minimal_fractions(results)
+    return [["pipeline: messages/s from a backlog", "the workers (store, rules, ledger, send, statuses)",
+             num(ours_rate), "minimal pipeline (store once, ledger row, send, commit after)", num(mini_rate),
+             _ratio(ours_rate, mini_rate)],
+            ["pipeline: CPU-ms a message with its statuses, every process", "ours", num(ours_cpu, 2),
+             "minimal pipeline", num(mini_cpu, 2), f"{ours_cpu / mini_cpu:.1f}×" if ours_cpu and mini_cpu else "–"]]
+
+
+def minimal_section(results: dict[str, Any]) -> list[str]:
+    """The minimal pipeline next to ours: CPU a message by process, and the backlog's rate."""
+    mini = results.get("minimal") or {}
+    b, mb = results.get("budget") or {}, mini.get("budget") or {}
+    if not mb.get("cpu_ms_per_message"):
+        return []
+    ours, theirs = b.get("cpu_ms_per_message") or {}, mb["cpu_ms_per_message"]
+    rows = [[name, f"{ours[name]:.2f}" if name in ours else "–", f"{theirs.get(name, 0):.2f}",
+             f"{ours[name] / theirs[name]:.1f}×" if ours.get(name) and theirs.get(name) else "–"]
+            for name in CPU_COLUMNS]
+    total_o, total_m = sum(ours.values()), sum(theirs.values())
+    rows.append(["**total**", f"**{total_o:.2f}**" if ours else "–", f"**{total_m:.2f}**",
+                 f"**{total_o / total_m:.1f}×**" if total_o and total_m else "–"])
+    ours_rate, mini_rate, _, _ = _minimal_fractions(results)
+    backlog = mini.get("backlog") or {}
+    return ["### Against the minimal pipeline", "",
+            "`bench/minimal.py`, on the same PostgreSQL and broker, in the same run: a webhook that checks the "
+            "signature and publishes with acks=all, and "
+            f"{mini.get('consumers', '?')} consumer process(es) in one group (manual commits) that store each "
+            "message once (unique key), record one reply in a ledger row, post it to fake-meta (a fake-meta of its "
+            "own, posting the three statuses back to the minimal webhook, which stores each once) and commit the "
+            f"offsets after. At the same {num(mb.get('offered_rate'))} bodies/s ({num(mb.get('messages_per_s'))} "
+            f"messages/s; lost {mb.get('lost')}, dup {mb.get('duplicated')}; statuses stored "
+            f"{num((mb.get('statuses') or {}).get('applied'))} of {num((mb.get('statuses') or {}).get('expected'))}),"
+            " CPU-ms a message:", "",
+            table(["process", "ours", "minimal", "ours ÷ minimal"], rows), "",
+            f"From a backlog of {num(backlog.get('messages'))} messages the minimal consumers answered "
+            f"{num(mini_rate)} messages/s (first stored to last reply sent); ours {num(ours_rate)} messages/s: "
+            f"{_ratio(ours_rate, mini_rate)} of it.", ""]
 
 
 def _statements(b: dict[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wai
 from wacrm.storage import repo
 from wacrm.storage.numbers import new_key
 from wacrm.topics.lag import LagProbe
+from wacrm.whatsapp import fake_meta, signature
 
 WEBHOOK_P99_BOUND_S = 0.010  # issue #12: p99 ≤ 10 ms
 E2E_P99_BOUND_S = 1.0
@@ -95,6 +96,9 @@ DRAIN_BACKLOG = (1000, 6)  # `--only budget`'s backlog: bodies/s for seconds, pu
 # The deliberate waiting switched off to measure the pipeline itself (the issue asks for that).
 PIPELINE_ONLY = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_INTERVAL_SECONDS": "0"}
 SUSTAIN_STEP_DOWN = 0.85
+STATUSES_PER_REPLY = 3  # fake-meta posts sent, delivered and read for every send it takes, as Meta does
+STATUS_METRIC = "wacrm_statuses_total"
+STATUS_BACKLOG = (400, 5)  # the status line's replies: bodies/s for seconds, their statuses held back
 INBOX_DEADLINE_S = 900  # seeding a million messages, migrations, the load
 
 
@@ -121,7 +125,8 @@ class Bench:
         self.pg: EmbeddedPostgres | None = None
         self.broker: EmbeddedBroker | None = None
         self.children: dict[str, subprocess.Popen] = {}
-        self.ports = {"serve": free_port(), "fake-meta": free_port(), "bare": free_port(), "inbox": free_port()}
+        self.ports = {"serve": free_port(), "fake-meta": free_port(), "bare": free_port(), "inbox": free_port(),
+                      "minimal": free_port(), "fake-meta-minimal": free_port()}
         self.worker_ports = [free_port() for _ in range(MAX_WORKERS)]  # each worker's /metrics
         self.serve_processes = 1  # `wacrm serve --processes` of the pipeline
         self.workers = 1  # `wacrm worker` processes of the pipeline, one consumer group
@@ -174,9 +179,13 @@ class Bench:
         return proc
 
     def ensure_fake_meta(self) -> None:
+        """fake-meta as Meta behaves: the three statuses of every reply it takes posted to the webhook."""
         if "fake-meta" not in self.children:
-            self.start("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.ports["fake-meta"])),
-                       self.ports["fake-meta"])
+            self.start("fake-meta", self._fake_meta_cmd("fake-meta", "serve"), self.ports["fake-meta"])
+
+    def _fake_meta_cmd(self, name: str, webhook: str) -> list[str]:
+        return procs.python_cmd("fake-meta", "--port", str(self.ports[name]), "--app-secret", self.secret,
+                                "--webhook-url", f"http://127.0.0.1:{self.ports[webhook]}/webhooks/whatsapp")
 
     def stop(self, name: str) -> None:
         procs.stop(self.children.pop(name, None), signal.SIGTERM, 20)
@@ -240,9 +249,9 @@ class Bench:
                 await asyncio.sleep(0.2)
         raise BenchError(f"the workers did not join their group within {timeout:.0f}s")
 
-    async def _metric(self, name: str, labels: str = "") -> float:
-        """A counter summed over every worker."""
-        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+    async def _metric(self, name: str, labels: str = "", *, every_label: bool = False) -> float:
+        """A counter summed over every worker (``every_label``: over all its label sets)."""
+        prefix = f"{name}{{" if every_label else f"{name}{{{labels}}} " if labels else f"{name} "
         total = 0.0
         async with aiohttp.ClientSession() as s:
             for url in self._worker_urls():
@@ -255,13 +264,15 @@ class Bench:
 
     async def load(self, url_port: int, rate: float, seconds: float, *, tag: str, connections: int = 64,
                    ids: bool = False, during: Any = None) -> tuple[dict[str, Any], Path | None]:
+        """The generator at ``rate`` bodies/s; with ``ids`` (the pipeline's runs) customer messages only: their
+        statuses are the real ones fake-meta posts for each reply."""
         out = self.work / f"load-{tag}.json"
         ids_out = self.work / f"ids-{tag}.tsv" if ids else None
         cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{url_port}/webhooks/whatsapp",
                "--secret", self.secret, "--rate", str(rate), "--duration", str(seconds), "--tag", tag,
                "--connections", str(connections), "--out", str(out)]
         if ids_out:
-            cmd += ["--ids-out", str(ids_out)]
+            cmd += ["--ids-out", str(ids_out), "--status-share", "0"]
         proc = procs.spawn(cmd, log_path=self.logs / "loadgen.log", cwd=CHECKOUT)
         self.children["loadgen"] = proc
         limit = time.monotonic() + seconds + 90
@@ -395,6 +406,7 @@ class Bench:
         body = BodyFactory("wrk").messages_body(1, int(time.time())).raw
         lua = wrk.script(body, self.secret, self.work / "post.lua")
         url = f"http://127.0.0.1:{self.ports['serve']}/webhooks/whatsapp"
+        minimal = await self._wrk_minimal(binary, lua)
         runs = []
         for processes in p.serve_processes:
             for consuming in (False, True):
@@ -426,7 +438,26 @@ class Bench:
                 _log(f"wrk, serve --processes {processes}{', worker consuming' if consuming else ''}: "
                      f"{run['rps']:,.0f} req/s, p50 {ms_(lat['p50'])} ms, p99 {ms_(lat['p99'])} ms, "
                      f"non-2xx {run['non_2xx']}, socket errors {run['socket_errors']}")
-        self.results["wrk"] = {"runs": runs, "connections": WRK_CONNECTIONS}
+        self.results["wrk"] = {"runs": runs, "connections": WRK_CONNECTIONS, "minimal": minimal}
+
+    async def _wrk_minimal(self, binary: str, lua: Path) -> dict[str, Any]:
+        """wrk against the minimal durable handler (:mod:`bench.minimal`'s webhook), one process, fresh broker."""
+        await self.new_broker()
+        assert self.broker is not None and self.broker.proc is not None
+        self.start("minimal", [sys.executable, "-m", "bench.minimal", "webhook", "--port", str(self.ports["minimal"]),
+                               "--bootstrap", self.broker.bootstrap, "--secret", self.secret], self.ports["minimal"])
+        url = f"http://127.0.0.1:{self.ports['minimal']}/webhooks/whatsapp"
+        try:
+            await asyncio.to_thread(wrk.run, binary, url, lua, WRK_CONNECTIONS, 1, self.logs / "wrk.log")
+            cpu = probes.CpuMeter({"minimal": [(self.children["minimal"].pid, False)],
+                                   "broker": [(self.broker.proc.pid, False)]})
+            run = await asyncio.to_thread(wrk.run, binary, url, lua, WRK_CONNECTIONS, self.plan.wrk_s,
+                                          self.logs / "wrk.log")
+            run["cpu_cores"] = cpu.cores()
+        finally:
+            self.stop("minimal")
+        _log(f"wrk, minimal durable handler: {run['rps']:,.0f} req/s, p99 {ms_(run['latency_s']['p99'])} ms")
+        return run
 
     async def pipeline(self) -> None:
         p = self.plan
@@ -457,8 +488,9 @@ class Bench:
         sustained = await self.sustain(best or max(10, p.e2e_rates[0] // 4))
         await self.budget()  # after the steps: the customers have written before, as in a running business
         await self.drain()
-        if p.fresh_broker_per_phase:
-            await self.fresh_pipeline()
+        await self.status_backlog()
+        await self.minimal()
+        await self.fresh_pipeline()  # the minimal pipeline ran on a broker of its own
         await self.soak(max(10, round((sustained or best or p.e2e_rates[0] // 4) / 4)))
         await self.customer_with_defaults()
         await self.media()
@@ -471,6 +503,8 @@ class Bench:
         await self.e2e_step(400, 12, "bwarm")
         await self.budget()
         await self.drain()
+        await self.status_backlog()
+        await self.minimal()
 
     async def media(self) -> None:
         """Media downloads/s and the worker's peak RSS during a 100 MB document (bench/media.py)."""
@@ -518,6 +552,173 @@ class Bench:
                                  "webhook_errors": load["errors"]}
         _log(f"drain: {done:.0f} of {expected} messages answered in {took:.1f}s: {done / max(took, 1e-9):.0f}/s; "
              "CPU (cores): " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+
+    async def status_backlog(self) -> None:
+        """Status processing alone: replies sent with fake-meta's statuses held back, then their statuses
+        (three a reply, one a body as Meta posts them) put on the raw topic with the workers stopped; the
+        statuses/s the workers apply from the moment they have joined."""
+        rate, seconds = STATUS_BACKLOG
+        fake = f"http://127.0.0.1:{self.ports['fake-meta']}"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{fake}/__statuses", json={"enabled": False}) as r:
+                r.raise_for_status()
+            try:
+                async with s.delete(f"{fake}/__sent") as r:
+                    r.raise_for_status()
+                sent_before = await self._metric("wacrm_sends_total", 'outcome="sent"')
+                _, ids_path = await self.load(self.ports["serve"], rate, seconds, tag="sback", ids=True)
+                assert ids_path is not None
+                expected = len(ids_path.read_text().splitlines())
+                until = time.monotonic() + self.plan.drain_s
+                while time.monotonic() < until:
+                    if await self._metric("wacrm_sends_total", 'outcome="sent"') - sent_before >= expected:
+                        break
+                    await asyncio.sleep(0.25)
+                async with s.get(f"{fake}/__sent") as r:
+                    sent = orjson.loads(await r.read())
+            finally:
+                async with s.post(f"{fake}/__statuses", json={"enabled": True}) as r:
+                    r.raise_for_status()
+        now = int(time.time())
+        bodies = [orjson.dumps(fake_meta.status_webhook(x["body"], x["phone_number_id"], x["answered"]["id"], st,
+                                                         now))
+                  for x in sent if "id" in (x.get("answered") or {}) for st in ("sent", "delivered", "read")]
+        _log(f"status backlog: {len(bodies)} statuses of {expected} replies, put on the bus with the workers stopped")
+        self.stop_workers()
+        await _post_all(f"http://127.0.0.1:{self.ports['serve']}/webhooks/whatsapp", bodies, self.secret)
+        self.start_workers(self.workers)
+        await self._wait_worker()
+        started = time.monotonic()
+        cpu = probes.CpuMeter(self.tracked())
+        applied = await self._wait_statuses(0.0, len(bodies), started + self.plan.drain_s * 3)
+        took = time.monotonic() - started
+        self.results["status_backlog"] = {"statuses": len(bodies), "applied": applied, "seconds": took,
+                                          "statuses_per_s": applied / max(took, 1e-9), "cpu_cores": cpu.cores()}
+        _log(f"status backlog: {applied:.0f} of {len(bodies)} applied in {took:.1f}s: "
+             f"{applied / max(took, 1e-9):.0f}/s")
+
+    async def minimal(self) -> None:
+        """The minimal pipeline (:mod:`bench.minimal`) on a fresh broker and the same PostgreSQL, with its own
+        fake-meta posting the statuses back: the CPU a message at the budget's rate, and a backlog's rate."""
+        assert self.broker is not None
+        p = self.plan
+        _log("minimal pipeline: fresh broker; its webhook, consumers and fake-meta")
+        self.stop_workers()
+        self.stop("serve")
+        await self.new_broker()
+        from wacrm.core.settings import load
+
+        partitions = load(self.env()).topic_partitions
+        assert self.broker is not None
+        self.start("fake-meta-minimal", self._fake_meta_cmd("fake-meta-minimal", "minimal"),
+                   self.ports["fake-meta-minimal"])
+        self.start("minimal", [sys.executable, "-m", "bench.minimal", "webhook", "--port", str(self.ports["minimal"]),
+                               "--bootstrap", self.broker.bootstrap, "--secret", self.secret,
+                               "--partitions", str(partitions)], self.ports["minimal"])
+        try:
+            self._start_minimal_consumers()
+            await self.minimal_step(20, 3, "mwarm")
+            budget = await self.minimal_step(p.budget_rate, p.budget_s, "mbudget")
+            _log(f"minimal pipeline, budget: {_brief_e2e(budget)}; CPU-ms per message: "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in budget["cpu_ms_per_message"].items()))
+            backlog = await self.minimal_backlog()
+        finally:
+            for name in [n for n in self.children if n.startswith("minimal")] + ["fake-meta-minimal"]:
+                self.stop(name)
+        self.results["minimal"] = {"budget": budget, "backlog": backlog, "consumers": self.workers,
+                                   "partitions": partitions}
+
+    def _start_minimal_consumers(self) -> None:
+        assert self.broker is not None
+        for n in range(self.workers):
+            self.start(f"minimal-consumer-{n + 1}",
+                       [sys.executable, "-m", "bench.minimal", "consumer", "--bootstrap", self.broker.bootstrap,
+                        "--group", f"{self.group}-minimal", "--database-url", self.ceiling_db,
+                        "--graph", f"http://127.0.0.1:{self.ports['fake-meta-minimal']}"])
+
+    def _minimal_tracked(self) -> probes.Tracked:
+        assert self.broker is not None and self.pg is not None and self.broker.proc and self.pg.proc
+        return {"serve": [(self.children["minimal"].pid, False)],
+                "worker": [(proc.pid, False) for n, proc in self.children.items() if n.startswith("minimal-consumer")],
+                "fake-meta": [(self.children["fake-meta-minimal"].pid, False)],
+                "broker": [(self.broker.proc.pid, False)], "postgres": [(self.pg.proc.pid, True)]}
+
+    async def _minimal_counts(self, conn: asyncpg.Connection, tag: str) -> asyncpg.Record:
+        return await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE l.state = 'sent') AS sent, min(m.received_at) AS first_stored,
+                      max(l.updated_at) FILTER (WHERE l.state = 'sent') AS last_sent,
+                      (SELECT count(*) FROM minimal_statuses s JOIN minimal_ledger x ON x.wamid = s.wamid
+                       WHERE x.reply_to LIKE $1) AS statuses
+               FROM minimal_messages m LEFT JOIN minimal_ledger l ON l.reply_to = m.provider_message_id
+               WHERE m.provider_message_id LIKE $1""", f"wamid.BENCH\\_{tag}\\_%")
+
+    async def minimal_step(self, rate: float, seconds: float, tag: str) -> dict[str, Any]:
+        """As :meth:`e2e_step`, against the minimal pipeline: every message answered once, its statuses stored."""
+        fake = f"http://127.0.0.1:{self.ports['fake-meta-minimal']}"
+        async with aiohttp.ClientSession() as s, s.delete(f"{fake}/__sent") as r:
+            r.raise_for_status()
+        cpu = probes.CpuMeter(self._minimal_tracked())
+        load, ids_path = await self.load(self.ports["minimal"], rate, seconds, tag=tag, ids=True)
+        assert ids_path is not None
+        sent_at = {mid: float(at) for mid, _, at in (x.partition("\t") for x in ids_path.read_text().splitlines())}
+        expected = len(sent_at)
+        conn = await asyncpg.connect(self.ceiling_db)
+        try:
+            until = time.monotonic() + self.plan.drain_s
+            while time.monotonic() < until:
+                c = await self._minimal_counts(conn, tag)
+                if c["sent"] >= expected and c["statuses"] >= STATUSES_PER_REPLY * c["sent"]:
+                    break
+                await asyncio.sleep(0.25)
+            cores = cpu.cores()
+            span = max(cpu.span, 1e-9)
+            cores["generator"] = load["generator_cpu_s"] / span
+            await asyncio.sleep(0.5)  # a duplicate would come right behind
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s, \
+                    s.get(f"{fake}/__sent") as r:
+                sent = orjson.loads(await r.read())
+            rows = await conn.fetch("SELECT provider_message_id FROM minimal_messages "
+                                    "WHERE provider_message_id LIKE $1", f"wamid.BENCH\\_{tag}\\_%")
+            c = await self._minimal_counts(conn, tag)
+        finally:
+            await conn.close()
+        replies = [(x["body"]["context"]["message_id"], x["received_at"]) for x in sent
+                   if "id" in (x.get("answered") or {}) and isinstance(x.get("body"), dict)]
+        delivery = stats.count_delivery(sent_at, (m for m, _ in replies), {r[0]: 1 for r in rows})
+        summary = stats.summarize(stats.latencies(sent_at, replies))
+        return {"offered_rate": rate, "duration_s": seconds, "load": load, "messages": expected,
+                "messages_per_s": expected / seconds, "cpu_cores": cores,
+                "cpu_ms_per_message": {k: v * span * 1000 / max(expected, 1) for k, v in cores.items()},
+                "lost": delivery.lost, "duplicated": delivery.duplicated, "replies_per_s": 0.0,
+                "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
+                "statuses": {"expected": STATUSES_PER_REPLY * c["sent"], "applied": c["statuses"]}}
+
+    async def minimal_backlog(self) -> dict[str, Any]:
+        """The minimal pipeline's consumers from a backlog (as :meth:`drain`): messages/s from the first
+        message stored to the last reply sent."""
+        rate, seconds = DRAIN_BACKLOG
+        for name in [n for n in self.children if n.startswith("minimal-consumer")]:
+            self.stop(name)
+        _, ids_path = await self.load(self.ports["minimal"], rate, seconds, tag="mdrain", ids=True)
+        assert ids_path is not None
+        expected = len(ids_path.read_text().splitlines())
+        self._start_minimal_consumers()
+        conn = await asyncpg.connect(self.ceiling_db)
+        try:
+            until = time.monotonic() + self.plan.drain_s * 3
+            while True:
+                c = await self._minimal_counts(conn, "mdrain")
+                if c["sent"] >= expected or time.monotonic() >= until:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        took = (c["last_sent"] - c["first_stored"]).total_seconds() if c["last_sent"] else math.nan
+        result = {"messages": expected, "replied": c["sent"], "seconds": took,
+                  "messages_per_s": c["sent"] / took if took and not math.isnan(took) else 0.0}
+        _log(f"minimal pipeline, backlog: {c['sent']} of {expected} answered in {took:.1f}s: "
+             f"{result['messages_per_s']:.0f}/s")
+        return result
 
     async def budget(self) -> None:
         """The CPU each message costs every process, at a fixed rate inside what the pipeline carries, from
@@ -641,6 +842,7 @@ class Bench:
         async with aiohttp.ClientSession() as s, s.delete(f"{fake}/__sent") as r:
             r.raise_for_status()
         sent_before = await self._metric("wacrm_sends_total", 'outcome="sent"')
+        statuses_before = await self._metric(STATUS_METRIC, every_label=True)
         cpu = probes.CpuMeter(self.tracked())
         load, ids_path = await self.load(self.ports["serve"], rate, seconds, tag=tag, connections=connections,
                                          ids=True, during=during)
@@ -651,12 +853,15 @@ class Bench:
             sent_at[mid] = float(at)
         expected = len(sent_at)
         drain_started = time.monotonic()
+        done = 0.0
         while time.monotonic() - drain_started < self.plan.drain_s:
             done = await self._metric("wacrm_sends_total", 'outcome="sent"') - sent_before
             if done >= expected:
                 break
             await asyncio.sleep(0.25)
         drain = time.monotonic() - drain_started
+        statuses = await self._wait_statuses(statuses_before, STATUSES_PER_REPLY * done,
+                                             drain_started + self.plan.drain_s)
         cores = cpu.cores()  # over the load and the drain: the work these messages caused
         span = max(cpu.span, 1e-9)
         cores["generator"] = load["generator_cpu_s"] / span
@@ -694,7 +899,17 @@ class Bench:
                 "delivery": _asdict(delivery), "lost": delivery.lost, "duplicated": delivery.duplicated,
                 "latency_s": {"p50": summary.p50, "p95": summary.p95, "p99": summary.p99, "max": summary.max},
                 "replies_per_s": delivery.replied / max(last_reply - first, 1e-9), "drain_s": drain,
-                "answered_together": together, "timeline": timeline}
+                "answered_together": together, "timeline": timeline,
+                "statuses": {"expected": STATUSES_PER_REPLY * done, "applied": statuses}}
+
+    async def _wait_statuses(self, before: float, expected: float, until: float) -> float:
+        """The statuses the workers took since ``before``, once ``expected`` of them (or ``until``)."""
+        applied = 0.0
+        while True:
+            applied = await self._metric(STATUS_METRIC, every_label=True) - before
+            if applied >= expected or time.monotonic() >= until:
+                return applied
+            await asyncio.sleep(0.25)
 
     async def soak(self, rate: float) -> None:
         """Memory, consumer lag and CPU over ``soak_s`` at a fixed rate (a quarter of the sustained one)."""
@@ -836,6 +1051,21 @@ def _brief_e2e(s: dict[str, Any]) -> str:
     return (f"{s['messages']} msgs, replies {s['replies_per_s']:.0f}/s, p50 {lat['p50'] * 1000:.0f} ms, "
             f"p99 {lat['p99'] * 1000:.0f} ms, lost {s['lost']}, dup {s['duplicated']}, "
             f"webhook errors {s['load']['errors']}")
+
+
+async def _post_all(url: str, bodies: list[bytes], secret: str, concurrency: int = 32) -> None:
+    """POST every body, signed, ``concurrency`` at a time; each must be accepted."""
+    queue = iter(bodies)
+
+    async def one(s: aiohttp.ClientSession) -> None:
+        for raw in queue:
+            async with s.post(url, data=raw, headers={"Content-Type": "application/json",
+                                                      "X-Hub-Signature-256": signature.sign(secret, raw)}) as r:
+                if r.status != 200:
+                    raise BenchError(f"the webhook answered {r.status} to a status body: {await r.text()}")
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        await asyncio.gather(*(one(s) for _ in range(concurrency)))
 
 
 async def _text(url: str) -> str:

@@ -183,6 +183,8 @@ def configure(level: str | int, fmt: str = "text", *, repeat_interval_s: float =
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # No format of ours shows the thread or the process: a record need not look them up (a webhook call logs one).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
 
 
 def _has_fileno(stream: Any) -> bool:

@@ -128,6 +128,7 @@ class Settings:
     inbox_origins: tuple[str, ...]
     intelligence_every: int
     intelligence_timeout_s: float
+    template_sync_s: float  # the template catalogue is synced with Meta this often (inbox/catalogue.py)
     # media (MEDIA_S3_BUCKET set: the bucket; else the directory)
     media_dir: str
     media_s3_bucket: str | None
@@ -463,6 +464,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         inbox_origins=get("INBOX_ORIGINS", _origins, ()),
         intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
         intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
+        template_sync_s=get("TEMPLATE_SYNC_SECONDS", _float(10, 7 * 86400), 3600.0),
         media_dir=get("MEDIA_DIR", str, "media"),
         media_s3_bucket=get("MEDIA_S3_BUCKET", str, None),
         media_s3_endpoint_url=get("MEDIA_S3_ENDPOINT_URL", _url, None),

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import phonenumbers
@@ -35,13 +36,15 @@ from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, events, files, intelligence, openapi, store, waiting
+from wacrm.inbox import auth, catalogue, events, files, intelligence, openapi, store, waiting
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.media import StoreUnavailable
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import numbers, replies, repo
+from wacrm.storage import templates as tstore
 from wacrm.whatsapp import reasons
+from wacrm.whatsapp import templates as wt
 from wacrm.whatsapp.graph import InvalidRecipient, recipient_field
 
 log = logging.getLogger("wacrm.inbox")
@@ -53,6 +56,7 @@ SCHEMA = web.AppKey("inbox_schema", SchemaGuard)
 RULES = web.AppKey("inbox_rules", Rules)
 COUNTS = web.AppKey("inbox_counts", store.CountsCache)
 LLM = web.AppKey("inbox_llm", object)  # tuple[aiohttp.ClientSession, intelligence.LlmConfig] | None
+GRAPH_SESSION = web.AppKey("inbox_graph_session", aiohttp.ClientSession)  # the template sync's Graph API calls
 USER = "inbox_user"
 
 COOKIE_SECURE, COOKIE_PLAIN = "__Host-wacrm_session", "wacrm_session"
@@ -364,24 +368,97 @@ async def get_conversation(request: web.Request) -> web.Response:
         row = await _conversation(conn, cid)
         data = await store.detail(conn, row, before_id)
         data["waiting"] = (await waiting.waits(conn, [cid])).get(cid)
+        data.update(await _templates_and_consent(request, conn, cid))
     store.explain_errors(data)
-    data["templates"] = _templates(request)
     return ok(conversation=data)
 
 
-def _templates(request: web.Request) -> list[dict[str, Any]]:
-    return [{"name": t.name, "language": t.language, "parameters": list(t.parameters)}
-            for t in request.app[RULES].offered_templates()]
+# --- templates, consent and account state -------------------------------------------------------
+
+async def _account(request: web.Request, conn: asyncpg.Connection, cid: int) -> tstore.Account | None:
+    pnid = await conn.fetchval("SELECT phone_number_id FROM conversations WHERE id = $1", cid)
+    return await tstore.account_of(conn, request.app[SETTINGS], pnid) if pnid else None
+
+
+async def _templates_and_consent(request: web.Request, conn: asyncpg.Connection, cid: int) -> dict[str, Any]:
+    """What the reply box needs beside the thread: the approved templates of the conversation's number,
+    the contact's marketing opt-out, and its account's restriction."""
+    account = await _account(request, conn, cid)
+    opted = await conn.fetchval("SELECT k.marketing_opt_out FROM conversations c JOIN contacts k "
+                                "ON k.id = c.contact_id WHERE c.id = $1", cid)
+    return {"templates": await tstore.catalogue(conn, [account.waba_id], wt.APPROVED) if account else [],
+            "marketing_opt_out": bool(opted),
+            "account": await tstore.account_state(conn, account.waba_id) if account else None}
 
 
 def _template_of(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("name"), str) or not value["name"].strip() \
             or not isinstance(value.get("language"), str) or not value["language"].strip():
         raise invalid("template needs a name and a language")
-    params = value.get("parameters", [])
-    if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-        raise invalid("template.parameters must be a list of strings")
-    return {"name": value["name"], "language": value["language"], "parameters": params}
+    params = value.get("parameters", {})
+    if not isinstance(params, (list, dict)):
+        raise invalid("template.parameters must be an object with header, body and buttons")
+    return {"name": value["name"].strip(), "language": value["language"].strip(), "parameters": params}
+
+
+async def _checked_template(request: web.Request, conn: asyncpg.Connection, cid: int,
+                            tpl: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A person's template send checked against the catalogue: the intent's template (with the
+    components Meta expects) and the text the customer sees; 422 ``INVALID`` naming each missing or
+    unknown parameter, 409 ``ACCOUNT_RESTRICTED``, ``TEMPLATE_NOT_APPROVED`` or ``MARKETING_OPTED_OUT``."""
+    account = await _account(request, conn, cid)
+    if account is None:
+        raise invalid("no WhatsApp Business Account is configured for this number (WHATSAPP_BUSINESS_ACCOUNT_ID), "
+                      "so no template can be checked")
+    ctx = await tstore.send_context(conn, account.waba_id, tpl["name"], tpl["language"], cid)
+    if ctx.template is None:
+        raise invalid(f"no template {tpl['name']} ({tpl['language']}) in the catalogue of WABA {account.waba_id}: "
+                      "choose one from GET /api/v1/templates, or sync the catalogue (POST /api/v1/templates/sync)")
+    refused = wt.refusal(ctx.template, marketing_opt_out=ctx.marketing_opt_out,
+                         restricted_until=ctx.restricted_until, now=datetime.now(UTC))
+    if refused is not None:
+        raise ApiError(409, refused.code, refused.error)
+    spec = ctx.template.parameters
+    problems = wt.problems(spec, tpl["parameters"])
+    if problems:
+        raise ApiError(422, "INVALID", f"template {tpl['name']} ({tpl['language']}): " + "; ".join(problems),
+                       problems=problems)
+    return ({**tpl, "category": ctx.template.category,
+             "components": wt.send_components(spec, tpl["parameters"])}, wt.render(ctx.template, tpl["parameters"]))
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    """The catalogue: every template of every account (``number``: of that business number's account;
+    ``status``: only those), with each account's last sync and state."""
+    status = request.query.get("status")
+    if status is not None and not (status.isascii() and status.replace("_", "").isalpha() and len(status) < 40):
+        raise invalid("status must be a template status such as APPROVED, PAUSED or REJECTED")
+    settings = request.app[SETTINGS]
+    async with request.app[POOL].acquire() as conn:
+        number = request.query.get("number")
+        if number is not None:
+            account = await tstore.account_of(conn, settings, number)
+            found = [account] if account else []
+        else:
+            found = await tstore.accounts(conn, settings)
+        wabas = [a.waba_id for a in found]
+        events = 10 if request[USER].is_admin else 0
+        return ok(templates=await tstore.catalogue(conn, wabas, status.upper() if status else None),
+                  syncs=await tstore.sync_states(conn, wabas),
+                  accounts=[await tstore.account_state(conn, w, events=events) for w in wabas])
+
+
+async def sync_templates(request: web.Request) -> web.Response:
+    """Admins: sync the catalogue with Meta now; 502 ``SYNC_FAILED`` (the last good catalogue kept) says why."""
+    _admin(request)
+    synced = await catalogue.sync(request.app[POOL], request.app[GRAPH_SESSION], request.app[SETTINGS],
+                                  request.app[RULES])
+    if not synced:
+        raise invalid("no WhatsApp Business Account is configured (WHATSAPP_BUSINESS_ACCOUNT_ID): nothing to sync")
+    failed = [s for s in synced if not s.ok]
+    if failed:
+        raise ApiError(502, "SYNC_FAILED", "; ".join(s.line() for s in failed), syncs=[s.as_dict() for s in synced])
+    return ok(syncs=[s.as_dict() for s in synced])
 
 
 async def send_message(request: web.Request) -> web.Response:
@@ -400,14 +477,16 @@ async def send_message(request: web.Request) -> web.Response:
         raise invalid(f"text must be 1 to {MAX_TEXT} characters")
     tpl = _template_of(template) if template is not None else None
     user: User = request[USER]
-    shown = replies.template_body(tpl) if tpl is not None else str(text)
+    shown = str(text)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _conversation(conn, cid)
         until = store.window_open_until(row["last_inbound_at"])
         if tpl is None and (until is None or until <= datetime.now(UTC)):
             raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
-                           templates=_templates(request),
+                           templates=(await _templates_and_consent(request, conn, cid))["templates"],
                            next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
+        if tpl is not None:
+            tpl, shown = await _checked_template(request, conn, cid, tpl)
         request_id = f"{user.id}:{key}"
         created = await replies.queue_manual_reply(conn, cid, shown, request_id, user.id, tpl)
         ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
@@ -424,7 +503,7 @@ async def _send_file(request: web.Request, cid: int) -> web.Response:
     ``media`` naming it; the sender uploads it to the number and sends it by id. The window is looked at
     before the body is read, so a closed one costs no upload."""
     async with request.app[POOL].acquire() as conn:
-        _refuse_closed_window(request, await _conversation(conn, cid))
+        await _refuse_closed_window(request, conn, cid)
     try:
         received = await files.receive(request)
     except files.Refused as exc:
@@ -447,7 +526,7 @@ async def _send_file(request: web.Request, cid: int) -> web.Response:
     user: User = request[USER]
     request_id = f"{user.id}:{key}"
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        _refuse_closed_window(request, await _conversation(conn, cid))
+        await _refuse_closed_window(request, conn, cid)
         created = await replies.queue_manual_reply(conn, cid, received.line(caption), request_id, user.id,
                                                    media=received.media(caption))
         ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
@@ -458,12 +537,12 @@ async def _send_file(request: web.Request, cid: int) -> web.Response:
     return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
 
 
-def _refuse_closed_window(request: web.Request, conversation: asyncpg.Record) -> None:
+async def _refuse_closed_window(request: web.Request, conn: asyncpg.Connection, cid: int) -> None:
     """409 ``WINDOW_CLOSED`` when only a template may go to this conversation (as for free text)."""
-    until = store.window_open_until(conversation["last_inbound_at"])
+    until = store.window_open_until((await _conversation(conn, cid))["last_inbound_at"])
     if until is None or until <= datetime.now(UTC):
         raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
-                       templates=_templates(request),
+                       templates=(await _templates_and_consent(request, conn, cid))["templates"],
                        next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
 
 
@@ -782,5 +861,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/numbers", list_numbers)
     r.add_post("/numbers", add_number)
     r.add_get("/events", live_events)
+    r.add_get("/templates", list_templates)
+    r.add_post("/templates/sync", sync_templates)
 
 

@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from wacrm.core.settings import Settings
-from wacrm.inbox import api, events, intelligence, media, store
+from wacrm.inbox import api, catalogue, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
 from wacrm.inbox.schema import SchemaGuard
 from wacrm.media import open_store
@@ -83,6 +83,26 @@ async def _housekeeping(app: web.Application) -> None:
             log.exception("inbox housekeeping failed; it runs again")
 
 
+TEMPLATE_TICK_S = 15.0  # how often the template sync loop asks whether a sync is due
+
+
+async def _template_sync(app: web.Application) -> None:
+    """The catalogue at start, then every ``TEMPLATE_SYNC_SECONDS`` (or soon after a webhook named a template
+    the catalogue lacks); processes agree in the database which one syncs (:mod:`inbox.catalogue`)."""
+    settings, pool = app[api.SETTINGS], app[api.POOL]
+    min_age = catalogue.START_MIN_AGE_S
+    while True:
+        try:
+            if await app[api.SCHEMA].problem(pool) is None:
+                await catalogue.sync(pool, app[api.GRAPH_SESSION], settings, app[api.RULES], min_age_s=min_age)
+                min_age = settings.template_sync_s
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop goes on; the next tick tries again
+            log.exception("template sync failed; it runs again")
+        await asyncio.sleep(TEMPLATE_TICK_S)
+
+
 def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
     app = web.Application(middlewares=[api.guard], client_max_size=256 * 1024)
     app[api.SETTINGS] = settings
@@ -122,8 +142,19 @@ def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
             app[media.STORE] = opened
             yield
 
+    async def graph(app: web.Application) -> AsyncIterator[None]:
+        """The Graph API session of the template sync, and the sync loop that uses it."""
+        app[api.GRAPH_SESSION] = session = aiohttp.ClientSession()
+        syncing = asyncio.create_task(_template_sync(app), name="inbox-template-sync")
+        yield
+        syncing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await syncing
+        await session.close()
+
     app.cleanup_ctx.append(resources)
     app.cleanup_ctx.append(media_store)
+    app.cleanup_ctx.append(graph)
     app.on_shutdown.append(end_streams)  # before the server waits for open requests
     api.add_routes(app)
     app.router.add_get("/media/{id}", media.serve)  # inbox/media.py

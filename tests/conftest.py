@@ -38,10 +38,14 @@ from wacrm.storage.migrate import run_migrations
 from wacrm.topics.admin import create_topics
 from wacrm.whatsapp import signature
 
+# The inbox tests' signed-in `agent` and `admin` fixtures live with the API client.
+pytest_plugins = ["inbox_client"]
+
 FIXTURES = Path(__file__).parent / "fixtures" / "whatsapp"
 APP_SECRET = "test_app_secret_do_not_use"  # the secret the fixtures' manifest signatures use
 VERIFY_TOKEN = "test-verify-token"
 ACCESS_TOKEN = "test-access-token"
+WABA_ID = "100000000000001"  # the fixtures' WhatsApp Business Account (tests/fixtures/whatsapp/README.md)
 
 T = TypeVar("T")
 
@@ -189,7 +193,8 @@ class Stack:
             WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
             WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
             LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", BURST_WINDOW_SECONDS="1", RETRY_BASE_SECONDS="0.4",
-            RETRY_MULTIPLIER="2", MEDIA_DIR=str(self.media_dir)), **self.extra_env})  # a test's own settings win
+            RETRY_MULTIPLIER="2", WHATSAPP_BUSINESS_ACCOUNT_ID=WABA_ID, MEDIA_DIR=str(self.media_dir)),
+            **self.extra_env})  # a test's own settings win
 
     def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:

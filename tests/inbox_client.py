@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from conftest import Stack
 from test_inbound_fidelity import META, contact, envelope, text_msg
 
@@ -100,3 +101,20 @@ async def conversation_of(db: asyncpg.Connection, wa_id: str) -> int:
     cid = await latest_conversation(db, wa_id)
     assert cid is not None
     return int(cid)
+
+
+# Fixtures of the API tests (a plugin of conftest.py): a signed-in agent and admin of the session stack.
+@pytest.fixture
+async def agent(stack: Stack, db: asyncpg.Connection) -> Api:
+    user = await make_user(db, "agent")
+    api = await sign_in(stack.base, user.email)
+    api.user_id = user.id  # type: ignore[attr-defined]
+    return api
+
+
+@pytest.fixture
+async def admin(stack: Stack, db: asyncpg.Connection) -> Api:
+    user = await make_user(db, "admin")
+    api = await sign_in(stack.base, user.email)
+    api.user_id = user.id  # type: ignore[attr-defined]
+    return api

@@ -472,3 +472,32 @@ def test_plots_are_drawn_for_what_the_run_measured(tmp_path: object) -> None:
     assert [name for _, name in drawn] == ["cpu-per-message.png", "soak-latency.png"]  # no webhook or e2e runs
     for _, name in drawn:
         assert (Path(str(tmp_path)) / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_sets_the_pipeline_and_the_webhook_against_the_minimal_ones() -> None:
+    from bench.report import render
+
+    results = _budget_results()
+    results["budget"]["statuses"] = {"expected": 1380, "applied": 1380}  # type: ignore[index]
+    results["drain"] = {"messages": 6000, "replied": 6000, "seconds": 40.0, "messages_per_s": 150.0,
+                        "cpu_cores": {"worker": 0.9}}
+    results["status_backlog"] = {"statuses": 6000, "applied": 6000, "seconds": 10.0, "statuses_per_s": 600.0,
+                                 "cpu_cores": {"worker": 0.8}}
+    results["minimal"] = {"consumers": 2, "backlog": {"messages": 6000, "messages_per_s": 600.0},
+                          "budget": {"offered_rate": 400, "messages_per_s": 460.0, "lost": 0, "duplicated": 0,
+                                     "statuses": {"expected": 1380, "applied": 1380},
+                                     "cpu_ms_per_message": {"serve": 0.25, "worker": 0.25, "fake-meta": 0.2,
+                                                            "broker": 0.2, "postgres": 0.1, "generator": 0.1}}}
+    results["wrk"]["minimal"] = {"seconds": 4, "rps": 12000.0, "non_2xx": 0, "socket_errors": 0,  # type: ignore[index]
+                                 "latency_s": {"p50": 0.002, "p90": 0.003, "p99": 0.004}, "cpu_cores": {}}
+    text = render(results)
+    assert "(1,380 of 1,380 applied)" in text
+    assert "applied at **600 statuses/s**" in text
+    assert "| pipeline: messages/s from a backlog |" in text and "| 150 |" in text and "| 600 | 25 % |" in text
+    assert "| pipeline: CPU-ms a message with its statuses, every process | ours | 4.10 |" in text
+    assert "| 1.10 | 3.7× |" in text  # 4.10 / 1.10
+    assert "| worker | 1.50 | 0.25 | 6.0× |" in text and "| **total** | **4.10** | **1.10** | **3.7×** |" in text
+    assert "| minimal durable handler | no | 12,000 |" in text
+    assert "did 9,000 requests/s, **75 %** of its 12,000" in text
+    assert "| webhook under wrk, one process, as a fraction of the minimal durable handler | 75 % (9,000 of " \
+           "12,000 req/s) | ≥ 75 % | met |" in text

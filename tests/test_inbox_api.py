@@ -9,26 +9,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 from conftest import Stack, eventually
-from inbox_client import Api, customer_says, latest_conversation, make_user, phone, sign_in
+from inbox_client import Api, customer_says, latest_conversation, phone
 from test_replies import sends_to
-
-
-@pytest.fixture
-async def agent(stack: Stack, db: asyncpg.Connection) -> Api:
-    user = await make_user(db, "agent")
-    api = await sign_in(stack.base, user.email)
-    api.user_id = user.id  # type: ignore[attr-defined]
-    return api
-
-
-@pytest.fixture
-async def admin(stack: Stack, db: asyncpg.Connection) -> Api:
-    user = await make_user(db, "admin")
-    api = await sign_in(stack.base, user.email)
-    api.user_id = user.id  # type: ignore[attr-defined]
-    return api
 
 
 async def _conversation(stack: Stack, db: asyncpg.Connection, text: str = "hello there",

@@ -11,98 +11,31 @@ Screenshots of the three panes (wide) and of the phone layout are written to doc
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from browser import (  # noqa: F401 (the module's browser fixtures)
+    LIVE_S,
+    PHONE,
+    SCREENSHOTS,
+    WIDE,
+    browser,
+    browser_context_args,
+    browser_type,
+    browser_type_launch_args,
+    playwright,
+)
+from browser import conversation as _conversation
+from browser import sign_in as _sign_in
+from browser import user as _user
+from conftest import Stack, eventually, run_sync
+from inbox_client import customer_says, phone
+from playwright.sync_api import APIResponse, Browser, Page, Route, expect
+from test_replies import script, sends_to
+from test_templates import body_of
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
-                "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
-try:
-    from playwright.sync_api import APIResponse, Browser, BrowserType, Page, Playwright, Route, expect, sync_playwright
-except ImportError as exc:  # the test extra is not installed
-    pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
-                allow_module_level=True)
-
-import asyncpg  # noqa: E402
-from conftest import Stack, eventually, run_sync  # noqa: E402
-from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
-from test_replies import script, sends_to  # noqa: E402
-
-from wacrm.storage.db import connect  # noqa: E402
-
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-WIDE = {"width": 1400, "height": 860}
-PHONE = {"width": 390, "height": 844}
-LIVE_S = 60_000  # ms: a loaded 2-core machine runs the pipeline, the browser and other tests at once
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright launches the system's chromium, headless, never a downloaded build."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
-
-
-# pytest-playwright keeps one sync Playwright for the whole session. While it lives, its event loop
-# stays marked as running in this thread, and every async test after this module would fail with
-# "cannot be called from a running event loop". So Playwright and the browser live for this module only.
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    pw = sync_playwright().start()
-    try:
-        yield pw
-    finally:
-        pw.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
-    return getattr(playwright, browser_name or "chromium")
-
-
-@pytest.fixture(scope="module")
-def browser(browser_type: BrowserType, browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
-    browser = browser_type.launch(**browser_type_launch_args)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def browser_context_args() -> dict[str, Any]:
-    """Each test's page: a laptop screen (no device emulation, base URL or video)."""
-    return {"viewport": WIDE}
-
-
-def _user(database_url: str, role: str) -> str:
-    async def make() -> str:
-        conn: asyncpg.Connection = await connect(database_url, timeout=10)
-        try:
-            return (await make_user(conn, role)).email
-        finally:
-            await conn.close()
-    return run_sync(make())
-
-
-def _sign_in(page: Page, base: str, email: str) -> None:
-    page.goto(base + "/")
-    expect(page).to_have_url(base + "/login")  # signed out: the inbox sends you to sign in
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(base + "/")
-    expect(page.locator("body[data-live=true]")).to_have_count(1, timeout=LIVE_S)  # the event stream is live
-
-
-def _conversation(page: Page, name: str) -> Any:
-    return page.locator("#conversations [data-conversation-id]", has_text=name)
+from wacrm.storage.db import connect
 
 
 def test_sign_in_shows_a_wrong_password_inline(stack: Stack, database_url: str, page: Page) -> None:
@@ -251,7 +184,9 @@ def test_an_admin_deletes_and_restores_a_conversation(stack: Stack, database_url
 
 
 
-def test_outside_the_window_the_reply_box_offers_a_template(stack: Stack, database_url: str, page: Page) -> None:
+def test_outside_the_window_the_reply_box_is_a_template_picker(stack: Stack, database_url: str, page: Page) -> None:
+    """The approved templates of the conversation's number, one field per parameter with Meta's example as
+    its hint, a live preview of the text, Send only once every field is filled; sent end to end."""
     email = _user(database_url, "agent")
     name, wa_id = f"Dee {uuid.uuid4().hex[:6]}", phone()
     run_sync(customer_says(stack, wa_id, "hola", name))
@@ -264,16 +199,87 @@ def test_outside_the_window_the_reply_box_offers_a_template(stack: Stack, databa
 
     expect(page.locator("#window-state")).to_contain_text("window is closed")
     expect(page.locator("form#reply textarea[name=text]")).to_be_disabled()
-    page.fill("#template-name", "follow_up")
-    page.fill("#template-params", "Dee")
-    page.click("#send-template")
-    sent = page.locator("#messages li", has_text="[template follow_up (en)] Dee")
+    pick = page.locator("#template-pick")
+    expect(pick.locator("option", has_text="appointment_reminder · en · utility")).to_have_count(1)
+    expect(pick.locator("option", has_text="back_in_stock")).to_have_count(0)  # paused at Meta: not offered
+    expect(pick.locator("option", has_text="abandoned_cart")).to_have_count(0)  # rejected
+    pick.select_option("appointment_reminder|en")
+    fields, send, preview = page.locator("#template-fields input"), page.locator("#send-template"), \
+        page.locator("#template-preview")
+    expect(fields).to_have_count(3)
+    expect(fields.nth(0)).to_have_attribute("placeholder", "Ana")  # Meta's examples as hints
+    expect(fields.nth(1)).to_have_attribute("placeholder", "Friday 14 March")
+    expect(send).to_be_disabled()
+    fields.nth(0).fill(name)
+    expect(preview).to_contain_text(f"Reminder for {name}")
+    expect(preview).to_contain_text("Your appointment is on {{1}} at {{2}}.")
+    fields.nth(1).fill("Friday 14 March")
+    expect(send).to_be_disabled()  # one field is still empty
+    fields.nth(2).fill("10:00")
+    expect(preview).to_contain_text("Your appointment is on Friday 14 March at 10:00.")
+    expect(preview).to_contain_text("[Yes] [Change it]")
+    expect(send).to_be_enabled()
+    send.click()
+    sent = page.locator("#messages li", has_text=f"Reminder for {name}")
     expect(sent).to_be_visible(timeout=LIVE_S)
+    expect(sent).to_contain_text("Your appointment is on Friday 14 March at 10:00.")
+    expect(fields).to_have_count(0)  # the picker is ready for another
 
     async def at_meta() -> list[dict[str, Any]]:
         return [x for x in await sends_to(stack, wa_id) if x["body"].get("type") == "template"]
     (one,) = run_sync(eventually(at_meta, 60, "the template at fake-meta"))
-    assert one["body"]["template"]["name"] == "follow_up"
+    assert one["body"]["template"]["components"] == [
+        {"type": "header", "parameters": [{"type": "text", "text": name}]},
+        {"type": "body", "parameters": [{"type": "text", "text": "Friday 14 March"},
+                                        {"type": "text", "text": "10:00"}]}]
+    expect(sent).to_have_attribute("data-status", "read", timeout=LIVE_S)  # Meta's statuses came back
+    page.screenshot(path=str(SCREENSHOTS / "inbox-template-sent.png"))
+
+
+def test_the_picker_shows_the_marketing_opt_out_and_an_account_restriction(stack: Stack, database_url: str,
+                                                                           page: Page) -> None:
+    email = _user(database_url, "agent")
+    name, wa_id = f"Flo {uuid.uuid4().hex[:6]}", phone()
+    run_sync(customer_says(stack, wa_id, "hola", name))
+    _sign_in(page, stack.base, email)
+    item = _conversation(page, name)
+    expect(item).to_be_visible(timeout=LIVE_S)
+    cid = int(item.get_attribute("data-conversation-id") or 0)
+    run_sync(_window_closed(database_url, cid))
+    run_sync(stack.post(body_of("65_user_preferences_stop.json", wa_id=wa_id)))  # the customer said stop
+    run_sync(eventually(lambda: _flag(database_url, wa_id), 60, "the marketing opt-out stored"))
+    item.locator("button").click()
+    expect(page.locator("#contact")).to_contain_text("opted out: no marketing templates")
+    welcome = page.locator("#template-pick option", has_text="welcome · en · marketing")
+    expect(welcome).to_be_disabled()
+    expect(welcome).to_contain_text("the customer stopped marketing")
+    expect(page.locator("#template-pick option", has_text="payment_received · en · utility")).to_be_enabled()
+
+    until = int(time.time()) + 86400
+    restriction = [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": until}]
+    run_sync(stack.post(body_of("67_account_restriction.json", restriction_info=restriction)))
+    try:
+        note = page.locator("#account-restriction")
+        for _ in range(60):  # the restriction arrives through the worker; the page shows it on its next load
+            page.locator("#conversations [data-conversation-id]", has_text=name).locator("button").click()
+            if note.is_visible():
+                break
+            page.wait_for_timeout(1000)
+        expect(note).to_contain_text("Meta restricted business-initiated messages from this account until")
+        page.select_option("#template-pick", "payment_received|en")
+        page.locator("#template-fields input").nth(0).fill(name)
+        page.locator("#template-fields input").nth(1).fill("$5")
+        expect(page.locator("#send-template")).to_be_disabled()
+    finally:  # a newer restriction without business-initiated messaging lifts it
+        run_sync(stack.post(body_of("67_account_restriction.json", at=int(time.time()) + 2, restriction_info=[])))
+
+
+async def _flag(database_url: str, wa_id: str) -> bool:
+    conn = await connect(database_url, timeout=10)
+    try:
+        return bool(await conn.fetchval("SELECT marketing_opt_out FROM contacts WHERE wa_id = $1", wa_id))
+    finally:
+        await conn.close()
 
 
 async def _window_closed(database_url: str, cid: int) -> None:

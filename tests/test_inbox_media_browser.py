@@ -7,23 +7,23 @@ import struct
 import uuid
 import zlib
 
-from conftest import Stack, run_sync
-from inbox_client import phone
-from media_helpers import media_body, register
-from playwright.sync_api import Browser, expect
-from test_inbox_browser import (  # noqa: F401  (the module's browser fixtures, reused)
+from browser import (  # noqa: F401 (the module's browser fixtures)
     LIVE_S,
     SCREENSHOTS,
     WIDE,
-    _conversation,
-    _sign_in,
-    _user,
     browser,
     browser_context_args,
     browser_type,
     browser_type_launch_args,
     playwright,
 )
+from browser import conversation as _conversation
+from browser import sign_in as _sign_in
+from browser import user as _user
+from conftest import Stack, run_sync
+from inbox_client import phone
+from media_helpers import media_body, register
+from playwright.sync_api import Browser, expect
 
 
 def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
@@ -37,7 +37,7 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 def test_a_person_sees_a_customers_image_document_and_a_file_that_failed(stack: Stack, database_url: str,
-                                                                         browser: Browser) -> None:  # noqa: F811
+                                                                         browser: Browser) -> None:
     email = _user(database_url, "agent")
     context = browser.new_context(viewport=WIDE)
     page = context.new_page()

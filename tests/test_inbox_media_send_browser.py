@@ -10,22 +10,22 @@ import uuid
 from typing import Any
 
 import aiohttp
-from conftest import Stack, run_sync
-from inbox_client import customer_says, phone
-from playwright.sync_api import Browser, expect
-from test_inbox_browser import (  # noqa: F401  (the module's browser fixtures, reused)
+from browser import (  # noqa: F401 (the module's browser fixtures)
     LIVE_S,
     SCREENSHOTS,
     WIDE,
-    _conversation,
-    _sign_in,
-    _user,
     browser,
     browser_context_args,
     browser_type,
     browser_type_launch_args,
+    conversation,
     playwright,
+    sign_in,
+    user,
 )
+from conftest import Stack, run_sync
+from inbox_client import customer_says, phone
+from playwright.sync_api import Browser, expect
 from test_inbox_media_browser import png
 
 from wacrm.whatsapp.media import MAX_BYTES
@@ -49,15 +49,15 @@ def _drop(page: Any, name: str, data: bytes, mime: str) -> None:
 
 
 def test_a_person_attaches_or_drops_files_and_sees_refusals_in_words_and_the_image_sent(
-        stack: Stack, database_url: str, browser: Browser) -> None:  # noqa: F811
-    email = _user(database_url, "agent")
+        stack: Stack, database_url: str, browser: Browser) -> None:
+    email = user(database_url, "agent")
     context = browser.new_context(viewport=WIDE)
     page = context.new_page()
     try:
-        _sign_in(page, stack.base, email)
+        sign_in(page, stack.base, email)
         name, wa_id = f"Bruna {uuid.uuid4().hex[:6]}", phone()
         run_sync(customer_says(stack, wa_id, "Hello, is the shop open today?", name))
-        _conversation(page, name).locator("button").click(timeout=LIVE_S)
+        conversation(page, name).locator("button").click(timeout=LIVE_S)
         form = page.locator("#reply")
         expect(form.locator("textarea[name=text]")).to_be_enabled(timeout=LIVE_S)  # the window is open
 

@@ -9,23 +9,9 @@ import uuid
 from typing import Any
 
 import asyncpg
-import pytest
 from conftest import Stack, eventually
-from inbox_client import Api, customer_says, make_user, phone, sign_in
+from inbox_client import Api, customer_says, phone
 from test_replies import script, sends_to
-
-
-@pytest.fixture
-async def agent(stack: Stack, db: asyncpg.Connection) -> Api:
-    user = await make_user(db, "agent")
-    api = await sign_in(stack.base, user.email)
-    api.user_id = user.id  # type: ignore[attr-defined]
-    return api
-
-
-@pytest.fixture
-async def admin(stack: Stack, db: asyncpg.Connection) -> Api:
-    return await sign_in(stack.base, (await make_user(db, "admin")).email)
 
 
 async def _cid(db: asyncpg.Connection, wa_id: str) -> int:

@@ -3,80 +3,35 @@ the session's running system: the queue of customers waiting for a person, a dra
 conversation, a failed reply in words, and the closed window's template box.
 
 Never ``playwright install``: the browser is the system's ``/usr/bin/chromium``; without it these
-tests are skipped with the reason. Screenshots go to docs/screenshots/ (and, when it exists, the
-briefs' folder /work/briefs/screenshots/).
+tests are skipped with the reason. Screenshots go to docs/screenshots/.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+import asyncpg
+from browser import (  # noqa: F401 (the module's browser fixtures)
+    LIVE_S,
+    SCREENSHOTS,
+    browser,
+    browser_context_args,
+    browser_type,
+    browser_type_launch_args,
+    playwright,
+)
+from browser import conversation as _conversation
+from browser import live as _live
+from browser import sign_in as _sign_in
+from browser import user as _user
+from conftest import Stack, eventually, run_sync
+from inbox_client import customer_says, phone
+from playwright.sync_api import Page, expect
+from test_replies import script, sends_to
 
-CHROMIUM = "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(f"browser tests skipped: {CHROMIUM} is missing (install Debian's chromium: "
-                "`apt-get install -y chromium`, as `make test` does when it runs as root)", allow_module_level=True)
-try:
-    from playwright.sync_api import Browser, BrowserType, Locator, Page, Playwright, expect, sync_playwright
-except ImportError as exc:  # the test extra is not installed
-    pytest.skip(f"browser tests skipped: playwright is not installed ({exc}); `pip install -e '.[test]'`",
-                allow_module_level=True)
-
-import asyncpg  # noqa: E402
-from conftest import Stack, eventually, run_sync  # noqa: E402
-from inbox_client import PASSWORD, customer_says, make_user, phone  # noqa: E402
-from test_replies import script, sends_to  # noqa: E402
-
-from wacrm.storage.db import connect  # noqa: E402
-
-SCREENSHOTS = [Path(__file__).resolve().parent.parent / "docs" / "screenshots"]
-if Path("/work/briefs").is_dir():
-    SCREENSHOTS.append(Path("/work/briefs/screenshots"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-WIDE = {"width": 1400, "height": 860}
-LIVE_S = 60_000  # ms: a loaded 2-core machine runs the pipeline, the browser and other tests at once
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """pytest-playwright launches the system's chromium, headless, never a downloaded build."""
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True, "args": CHROMIUM_ARGS}
-
-
-# Playwright and the browser live for this module only: a session-long sync Playwright leaves its
-# event loop marked as running in this thread, and the async tests after this module would fail.
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    pw = sync_playwright().start()
-    try:
-        yield pw
-    finally:
-        pw.stop()
-
-
-@pytest.fixture(scope="module")
-def browser_type(playwright: Playwright, browser_name: str | None) -> BrowserType:
-    return getattr(playwright, browser_name or "chromium")
-
-
-@pytest.fixture(scope="module")
-def browser(browser_type: BrowserType, browser_type_launch_args: dict[str, Any]) -> Iterator[Browser]:
-    browser = browser_type.launch(**browser_type_launch_args)
-    try:
-        yield browser
-    finally:
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def browser_context_args() -> dict[str, Any]:
-    return {"viewport": WIDE}
+from wacrm.storage.db import connect
 
 
 async def _sql(database_url: str, sql: str, *args: Any) -> Any:
@@ -87,33 +42,6 @@ async def _sql(database_url: str, sql: str, *args: Any) -> Any:
         await conn.close()
 
 
-def _user(database_url: str) -> str:
-    async def make() -> str:
-        conn: asyncpg.Connection = await connect(database_url, timeout=10)
-        try:
-            return (await make_user(conn, "agent")).email
-        finally:
-            await conn.close()
-    return run_sync(make())
-
-
-def _sign_in(page: Page, base: str, email: str) -> None:
-    page.goto(base + "/login")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    expect(page).to_have_url(base + "/")
-    _live(page)
-
-
-def _live(page: Page) -> None:
-    expect(page.locator("body[data-live=true]")).to_have_count(1, timeout=LIVE_S)  # the event stream is live
-
-
-def _conversation(page: Page, name: str) -> Locator:
-    return page.locator("#conversations [data-conversation-id]", has_text=name)
-
-
 def _open(page: Page, name: str) -> None:
     item = _conversation(page, name)
     expect(item).to_be_visible(timeout=LIVE_S)
@@ -122,9 +50,8 @@ def _open(page: Page, name: str) -> None:
 
 
 def _screenshot(page: Page, name: str) -> None:
-    for folder in SCREENSHOTS:
-        folder.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(folder / name))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name))
 
 
 def test_a_customer_asking_for_a_person_waits_in_the_queue_until_taken_over(
@@ -249,11 +176,11 @@ def test_the_closed_window_offers_templates_and_an_old_error_goes_with_a_later_s
     expect(error).to_contain_text("The 24-hour window is closed", timeout=LIVE_S)
     expect(error).to_contain_text("Send an approved template")
     expect(page.locator("#templates")).to_be_visible()
-    expect(page.locator("#template-source")).to_contain_text("approved in Meta's WhatsApp Manager")
-    expect(page.locator("#template-list")).to_contain_text("names no template yet")
+    expect(page.locator("#template-source")).to_contain_text("approved templates of this number")
 
-    page.fill("#template-name", "follow_up")
-    page.fill("#template-params", name)
+    page.select_option("#template-pick", "follow_up|en")
+    page.locator("#template-fields input").fill(name)
     page.click("#send-template")
-    expect(page.locator("#messages li", has_text="[template follow_up")).to_be_visible(timeout=LIVE_S)
+    expect(page.locator("#messages li", has_text=f"Hi {name}, we have not heard from you")).to_be_visible(
+        timeout=LIVE_S)
     expect(error).to_be_hidden()  # the old error does not stay under the form after a success

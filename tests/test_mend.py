@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg
 import orjson
-import pytest
 from conftest import Stack, eventually
 from inbox_client import Api, customer_says, make_user, phone, sign_in
 from test_inbound_fidelity import META, contact, envelope, stored, text_msg
@@ -27,14 +26,6 @@ from test_replies import ledger, script, sends_to
 from wacrm.core import procs
 from wacrm.storage import replies
 from wacrm.topics import DLQ, scan
-
-
-@pytest.fixture
-async def agent(stack: Stack, db: asyncpg.Connection) -> Api:
-    user = await make_user(db, "agent")
-    api = await sign_in(stack.base, user.email)
-    api.user_id = user.id  # type: ignore[attr-defined]
-    return api
 
 
 def _valid_phone() -> str:
@@ -250,7 +241,7 @@ async def test_a_template_reply_is_stored_as_the_customer_sees_it(stack: Stack, 
     first = await customer_says(stack, wa_id, "hola")
     cid = (await stored(db, first))["conversation_id"]
     await agent.post(f"conversations/{cid}/assign")
-    template = {"name": "follow_up", "language": "en", "parameters": ["Ana", "10:00"]}
+    template = {"name": "payment_received", "language": "en", "parameters": {"body": ["Ana", "$10.00"]}}
     await agent.post(f"conversations/{cid}/messages", {"template": template, "idempotency_key": str(uuid.uuid4())},
                      expect=202)
 
@@ -259,7 +250,7 @@ async def test_a_template_reply_is_stored_as_the_customer_sees_it(stack: Stack, 
         return [m for m in messages if m["type"] == "template" and m["id"]]
 
     (message,) = await eventually(shown, 60, "the template in the thread")
-    assert message["body"] == "[template follow_up (en)] Ana · 10:00"
+    assert message["body"] == "Thank you Ana, we received your payment of $10.00."  # fake-meta's catalogue
 
 
 def _wacrm(stack: Stack, *args: str) -> subprocess.CompletedProcess:

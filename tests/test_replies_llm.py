@@ -148,7 +148,9 @@ async def test_outside_the_window_the_template_is_sent(llm_stack: Stack, ldb: as
         return await ldb.fetchrow("SELECT * FROM messages WHERE provider_message_id = $1", sent["answered"]["id"])
 
     message = await eventually(stored_template, what="the template in the conversation")
-    assert message["body"] == "[template follow_up (en_US)] friend"  # what the customer got
+    # what the customer got: the catalogue's text (fake-meta's follow_up, synced by the inbox at start)
+    assert message["body"] == ("Hi friend, we have not heard from you in a while. Reply to this message and we "
+                               "will pick up where we left off.\nReply STOP to opt out")
     assert await ldb.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1 AND body = $2",
                               conv_id, "Still interested?") == 0  # the free text never went, so it is not there
 

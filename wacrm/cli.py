@@ -639,12 +639,100 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- templates -----------------------------------------------------------------------------
+
+def _slot(name: str) -> str:
+    return "{{" + name + "}}"
+
+
+def _template_params(parameters: dict[str, Any]) -> str:
+    """What a send of a template must fill, in one short line: ``header{{1}} body{{1}},{{2}} button0``."""
+    parts: list[str] = []
+    header = parameters.get("header")
+    if header:
+        parts.append("header:" + (",".join(_slot(p["name"]) for p in header["params"])
+                                  if header["kind"] == "text" else header["kind"]))
+    if parameters.get("body"):
+        parts.append("body:" + ",".join(_slot(p["name"]) for p in parameters["body"]))
+    parts += [f"button{b['index']}:{b['type']}" for b in parameters.get("buttons") or []]
+    return " ".join(parts) or "-"
+
+
+async def _templates(args: argparse.Namespace, s: Settings) -> int:
+    import aiohttp
+    import asyncpg
+
+    from wacrm.inbox import catalogue
+    from wacrm.orchestrator.rules import RulesError, load_rules
+    from wacrm.storage import templates as tstore
+    from wacrm.storage.db import create_pool
+
+    assert s.direct_url
+    try:
+        rules = load_rules(Path(s.rules_file) if s.rules_file else None)
+    except RulesError as exc:
+        raise CommandError(f"RULES_FILE: {exc}", EXIT_CONFIG) from None
+    try:
+        pool = await create_pool(s.direct_url, timeout=s.db_timeout_s, min_size=1, max_size=2)
+    except Exception as exc:
+        raise CommandError(f"cannot connect to {s.direct_variable}: {type(exc).__name__}: {exc}") from None
+    try:
+        if args.templates_command == "sync":
+            def page(waba: str, pages: int, count: int) -> None:
+                print(f"\rWABA {waba}: page {pages} read, {count} templates so far", end="", file=sys.stderr,
+                      flush=True)
+
+            async with aiohttp.ClientSession() as session:
+                synced = await catalogue.sync(pool, session, s, rules, on_page=page)
+            print(file=sys.stderr)
+            if not synced:
+                raise CommandError("no WhatsApp Business Account is configured (WHATSAPP_BUSINESS_ACCOUNT_ID)",
+                                   EXIT_CONFIG)
+            for result in synced:
+                print(result.line())
+            return 0 if all(r.ok for r in synced) else EXIT_FAIL
+        async with pool.acquire() as conn:
+            wabas = [a.waba_id for a in await tstore.accounts(conn, s)]
+            rows = await tstore.catalogue(conn, wabas, args.status.upper() if args.status else None)
+            syncs = await tstore.sync_states(conn, wabas)
+        for sync in syncs:
+            state = "ok" if sync["ok"] else f"FAILED: {sync['error']}" if sync["ok"] is False else "running"
+            print(f"WABA {sync['waba_id']}: last sync {sync['finished_at'] or sync['started_at']} {state}; "
+                  f"last good {sync['last_good_at'] or 'never'}")
+        print(f"{'name':<22} {'language':<8} {'category':<14} {'status':<12} {'quality':<8} parameters")
+        for t in rows:
+            print(f"{t['name']:<22} {t['language']:<8} {t['category']:<14} {t['status']:<12} "
+                  f"{t['quality'] or '-':<8} {_template_params(t['parameters'])}")
+        print(f"{len(rows)} template(s)")
+        return 0
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
+        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+    finally:
+        await pool.close()
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    """Beside a running ``wacrm dev`` (``WHATSAPP_API_BASE_URL`` unset), its fake Graph API is asked."""
+    env_base = os.environ.get("WHATSAPP_API_BASE_URL", "").strip()
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    state = read_state(DEFAULT_STATE_DIR)
+    if not env_base and state and state.get("fake_meta_url") and s.database_url == state.get("database_url"):
+        s = s.replace(whatsapp_api_base_url=state["fake_meta_url"])
+    return asyncio.run(_templates(args, s))
+
+
 # --- fake-meta -----------------------------------------------------------------------------
 
 def cmd_fake_meta(args: argparse.Namespace) -> int:
-    from wacrm.whatsapp.fake_meta import serve
+    from wacrm.whatsapp.fake_meta import load_templates, serve
 
     _logging("WARNING")
+    try:
+        templates = load_templates(Path(args.templates) if args.templates else None)
+    except ValueError as exc:
+        raise CommandError(f"--templates: {exc}", EXIT_CONFIG) from None
     secret = args.app_secret or os.environ.get("WHATSAPP_APP_SECRET", "").strip() or None
     if args.webhook_url and not secret:
         raise CommandError("--webhook-url needs the app secret to sign the statuses: --app-secret or "
@@ -654,7 +742,8 @@ def cmd_fake_meta(args: argparse.Namespace) -> int:
     tokens = dict(t.split("=", 1) for t in args.token)
     print(f"fake Graph API on http://{args.host}:{args.port} (recorded sends: GET /__sent){where}", flush=True)
     try:
-        asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret, tokens=tokens))
+        asyncio.run(serve(args.host, args.port, webhook_url=args.webhook_url, app_secret=secret, tokens=tokens,
+                          templates=templates))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -1029,12 +1118,28 @@ def parser() -> argparse.ArgumentParser:
                             help="seconds to spend reading the bus (default 30)")
     dq.set_defaults(func=cmd_dlq)
 
+    tp = sub.add_parser("templates", help="the template catalogue: sync it with Meta, list it (needs DATABASE_URL)",
+                        description="The approved message templates of each WhatsApp Business Account "
+                        "(WHATSAPP_BUSINESS_ACCOUNT_ID), as the inbox offers them outside the 24-hour window.")
+    tsub = tp.add_subparsers(dest="templates_command", required=True, metavar="ACTION")
+    tsub.add_parser("sync", help="read every page of GET /{version}/{waba_id}/message_templates now and store it",
+                    description="Syncs the catalogue now, with a progress line per page; a failed sync keeps the "
+                    "last good catalogue and says why (exit 1). The inbox server also syncs at start and every "
+                    "TEMPLATE_SYNC_SECONDS.")
+    tl = tsub.add_parser("list", help="the catalogue: name, language, category, status, quality, parameters",
+                         description="Lists the stored catalogue and each account's last sync.")
+    tl.add_argument("--status", default=None, help="only templates in this status (APPROVED, PAUSED, REJECTED …)")
+    tp.set_defaults(func=cmd_templates)
     md = sub.add_parser("media", help="the media store: prune media past MEDIA_RETENTION_DAYS (needs DATABASE_URL)",
                         description="prune: media stored more than MEDIA_RETENTION_DAYS days ago becomes expired "
                         "(its messages say so) and the files no message still shows are deleted from the media "
                         "store (MEDIA_DIR or MEDIA_S3_BUCKET). Unset MEDIA_RETENTION_DAYS keeps media forever.")
     msub = md.add_subparsers(dest="media_command", required=True)
-    mp = msub.add_parser("prune", help="expire media past MEDIA_RETENTION_DAYS and delete its files")
+    mp = msub.add_parser("prune", help="expire media past MEDIA_RETENTION_DAYS and delete its files",
+                         description="Media stored more than MEDIA_RETENTION_DAYS days ago becomes expired (its "
+                         "messages say so) and every file no stored message still shows is deleted from the "
+                         "media store. With MEDIA_RETENTION_DAYS unset, media is kept forever and nothing is "
+                         "pruned. Run it daily (cron, a Kubernetes CronJob).")
     mp.add_argument("--dry-run", action="store_true", help="say what would be expired and deleted, change nothing")
     md.set_defaults(func=cmd_media)
 
@@ -1049,6 +1154,9 @@ def parser() -> argparse.ArgumentParser:
                    help="post signed sent/delivered/read status webhooks for every accepted send here, as Meta does "
                    "(default: none)")
     f.add_argument("--app-secret", default=None, help="the app secret that signs them (default WHATSAPP_APP_SECRET)")
+    f.add_argument("--templates", metavar="FILE", default=None,
+                   help="the template catalogue GET /{version}/{waba_id}/message_templates serves, paged: a JSON list "
+                   "of Meta's template objects (default: a shipped sample of two dozen)")
     f.add_argument("--token", action="append", default=[], type=_number_token, metavar="PHONE_NUMBER_ID=TOKEN",
                    help="calls for this number must carry this bearer token, else 401 (code 190) as Meta answers "
                    "a revoked token; repeat for each number (default: any bearer; POST /__tokens changes them)")

@@ -38,6 +38,7 @@ from wacrm.core.procs import worker_joined
 from wacrm.core.settings import SettingsError, load
 from wacrm.devstate import SECRETS_FILE, STATE_FILE
 from wacrm.storage.numbers import new_key
+from wacrm.whatsapp.fake_meta import WABA_ID as FAKE_WABA_ID
 
 RESTARTS_PER_MINUTE = 5
 
@@ -264,6 +265,8 @@ def run_dev(state_dir: Path) -> int:
             fake_port = free_port()
             fake_meta_url = f"http://127.0.0.1:{fake_port}"
             env["WHATSAPP_API_BASE_URL"] = fake_meta_url
+            # the fake's account, whose template catalogue it serves
+            env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or FAKE_WABA_ID)
             # statuses flow back, as from Meta
             webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"
             children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),

@@ -28,16 +28,24 @@ statuses come. Posting happens beside the answer (never delays it) and retries a
 - Media: ``POST /__media`` registers a file's bytes, ``GET /{version}/{media_id}`` and its
   bearer-checked, expiring download serve it; ``POST /{version}/{phone_number_id}/media`` takes an
   upload, checked against the number's token, listed at ``GET /__uploads`` (:mod:`whatsapp.fake_media`).
+- ``GET /{version}/{waba_id}/message_templates``: the template catalogue, paged as Meta pages it
+  (``limit``, at most ``page_size`` a page; ``paging.cursors.after`` and ``paging.next`` while more
+  follow), for any WABA, with a bearer token. The catalogue is ``fake_templates.json`` beside this
+  module, or the ``--templates FILE`` given (a JSON list of Meta's template objects).
+  ``POST /__templates``: ``{"templates": [...]}`` replaces it, ``{"fail": {"count": N, "code": C,
+  "http_status": S}}`` makes the next N list requests fail; ``GET /__templates`` shows it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import itertools
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -49,6 +57,8 @@ from wacrm.whatsapp import fake_media, signature
 log = logging.getLogger("wacrm.fake_meta")
 WABA_ID = "100000000000001"
 STATUS_ATTEMPTS = 5
+DEFAULT_TEMPLATES = Path(__file__).with_name("fake_templates.json")
+PAGE_SIZE = 10  # at most this many templates a page, so a small catalogue still has several pages
 
 _ERROR_TITLES = {
     1: "Invalid request or possible server error", 2: "Service temporarily unavailable",
@@ -75,7 +85,11 @@ class FakeMeta:
     """The recorded state of one fake Graph API."""
 
     def __init__(self, webhook_url: str | None = None, app_secret: str | None = None,
-                 tokens: dict[str, str] | None = None) -> None:
+                 tokens: dict[str, str] | None = None, templates: list[dict[str, Any]] | None = None,
+                 page_size: int = PAGE_SIZE) -> None:
+        self.templates: list[dict[str, Any]] = templates if templates is not None else load_templates()
+        self.page_size = page_size
+        self.template_failures: list[dict[str, Any]] = []
         self.sent: list[dict[str, Any]] = []
         self.tokens: dict[str, str] = dict(tokens or {})  # phone_number_id → the one bearer it accepts
         self.status_posts: list[dict[str, Any]] = []
@@ -268,6 +282,62 @@ class FakeMeta:
         return _json(self.status_posts)
 
 
+    # --- the template catalogue ------------------------------------------------------------------
+
+    async def list_templates(self, request: web.Request) -> web.Response:
+        """``GET /{version}/{waba_id}/message_templates``: one page, and the link to the next."""
+        auth = request.headers.get("Authorization") or ""
+        if not auth.startswith("Bearer ") or len(auth) <= len("Bearer "):
+            return _error(190, 401, "Missing or malformed access token")
+        if self.template_failures:
+            step = self.template_failures.pop(0)
+            return _error(int(step.get("code", 1)), int(step.get("http_status", 500)))
+        try:
+            limit = max(1, min(int(request.query.get("limit", "25")), self.page_size))
+            start = int(base64.urlsafe_b64decode(request.query["after"]).decode()) if "after" in request.query else 0
+        except (ValueError, UnicodeDecodeError):
+            return _error(100, 400, "Invalid parameter: limit or after")
+        page = self.templates[start:start + limit]
+        cursor = lambda n: base64.urlsafe_b64encode(str(n).encode()).decode()  # noqa: E731
+        paging: dict[str, Any] = {"cursors": {"before": cursor(start), "after": cursor(start + len(page))}}
+        if start + limit < len(self.templates):
+            query = {k: v for k, v in request.query.items() if k != "after"}
+            paging["next"] = str(request.url.with_query({**query, "limit": str(limit), "after": cursor(start + limit)}))
+        return _json({"data": page, "paging": paging})
+
+    async def set_templates(self, request: web.Request) -> web.Response:
+        try:
+            spec = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            spec = None
+        if isinstance(spec, dict) and isinstance(spec.get("templates"), list):
+            self.templates = [t for t in spec["templates"] if isinstance(t, dict)]
+        elif isinstance(spec, dict) and isinstance(spec.get("fail"), dict):
+            fail = spec["fail"]
+            self.template_failures.extend([fail] * int(fail.get("count", 1)))
+        else:
+            return _json({"error": 'expected {"templates": [...]} or {"fail": {"count", "code", "http_status"}}'}, 400)
+        return _json({"templates": len(self.templates), "failures": len(self.template_failures)})
+
+    async def show_templates(self, request: web.Request) -> web.Response:
+        return _json({"templates": self.templates, "page_size": self.page_size})
+
+
+def load_templates(path: Path | None = None) -> list[dict[str, Any]]:
+    """A catalogue file: a JSON list of template objects as Meta lists them; ``ValueError`` saying what is wrong."""
+    path = path or DEFAULT_TEMPLATES
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]  # a saved answer of Meta's list
+    if not isinstance(data, list) or not all(isinstance(t, dict) and t.get("name") and t.get("language")
+                                             for t in data):
+        raise ValueError(f"{path}: expected a JSON list of templates, each with a name and a language")
+    return data
+
+
 def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, status: str,
                    timestamp: int) -> dict[str, Any]:
     """The ``messages`` webhook body Meta posts for a status of the message ``sent`` (the request body)."""
@@ -293,8 +363,8 @@ def status_webhook(sent: dict[str, Any], phone_number_id: str, wamid: str, statu
 
 
 def make_app(webhook_url: str | None = None, app_secret: str | None = None,
-             tokens: dict[str, str] | None = None) -> web.Application:
-    fake = FakeMeta(webhook_url, app_secret, tokens)
+             tokens: dict[str, str] | None = None, templates: list[dict[str, Any]] | None = None) -> web.Application:
+    fake = FakeMeta(webhook_url, app_secret, tokens, templates)
     app = web.Application(client_max_size=fake_media.MAX_REGISTER_BYTES)
 
     async def close(app: web.Application) -> None:
@@ -304,6 +374,9 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None,
     app.router.add_post("/__statuses", fake.set_statuses)
     app.router.add_get("/__statuses", fake.list_statuses)
     app.router.add_post("/{version}/{phone_number_id}/messages", fake.send)
+    app.router.add_get("/{version}/{waba_id}/message_templates", fake.list_templates)
+    app.router.add_post("/__templates", fake.set_templates)
+    app.router.add_get("/__templates", fake.show_templates)
     app.router.add_get("/__sent", fake.list_sent)
     app.router.add_delete("/__sent", fake.clear_sent)
     app.router.add_post("/__fail", fake.fail)
@@ -315,10 +388,12 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None,
 
 
 async def serve(host: str, port: int, ready: asyncio.Event | None = None, *, webhook_url: str | None = None,
-                app_secret: str | None = None, tokens: dict[str, str] | None = None) -> None:
+                app_secret: str | None = None, tokens: dict[str, str] | None = None,
+                templates: list[dict[str, Any]] | None = None) -> None:
     """Run until cancelled; statuses go to ``webhook_url`` (none when it is ``None``), signed with ``app_secret``;
-    ``tokens``: the access token each of those numbers must be called with."""
-    runner = web.AppRunner(make_app(webhook_url, app_secret, tokens), access_log=None)
+    ``tokens``: the access token each of those numbers must be called with; ``templates``: the catalogue served
+    (default :data:`DEFAULT_TEMPLATES`)."""
+    runner = web.AppRunner(make_app(webhook_url, app_secret, tokens, templates), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -79,6 +79,14 @@ CODES: dict[int | str, tuple[str, str]] = {
     190: ("the business number's access token expired or is invalid", _ADMIN),
     # our own, before any call to Meta
     "TEXT_TOO_LONG": ("the reply is longer than WhatsApp's 4,096 characters", "Shorten it and send again."),
+    "TEMPLATE_NOT_APPROVED": ("the template is not approved at Meta (paused, disabled or rejected since)",
+                              "Choose another approved template."),
+    "MARKETING_OPTED_OUT": ("the customer has stopped marketing messages from this business",
+                            "Send a utility template, or answer when the customer writes."),
+    "ACCOUNT_RESTRICTED": ("Meta restricted business-initiated messages from this account",
+                           "Wait until the restriction ends (an admin sees it in the inbox), then send again."),
+    "TEMPLATE_PARAMETERS": ("the template's parameters did not fit the approved template",
+                            "Fix the rules file's window_template parameters (or send the template by hand)."),
 }
 
 _KINDS: dict[str, tuple[str, str]] = {  # errors without a Meta code, by what the sender made of them

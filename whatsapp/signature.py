@@ -34,24 +34,33 @@ def digest(header: str) -> bytes | None:
     return bytes.fromhex(match.group(1)) if match else None
 
 
-def form(headers: list[str]) -> Verdict | None:
-    """What is wrong with the header values received before the body is read, or None when there
-    is exactly one well-formed value (cheap: no HMAC, so an unsigned flood costs no body reads)."""
+def received(headers: list[str]) -> bytes | Verdict:
+    """The digest of exactly one well-formed header value, else what is wrong (``MISSING`` or
+    ``MALFORMED``); cheap: no HMAC, so an unsigned flood costs no body reads."""
     if not headers:
         return Verdict.MISSING
-    if len(headers) != 1 or digest(headers[0]) is None:
-        return Verdict.MALFORMED
-    return None
+    found = digest(headers[0]) if len(headers) == 1 else None
+    return Verdict.MALFORMED if found is None else found
+
+
+def form(headers: list[str]) -> Verdict | None:
+    """What is wrong with the header values received before the body is read, or None when there
+    is exactly one well-formed value."""
+    found = received(headers)
+    return found if isinstance(found, Verdict) else None
+
+
+def matches(app_secret: bytes, body: bytes, received_digest: bytes) -> bool:
+    """Constant-time: whether ``received_digest`` (from :func:`received`) is the HMAC-SHA256 of ``body``."""
+    return hmac.compare_digest(hmac.new(app_secret, body, hashlib.sha256).digest(), received_digest)
 
 
 def check(app_secret: str, body: bytes, headers: list[str]) -> Verdict:
     """Constant-time check of the ``X-Hub-Signature-256`` values received against the exact bytes."""
-    problem = form(headers)
-    if problem is not None:
-        return problem
-    received = digest(headers[0])
-    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).digest()
-    return Verdict.OK if received is not None and hmac.compare_digest(expected, received) else Verdict.MISMATCH
+    found = received(headers)
+    if isinstance(found, Verdict):
+        return found
+    return Verdict.OK if matches(app_secret.encode(), body, found) else Verdict.MISMATCH
 
 
 def verify(app_secret: str, body: bytes, header: str) -> bool:

@@ -361,9 +361,7 @@
     $("#attach").disabled = !open;
     $("#attach-label").setAttribute("aria-disabled", String(!open));
     $("#templates").hidden = open;  // outside the window only a template (approved at Meta) can go
-    $("#template-options").replaceChildren(...(c.templates || []).map((t) =>
-      el("option", {value: t.name, text: `${t.language}` + (t.parameters.length ? ` · ${t.parameters.join(", ")}` : "")})));
-    renderTemplateList(c.templates || []);
+    renderTemplatePicker(c);
   }
 
   // --- the info pane ---------------------------------------------------------------------------
@@ -378,7 +376,8 @@
   const stages = (document.body.dataset.stages || "").split(",").filter(Boolean);
   function renderInfo(c) {
     $("#info").hidden = false;
-    facts($("#contact"), [["Name", c.contact.name], ["Phone", c.contact.phone], ["WhatsApp id", c.contact.wa_id]]);
+    facts($("#contact"), [["Name", c.contact.name], ["Phone", c.contact.phone], ["WhatsApp id", c.contact.wa_id],
+                          ["Marketing", c.marketing_opt_out ? "opted out: no marketing templates (the customer said stop)" : null]]);
     const form = $("#contact-form");
     if (form.hidden || form.dataset.contactId !== String(c.contact.id)) {
       form.hidden = form.hidden || form.dataset.contactId !== String(c.contact.id);
@@ -490,7 +489,7 @@
       if (state.open === id && e.message !== "signed out") showSendError(e.body || e);
       if (e.code === "WINDOW_CLOSED") {
         if (state.detail) { state.detail.templates = e.body.templates; state.detail.window_open_until = null; renderThread(state.detail); }
-        $("#template-name").focus();
+        $("#template-pick").focus();
       }
       return false;
     } finally {
@@ -564,18 +563,17 @@
   reply.text.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); reply.requestSubmit(); }
   });
-  $("#template-name").addEventListener("input", (ev) => {  // an offered template brings its language
-    const t = ((state.detail || {}).templates || []).find((x) => x.name === ev.target.value);
-    if (t) $("#template-language").value = t.language;
-  });
+  $("#template-pick").addEventListener("change", () => { renderTemplateFields(pickedTemplate()); });
   $("#send-template").addEventListener("click", async () => {
-    const name = $("#template-name").value.trim(), language = $("#template-language").value.trim();
-    if (!name || !language) { flash("A template needs its name and its language."); $("#template-name").focus(); return; }
-    const raw = $("#template-params").value;
-    const parameters = raw.trim() ? raw.split(",").map((s) => s.trim()) : [];
-    if (await send({template: {name, language, parameters}, idempotency_key: newKey()})) {
-      $("#template-name").value = ""; $("#template-params").value = "";
-    }
+    const t = pickedTemplate();
+    if (!t || !templateComplete()) { flash("Fill in every field of the template first."); return; }
+    const id = state.open;
+    $("#send-template").disabled = true;
+    if (await send({template: {name: t.name, language: t.language, parameters: templateParameters(t)},
+                    idempotency_key: newKey()}) && state.open === id) {
+      $("#template-pick").value = "";
+      renderTemplateFields(null);
+    } else updateTemplatePreview();
   });
 
   // --- drawers: notifications, tasks, deleted ---------------------------------------------------
@@ -739,20 +737,98 @@
     return out;
   }
 
-  function renderTemplateList(templates) {
-    const list = $("#template-list");
-    list.replaceChildren(...templates.map((t) => el("li", {"data-template": t.name},
-      el("button", {type: "button", text: `${t.name} · ${t.language}`, onclick: () => useTemplate(t)}),
-      t.parameters.length ? el("span", {class: "muted", text: ` parameters: ${t.parameters.join(", ")}`}) : null)));
-    if (!templates.length) list.append(el("li", {class: "empty",
-      text: "The rules file names no template yet (window_template, templates): type the name of one approved at Meta."}));
+  // The template picker: outside the 24-hour window, the approved templates of the conversation's
+  // number (GET conversations/{id} `templates`, from the catalogue synced with Meta), one field per
+  // parameter with Meta's example as its hint, a live preview of the text, Send once every field is filled.
+  function renderTemplatePicker(c) {
+    const pick = $("#template-pick"), chosen = pick.value;
+    const restricted = c.account && c.account.restricted_until;
+    const note = $("#account-restriction");
+    note.hidden = !restricted;
+    note.textContent = restricted ? (restricted === "forever"
+      ? "Meta restricted business-initiated messages from this account: no template can be sent."
+      : `Meta restricted business-initiated messages from this account until ${when(restricted)}: no template can be sent before then.`) : "";
+    const templates = c.templates || [];
+    pick.replaceChildren(el("option", {value: "", text: templates.length ? "Choose a template…"
+      : "No approved template in the catalogue yet (an admin syncs it with Meta)"}),
+      ...templates.map((t) => {
+        const stopped = t.category === "MARKETING" && c.marketing_opt_out;
+        return el("option", {value: `${t.name}|${t.language}`, disabled: stopped,
+                             text: `${t.name} · ${t.language} · ${t.category.toLowerCase()}` +
+                                   (stopped ? " (the customer stopped marketing)" : "")});
+      }));
+    pick.value = [...pick.options].some((o) => o.value === chosen && !o.disabled) ? chosen : "";
+    if (pick.value !== chosen || !$("#template-fields").childElementCount) renderTemplateFields(pickedTemplate());
+    else updateTemplatePreview();
   }
 
-  function useTemplate(t) {
-    $("#template-name").value = t.name;
-    $("#template-language").value = t.language;
-    $("#template-params").value = t.parameters.join(", ");
-    $("#template-params").focus();
+  function pickedTemplate() {
+    const v = $("#template-pick").value;
+    return ((state.detail || {}).templates || []).find((t) => `${t.name}|${t.language}` === v) || null;
+  }
+
+  function templateSlots(t) {  // [{part, name, label, hint, key}] in the order Meta shows them
+    const p = t.parameters, slots = [];
+    if (p.header && p.header.kind === "text") p.header.params.forEach((x) => slots.push({part: "header", name: x.name,
+      label: `Header {{${x.name}}}`, hint: x.example}));
+    else if (p.header) slots.push({part: "header", name: p.header.kind, media: true,
+      label: `Header ${p.header.kind} (link)`, hint: p.header.example || "https://…"});
+    p.body.forEach((x) => slots.push({part: "body", name: x.name, label: `{{${x.name}}}`, hint: x.example}));
+    p.buttons.forEach((b) => slots.push({part: "button", name: String(b.index),
+      label: `Button “${b.text || b.type}” ${b.type === "copy_code" ? "code" : "{{" + b.name + "}}"}`, hint: b.example}));
+    return slots;
+  }
+
+  function renderTemplateFields(t) {
+    const box = $("#template-fields");
+    box.replaceChildren(...(t ? templateSlots(t) : []).map((s) => el("label", {class: "inline template-field"}, s.label + " ",
+      el("input", {type: "text", "data-part": s.part, "data-name": s.name, placeholder: s.hint || "",
+                   "aria-label": `Template parameter ${s.label}`, oninput: updateTemplatePreview}))));
+    updateTemplatePreview();
+    const first = box.querySelector("input");
+    if (first) first.focus();
+  }
+
+  function templateValues() {
+    const out = {header: {}, body: {}, button: {}};
+    for (const i of $("#template-fields").querySelectorAll("input")) out[i.dataset.part][i.dataset.name] = i.value.trim();
+    return out;
+  }
+
+  function templateComplete() {
+    return [...$("#template-fields").querySelectorAll("input")].every((i) => i.value.trim() !== "");
+  }
+
+  function templateParameters(t) {  // the API's {header, body, buttons}: lists by position, objects by name
+    const v = templateValues(), p = t.parameters, named = p.format === "named";
+    const texts = (names, values) => named ? Object.fromEntries(names.map((n) => [n, values[n]])) : names.map((n) => values[n]);
+    const out = {body: texts(p.body.map((x) => x.name), v.body)};
+    if (p.header && p.header.kind === "text") out.header = texts(p.header.params.map((x) => x.name), v.header);
+    else if (p.header) out.header = {link: v.header[p.header.kind]};
+    if (p.buttons.length) out.buttons = p.buttons.map((b) => v.button[String(b.index)]);
+    return out;
+  }
+
+  function fillText(text, values) {
+    return (text || "").replace(/\{\{\s*([A-Za-z0-9_]+)\s*\}\}/g, (m, n) => values[n] || m);
+  }
+
+  function updateTemplatePreview() {
+    const t = pickedTemplate(), box = $("#template-preview");
+    const restricted = state.detail && state.detail.account && state.detail.account.restricted_until;
+    $("#send-template").disabled = !t || !templateComplete() || Boolean(restricted);
+    box.hidden = !t;
+    if (!t) { box.replaceChildren(); return; }
+    const v = templateValues(), lines = [];
+    for (const c of t.components) {
+      const kind = String(c.type || "").toUpperCase();
+      if (kind === "HEADER") lines.push(el("strong", {text: (c.format || "TEXT") === "TEXT" ? fillText(c.text, v.header)
+                                                             : `[${String(c.format).toLowerCase()}]`}));
+      else if (kind === "BODY") lines.push(el("p", {text: fillText(c.text, v.body)}));
+      else if (kind === "FOOTER") lines.push(el("small", {class: "muted", text: c.text}));
+      else if (kind === "BUTTONS") lines.push(el("p", {class: "template-buttons", text: (c.buttons || []).map((b) => `[${b.text}]`).join(" ")}));
+    }
+    box.replaceChildren(...lines);
   }
 
   function customerLink(x) {
