@@ -112,7 +112,7 @@ class MediaAgent:
         try:
             creds = await self._res.numbers.token_for(claimed.phone_number_id)  # the number the message came to
             token = creds.token
-            info = await self._client.info(claimed.provider_media_id, token)
+            info = await self._client.info(claimed.provider_media_id, token, claimed.phone_number_id)
             size = info.file_size
             if size is not None and size > limit:
                 raise TooLarge(f"{size:,} bytes, above Meta's limit of {limit:,} for {claimed.type}")
@@ -160,7 +160,7 @@ class MediaAgent:
         """Stream the bytes into the store; an expired URL is asked for afresh, once."""
         for fresh in (False, True):
             if fresh:
-                info = await self._client.info(claimed.provider_media_id, token)
+                info = await self._client.info(claimed.provider_media_id, token, claimed.phone_number_id)
             try:
                 # the store first: while it is away, no download is spent
                 async with self._store.writer(key) as out, self._client.download(info.url, token, limit) as chunks:

@@ -21,6 +21,9 @@ answer is never resent: the row becomes ``ambiguous``; every send names its row 
 ``biz_opaque_callback_data``, so the status agent settles it from Meta's statuses, and the
 worker's settle timer hands what stays unsettled to a person (or resends it, by policy).
 
+A media reply (kind ``media``) is uploaded before its call, once per ledger row, its media id kept on
+the row before the send (:mod:`agents.uploads`): a retry sends the same upload.
+
 Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
 then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
 intent waits; a refused token (401, code 190) → that number's sends wait, kept, until a new token
@@ -45,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents import sending, template_send
+from wacrm.agents import sending, template_send, uploads
 from wacrm.agents.coalesce import Coalescer
 from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
@@ -206,7 +209,9 @@ class Sender:
         credentials: numbers.Credentials | None = None
         try:
             credentials = await self._res.numbers.token_for(intent.phone_number_id)
-            body = sending.payload(self._res.graph, job.row.id, intent)
+            media_id = await uploads.media_id_for(self._res, job.row.id, intent, credentials.token) \
+                if intent.kind == "media" else None
+            body = sending.payload(self._res.graph, job.row.id, intent, media_id)
             answer = await self._res.graph.send(intent.phone_number_id, body, credentials.token)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
             r: sending.Route | sending.Fail = sending.route(exc, attempts, self._s.send_attempts, self._delays,

@@ -50,10 +50,16 @@ def callback_data(outbound_log_id: int) -> str:
     return f"{CALLBACK_PREFIX}{outbound_log_id}"
 
 
-def payload(graph: GraphClient, outbound_log_id: int, intent: SendIntent) -> dict[str, Any]:
+def payload(graph: GraphClient, outbound_log_id: int, intent: SendIntent,
+            media_id: str | None = None) -> dict[str, Any]:
     """The Graph API request body for a ledger row's stored intent, naming the row in
-    ``biz_opaque_callback_data``; raises :class:`whatsapp.graph.InvalidRecipient`."""
+    ``biz_opaque_callback_data``; raises :class:`whatsapp.graph.InvalidRecipient`. ``media_id``: the
+    upload a media intent is sent by (None: the message's shape without it, for the record)."""
     callback = callback_data(outbound_log_id)
+    if intent.kind == "media":
+        m = intent.media or {}
+        return graph.media_payload(intent.to, str(m.get("type")), media_id, caption=m.get("caption"),
+                                   filename=m.get("filename"), callback_data=callback)
     if intent.kind == "template":
         t = intent.template or {}
         if "components" in t:  # built from the catalogue (header, body and buttons, positional or named)

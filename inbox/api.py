@@ -36,9 +36,10 @@ from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, catalogue, events, intelligence, openapi, store, waiting
+from wacrm.inbox import auth, catalogue, events, files, intelligence, openapi, store, waiting
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
+from wacrm.media import StoreUnavailable
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import numbers, replies, repo
 from wacrm.storage import templates as tstore
@@ -463,6 +464,8 @@ async def sync_templates(request: web.Request) -> web.Response:
 async def send_message(request: web.Request) -> web.Response:
     """A person's reply, through the ledger with the request's idempotency key."""
     cid = _path_id(request)
+    if request.content_type == "multipart/form-data":
+        return await _send_file(request, cid)
     body = await body_of(request)
     key = body.get("idempotency_key")
     if not isinstance(key, str) or not 1 <= len(key) <= 200:
@@ -492,6 +495,55 @@ async def send_message(request: web.Request) -> web.Response:
             raise invalid("this idempotency_key was used for a reply in another conversation")
         await waiting.end(conn, cid)  # a person answered: the customer no longer waits
     return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
+
+
+async def _send_file(request: web.Request, cid: int) -> web.Response:
+    """A person's file (multipart ``file``, ``caption``, ``idempotency_key``; :mod:`inbox.files`): checked
+    by its bytes and Meta's size limits, kept in the media store, queued in the ledger as an intent of kind
+    ``media`` naming it; the sender uploads it to the number and sends it by id. The window is looked at
+    before the body is read, so a closed one costs no upload."""
+    async with request.app[POOL].acquire() as conn:
+        await _refuse_closed_window(request, conn, cid)
+    try:
+        received = await files.receive(request)
+    except files.Refused as exc:
+        raise ApiError(exc.status, exc.code, exc.error) from None
+    try:
+        key = received.fields.get("idempotency_key", "")
+        if not 1 <= len(key) <= 200:
+            raise invalid("idempotency_key is required (1 to 200 characters), new for each reply")
+        try:
+            caption = files.caption_of(received)
+        except files.Refused as exc:
+            raise ApiError(exc.status, exc.code, exc.error) from None
+        try:
+            await files.keep(request.app[files.STORE], received)
+        except StoreUnavailable:
+            log.warning("inbox: the media store is unavailable; a file was not taken")
+            raise ApiError(503, "UNAVAILABLE", "the media store is unavailable; try again") from None
+    finally:
+        await received.discard()
+    user: User = request[USER]
+    request_id = f"{user.id}:{key}"
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        await _refuse_closed_window(request, conn, cid)
+        created = await replies.queue_manual_reply(conn, cid, received.line(caption), request_id, user.id,
+                                                   media=received.media(caption))
+        ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
+        assert ledger is not None
+        if ledger["conversation_id"] != cid:
+            raise invalid("this idempotency_key was used for a reply in another conversation")
+        await waiting.end(conn, cid)  # a person answered: the customer no longer waits
+    return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
+
+
+async def _refuse_closed_window(request: web.Request, conn: asyncpg.Connection, cid: int) -> None:
+    """409 ``WINDOW_CLOSED`` when only a template may go to this conversation (as for free text)."""
+    until = store.window_open_until((await _conversation(conn, cid))["last_inbound_at"])
+    if until is None or until <= datetime.now(UTC):
+        raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
+                       templates=(await _templates_and_consent(request, conn, cid))["templates"],
+                       next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
 
 
 async def assign(request: web.Request) -> web.Response:

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from wacrm.inbox.api import POOL, ApiError, invalid, not_found
-from wacrm.media import MediaStore, StoreUnavailable
+from wacrm.inbox.files import STORE
+from wacrm.media import StoreUnavailable
 from wacrm.storage import media as ledger
 
-STORE = web.AppKey("inbox_media_store", MediaStore)
+__all__ = ["STORE", "byte_range", "disposition", "serve"]
 CACHE = "private, max-age=86400"
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 

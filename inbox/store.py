@@ -262,7 +262,10 @@ def _message_json(m: asyncpg.Record) -> dict[str, Any]:
 def _unsent_failed_json(u: asyncpg.Record) -> dict[str, Any]:
     """A reply that failed before Meta took it: in the thread as a failed outbound message with no id."""
     intent = u["intent"] or {}
-    return {"id": None, "direction": "outbound", "type": "template" if intent.get("kind") == "template" else "text",
+    kind = intent.get("kind")
+    shown = (intent.get("media") or {}).get("type", "text") if kind == "media" else \
+        "template" if kind == "template" else "text"
+    return {"id": None, "direction": "outbound", "type": shown,
             "body": intent.get("text"), "status": "failed", "created_at": _iso(u["created_at"]), "sent_at": None,
             "provider_message_id": None, "author": u["author_user_id"], "error": error_json(u["error"]),
             "outbound_id": u["id"], "retryable": True, "source": "bot" if u["automatic"] else "person",

@@ -133,7 +133,8 @@ class Pruned:
 
 async def expire(conn: asyncpg.Connection, days: int, *, dry_run: bool = False) -> Pruned:
     """Mark media stored more than ``days`` ago ``expired``; the files only they used are returned
-    for deleting (a file another, newer message still shows is kept). Run in a transaction."""
+    for deleting (a file another, newer message still shows, or a person's reply not sent yet names,
+    is kept). Run in a transaction."""
     before = datetime.now(UTC) - timedelta(days=days)
     if dry_run:
         rows = await conn.fetch("SELECT sha256 FROM media WHERE state = 'stored' AND stored_at < $1", before)
@@ -148,4 +149,35 @@ async def expire(conn: asyncpg.Connection, days: int, *, dry_run: bool = False) 
     still = {r["sha256"] for r in await conn.fetch(
         "SELECT DISTINCT sha256 FROM media WHERE state = 'stored' AND sha256 = ANY($1)"
         + (" AND stored_at >= $2" if dry_run else ""), keys, *([before] if dry_run else []))}
+    if keys:  # a file a person's reply still has to send (queued, retrying, failed and retryable) stays
+        still |= {r["sha256"] for r in await conn.fetch(_UNSENT_FILES, keys)}
     return Pruned(len(rows), [k for k in keys if k not in still])
+
+
+_UNSENT_FILES = """
+    SELECT DISTINCT intent -> 'media' ->> 'sha256' AS sha256 FROM outbound_log
+    WHERE intent ->> 'kind' = 'media' AND state NOT IN ('sent', 'dropped')
+      AND intent -> 'media' ->> 'sha256' = ANY($1)"""
+
+
+# --- sending: a person's file uploaded to Meta (migration 0023) ----------------------------------
+
+async def upload_of(conn: asyncpg.Connection, outbound_log_id: int) -> str | None:
+    """Meta's media id of the file a media reply uploaded before (None: not uploaded yet)."""
+    return await conn.fetchval("SELECT media_upload_id FROM outbound_log WHERE id = $1", outbound_log_id)
+
+
+async def record_upload(conn: asyncpg.Connection, outbound_log_id: int, media_id: str) -> bool:
+    """Keep the upload's media id on the claimed ledger row (``sending``) before the send, so a retry sends
+    it again rather than uploading anew; renews the claim. False when the row is no longer ``sending``."""
+    return await conn.fetchval(
+        """UPDATE outbound_log SET media_upload_id = $2, claimed_at = now() WHERE id = $1 AND state = 'sending'
+           RETURNING true""", outbound_log_id, media_id) or False
+
+
+async def renew_claim(conn: asyncpg.Connection, outbound_log_id: int) -> bool:
+    """A long upload is still going: the row stays ``sending`` past the in-flight bound, which is the
+    bound of one Graph call (a crashed worker's row is still found once its renewals stop)."""
+    return await conn.fetchval(
+        "UPDATE outbound_log SET claimed_at = now() WHERE id = $1 AND state = 'sending' RETURNING true",
+        outbound_log_id) or False

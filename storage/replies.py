@@ -279,11 +279,13 @@ def manual_reply_key(request_id: str) -> str:
 
 
 async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, text: str, request_id: str,
-                             user_id: int | None = None, template: dict[str, Any] | None = None) -> bool:
+                             user_id: int | None = None, template: dict[str, Any] | None = None,
+                             media: dict[str, Any] | None = None) -> bool:
     """A person's reply: same ledger, limits and retries as the bot's; published by the outbox sweep.
 
     ``template`` ({"name", "language", "parameters"}) sends an approved template instead of ``text``;
-    ``user_id`` is recorded as the reply's author.
+    ``media`` (:attr:`SendIntent.media`) a file in the media store, ``text`` then being its line in the
+    thread; ``user_id`` is recorded as the reply's author.
     """
     row = await conn.fetchrow(
         """SELECT c.conversation_key, c.phone_number_id, COALESCE(k.wa_id, k.user_id) customer
@@ -293,7 +295,8 @@ async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, tex
     intent = SendIntent(dedupe_key=manual_reply_key(request_id), conversation_key=row["conversation_key"],
                         conversation_id=conversation_id, phone_number_id=row["phone_number_id"],
                         to=row["customer"], text=text, automatic=False, accepted_at=time.time(),
-                        kind="template" if template else "text", template=template)
+                        kind="template" if template else "media" if media else "text", template=template,
+                        media=media)
     new = await queue(conn, intent, published=False)
     if new and user_id is not None:
         await conn.execute("UPDATE outbound_log SET author_user_id = $2 WHERE dedupe_key = $1",

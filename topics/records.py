@@ -170,9 +170,12 @@ class SendIntent:
     customer_timestamp: float | None = None  # when the customer wrote (Meta's timestamp, 1 s resolution)
     accepted_at: float | None = None  # when our webhook accepted the customer's body (pipeline latency)
     automatic: bool = True  # False for a person's reply: ownership and opt-out checks do not apply
-    kind: str = "text"  # text | template | notice (opt-out/in confirmation, handover notice: sent although
-    # the bot is otherwise quiet in the conversation)
+    kind: str = "text"  # text | template | media | notice (opt-out/in confirmation, handover notice: sent
+    # although the bot is otherwise quiet in the conversation)
     template: dict[str, Any] | None = None  # {"name", "language", "parameters"} for kind=template
+    # kind=media: the file in the media store to upload and send, {"type", "mime_type", "sha256", "size",
+    # "filename", "caption"}; the upload's media id is kept on the ledger row (outbound_log.media_upload_id)
+    media: dict[str, Any] | None = None
     attempt: int = 0  # Graph API attempts made before this delivery (the ledger row must agree)
     not_before: float | None = None  # retry topics: do not try before this epoch time
     first_attempt_at: float | None = None

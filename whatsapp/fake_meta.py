@@ -26,7 +26,8 @@ statuses come. Posting happens beside the answer (never delays it) and retries a
   answers a revoked or expired token. A number without one accepts any bearer.
   ``GET /__tokens`` lists which numbers are checked (not the tokens).
 - Media: ``POST /__media`` registers a file's bytes, ``GET /{version}/{media_id}`` and its
-  bearer-checked, expiring download serve it (:mod:`whatsapp.fake_media`).
+  bearer-checked, expiring download serve it; ``POST /{version}/{phone_number_id}/media`` takes an
+  upload, checked against the number's token, listed at ``GET /__uploads`` (:mod:`whatsapp.fake_media`).
 - ``GET /{version}/{waba_id}/message_templates``: the template catalogue, paged as Meta pages it
   (``limit``, at most ``page_size`` a page; ``paging.cursors.after`` and ``paging.next`` while more
   follow), for any WABA, with a bearer token. The catalogue is ``fake_templates.json`` beside this
@@ -382,7 +383,7 @@ def make_app(webhook_url: str | None = None, app_secret: str | None = None,
     app.router.add_post("/__script", fake.script)
     app.router.add_post("/__tokens", fake.set_token)
     app.router.add_get("/__tokens", fake.list_tokens)
-    fake_media.add_routes(app)  # the media endpoint and its downloads (whatsapp/fake_media.py)
+    fake_media.add_routes(app, fake.refuse_token)  # media: metadata, downloads, uploads (whatsapp/fake_media.py)
     return app
 
 

@@ -76,6 +76,9 @@ class TokenRejected(PausingGraphError):
     token_rejected = True
 
 
+#: The media types whose message takes a caption (audio and stickers take none).
+CAPTIONED = frozenset({"image", "video", "document"})
+
 # Meta error code → what to do. Codes not listed: 5xx without a code is retryable,
 # anything else permanent (an unknown 4xx must not burn retries).
 RETRYABLE_CODES = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131056, 131057, 133004})
@@ -181,6 +184,23 @@ class GraphClient:
                                                                       for p in parameters]}]
         payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", field: value,
                                    "type": "template", "template": template}
+        if callback_data:
+            payload["biz_opaque_callback_data"] = callback_data
+        return payload
+
+    def media_payload(self, to: str, kind: str, media_id: str | None, *, caption: str | None = None,
+                      filename: str | None = None, callback_data: str | None = None) -> dict[str, Any]:
+        """A file uploaded to Meta sent by its id (``kind``: image, audio, video, document, sticker): a
+        caption for an image, a video or a document, a document's file name; audio and stickers take no
+        caption (Meta refuses one). ``media_id`` None: the shape of the message without the id."""
+        media: dict[str, Any] = {} if media_id is None else {"id": media_id}
+        if caption and kind in CAPTIONED:
+            media["caption"] = caption
+        if filename and kind == "document":
+            media["filename"] = filename
+        field, value = recipient_field(to, self._region)
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", field: value,
+                                   "type": kind, kind: media}
         if callback_data:
             payload["biz_opaque_callback_data"] = callback_data
         return payload

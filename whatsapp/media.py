@@ -1,10 +1,13 @@
-"""Inbound media on the Graph API: Meta's size limits, its checksums, and the two calls of a download.
+"""Media on the Graph API: Meta's size limits, its checksums, the two calls of a download and the upload.
 
-A download is ``GET /{version}/{media_id}`` (the number's token) for ``url``, ``mime_type``,
-``sha256`` and ``file_size``, then ``GET url`` with the same bearer token. The URL expires after
-five minutes: its 404 is :class:`UrlExpired`, and the caller asks for a fresh one. Errors are the
-:mod:`whatsapp.graph` tree, so :func:`agents.errors.classify` reads them as it reads a send's; a
-download is a plain GET, never ambiguous: a broken or timed-out one is retryable.
+A download is ``GET /{version}/{media_id}?phone_number_id=`` (the number's token) for ``url``,
+``mime_type``, ``sha256`` and ``file_size``, then ``GET url`` with the same bearer token. The URL
+expires after five minutes: its 404 is :class:`UrlExpired`, and the caller asks for a fresh one.
+An upload is ``POST /{version}/{phone_number_id}/media`` (multipart: ``file``, ``type``,
+``messaging_product``), answered with the media id a send names. Errors are the
+:mod:`whatsapp.graph` tree, so :func:`agents.errors.classify` reads them as it reads a send's;
+neither call is ever ambiguous: a download is a plain GET, and an upload whose answer was lost
+only leaves an unused file at Meta, so a broken or timed-out one is retryable.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import base64
 import binascii
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import aiohttp.payload
 import orjson
 
 from wacrm.whatsapp.graph import PermanentGraphError, RetryableGraphError, classify
@@ -71,9 +75,11 @@ class MediaClient:
         # a download may take long; what must not is any single read of it
         self._stream_timeout = aiohttp.ClientTimeout(total=None, connect=timeout / 2, sock_read=timeout)
 
-    async def info(self, media_id: str, token: str) -> MediaInfo:
+    async def info(self, media_id: str, token: str, phone_number_id: str | None = None) -> MediaInfo:
+        """What Meta says of ``media_id``; ``phone_number_id``: the number it came to (whose token this is)."""
+        params = {"phone_number_id": phone_number_id} if phone_number_id else None
         try:
-            async with self._session.get(f"{self._base}/{media_id}", headers=_bearer(token),
+            async with self._session.get(f"{self._base}/{media_id}", headers=_bearer(token), params=params,
                                          timeout=self._timeout) as resp:
                 raw, status = await resp.read(), resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:  # a GET: asking again is harmless
@@ -106,6 +112,34 @@ class MediaClient:
             if (resp.content_length or 0) > limit:
                 raise TooLarge(f"{resp.content_length:,} bytes, above the limit of {limit:,}")
             yield _chunks(resp, limit)
+
+
+    async def upload(self, phone_number_id: str, token: str, mime_type: str, filename: str,
+                     chunks: AsyncIterable[bytes]) -> str:
+        """Upload a file to the number's ``/media`` (streamed from ``chunks``); Meta's media id for a send.
+
+        Never ambiguous: an upload whose answer was lost is only an unused file at Meta, so every
+        transport failure is :class:`RetryableGraphError`."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime_type)
+        form.add_field("file", aiohttp.payload.AsyncIterablePayload(chunks, content_type=mime_type),
+                       filename=filename, content_type=mime_type)
+        try:
+            async with self._session.post(f"{self._base}/{phone_number_id}/media", data=form, headers=_bearer(token),
+                                          timeout=self._stream_timeout) as resp:
+                raw, status = await resp.read(), resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise RetryableGraphError(f"the upload broke off or got no answer: {exc!r}") from None
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        if status != 200:
+            raise classify(status, body)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
+            raise RetryableGraphError(f"the upload answered {status} without a media id", http_status=status)
+        return str(body["id"])
 
 
 async def _json_or_none(resp: aiohttp.ClientResponse) -> object:

@@ -46,8 +46,12 @@
     const opts = {method, credentials: "same-origin", headers: {}};
     if (method !== "GET") {
       opts.headers["X-CSRF-Token"] = CSRF;
-      opts.headers["Content-Type"] = "application/json";
-      opts.body = JSON.stringify(body || {});
+      if (body instanceof FormData) {
+        opts.body = body;  // a file: multipart, its boundary set by the browser
+      } else {
+        opts.headers["Content-Type"] = "application/json";
+        opts.body = JSON.stringify(body || {});
+      }
     }
     let r;
     try {
@@ -354,6 +358,8 @@
     ws.className = "window " + (open ? "open" : "closed");
     $("#reply textarea").disabled = !open;
     $("#reply button[type=submit]").disabled = !open;
+    $("#attach").disabled = !open;
+    $("#attach-label").setAttribute("aria-disabled", String(!open));
     $("#templates").hidden = open;  // outside the window only a template (approved at Meta) can go
     renderTemplatePicker(c);
   }
@@ -495,6 +501,7 @@
   let pendingKey = null;  // the same key until the reply is accepted: a retried click sends once
   reply.addEventListener("submit", async (ev) => {
     ev.preventDefault();
+    if (attached && state.open !== null) return sendAttachment();
     const box = reply.text;
     const text = box.value.trim();
     if (!text || state.open === null) return;
@@ -510,6 +517,49 @@
     box.focus();
   });
   reply.text.addEventListener("input", () => { pendingKey = null; saveDraft(); });
+
+  // A file to send: chosen with the attach button or dropped on the reply box; the text is its caption.
+  // The server tells its type by its bytes and holds it to WhatsApp's limits: a refusal (415, 413)
+  // is shown under the form in words, and the file stays attached to change or remove.
+  let attached = null;
+  function attach(file) {
+    attached = file || null;
+    pendingKey = null;  // another file is another reply
+    const box = $("#attachment");
+    box.hidden = !attached;
+    box.querySelector(".name").textContent = attached ? attached.name : "";
+    box.querySelector(".size").textContent = attached ? `(${bytes(attached.size)})` : "";
+    if (!attached) $("#attach").value = "";
+    showSendError(null);
+  }
+  async function sendAttachment() {
+    const box = reply.text, button = reply.querySelector("button[type=submit]"), id = state.open;
+    pendingKey = pendingKey || newKey();
+    const form = new FormData();
+    form.append("idempotency_key", pendingKey);
+    if (box.value.trim()) form.append("caption", box.value.trim());
+    form.append("file", attached, attached.name);
+    button.disabled = true;
+    if (await send(form)) {
+      clearDraft(id);
+      if (state.open === id) { box.value = ""; pendingKey = null; attach(null); }
+    }
+    button.disabled = !windowOpen(state.detail || {});
+  }
+  $("#attach").addEventListener("change", (ev) => attach(ev.target.files[0]));
+  $("#attach-remove").addEventListener("click", () => attach(null));
+  reply.addEventListener("dragover", (ev) => {
+    if (!ev.dataTransfer || ![...ev.dataTransfer.types].includes("Files") || $("#attach").disabled) return;
+    ev.preventDefault();
+    reply.classList.add("dropping");
+  });
+  reply.addEventListener("dragleave", () => reply.classList.remove("dropping"));
+  reply.addEventListener("drop", (ev) => {
+    reply.classList.remove("dropping");
+    if (!ev.dataTransfer || !ev.dataTransfer.files.length || $("#attach").disabled) return;
+    ev.preventDefault();
+    attach(ev.dataTransfer.files[0]);
+  });
   reply.text.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); reply.requestSubmit(); }
   });
@@ -812,6 +862,7 @@
     const store = drafts();
     $("#reply textarea").value = id === null || !store ? "" : (store.getItem(DRAFTS + id) || "");
     pendingKey = null;  // a key belongs to one conversation's reply
+    attach(null);  // so does a file
     showSendError(null);
   }
 
