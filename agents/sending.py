@@ -42,6 +42,9 @@ WINDOW = timedelta(hours=24)
 UNDELIVERABLE = 131026  # Meta: the recipient cannot get it (mostly: the number is not on WhatsApp)
 MAX_TEXT_CHARS = 4096  # WhatsApp's limit for a text message body
 BEHIND_RECHECK = timedelta(seconds=1)  # a reply behind one in flight (or not yet published) looks again after this
+# A parked reply looks again after this at the latest: the pause or the earlier reply it waits for may end
+# (a new token resumes a held number) between the read that parked it and the park's write.
+PARK_RECHECK = timedelta(seconds=30)
 CALLBACK_PREFIX = "ol:"  # biz_opaque_callback_data = "ol:{outbound_log id}": Meta echoes it in the statuses
 
 
@@ -154,8 +157,9 @@ def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: T
     In order: a row not waiting to be sent (or an out-of-date delivery) is skipped; automatic
     drafts are dropped when a person took over or the contact opted out (notices still go);
     a paused number parks it; a reply waits behind an earlier unfinished one of its
-    conversation; outside the 24-hour window only a template goes (:func:`window_path`); text
-    over WhatsApp's 4,096 characters is refused (dead letter and a task: cutting a reply
+    conversation (a park looks again after ``PARK_RECHECK`` at the latest); outside the
+    24-hour window only a template goes (:func:`window_path`); text over WhatsApp's 4,096
+    characters is refused (dead letter and a task: cutting a reply
     could change its meaning); the pair limit paces it (``pair_wait_s``: how long the recipient's
     pair limit asks to wait); else it is sent.
     """
@@ -172,11 +176,11 @@ def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: T
     if intent.automatic and checks.opted_out and not notice:
         return Drop("the contact opted out", "opted_out")
     if checks.paused_until is not None and checks.paused_until > now:
-        return Park(checks.paused_until, "number paused", "parked")
+        return Park(min(checks.paused_until, now + PARK_RECHECK), "number paused", "parked")
     if checks.earlier is not None:
         e = checks.earlier
-        until = e.next_attempt_at if e.state == "retry_wait" and e.next_attempt_at is not None \
-            and e.next_attempt_at > now else now + BEHIND_RECHECK
+        until = min(e.next_attempt_at, now + PARK_RECHECK) if e.state == "retry_wait" \
+            and e.next_attempt_at is not None and e.next_attempt_at > now else now + BEHIND_RECHECK
         return Park(until, f"behind reply {e.id} of the same conversation ({e.state})", "behind")
     window_closed = checks.last_inbound_at is None or now - checks.last_inbound_at > WINDOW
     if window_closed and intent.kind != "template":

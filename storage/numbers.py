@@ -247,10 +247,12 @@ async def resume(conn: asyncpg.Connection, phone_number_id: str) -> int:
     sweep publishes them within a second. Returns how many."""
     await conn.execute("UPDATE number_pauses SET until = now() WHERE phone_number_id = $1 AND until >= $2",
                        phone_number_id, UNTIL_NEW_TOKEN)
+    # every reply of the number that waits: held for the token, or parked by the sender for the pause
+    # (a park looks again within sending.PARK_RECHECK, so one written just after this is not lost)
     done = await conn.execute(
         """UPDATE outbound_log SET next_attempt_at = now(), published_at = NULL
-           WHERE state = 'retry_wait' AND next_attempt_at >= $2 AND intent->>'phone_number_id' = $1""",
-        phone_number_id, UNTIL_NEW_TOKEN)
+           WHERE state = 'retry_wait' AND next_attempt_at > now() AND intent->>'phone_number_id' = $1""",
+        phone_number_id)
     return int(done.split()[-1])
 
 

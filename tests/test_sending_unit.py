@@ -89,11 +89,11 @@ def test_decide_sends_only_when_every_check_passes(i: SendIntent, c: sending.Che
         assert window_open or i.kind == "template"
         assert i.kind == "template" or len(i.text) <= sending.MAX_TEXT_CHARS
     if c.paused_until is not None and c.paused_until > NOW:
-        assert d == sending.Park(c.paused_until, "number paused", "parked")
+        assert d == sending.Park(min(c.paused_until, NOW + sending.PARK_RECHECK), "number paused", "parked")
     elif c.earlier is not None:  # waits behind an earlier reply: never before it is due again
         assert isinstance(d, sending.Park) and d.outcome == "behind" and d.until > NOW
         if c.earlier.state == "retry_wait" and c.earlier.next_attempt_at and c.earlier.next_attempt_at > NOW:
-            assert d.until == c.earlier.next_attempt_at
+            assert d.until == min(c.earlier.next_attempt_at, NOW + sending.PARK_RECHECK)
     elif not window_open and i.kind != "template":
         assert d == sending.window_path(i, template)
     elif i.kind != "template" and len(i.text) > sending.MAX_TEXT_CHARS:
