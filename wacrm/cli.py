@@ -43,6 +43,19 @@ def _settings(profile: str, needs: set[str] | None = None, state_dir: Path = DEF
         raise CommandError(str(exc), EXIT_CONFIG) from None
 
 
+def _db_settings() -> Settings:
+    """The settings of a command that needs the database (``DATABASE_URL``, or a running ``wacrm dev``'s)."""
+    s = _settings("tool", {"DATABASE_URL"})
+    if s.database_url is None:
+        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    return s
+
+
+def _schema_behind() -> CommandError:
+    """What a command says when a table or column it reads is missing: the schema is behind the code."""
+    return CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA)
+
+
 def _logging(level: str, fmt: str = "text", *, batched: bool = False) -> None:
     from wacrm.core.logs import configure
 
@@ -100,9 +113,7 @@ async def _migrate_status(database_url: str, timeout: float, variable: str) -> i
 
 
 def cmd_verify_schema(args: argparse.Namespace) -> int:
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     return asyncio.run(_verify_schema(s, args.quiet))
 
 
@@ -271,15 +282,13 @@ async def _users(args: argparse.Namespace, s: Settings, password: str | None) ->
                 state = " disabled" if r["disabled_at"] else ""
                 print(f"{r['id']:>5}  {r['role']:<6} {r['email']:<40} tokens: {r['tokens']}{state}")
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+        raise _schema_behind() from None
     finally:
         await conn.close()
 
 
 def cmd_users(args: argparse.Namespace) -> int:
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     password = None
     if args.users_command == "add" and not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\n") or None
@@ -305,7 +314,7 @@ async def _check_token_key(s: Settings) -> None:
     except numbers.TokenKeyError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+        raise _schema_behind() from None
     finally:
         await conn.close()
 
@@ -358,15 +367,13 @@ async def _numbers(args: argparse.Namespace, s: Settings, token: str | None) -> 
     except numbers.TokenKeyError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+        raise _schema_behind() from None
     finally:
         await conn.close()
 
 
 def cmd_numbers(args: argparse.Namespace) -> int:
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     token = None
     if args.numbers_command == "add":
         if s.token_encryption_key is None:
@@ -423,7 +430,7 @@ async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) ->
     try:
         rows = await trace.load(conn, request_id)
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+        raise _schema_behind() from None
     finally:
         await conn.close()
     bus = trace.BusFacts()
@@ -443,9 +450,7 @@ async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) ->
 def cmd_trace(args: argparse.Namespace) -> int:
     from wacrm.topics.records import valid_request_id
 
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     if valid_request_id(args.request_id) is None:
         raise CommandError("REQUEST_ID must be 1 to 128 printable characters without spaces", EXIT_CONFIG)
     use_bus = not args.no_bus and s.kafka_bootstrap_servers is not None
@@ -706,7 +711,7 @@ async def _templates(args: argparse.Namespace, s: Settings) -> int:
         print(f"{len(rows)} template(s)")
         return 0
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA) from None
+        raise _schema_behind() from None
     finally:
         await pool.close()
 
@@ -714,9 +719,7 @@ async def _templates(args: argparse.Namespace, s: Settings) -> int:
 def cmd_templates(args: argparse.Namespace) -> int:
     """Beside a running ``wacrm dev`` (``WHATSAPP_API_BASE_URL`` unset), its fake Graph API is asked."""
     env_base = os.environ.get("WHATSAPP_API_BASE_URL", "").strip()
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     state = read_state(DEFAULT_STATE_DIR)
     if not env_base and state and state.get("fake_meta_url") and s.database_url == state.get("database_url"):
         s = s.replace(whatsapp_api_base_url=state["fake_meta_url"])
@@ -773,9 +776,7 @@ def _install_sigterm_as_interrupt() -> None:
 def cmd_media(args: argparse.Namespace) -> int:
     from wacrm import media_cmd
 
-    s = _settings("tool", {"DATABASE_URL"})
-    if s.database_url is None:
-        raise CommandError("DATABASE_URL: required by this command and not set", EXIT_CONFIG)
+    s = _db_settings()
     if s.media_retention_days is None:
         print("MEDIA_RETENTION_DAYS is not set: media is kept forever, nothing to prune")
         return 0
