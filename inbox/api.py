@@ -479,13 +479,10 @@ async def send_message(request: web.Request) -> web.Response:
     user: User = request[USER]
     shown = str(text)
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        row = await _conversation(conn, cid)
-        until = store.window_open_until(row["last_inbound_at"])
-        if tpl is None and (until is None or until <= datetime.now(UTC)):
-            raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
-                           templates=(await _templates_and_consent(request, conn, cid))["templates"],
-                           next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])
-        if tpl is not None:
+        if tpl is None:
+            await _refuse_closed_window(request, conn, cid)  # 404 too, for no such conversation
+        else:
+            await _conversation(conn, cid)  # 404 for no such conversation
             tpl, shown = await _checked_template(request, conn, cid, tpl)
         request_id = f"{user.id}:{key}"
         created = await replies.queue_manual_reply(conn, cid, shown, request_id, user.id, tpl)
@@ -538,7 +535,8 @@ async def _send_file(request: web.Request, cid: int) -> web.Response:
 
 
 async def _refuse_closed_window(request: web.Request, conn: asyncpg.Connection, cid: int) -> None:
-    """409 ``WINDOW_CLOSED`` when only a template may go to this conversation (as for free text)."""
+    """409 ``WINDOW_CLOSED`` when only a template may go to this conversation (free text, a file); 404
+    when there is no such conversation."""
     until = store.window_open_until((await _conversation(conn, cid))["last_inbound_at"])
     if until is None or until <= datetime.now(UTC):
         raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
