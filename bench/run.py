@@ -39,7 +39,8 @@ import orjson
 
 from bench import inbox, plots, probes, report, stats, wrk
 from bench.bodies import BUSINESS_NUMBERS, BodyFactory
-from faults import count
+from harness.machine import machine
+from wacrm import received
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.storage import repo
@@ -871,8 +872,8 @@ class Bench:
             sent = orjson.loads(await r.read())
         conn = await asyncpg.connect(self.db_url)
         try:
-            answers = await repo.answered_messages(conn, count.ledger_rows(sent))
-            replies = [(message_id, x["received_at"]) for x, message_id in count.replies(sent, answers)]
+            answers = await repo.answered_messages(conn, received.ledger_rows(sent))
+            replies = [(message_id, x["received_at"]) for x, message_id in received.replies(sent, answers)]
             rows = await conn.fetch(
                 """SELECT provider_message_id, count(*) AS n FROM messages
                    WHERE direction = 'inbound' AND provider_message_id LIKE $1 GROUP BY 1""",
@@ -1148,7 +1149,7 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
         signal.alarm(0)
         bench.stop_all()
     bench.results["took_s"] = time.time() - started
-    bench.results["machine"] = report.machine(bench.results.get("postgres_version"))
+    bench.results["machine"] = machine(bench.results.get("postgres_version"))
     bench.results["command"] = command
     bench.results["complete"] = ok
     bench.results["only"] = only

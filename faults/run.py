@@ -19,6 +19,7 @@ from typing import Any
 from faults import report
 from faults.harness import Harness, log
 from faults.scenarios import BY_NAME, SCENARIOS, Row, Scenario, run_scenario
+from harness.machine import machine
 
 
 def select(names: Sequence[str]) -> list[Scenario]:
@@ -41,8 +42,6 @@ async def run_all(harness: Harness, scenarios: Sequence[Scenario], *, quick: boo
 
 
 def _machine() -> str:
-    from bench.report import machine
-
     m: dict[str, Any] = machine()
     return (f"{m['cores']} cores ({m['cpu'] or 'unknown CPU'}), {m['memory_bytes'] / 2**30:.1f} GiB, "
             f"{m['kernel']}, Python {m['python']}")

@@ -32,6 +32,7 @@ log = logging.getLogger("wacrm.inbox.events")
 CHANNEL = "wacrm_inbox"
 REPLAY_LIMIT = 1000  # events replayed after a reconnect; older gaps: the page refetches everything
 QUEUE_SIZE = 1000
+LISTEN_WAIT_S = 15.0  # how long a new stream waits for the hub's listener before it gives up
 PING_S = 15.0
 
 # The event kinds that can change what the conversation list counts: a message (a new conversation,
@@ -181,6 +182,13 @@ async def _pump(sse: Any, hub: Hub, q: asyncio.Queue[dict[str, Any]], pool: asyn
         for event in backlog:
             await sse.send(orjson.dumps(event).decode(), id=str(event["id"]), event=event["kind"])
             sent.add(event["id"])
+    # "ready" promises that every later event reaches this stream: not before the hub listens (an event
+    # committed before the listener's first connection would be skipped). A hub that cannot listen ends
+    # the stream; the page's EventSource connects again.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hub.listening.wait(), LISTEN_WAIT_S)
+    if not hub.listening.is_set():
+        return
     await sse.send("{}", event="ready")  # no id: the stream is live from here
     while not hub.closed and sse.is_connected():
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE = ROOT / "build" / "typecheck"
-TOOLS = ("bench", "faults")  # checkout tools, importable from the repository root
+TOOLS = ("bench", "faults", "harness")  # checkout tools, importable from the repository root
 
 
 def build_tree() -> Path:

@@ -27,11 +27,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from faults.count import ledger_rows, replies
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
 from wacrm.core.procs import worker_joined
 from wacrm.core.settings import load
+from wacrm.received import ledger_rows, replies
 from wacrm.storage import repo
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
@@ -251,7 +251,7 @@ class Stack:
     async def answered(self) -> list[tuple[dict[str, Any], str]]:
         """Each send fake-meta took (not a scripted error) that answers a customer message, with that
         message's id: a send names its ledger row (``biz_opaque_callback_data``), whose intent says
-        what it answers, quoted or not. Counted by :func:`faults.count.replies`."""
+        what it answers, quoted or not. Counted by :func:`wacrm.received.replies`."""
         sent = await self.sent()
         conn = await connect(self.database_url, timeout=10)
         try:

@@ -11,6 +11,7 @@ import pytest
 from bench import stats
 from bench.bodies import BodyFactory, Mix, http_request
 from bench.probes import parse_kb
+from harness.machine import machine
 from wacrm.whatsapp import signature, webhook
 
 # --- percentiles ---------------------------------------------------------------------------
@@ -238,7 +239,7 @@ def test_report_renders_partial_and_full_results() -> None:
             "lost": 2, "answered_together": 2}
     text = report.render({
         "plan": "full", "complete": True, "command": "wacrm bench", "took_s": 900,
-        "machine": {**report.machine("PostgreSQL 18"), "cores": 2},
+        "machine": {**machine("PostgreSQL 18"), "cores": 2},
         "webhook": {"fixed": [load], "search": [], "best": load},
         "bare": {"fixed": [load], "search": [], "best": load},
         "produce": {"pipelined_msgs_per_s": 90000, "awaited_msgs_per_s": 20000, "concurrency": 64,

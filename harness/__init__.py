@@ -1,0 +1,4 @@
+"""Tools shared by the checkout's tool packages (``bench``, ``faults``) and the tests; not installed.
+
+:mod:`harness.machine` describes the machine a run happened on.
+"""
