@@ -200,12 +200,16 @@ async def redrive(client: dict[str, Any], conn: Any, which: Filter, dry_run: boo
     return done
 
 
+async def _claim(conn: Any, x: Letter) -> bool:
+    """Mark the letter redriven (in the caller's transaction); False when it was already."""
+    return bool(await conn.fetchval(
+        "INSERT INTO dlq_redrives (dlq_partition, dlq_offset, target_topic, reason) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING RETURNING true", x.partition, x.offset, x.origin_topic, x.reason))
+
+
 async def _redrive_one(conn: Any, producer: AIOKafkaProducer, x: Letter, original: scan.BusRecord | None) -> Redrive:
     async with conn.transaction():
-        claimed = await conn.fetchval(
-            "INSERT INTO dlq_redrives (dlq_partition, dlq_offset, target_topic, reason) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING RETURNING true", x.partition, x.offset, x.origin_topic, x.reason)
-        if not claimed:
+        if not await _claim(conn, x):
             return Redrive(x, "skipped: redriven meanwhile")
         if original is not None:
             await producer.send_and_wait(x.origin_topic, original.value, key=original.key,
@@ -222,10 +226,7 @@ class _NotRequeued(Exception):
 async def _requeue_one(conn: Any, x: Letter, key: str, requeue: Requeue) -> Redrive:
     try:
         async with conn.transaction():
-            claimed = await conn.fetchval(
-                "INSERT INTO dlq_redrives (dlq_partition, dlq_offset, target_topic, reason) VALUES ($1, $2, $3, $4) "
-                "ON CONFLICT DO NOTHING RETURNING true", x.partition, x.offset, x.origin_topic, x.reason)
-            if not claimed:
+            if not await _claim(conn, x):
                 return Redrive(x, "skipped: redriven meanwhile")
             why = await requeue(conn, key)
             if why is not None:

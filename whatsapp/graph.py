@@ -87,6 +87,18 @@ TOKEN_REJECTED = 190  # Meta: the access token expired, was revoked or is invali
 REENGAGEMENT = 131047  # more than 24 hours since the customer last wrote: only a template may go
 
 
+def answer_body(http_status: int, raw: bytes) -> Any:
+    """The JSON body of a Graph API answer (``None`` when empty or not JSON); any status but 200 raises
+    what it means (:func:`classify`)."""
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        body = None
+    if http_status != 200:
+        raise classify(http_status, body)
+    return body
+
+
 def classify(http_status: int, body: Any) -> GraphError:
     """Turn an error response into the exception that says what happens next."""
     err = body.get("error") if isinstance(body, dict) else None
@@ -221,12 +233,7 @@ class GraphClient:
             # the connection was up (the connect timeout is shorter than the total): the request went out
             raise AmbiguousGraphError(f"Graph API did not answer within {self._timeout.total}s or dropped the "
                                       f"connection after the request was written: {exc!r}") from None
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if status != 200:
-            raise classify(status, body)
+        body = answer_body(status, raw)
         messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict) \
                 or not isinstance(messages[0].get("id"), str):

@@ -23,7 +23,7 @@ import aiohttp
 import aiohttp.payload
 import orjson
 
-from wacrm.whatsapp.graph import PermanentGraphError, RetryableGraphError, classify
+from wacrm.whatsapp.graph import PermanentGraphError, RetryableGraphError, answer_body, classify
 
 KB, MB = 1024, 1024 * 1024
 #: Meta's limit for each inbound media type (Cloud API "supported media types"); above it nothing is fetched.
@@ -84,12 +84,7 @@ class MediaClient:
                 raw, status = await resp.read(), resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:  # a GET: asking again is harmless
             raise RetryableGraphError(f"media endpoint unreachable or silent: {exc!r}") from None
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if status != 200:
-            raise classify(status, body)
+        body = answer_body(status, raw)
         if not isinstance(body, dict) or not isinstance(body.get("url"), str):
             raise RetryableGraphError(f"media endpoint answered {status} without a url", http_status=status)
         size = body.get("file_size")
@@ -131,12 +126,7 @@ class MediaClient:
                 raw, status = await resp.read(), resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise RetryableGraphError(f"the upload broke off or got no answer: {exc!r}") from None
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
-        if status != 200:
-            raise classify(status, body)
+        body = answer_body(status, raw)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not body["id"]:
             raise RetryableGraphError(f"the upload answered {status} without a media id", http_status=status)
         return str(body["id"])
