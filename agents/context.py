@@ -21,6 +21,7 @@ import faust
 from mode import Service
 
 from wacrm.core.liveness import BEAT_EVERY_S, Heartbeat
+from wacrm.core.secret import reveal
 from wacrm.core.settings import Settings
 from wacrm.media import MediaStore, open_store
 from wacrm.orchestrator.llm import LlmClient
@@ -72,7 +73,7 @@ class Resources(Service):
         self._media_client = MediaClient(self._session, s.graph_messages_url_base, timeout=s.graph_timeout_s)
         if s.llm_api_base_url:
             llm = self.orchestrator.rules.llm
-            self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, s.llm_api_key,
+            self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, reveal(s.llm_api_key),
                                               s.llm_model or "gpt-4o-mini", timeout=llm.timeout_seconds,
                                               max_reply_chars=llm.max_reply_chars)
         self.ready.set()

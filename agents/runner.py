@@ -1,35 +1,27 @@
-"""The one loop every agent runs: handle events in batches, route failures, never pass an unhandled event.
+"""The one loop every agent runs: batches through a :class:`Stage`, failures routed, no event passed unhandled.
 
-Events come in batches of what is ready (up to ``BATCH_SIZE``, waiting at most
-``BATCH_WAIT_MS`` for more), in partition order, and a handler takes a whole batch: one
-transaction and one wait for the broker serve many events. Every failure is routed by
-:func:`agents.errors.classify`:
+Batches: what is ready, up to ``BATCH_SIZE`` (waiting at most ``BATCH_WAIT_MS`` for more), in
+partition order, straight from the agent's channel (:func:`agents.batches.batches`).
 
-- RETRY: the same batch again, with capped exponential backoff, for as long as the fault
-  lasts; ``wacrm_agent_stalled_seconds{agent}`` says for how long (0 while it flows).
-- otherwise a batch of several is split and each event handled alone (every effect is
-  idempotent, so the events the batch had done are recognised as done); an event that fails
-  alone is dead-lettered to ``wa.dlq`` (DEAD_LETTER, or AMBIGUOUS: a human decides) or dropped
-  with a reason (STALE). Bugs (exceptions that say nothing about themselves) are logged with
-  their traceback. A handler may also return a :class:`~agents.errors.Poison` as an event's
-  outcome: the runner dead-letters that event for it.
-- A storm of dead letters (:mod:`agents.dlqlimit`) stops the worker: the event that tripped
-  the limit is neither dead-lettered nor acked.
+Failures, routed by :func:`agents.errors.classify`:
 
-Acks (contract): an event is acked (its offset becomes committable) only when the handler
-returned for it or its dead letter was acknowledged by the broker. The runner takes its batches
-straight from the agent's channel (:func:`agents.batches.batches`, bypassing faust's per-event
-stream machinery), and nothing but the runner acks them; faust commits a partition only up to
-the first offset not acked. Hence:
+- RETRY: the same batch again, with capped exponential backoff, for as long as the fault lasts
+  (``wacrm_agent_stalled_seconds{agent}``: for how long; 0 while it flows);
+- otherwise a batch of several is split and each event handled alone; one that fails alone is
+  dead-lettered to ``wa.dlq`` (DEAD_LETTER; AMBIGUOUS: a person decides; a bug, logged with its
+  traceback) or dropped with a reason (STALE). A stage may also return a
+  :class:`~agents.errors.Poison` as an event's outcome: the runner dead-letters that event;
+- a storm of dead letters (:mod:`agents.dlqlimit`) stops the worker: the event that tripped the
+  limit is neither dead-lettered nor acked.
 
-- a stop (SIGTERM, the agent cancelled) gives the batch in hand ``STOP_GRACE_SECONDS`` to
-  finish (shielded from the cancel), then leaves it unacked;
-- a rebalance does not cancel the agent: the batch in hand is finished and acked as usual;
-- a failure while the worker's resources are closing is not judged: the batch is left unacked;
-- a crash inside the runner itself, a dead letter that cannot be produced, or a dead-letter
-  storm leaves the batch unacked and stops the worker loudly (``halt``: non-zero exit, its
-  supervisor restarts it and it resumes from the last committed offset) instead of going on
-  with a gap.
+Acks: an event is acked (its offset becomes committable) only when its stage returned for it or its
+dead letter was acknowledged by the broker; nothing but the runner acks, and faust commits a
+partition only up to the first offset not acked. A stop (SIGTERM, the agent cancelled) gives the
+batch in hand ``STOP_GRACE_SECONDS`` to finish (shielded from the cancel), then leaves it unacked;
+a rebalance does not cancel the agent; a failure while the worker's resources close is not judged
+(left unacked). A crash inside the runner, a dead letter that cannot be produced or a dead-letter
+storm leaves the batch unacked and halts the worker (``halt``: non-zero exit; restarted, it resumes
+from the last committed offset) instead of going on with a gap.
 """
 
 from __future__ import annotations
@@ -40,7 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import faust
 
@@ -66,9 +58,8 @@ from wacrm.topics.records import (
 log = logging.getLogger("wacrm.agents")
 
 
-
 class Item(NamedTuple):
-    """One event of a batch as a handler sees it."""
+    """One event of a batch as a stage sees it."""
 
     value: bytes
     ref: RawRef  # where it came from
@@ -76,10 +67,27 @@ class Item(NamedTuple):
     request_id: str | None = None  # the webhook call that caused it (record header wacrm-request-id)
 
 
-# a batch of items, in order -> one outcome per item: a label for the metrics, or the Poison
-# that makes the item a dead letter (the runner writes it, within the storm limit)
+# An item's outcome: a label for the metrics, or the Poison that makes the item a dead letter
+# (the runner writes it, within the storm limit).
 Outcome = str | Poison
-Handler = Callable[[list[Item]], Awaitable[Sequence[Outcome]]]
+
+
+class Stage(Protocol):
+    """What an agent does with its events; the runner drives it (:class:`Runner`).
+
+    Gets: a batch of 1 to ``batch_size`` items of one topic, in partition order, never empty.
+    Before returning: every effect of every item is durable (committed in PostgreSQL, records acked by
+    the broker), because the runner acks the batch as soon as ``handle`` returns; it returns one
+    :data:`Outcome` per item, in order.
+    Raises: the runner routes the exception by :func:`agents.errors.classify`: RETRY handles the same
+    batch again, so effects must be idempotent; otherwise each item is handled again alone and the one
+    that fails alone is dead-lettered (or dropped, STALE). It may be cancelled (a stop after
+    ``STOP_GRACE_SECONDS``): the batch is then left unacked and read again after a restart.
+    """
+
+    async def handle(self, items: list[Item], /) -> Sequence[Outcome]: ...
+
+
 # stops the worker with a non-zero exit; the runner waits to be cancelled after calling it
 Halt = Callable[[BaseException], Awaitable[None]]
 
@@ -169,12 +177,12 @@ class _Stall:
 
 
 class Runner:
-    """Drives one agent's handler over its stream (one runner per agent, ``concurrency=1``)."""
+    """Drives one agent's stage over its stream (one runner per agent, ``concurrency=1``)."""
 
-    def __init__(self, agent: str, handler: Handler, dlq: faust.TopicT, ready: asyncio.Event,
+    def __init__(self, agent: str, stage: Stage, dlq: faust.TopicT, ready: asyncio.Event,
                  config: RunnerConfig, halt: Halt) -> None:
         self.agent = agent
-        self._handler = handler
+        self._stage = stage
         self._dlq = dlq
         self._ready = ready
         self._config = config
@@ -203,7 +211,7 @@ class Runner:
 
     async def _not_finished(self, exc: BaseException, items: list[Item], *, stopping: bool) -> None:
         """The batch is left unacked; stop the worker when going on would leave a gap."""
-        first = items[0][1]
+        first = items[0].ref
         where = f"{len(items)} event(s) from {first.topic}:{first.partition}@{first.offset}"
         if isinstance(exc, asyncio.CancelledError) and stopping:
             log.info("%s: stopped before finishing %s; left unacked, they are handled after a restart",
@@ -257,7 +265,7 @@ class Runner:
         delay = BACKOFF_FIRST_S
         while True:
             try:
-                outcomes = await self._handler(items)
+                outcomes = await self._stage.handle(items)
             except Exception as exc:
                 if not self._ready.is_set():  # resources closing: nothing is judged while the worker stops
                     raise _Unfinished(f"failed while the worker stops ({exc!r})") from exc
@@ -267,7 +275,7 @@ class Runner:
                 self._stall.retrying()
                 metrics.AGENT_RETRIES.labels(self.agent).inc()
                 metrics.EVENTS.labels(self.agent, "retried").inc(len(items))
-                ref = items[0][1]
+                ref = items[0].ref
                 log.warning("%s: transient failure on %d event(s) from %s:%d@%d, retrying in %.1fs: %r",
                             self.agent, len(items), ref.topic, ref.partition, ref.offset, delay, exc)
                 await asyncio.sleep(delay)
@@ -277,7 +285,7 @@ class Runner:
             return [await self._outcome(item, outcome) for item, outcome in zip(items, outcomes, strict=True)]
 
     async def _outcome(self, item: Item, outcome: Outcome) -> str:
-        """Count a handled event; dead-letter the ones the handler returned as poison."""
+        """Count a handled event; dead-letter the ones the stage returned as poison."""
         if isinstance(outcome, Poison):
             ref = item.ref
             with request_scope(item.request_id):
@@ -305,7 +313,7 @@ class Runner:
             log.info("%s: dropping %s, it no longer applies: %s", self.agent, at, exc)
             self._limit.record(False)
             return ["stale"]
-        if step is Next.AMBIGUOUS:  # the handler should have settled it; a person decides
+        if step is Next.AMBIGUOUS:  # the stage should have settled it; a person decides
             log.warning("%s: dead-lettering %s, its outcome is ambiguous: %s", self.agent, at, exc)
             return [await self._dead_letter(item, f"{self.agent}: ambiguous", repr(exc))]
         if expected(exc):

@@ -1,38 +1,23 @@
 """Sender agent: ``wa.outbound`` (and the retry topics) → Graph API call → outbound message.
 
-Input key: the conversation key; a batch at a time, in partition order: a conversation's
-intents one after the other, different conversations side by side.
+Input: a :class:`~topics.records.SendIntent` keyed by conversation; a batch at a time, in partition
+order: a conversation's intents one after the other, different conversations side by side.
 
-The ledger is the authority: an event only names a row of ``outbound_log`` (its dedupe key)
-and the attempt it expects; what is sent is the row's stored intent (recipient, text,
-template, reply_to), so writing to ``wa.outbound`` cannot make the number send anything else.
+The ledger (``outbound_log``) is the authority: an event names a row (its dedupe key, the idempotency
+key) and the attempt it expects; what is sent is the row's stored intent. Per intent: read (rows and
+send-time checks, one statement per batch), decide (:func:`agents.sending.decide`), wait for the
+number's token bucket, claim the row (waiting → ``sending``, guarded by the attempt count and by no
+earlier unfinished reply of the conversation), call the Graph API with the number's token, route an
+error (:func:`agents.sending.route`). Accepted sends are recorded in one transaction every
+``RECORD_EVERY_S`` and when the batch ends; the batch returns (and is committed) after that.
 
-Per intent, in order: read (the batch's rows and send-time checks in one statement), decide
-(:func:`agents.sending.decide`), wait for the number's token bucket, claim the row (``queued``/
-``retry_wait`` → ``sending``, with the attempt count the event expects, and only while no earlier
-reply of the conversation is unfinished), call the Graph API, route an error
-(:func:`agents.sending.route`). A crash therefore leaves ``sending`` only the calls actually in
-flight. The accepted sends of a batch are recorded (``sent``, the outbound message, the
-conversation) in one transaction. Commit: after that.
-
-Idempotency and ambiguity: a redelivered finished intent does nothing; a copy of an intent in
-flight (``sending``) is acked as ``in_flight``. A call that may have reached Meta without an
-answer is never resent: the row becomes ``ambiguous``; every send names its row in
-``biz_opaque_callback_data``, so the status agent settles it from Meta's statuses, and the
-worker's settle timer hands what stays unsettled to a person (or resends it, by policy).
-
-A media reply (kind ``media``) is uploaded before its call, once per ledger row, its media id kept on
-the row before the send (:mod:`agents.uploads`): a retry sends the same upload.
-
-Failures (:func:`agents.sending.route`): retryable → the next retry topic with a growing delay,
-then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and a task; pausing → the number pauses, the
-intent waits; a refused token (401, code 190) → that number's sends wait, kept, until a new token
-(``numbers add``) resumes them, and the admins are told; 131047 → the window path. Every ledger
-change is guarded by the state it expects; one that finds the row moved on is counted and logged
-as ``raced``.
-
-Each call carries its number's token (:meth:`storage.numbers.Numbers.token_for`) and waits for its
-number's token bucket (the number's own send limit, at most 20/s for a coexistence number).
+Idempotency: a redelivered finished intent does nothing; a copy of one in flight is ``in_flight``.
+A call that may have reached Meta is never resent: ``ambiguous``, settled by its statuses (every
+send names its row in ``biz_opaque_callback_data``) or, later, by the worker's settle timer.
+Failures: retryable → the next retry topic, then ``wa.dlq`` and a task; permanent → ``wa.dlq`` and
+a task; pausing → the number pauses; a refused token → the number's sends wait for a new one;
+131047 → the window path. Every ledger change is guarded by the state it expects; one that finds
+the row moved on is ``raced``. A media reply is uploaded once per row (:mod:`agents.uploads`).
 """
 
 from __future__ import annotations
@@ -44,7 +29,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 import faust
 
@@ -86,6 +71,33 @@ class _Job:
         return dataclasses.replace(self.row.intent, attempt=self.event.attempt, not_before=self.event.not_before,
                                    origin=self.event.origin or dataclasses.asdict(self.ref),
                                    first_attempt_at=self.event.first_attempt_at or time.time())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Carry:
+    """What carrying out a step on a job's row needs besides the step: the intent sent (or meant to be),
+    the error of the call (none before a call), and, after a call, the attempts the claim counted and
+    the version of the token the call carried."""
+
+    job: _Job
+    intent: SendIntent
+    error: dict[str, Any] = dataclasses.field(default_factory=dict)
+    claimed: int | None = None  # None: a decision on a waiting row, guarded by the event's attempt count
+    token_version: int | None = None
+
+    @property
+    def expected(self) -> tuple[str, ...]:
+        """The states the row must be in for the change: waiting, or ``sending`` (claimed by this worker)."""
+        return repo.WAITING if self.claimed is None else ("sending",)
+
+    @property
+    def guard(self) -> int | None:
+        """The attempt count a waiting row must still have (None for a claimed row)."""
+        return self.job.event.attempt if self.claimed is None else None
+
+
+def _reason(error: dict[str, Any]) -> str:
+    return f"{error.get('error')} (code {error.get('code')})"
 
 
 class Sender:
@@ -166,7 +178,7 @@ class Sender:
             else:
                 decision = self._decide(dataclasses.replace(job, row=dataclasses.replace(job.row, state=claimed)),
                                         job.checks)
-        return await self._carry_out(decision, job, intent)
+        return await self._carry_out(decision, _Carry(job, intent))
 
     def _decide(self, job: _Job, checks: replies.SendChecks) -> sending.Decision:
         return sending.decide(job.row, checks, datetime.now(UTC), attempt=job.event.attempt,
@@ -214,24 +226,24 @@ class Sender:
             body = sending.payload(self._res.graph, job.row.id, intent, media_id)
             answer = await self._res.graph.send(intent.phone_number_id, body, credentials.token)
         except Exception as exc:  # every error is routed by what it says about itself (sending.route)
-            r: sending.Route | sending.Fail = sending.route(exc, attempts, self._s.send_attempts, self._delays,
-                                                           random.random())
+            r = sending.route(exc, attempts, self._s.send_attempts, self._delays, random.random())
             version = credentials.token_version if credentials is not None else getattr(exc, "token_version", None)
-            metrics.SEND_DURATION.labels(type(r).__name__.lower()).observe(time.perf_counter() - started)
+            metrics.SEND_DURATION.labels(r.label).observe(time.perf_counter() - started)
             code = getattr(exc, "code", None)
             metrics.SEND_ERRORS.labels(str(code if code is not None else f"http_{getattr(exc, 'http_status', None)}"))\
                 .inc()
             error = exc.as_dict() if hasattr(exc, "as_dict") else {"error": repr(exc)}
             if getattr(exc, "invalid_recipient", False):
                 error["code"] = "INVALID_RECIPIENT"
+            step: sending.Route | sending.Fail = r
             if code == MARKETING_STOPPED:  # the customer stopped marketing: remembered, never retried
                 async with self._res.pool.acquire() as conn:
                     await tstore.marketing_stopped(conn, intent.conversation_id)
-                r = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
-                                 "the template was not delivered", dead_letter=False)
-            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc, r,
-                        extra={"request_id": intent.request_id})
-            return await self._carry_out(r, job, intent, error, claimed=attempts, token_version=version)
+                step = sending.Fail("marketing_opted_out", error, "The customer stopped marketing messages: "
+                                    "the template was not delivered", dead_letter=False)
+            log.warning("send %s attempt %d/%d: %s → %s", intent.dedupe_key, attempts, self._s.send_attempts, exc,
+                        step, extra={"request_id": intent.request_id})
+            return await self._carry_out(step, _Carry(job, intent, error, attempts, version))
         metrics.SENDS.labels("sent").inc()
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
         log.info("sent %s ledger row %d attempt %d: message %s", intent.dedupe_key, job.row.id, attempts,
@@ -240,97 +252,144 @@ class Sender:
                                        sent_at=time.time()), intent))
         return "sent"
 
-    async def _carry_out(self, step: sending.Decision | sending.Route, job: _Job, intent: SendIntent,
-                         error: dict[str, Any] | None = None, *, claimed: int | None = None,
-                         token_version: int | None = None) -> str:
-        """Carry out a decision on a waiting row (``claimed`` None: guarded by the event's attempt count) or
-        a route on the row this worker claimed (``sending``, ``claimed`` attempts made), in one transaction,
-        then publish what it asks for (a retry, a template) or dead-letter it. ``token_version``: the
-        version of the token a refused call carried."""
-        if isinstance(step, sending.Skip):
-            if step.outcome != "in_flight":
-                metrics.DUPLICATES.labels("send_intent").inc()
-            return step.outcome
-        row, error = job.row, error or {}
-        expected, guard = (repo.WAITING, job.event.attempt) if claimed is None else (("sending",), None)
-        if isinstance(step, sending.Window):
-            step = sending.window_path(intent, self._rules.window_template)
-        elif isinstance(step, sending.DeadLetter):
-            step = sending.Fail(step.kind, error, f"Message could not be sent: {error.get('error')}", dead_letter=True)
-        if isinstance(step, sending.Retry):
-            metrics.RETRIES.labels(str(claimed)).inc()
-        until = datetime.fromtimestamp(time.time() + (
-            step.delay_s if isinstance(step, sending.Retry) else self._s.pause_s), tz=UTC)
-        topic, outcome, left, fresh = 0, type(step).__name__.lower(), None, False
+    async def _carry_out(self, step: sending.Decision | sending.Route, c: _Carry) -> str:
+        """Carry out a decision on a waiting row or a route on the row this worker claimed: the ledger
+        change in one transaction guarded by the state it expects (``raced`` when the row moved on),
+        then what it asks for (a retry record, a template, a dead letter). One function per outcome."""
+        match step:
+            case sending.Skip():
+                if step.outcome != "in_flight":
+                    metrics.DUPLICATES.labels("send_intent").inc()
+                return step.outcome
+            case sending.Window():
+                return await self._carry_out(sending.window_path(c.intent, self._rules.window_template), c)
+            case sending.GiveUp():
+                return await self._fail(sending.Fail(step.kind, c.error, f"Message could not be sent: "
+                                                     f"{c.error.get('error')}", dead_letter=True), c)
+            case sending.MaybeSent():
+                return await self._maybe_sent(c)
+            case sending.TokenPause():
+                return await self._hold_for_token(c)
+            case sending.Pause():
+                return await self._pause_number(c)
+            case sending.Drop():
+                return await self._drop(step, c)
+            case sending.Park():
+                return await self._wait(c, step.until, step.reason, step.outcome, topic=0)
+            case sending.Pace():
+                metrics.RATE_LIMIT_WAITS.labels("recipient").inc()
+                return await self._wait(c, step.until, "pair rate pacing", "paced", topic=1 if self._delays else 0)
+            case sending.Retry():
+                metrics.RETRIES.labels(str(c.claimed)).inc()
+                until = datetime.fromtimestamp(time.time() + step.delay_s, tz=UTC)
+                return await self._wait(c, until, str(c.error.get("error")), "retry_scheduled", topic=step.topic)
+            case sending.UseTemplate():
+                return await self._use_template(step, c)
+            case sending.Fail():
+                return await self._fail(step, c)
+            case sending.Send():  # only ever carried out by a claim and a call (_one)
+                raise AssertionError(f"send {c.intent.dedupe_key}: a Send decision is not carried out here")
+            case _:
+                assert_never(step)
+
+    async def _maybe_sent(self, c: _Carry) -> str:
+        """The call may have reached Meta: ``ambiguous``, settled later by its statuses (or a person)."""
         async with self._res.pool.acquire() as conn, conn.transaction():
-            if isinstance(step, sending.Ambiguous):
-                done = await repo.mark_ambiguous(conn, row.id, error)
-            elif isinstance(step, sending.TokenPause):
-                how = await numbers.pause_for_token(conn, intent.phone_number_id, token_version,
-                                                    f"{error.get('error')} (code {error.get('code')})")
-                # stale: a new token came while this call was out; it waits a moment and goes with that one
-                until = numbers.UNTIL_NEW_TOKEN if how != "stale" else \
-                    datetime.fromtimestamp(time.time() + TOKEN_REPLACED_WAIT_S, tz=UTC)
-                done = await repo.wait(conn, row.id, expected, until, error, refund=True, on_topic=False) is not None
-                outcome = "token_replaced" if how == "stale" else "held"
-                if how == "paused":
-                    log.warning("business number %s: Meta refused its access token; its sends wait for a new "
-                                "one (wacrm numbers add)", intent.phone_number_id)
-            elif isinstance(step, sending.Pause):
-                await replies.pause_number(conn, intent.phone_number_id, f"{error.get('error')} (code "
-                                           f"{error.get('code')})", self._s.pause_s, intent.conversation_id)
-                done = await repo.wait(conn, row.id, expected, until, error, refund=True, on_topic=False) is not None
-                outcome = "parked"
-            elif isinstance(step, sending.Drop):
-                done = await repo.finish(conn, row.id, expected, "dropped", {"error": step.reason}, attempts=guard)
-                outcome = step.outcome
-            elif isinstance(step, (sending.Park, sending.Pace, sending.Retry)):
-                if isinstance(step, sending.Park):
-                    until, why, outcome = step.until, step.reason, step.outcome
-                elif isinstance(step, sending.Pace):
-                    until, why, topic, outcome = step.until, "pair rate pacing", 1 if self._delays else 0, "paced"
-                    metrics.RATE_LIMIT_WAITS.labels("recipient").inc()
-                else:
-                    why, topic, outcome = str(error.get("error")), step.topic, "retry_scheduled"
-                left = await repo.wait(conn, row.id, expected, until, error or {"error": why}, refund=False,
-                                       on_topic=topic > 0, attempts=guard)
-                done = left is not None
-            elif isinstance(step, sending.UseTemplate):
-                done = await repo.finish(conn, row.id, expected, "dropped",
-                                         {"error": "24-hour window closed; template sent"}, attempts=guard)
-                fresh = done and await replies.queue(conn, step.replacement, published=True)
-                outcome = "window_template"
-            else:
-                assert isinstance(step, sending.Fail), step
-                done = await repo.record_failed(conn, row.id, expected, step.error, intent.conversation_id,
-                                                step.kind, step.title, attempts=guard,
-                                                request_id=intent.request_id)
-                outcome = step.kind
-        if isinstance(step, sending.TokenPause):
-            self._res.numbers.invalidate()  # the next lookup reads the number's state and token afresh
+            done = await repo.mark_ambiguous(conn, c.job.row.id, c.error)
         if not done:
-            metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
-            log.warning("send %s: the ledger row moved on before %s; left as it is", intent.dedupe_key, outcome,
-                        extra={"request_id": intent.request_id})
-            return "raced"
-        if topic and left is not None:
+            return self._raced(c, "ambiguous")
+        metrics.AMBIGUOUS_SENDS.labels("marked").inc()
+        return self._done(c, "ambiguous")
+
+    async def _hold_for_token(self, c: _Carry) -> str:
+        """Meta refused the token: the number's sends wait for a new one (``held``); if a new token came
+        while this call was out, the row goes again with it in a moment (``token_replaced``)."""
+        intent = c.intent
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            how = await numbers.pause_for_token(conn, intent.phone_number_id, c.token_version, _reason(c.error))
+            until = numbers.UNTIL_NEW_TOKEN if how != "stale" else \
+                datetime.fromtimestamp(time.time() + TOKEN_REPLACED_WAIT_S, tz=UTC)
+            done = await repo.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
+                                   on_topic=False) is not None
+            if how == "paused":
+                log.warning("business number %s: Meta refused its access token; its sends wait for a new "
+                            "one (wacrm numbers add)", intent.phone_number_id)
+        self._res.numbers.invalidate()  # the next lookup reads the number's state and token afresh
+        outcome = "token_replaced" if how == "stale" else "held"
+        return self._done(c, outcome) if done else self._raced(c, outcome)
+
+    async def _pause_number(self, c: _Carry) -> str:
+        """The number pauses for ``PAUSE_SECONDS`` (a person is alerted); the row waits, its attempt refunded."""
+        intent = c.intent
+        until = datetime.fromtimestamp(time.time() + self._s.pause_s, tz=UTC)
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            await replies.pause_number(conn, intent.phone_number_id, _reason(c.error), self._s.pause_s,
+                                       intent.conversation_id)
+            done = await repo.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
+                                   on_topic=False) is not None
+        return self._done(c, "parked") if done else self._raced(c, "parked")
+
+    async def _drop(self, step: sending.Drop, c: _Carry) -> str:
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            done = await repo.finish(conn, c.job.row.id, c.expected, "dropped", {"error": step.reason},
+                                     attempts=c.guard)
+        return self._done(c, step.outcome) if done else self._raced(c, step.outcome)
+
+    async def _wait(self, c: _Carry, until: datetime, why: str, outcome: str, *, topic: int) -> str:
+        """The row waits until ``until`` (park, pace, retry); with a retry ``topic`` (1-based), the
+        delivery goes on that topic, due then; without, the outbox sweep publishes it then."""
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            left = await repo.wait(conn, c.job.row.id, c.expected, until, c.error or {"error": why}, refund=False,
+                                   on_topic=topic > 0, attempts=c.guard)
+        if left is None:
+            return self._raced(c, outcome)
+        if topic:
+            intent = c.intent
             retry = dataclasses.replace(intent, attempt=left, not_before=until.timestamp())
             await (await produce(self._topics[retry_topic(topic)], intent.conversation_key.encode(), encode(retry),
                                  intent.request_id))
-        elif isinstance(step, sending.UseTemplate) and fresh:
+        return self._done(c, outcome)
+
+    async def _use_template(self, step: sending.UseTemplate, c: _Carry) -> str:
+        """Outside the window: this row is dropped and the template's row queued and published instead."""
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            done = await repo.finish(conn, c.job.row.id, c.expected, "dropped",
+                                     {"error": "24-hour window closed; template sent"}, attempts=c.guard)
+            fresh = done and await replies.queue(conn, step.replacement, published=True)
+        if not done:
+            return self._raced(c, "window_template")
+        if fresh:
             await publish(self._topics["outbound"], [step.replacement])
-        elif isinstance(step, sending.Fail) and step.dead_letter:
-            origin = intent.origin or dataclasses.asdict(job.ref)
-            await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), job.value,
+        return self._done(c, "window_template")
+
+    async def _fail(self, step: sending.Fail, c: _Carry) -> str:
+        """Never sent: ``failed``, a task for a person, and a dead letter when the step asks for one."""
+        intent, row = c.intent, c.job.row
+        async with self._res.pool.acquire() as conn, conn.transaction():
+            done = await repo.record_failed(conn, row.id, c.expected, step.error, intent.conversation_id,
+                                            step.kind, step.title, attempts=c.guard, request_id=intent.request_id)
+        if not done:
+            return self._raced(c, step.kind)
+        if step.dead_letter:
+            origin = intent.origin or dataclasses.asdict(c.job.ref)
+            await dead_letter(self._dlq, RawRef(origin["topic"], origin["partition"], origin["offset"]), c.job.value,
                               f"sender: {step.kind}", str(step.error.get("error")),
-                              {**step.error, "attempts": claimed or row.attempts,
+                              {**step.error, "attempts": c.claimed or row.attempts,
                                "first_attempt_at": intent.first_attempt_at, "dedupe_key": intent.dedupe_key},
                               request_id=intent.request_id)
-        elif isinstance(step, sending.Ambiguous):
-            metrics.AMBIGUOUS_SENDS.labels("marked").inc()
+        return self._done(c, step.kind)
+
+    def _raced(self, c: _Carry, outcome: str) -> str:
+        """The ledger guard missed: the row moved on (another delivery, a person) before ``outcome``."""
+        metrics.LEDGER_GUARD_MISSES.labels(outcome).inc()
+        log.warning("send %s: the ledger row moved on before %s; left as it is", c.intent.dedupe_key, outcome,
+                    extra={"request_id": c.intent.request_id})
+        return "raced"
+
+    def _done(self, c: _Carry, outcome: str) -> str:
         metrics.SENDS.labels(outcome).inc()
-        log.info("send %s ledger row %d: %s", intent.dedupe_key, row.id, outcome,
-                 extra={"request_id": intent.request_id})
+        log.info("send %s ledger row %d: %s", c.intent.dedupe_key, c.job.row.id, outcome,
+                 extra={"request_id": c.intent.request_id})
         return outcome
 
     async def _record_as_accepted(self, accepted: list[tuple[repo.Accepted, SendIntent]],

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from wacrm.agents.errors import Next, classify
 from wacrm.orchestrator.rules import Template
@@ -217,30 +217,37 @@ def template_intent(original: SendIntent, template: Template) -> SendIntent:
 
 
 # --- routes after a Graph API error ------------------------------------------------------------
+# Each route's ``label`` is its ``outcome`` in ``wacrm_send_duration_seconds`` (README, metrics).
 
 @dataclass(frozen=True, slots=True)
 class Retry:
     """Try again after ``delay_s``, through retry topic number ``topic`` (1-based)."""
 
+    label: ClassVar[str] = "retry"
     delay_s: float
     topic: int
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class GiveUp:
     """No more attempts: ``failed``, a task of ``kind``, and a dead letter."""
 
+    label: ClassVar[str] = "deadletter"
     kind: str
 
 
 @dataclass(frozen=True, slots=True)
-class Ambiguous:
+class MaybeSent:
     """The request may have reached Meta: never resent blindly; the row waits for its statuses."""
+
+    label: ClassVar[str] = "ambiguous"
 
 
 @dataclass(frozen=True, slots=True)
 class Pause:
     """Stop sending from the business number for a while and alert a person; the intent waits."""
+
+    label: ClassVar[str] = "pause"
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,13 +255,17 @@ class TokenPause:
     """Meta refused the number's access token (or it has none): the number's sends wait, kept, until
     a new token arrives (:func:`storage.numbers.pause_for_token`); the other numbers go on."""
 
+    label: ClassVar[str] = "tokenpause"
+
 
 @dataclass(frozen=True, slots=True)
 class Window:
     """Meta said the window is closed (131047): :func:`window_path`."""
 
+    label: ClassVar[str] = "window"
 
-Route = Retry | DeadLetter | Ambiguous | Pause | TokenPause | Window
+
+Route = Retry | GiveUp | MaybeSent | Pause | TokenPause | Window
 
 
 def route(error: BaseException, attempts: int, max_attempts: int, delays: list[float], jitter: float) -> Route:
@@ -275,12 +286,12 @@ def route(error: BaseException, attempts: int, max_attempts: int, delays: list[f
         return Window()
     nxt = classify(error)
     if nxt is Next.AMBIGUOUS:
-        return Ambiguous()
+        return MaybeSent()
     if nxt is Next.RETRY:
         if attempts < max_attempts and delays:
             n = min(max(attempts, 1), len(delays))
             return Retry(delays[n - 1] * (0.8 + 0.4 * jitter), n)
-        return DeadLetter("retries_exhausted")
+        return GiveUp("retries_exhausted")
     if getattr(error, "invalid_recipient", False) is True or getattr(error, "code", None) == UNDELIVERABLE:
-        return DeadLetter("invalid_recipient")  # a person fixes the contact's phone and retries
-    return DeadLetter("send_failed")
+        return GiveUp("invalid_recipient")  # a person fixes the contact's phone and retries
+    return GiveUp("send_failed")

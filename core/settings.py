@@ -29,6 +29,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from wacrm.core.secret import Secret
+
 Profile = Literal["dev", "prod", "tool"]
 
 GRAPH_API_DEFAULT = "https://graph.facebook.com"
@@ -74,7 +76,7 @@ class Settings:
     host: str
     default_phone_region: str | None
     llm_api_base_url: str | None
-    llm_api_key: str | None
+    llm_api_key: Secret | None  # shown masked (core.secret)
     llm_model: str | None
     # bus
     topic_partitions: int
@@ -416,7 +418,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         host=get("HOST", str, "127.0.0.1" if generated else "0.0.0.0"),
         default_phone_region=get("DEFAULT_PHONE_REGION", _region, None),
         llm_api_base_url=get("LLM_API_BASE_URL", _url, None),
-        llm_api_key=get("LLM_API_KEY", str, None),
+        llm_api_key=get("LLM_API_KEY", Secret, None),
         llm_model=get("LLM_MODEL", str, None),
         topic_partitions=get("TOPIC_PARTITIONS", _int(1, 1024), 4),
         topic_replication_factor=get("TOPIC_REPLICATION_FACTOR", _int(1, 16), 1),

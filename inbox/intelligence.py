@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 
 from wacrm.core import metrics
+from wacrm.core.secret import Secret
 from wacrm.orchestrator.rules import Intelligence as IntelligenceRules
 from wacrm.orchestrator.rules import mentions
 
@@ -134,7 +135,7 @@ def parse_llm(body: Any, stages: tuple[str, ...], current_stage: str | None) -> 
 @dataclass(frozen=True, slots=True)
 class LlmConfig:
     base_url: str
-    api_key: str | None
+    api_key: Secret | None
     model: str
     timeout_s: float
 
@@ -153,8 +154,8 @@ async def by_llm(session: aiohttp.ClientSession, cfg: LlmConfig, rules: Intellig
                                 "json_schema": {"name": "conversation_intelligence", "strict": True,
                                                 "schema": _SCHEMA}}}
     headers = {"Content-Type": "application/json"}
-    if cfg.api_key:
-        headers["Authorization"] = f"Bearer {cfg.api_key}"
+    if cfg.api_key is not None:
+        headers["Authorization"] = f"Bearer {cfg.api_key.reveal()}"
     async with session.post(f"{cfg.base_url.rstrip('/')}/chat/completions", data=orjson.dumps(body),
                             headers=headers, timeout=aiohttp.ClientTimeout(total=cfg.timeout_s)) as resp:
         raw = await resp.read()

@@ -139,17 +139,17 @@ def test_route_follows_what_the_error_says(error: Exception, attempts: int, max_
     elif getattr(error, "code", None) == 131047:
         assert r == sending.Window()
     elif isinstance(error, AmbiguousGraphError):
-        assert r == sending.Ambiguous()  # never retried, whatever the attempts left
+        assert r == sending.MaybeSent()  # never retried, whatever the attempts left
     elif isinstance(error, RetryableGraphError):
         if attempts < max_attempts:
             assert isinstance(r, sending.Retry) and r.topic == attempts
             assert 0.8 * delays[attempts - 1] <= r.delay_s <= 1.2 * delays[attempts - 1]
         else:
-            assert r == sending.DeadLetter("retries_exhausted")
+            assert r == sending.GiveUp("retries_exhausted")
     elif isinstance(error, InvalidRecipient) or getattr(error, "code", None) == 131026:
-        assert r == sending.DeadLetter("invalid_recipient")  # a person fixes the phone and retries
+        assert r == sending.GiveUp("invalid_recipient")  # a person fixes the phone and retries
     else:
-        assert r == sending.DeadLetter("send_failed")
+        assert r == sending.GiveUp("send_failed")
 
 
 def test_meta_error_bodies_classify_by_code() -> None:
