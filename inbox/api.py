@@ -36,12 +36,12 @@ from aiohttp import web
 
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import auth, catalogue, events, files, intelligence, openapi, store, waiting
+from wacrm.inbox import auth, catalogue, events, files, intelligence, openapi, store
 from wacrm.inbox.auth import User
 from wacrm.inbox.schema import SchemaGuard, is_drift
 from wacrm.media import StoreUnavailable
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import numbers, replies, repo
+from wacrm.storage import numbers, replies, repo, waiting
 from wacrm.storage import templates as tstore
 from wacrm.whatsapp import reasons
 from wacrm.whatsapp import templates as wt

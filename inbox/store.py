@@ -16,7 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from wacrm.inbox import media_json, waiting
+from wacrm.inbox import media_json
+from wacrm.storage import waiting
 from wacrm.whatsapp import reasons
 
 PER_PAGE = 50

@@ -49,7 +49,7 @@ async def test_list_counts_equal_a_count_over_every_row(make_database: Callable[
     """The list's counts (grouped per status and owner since migration 0012) are the same numbers
     as counting every conversation, on the benchmark's mix of statuses, owners and deletions."""
     from bench.inbox import Seed, create_agents, seed
-    from wacrm.inbox import waiting
+    from wacrm.storage import waiting
 
     url = make_database()
     await run_migrations(url, 10.0, out=lambda m: None)
