@@ -26,6 +26,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from wacrm.core.health import healthz, metrics_view, readiness, readiness_response
 from wacrm.core.settings import Settings
 from wacrm.inbox import api, catalogue, events, intelligence, media, store
 from wacrm.inbox import web as web_pages
@@ -34,7 +35,7 @@ from wacrm.media import open_store
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage import numbers
 from wacrm.storage.db import create_pool
-from wacrm.webhook.app import broker_problems, healthz, metrics_view, readiness, readiness_response
+from wacrm.webhook.app import broker_problems
 from wacrm.webhook.app import make_app as make_webhook_app
 
 log = logging.getLogger("wacrm.inbox")
