@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from wacrm.inbox.api import POOL, ApiError, invalid, not_found
 from wacrm.inbox.files import STORE
+from wacrm.inbox.keys import POOL
+from wacrm.inbox.protocol import ApiError, invalid, not_found
 from wacrm.media import StoreUnavailable
 from wacrm.storage import media as ledger
 
