@@ -25,7 +25,7 @@ from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
-from wacrm.whatsapp.limits import SERVICE_WINDOW as WINDOW  # agents/app.py reads it here too
+from wacrm.whatsapp.limits import SERVICE_WINDOW as WINDOW  # the periodic jobs read it here too
 from wacrm.whatsapp.limits import TEXT_MAX_CHARS
 
 __all__ = [
