@@ -31,10 +31,9 @@ from wacrm.agents.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
-from wacrm.inbox import waiting
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
 from wacrm.orchestrator.service import Orchestrator, auto_reply_key
-from wacrm.storage import replies, repo
+from wacrm.storage import replies, repo, waiting
 from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only

@@ -22,7 +22,7 @@ dead-lettered whole by the runner (its raw bytes; a redrive puts it back on ``wa
 Every item that cannot become a record goes to
 ``wa.dlq`` with the reference to its raw body and the other items of the body are still
 processed: a broken item, one beyond WhatsApp's own limits (a text of more than
-:data:`WHATSAPP_TEXT_MAX_CHARS` characters is not a real message), one too deeply nested to
+:data:`whatsapp.limits.TEXT_MAX_CHARS` characters is not a real message), one too deeply nested to
 encode, and one whose record would be above :data:`topics.records.RECORD_MAX_BYTES`. Such a
 dead letter carries the start of the item (its whole value is in the raw body, at the
 reference), never more than the bus can carry.
@@ -56,6 +56,7 @@ from wacrm.topics.records import (
     encode_bounded,
 )
 from wacrm.whatsapp import model, updates, webhook
+from wacrm.whatsapp.limits import TEXT_MAX_CHARS
 
 if TYPE_CHECKING:  # the message store and the worker's resources; imported for the type only
     from wacrm.agents.context import Resources
@@ -69,16 +70,12 @@ def _customer(sender: webhook.Sender) -> Customer:
                     username=sender.username, parent_user_id=sender.parent_user_id)
 
 
-#: WhatsApp's own limit on a text message's body (Cloud API: 4,096 characters).
-WHATSAPP_TEXT_MAX_CHARS = 4096
-
-
 def beyond_whatsapp_limits(m: webhook.Message) -> str | None:
     """Why ``m`` cannot be a message WhatsApp delivered, or ``None`` when it can."""
     text = m.payload.get("text")
     body = text.get("body") if isinstance(text, dict) else None
-    if m.type == "text" and isinstance(body, str) and len(body) > WHATSAPP_TEXT_MAX_CHARS:
-        return f"a text of {len(body):,} characters is beyond WhatsApp's limit of {WHATSAPP_TEXT_MAX_CHARS:,}"
+    if m.type == "text" and isinstance(body, str) and len(body) > TEXT_MAX_CHARS:
+        return f"a text of {len(body):,} characters is beyond WhatsApp's limit of {TEXT_MAX_CHARS:,}"
     return None
 
 

@@ -25,6 +25,8 @@ from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
+from wacrm.whatsapp.limits import SERVICE_WINDOW as WINDOW  # the periodic jobs read it here too
+from wacrm.whatsapp.limits import TEXT_MAX_CHARS
 
 __all__ = [
     "Checks",
@@ -38,9 +40,7 @@ __all__ = [
     "window_path",
 ]
 
-WINDOW = timedelta(hours=24)
 UNDELIVERABLE = 131026  # Meta: the recipient cannot get it (mostly: the number is not on WhatsApp)
-MAX_TEXT_CHARS = 4096  # WhatsApp's limit for a text message body
 BEHIND_RECHECK = timedelta(seconds=1)  # a reply behind one in flight (or not yet published) looks again after this
 # A parked reply looks again after this at the latest: the pause or the earlier reply it waits for may end
 # (a new token resumes a held number) between the read that parked it and the park's write.
@@ -185,9 +185,9 @@ def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: T
     window_closed = checks.last_inbound_at is None or now - checks.last_inbound_at > WINDOW
     if window_closed and intent.kind != "template":
         return window_path(intent, template)
-    if intent.kind != "template" and len(intent.text) > MAX_TEXT_CHARS:
+    if intent.kind != "template" and len(intent.text) > TEXT_MAX_CHARS:
         return Fail("text_too_long", {"error": f"text of {len(intent.text)} characters is over WhatsApp's "
-                                               f"{MAX_TEXT_CHARS}", "code": "TEXT_TOO_LONG"},
+                                               f"{TEXT_MAX_CHARS}", "code": "TEXT_TOO_LONG"},
                     f"A reply of {len(intent.text)} characters is too long for WhatsApp: shorten it",
                     dead_letter=True)
     if pair_wait_s > 0:

@@ -2,10 +2,9 @@
 (:mod:`whatsapp.template_list`), stored as the catalogue (:mod:`storage.templates`), then the rules
 file's window template checked against it.
 
-Who runs it: the inbox server, at start and every ``TEMPLATE_SYNC_SECONDS`` (its housekeeping loop,
-:mod:`inbox.server`), and on demand (``POST /api/v1/templates/sync``, ``wacrm templates sync``). The
-inbox is the process that answers the on-demand sync and shows the catalogue, so the periodic one
-lives beside it; the worker only reads the table. Several inbox processes agree in the database
+Who runs it: the inbox server, at start and every ``TEMPLATE_SYNC_SECONDS`` (its template sync
+loop, :mod:`inbox.server`), and on demand (``POST /api/v1/templates/sync``, ``wacrm templates
+sync``); the worker only reads the table. Several inbox processes agree in the database
 (:func:`storage.templates.claim_sync`): one syncs per period.
 
 A failed sync changes nothing in the catalogue (the last good one stays) and records why.

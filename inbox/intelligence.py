@@ -140,6 +140,9 @@ class LlmConfig:
     timeout_s: float
 
 
+Llm = tuple[aiohttp.ClientSession, LlmConfig]  # the configured model and the session it is asked over
+
+
 async def by_llm(session: aiohttp.ClientSession, cfg: LlmConfig, rules: IntelligenceRules,
                  turns: list[tuple[str, str]], current_stage: str | None) -> Intelligence:
     """Ask the model; raises :class:`LlmAnswerError`, ``aiohttp.ClientError`` or ``asyncio.TimeoutError``."""
@@ -169,7 +172,7 @@ async def by_llm(session: aiohttp.ClientSession, cfg: LlmConfig, rules: Intellig
 
 
 async def refresh(pool: asyncpg.Pool, conversation_id: int, rules: IntelligenceRules, *,
-                  llm: tuple[aiohttp.ClientSession, LlmConfig] | None, trigger: str) -> Intelligence | None:
+                  llm: Llm | None, trigger: str) -> Intelligence | None:
     """Recompute and store the conversation's intelligence (and its lead's stage and score).
 
     The model is called outside any transaction; None when the conversation does not exist.

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from wacrm.inbox.api import POOL, ApiError, invalid, not_found
 from wacrm.inbox.files import STORE
+from wacrm.inbox.keys import POOL
+from wacrm.inbox.protocol import ApiError, not_found, path_id
 from wacrm.media import StoreUnavailable
 from wacrm.storage import media as ledger
 
@@ -58,11 +59,9 @@ def disposition(kind: str, filename: str | None) -> str:
 
 
 async def serve(request: web.Request) -> web.StreamResponse:
-    raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise invalid("id must be a positive whole number")
+    media_id = path_id(request)
     async with request.app[POOL].acquire() as conn:
-        row = await ledger.for_serving(conn, int(raw))
+        row = await ledger.for_serving(conn, media_id)
     if row is None:
         raise not_found("media")
     if row.state not in ("stored",) or row.sha256 is None or row.size is None:

@@ -1,11 +1,11 @@
-"""What ``wacrm serve`` runs: the webhook, the inbox, or both in one aiohttp server.
+"""What ``wacrm serve`` runs: the webhook, the inbox, or both in one aiohttp server
+(:func:`make_app`: ``only=None``, ``"webhook"`` or ``"inbox"``).
 
-:func:`make_inbox_api` is the ``/api/v1`` application with its own resources (a pool, the
-live-events hub, an HTTP session for the LLM, and a background loop that reopens snoozed
-conversations, refreshes intelligence after every ``INTELLIGENCE_EVERY_MESSAGES`` messages and
-prunes the event log). :func:`make_app` composes it with the webhook (``only=None``), or serves
-one of them alone (``only="webhook"`` / ``"inbox"``). On shutdown the live streams end first,
-so the server stops within its bound.
+:func:`make_inbox_api` is the ``/api/v1`` application. Its resources — the pool, the live-events
+hub, the LLM's session, the media store, the Graph API session, and two loops (housekeeping:
+snoozed conversations reopened, intelligence refreshed every ``INTELLIGENCE_EVERY_MESSAGES``
+messages, the event log pruned; the template sync) — are each opened in a ``cleanup_ctx`` of
+their own. On shutdown the live streams end first, so the server stops within its bound.
 
 ``/readyz``: the webhook alone asks the broker, the inbox alone its database (and schema); the
 combined server reports each half apart and answers 200 while its webhook half is ready, whatever
@@ -20,24 +20,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from wacrm.core.health import healthz, metrics_view, readiness, readiness_response
 from wacrm.core.settings import Settings
-from wacrm.inbox import api, catalogue, events, intelligence, media, store
+from wacrm.inbox import api, catalogue, events, intelligence, listing, media, store
 from wacrm.inbox import web as web_pages
+from wacrm.inbox.guard import guard
+from wacrm.inbox.keys import COUNTS, GRAPH_SESSION, HUB, LLM, POOL, RULES, SCHEMA, SETTINGS
 from wacrm.inbox.schema import SchemaGuard
 from wacrm.media import open_store
 from wacrm.orchestrator.rules import Rules, load_rules
 from wacrm.storage import numbers
 from wacrm.storage.db import create_pool
-from wacrm.webhook.app import broker_problems, healthz, metrics_view, readiness, readiness_response
+from wacrm.webhook.app import broker_problems
 from wacrm.webhook.app import make_app as make_webhook_app
 
 log = logging.getLogger("wacrm.inbox")
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
 TICK_S = 2.0
 EVENTS_KEPT_S = 86400.0
@@ -47,20 +52,21 @@ INBOX_API = web.AppKey("inbox_api", web.Application)  # the combined server's in
 READY_TIMEOUT_S = 2.0  # a probe must answer within its own timeout (k8s: 1 s by default, then retried)
 DATABASE_NOT_READY = "not reachable (check DATABASE_URL and the database; details in the log)"
 
+
 def rules_of(settings: Settings) -> Rules:
     """The rules file the inbox reads (templates, stages); raises ``RulesError``."""
     return load_rules(Path(settings.rules_file) if settings.rules_file else None)
 
 
 async def _housekeeping(app: web.Application) -> None:
-    settings, pool, rules = app[api.SETTINGS], app[api.POOL], app[api.RULES]
+    settings, pool, rules = app[SETTINGS], app[POOL], app[RULES]
     pruned_at = 0.0
     numbered = False  # the environment's number is a row (for the list of numbers and the conversations')
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(TICK_S)
         try:
-            if await app[api.SCHEMA].problem(pool) is not None:
+            if await app[SCHEMA].problem(pool) is not None:
                 continue
             async with pool.acquire() as conn:
                 if not numbered:
@@ -75,8 +81,7 @@ async def _housekeeping(app: web.Application) -> None:
                     await store.prune_events(conn, EVENTS_KEPT_S)
                     pruned_at = loop.time()
             for cid in due:
-                await intelligence.refresh(pool, cid, rules.intelligence, llm=app[api.LLM],  # type: ignore[arg-type]
-                                           trigger="messages")
+                await intelligence.refresh(pool, cid, rules.intelligence, llm=app[LLM], trigger="messages")
         except asyncio.CancelledError:
             raise
         except Exception:  # the loop goes on; the next tick tries again
@@ -89,12 +94,12 @@ TEMPLATE_TICK_S = 15.0  # how often the template sync loop asks whether a sync i
 async def _template_sync(app: web.Application) -> None:
     """The catalogue at start, then every ``TEMPLATE_SYNC_SECONDS`` (or soon after a webhook named a template
     the catalogue lacks); processes agree in the database which one syncs (:mod:`inbox.catalogue`)."""
-    settings, pool = app[api.SETTINGS], app[api.POOL]
+    settings, pool = app[SETTINGS], app[POOL]
     min_age = catalogue.START_MIN_AGE_S
     while True:
         try:
-            if await app[api.SCHEMA].problem(pool) is None:
-                await catalogue.sync(pool, app[api.GRAPH_SESSION], settings, app[api.RULES], min_age_s=min_age)
+            if await app[SCHEMA].problem(pool) is None:
+                await catalogue.sync(pool, app[GRAPH_SESSION], settings, app[RULES], min_age_s=min_age)
                 min_age = settings.template_sync_s
         except asyncio.CancelledError:
             raise
@@ -104,72 +109,89 @@ async def _template_sync(app: web.Application) -> None:
 
 
 def make_inbox_api(settings: Settings, rules: Rules) -> web.Application:
-    app = web.Application(middlewares=[api.guard], client_max_size=256 * 1024)
-    app[api.SETTINGS] = settings
-    app[api.RULES] = rules
-    app[api.SCHEMA] = SchemaGuard()
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        assert settings.database_url and settings.direct_url
-        app[api.POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=0,
-                                          max_size=10, pooled=settings.database_pooled)
-        hub = events.Hub(settings.direct_url, settings.db_timeout_s)  # LISTEN needs a session of its own
-        hub.start()
-        app[api.HUB] = hub
-        app[api.COUNTS] = store.CountsCache()
-        session: aiohttp.ClientSession | None = None
-        if settings.llm_api_base_url and settings.llm_model:
-            session = aiohttp.ClientSession()
-            app[api.LLM] = (session, intelligence.LlmConfig(settings.llm_api_base_url, settings.llm_api_key,
-                                                            settings.llm_model, settings.intelligence_timeout_s))
-        else:
-            app[api.LLM] = None
-        housekeeping = asyncio.create_task(_housekeeping(app), name="inbox-housekeeping")
-        yield
-        housekeeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await housekeeping
-        await hub.close()
-        if session is not None:
-            await session.close()
-        await app[api.POOL].close()
-
-    async def end_streams(app: web.Application) -> None:
-        await app[api.HUB].close()
-
-    async def media_store(app: web.Application) -> AsyncIterator[None]:
-        async with open_store(settings) as opened:
-            app[media.STORE] = opened
-            yield
-
-    async def graph(app: web.Application) -> AsyncIterator[None]:
-        """The Graph API session of the template sync, and the sync loop that uses it."""
-        app[api.GRAPH_SESSION] = session = aiohttp.ClientSession()
-        syncing = asyncio.create_task(_template_sync(app), name="inbox-template-sync")
-        yield
-        syncing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await syncing
-        await session.close()
-
-    app.cleanup_ctx.append(resources)
-    app.cleanup_ctx.append(media_store)
-    app.cleanup_ctx.append(graph)
-    app.on_shutdown.append(end_streams)  # before the server waits for open requests
+    """The ``/api/v1`` application; each resource is opened in a ``cleanup_ctx`` of its own and
+    closed in reverse order, so a failing close cannot leak the others."""
+    app = web.Application(middlewares=[guard], client_max_size=256 * 1024)
+    app[SETTINGS] = settings
+    app[RULES] = rules
+    app[SCHEMA] = SchemaGuard()
+    app[COUNTS] = listing.CountsCache()
+    app.cleanup_ctx.extend([_pool, _hub, _llm, _background("inbox-housekeeping", _housekeeping), _media_store,
+                            _graph_session, _background("inbox-template-sync", _template_sync)])
+    app.on_shutdown.append(_end_streams)  # before the server waits for open requests
     api.add_routes(app)
-    app.router.add_get("/media/{id}", media.serve)  # inbox/media.py
     return app
+
+
+async def _pool(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.database_url
+    app[POOL] = await create_pool(settings.database_url, timeout=settings.db_timeout_s, min_size=0,
+                                  max_size=10, pooled=settings.database_pooled)
+    yield
+    await app[POOL].close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    assert settings.direct_url
+    app[HUB] = hub = events.Hub(settings.direct_url, settings.db_timeout_s)  # LISTEN needs a session of its own
+    hub.start()
+    yield
+    await hub.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    await app[HUB].close()
+
+
+async def _llm(app: web.Application) -> AsyncIterator[None]:
+    """The LLM of conversation intelligence and its HTTP session; None when none is configured."""
+    s = app[SETTINGS]
+    if not (s.llm_api_base_url and s.llm_model):
+        app[LLM] = None
+        yield
+        return
+    async with aiohttp.ClientSession() as session:
+        app[LLM] = (session, intelligence.LlmConfig(s.llm_api_base_url, s.llm_api_key, s.llm_model,
+                                                    s.intelligence_timeout_s))
+        yield
+
+
+async def _media_store(app: web.Application) -> AsyncIterator[None]:
+    async with open_store(app[SETTINGS]) as opened:
+        app[media.STORE] = opened
+        yield
+
+
+async def _graph_session(app: web.Application) -> AsyncIterator[None]:
+    """The Graph API session of the template sync."""
+    async with aiohttp.ClientSession() as session:
+        app[GRAPH_SESSION] = session
+        yield
+
+
+def _background(name: str, loop: Callable[[web.Application], Coroutine[Any, Any, None]]) -> CleanupContext:
+    """A ``cleanup_ctx`` that runs ``loop(app)`` as a task while the application runs."""
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(loop(app), name=name)
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return ctx
 
 
 async def inbox_problems(api_app: web.Application) -> dict[str, str]:
     """What keeps the inbox from answering: the database unreachable (or slow past
     :data:`READY_TIMEOUT_S`), or its schema behind the code (the message names ``wacrm migrate``)."""
-    pool = api_app[api.POOL]
+    pool = api_app[POOL]
     try:
         async with asyncio.timeout(READY_TIMEOUT_S):
             async with pool.acquire() as conn:  # asked each time: the schema's answer is cached
                 await conn.fetchval("SELECT 1")
-            problem = await api_app[api.SCHEMA].problem(pool)
+            problem = await api_app[SCHEMA].problem(pool)
     except Exception as exc:  # any failure means not ready; the log says why
         log.warning("readyz: the database is not ready: %r", exc)
         return {"database": DATABASE_NOT_READY}

@@ -1,4 +1,5 @@
-"""The inbox's SQL: conversation lists and details, notes, notifications, tasks, soft delete.
+"""The inbox's SQL: one conversation's detail, notes, notifications, tasks, contacts, soft delete
+(the conversation list is :mod:`inbox.listing`).
 
 Replies, assignment and release go through :mod:`storage.replies` (the one home of the ledger
 and of ownership); this module reads what people see and records what only people do. Like
@@ -7,21 +8,17 @@ and of ownership); this module reads what people see and records what only peopl
 
 from __future__ import annotations
 
-import asyncio
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from wacrm.inbox import media_json, waiting
+from wacrm.inbox import media_json
+from wacrm.storage import waiting
 from wacrm.whatsapp import reasons
+from wacrm.whatsapp.limits import window_open_until
 
-PER_PAGE = 50
 MESSAGES_PER_PAGE = 50
-WINDOW = timedelta(hours=24)
 STATUSES = ("open", "pending", "resolved", "snoozed")
 
 
@@ -34,11 +31,7 @@ def contact_json(r: asyncpg.Record) -> dict[str, Any]:
             "wa_id": r["wa_id"], "user_id": r["contact_user_id"]}
 
 
-def window_open_until(last_inbound_at: datetime | None) -> datetime | None:
-    return last_inbound_at + WINDOW if last_inbound_at is not None else None
-
-
-def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
+def conversation_json(r: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": r["id"], "contact": contact_json(r), "status": r["inbox_status"],
         "snoozed_until": _iso(r["snoozed_until"]), "assignee_id": r["assigned_user_id"],
@@ -54,7 +47,7 @@ def _conversation_json(r: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-_SELECT = """
+SELECT = """
     SELECT c.id, c.inbox_status, c.snoozed_until, c.assigned_user_id, c.needs_human, c.bot_paused, c.last_message_at,
            c.business_app_since,
            c.unread_count, c.last_inbound_at, c.deleted_at, c.ownership_version, c.intelligence,
@@ -66,155 +59,10 @@ _SELECT = """
          LEFT JOIN business_numbers b ON b.phone_number_id = c.phone_number_id"""
 
 
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    status: str  # one of STATUSES or "all"
-    assignee: str  # me | unassigned | all
-    q: str | None
-    page: int
-    deleted: bool = False
-    waiting: bool = False  # only the conversations waiting for a person, the longest wait first
-    number: str | None = None  # only the conversations of this business number (phone_number_id)
-
-
-async def list_conversations(conn: asyncpg.Connection, query: ListQuery, me: int,
-                             counts: CountsCache | None = None,
-                             stamp: int | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """A page of conversations, newest activity first (``waiting``: the longest wait first), each
-    with its ``waiting`` (or null), and the counts per status, mine, unassigned (from ``counts``
-    while ``stamp`` says nothing changed since they were read) and waiting."""
-    sql, args = list_sql(query, me)
-    rows = await conn.fetch(sql, *args)
-    groups = await (counts.groups(lambda: count_groups(conn, query.deleted), query.deleted, stamp)
-                    if counts is not None else count_groups(conn, query.deleted))
-    waits = await waiting.waits(conn, [r["id"] for r in rows])
-    items = [{**_conversation_json(r), "waiting": waits.get(r["id"])} for r in rows]
-    return items, {**list_counts(groups, me), "waiting": await waiting.count(conn, query.deleted)}
-
-
-async def count_groups(conn: asyncpg.Connection, deleted: bool) -> list[tuple[str, int | None, int]]:
-    """Conversations per (status, owner). One grouped read from the index conversations_inbox_counts
-    (migration 0012): about half of what seven filtered counts cost, still a pass over every row."""
-    rows = await conn.fetch(
-        "SELECT inbox_status, assigned_user_id, count(*) n FROM conversations WHERE deleted_at "
-        + ("IS NOT NULL" if deleted else "IS NULL") + " GROUP BY 1, 2")
-    return [(r["inbox_status"], r["assigned_user_id"], r["n"]) for r in rows]
-
-
-class CountsCache:
-    """The count groups, reused while nothing in the inbox changed.
-
-    Counting passes over every live conversation (about 8 ms of PostgreSQL at 100,000), and the
-    list asks for it on every call. Every change to a conversation is an inbox event (triggers,
-    migration 0008), so the live-event hub's stamp (:meth:`inbox.events.Hub.stamp`) moves with
-    each one; groups read under a stamp serve until it moves. No stamp (the hub is not
-    listening): counted afresh each time."""
-
-    def __init__(self) -> None:
-        self._stamp: int | None = None
-        self._groups: dict[bool, asyncio.Future[list[tuple[str, int | None, int]]]] = {}
-
-    async def groups(self, count: Callable[[], Awaitable[list[tuple[str, int | None, int]]]], deleted: bool,
-                     stamp: int | None) -> list[tuple[str, int | None, int]]:
-        """The groups read under ``stamp`` (taken before the count began, so a change during the
-        count leaves them already out of date); one count at a time per stamp: the lists that ask
-        meanwhile wait for it instead of counting too."""
-        if stamp is None:
-            return await count()
-        if stamp != self._stamp:
-            self._stamp, self._groups = stamp, {}
-        pending = self._groups.get(deleted)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[list[tuple[str, int | None, int]]] = asyncio.get_running_loop().create_future()
-        self._groups[deleted] = future
-        try:
-            future.set_result(await count())
-        except BaseException as exc:  # the lists waiting get the failure; the next list counts again
-            if self._groups.get(deleted) is future:
-                del self._groups[deleted]
-            future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the count was cancelled"))
-            future.exception()  # retrieved
-            raise
-        return future.result()
-
-
-def list_sql(query: ListQuery, me: int) -> tuple[str, list[Any]]:
-    """The list's statement, with a condition only for each filter given: one statement per
-    combination of filters (a handful), each with a plan of its own that can use the index made
-    for it (migration 0012). One statement with ``$n IS NULL OR …`` for every filter gets a
-    generic plan that sorts every conversation (PostgreSQL picks it after five runs)."""
-    where = ["c.deleted_at IS NOT NULL" if query.deleted else "c.deleted_at IS NULL"]
-    args: list[Any] = []
-
-    def arg(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
-    if query.status != "all":
-        where.append(f"c.inbox_status = {arg(query.status)}")
-    if query.assignee == "me":
-        where.append(f"c.assigned_user_id = {arg(me)}")
-    elif query.assignee == "unassigned":
-        where.append("c.assigned_user_id IS NULL")
-    if query.q and query.q.strip():
-        where.append(_search(query.q.strip(), arg))
-    if query.waiting:
-        where.append(waiting.FILTER)
-    if query.number is not None:
-        where.append(f"c.phone_number_id = {arg(query.number)}")
-    order = waiting.ORDER if query.waiting else "c.last_message_at DESC NULLS LAST, c.id DESC"
-    sql = (f"{_SELECT}\n    WHERE {' AND '.join(where)}\n    ORDER BY {order} "
-           f"LIMIT {arg(PER_PAGE)} OFFSET {arg((query.page - 1) * PER_PAGE)}")
-    return sql, args
-
-
-#: What a phone number typed any way looks like: digits with spaces, dots, dashes, brackets, a leading +.
-_PHONE = re.compile(r"\+?[\d\s().\-]*\d[\d\s().\-]*")
-#: A message's text is searched from this many characters: shorter, a trigram index cannot help.
-MESSAGE_SEARCH_MIN = 3
-
-
-def like_pattern(text: str) -> str:
-    """``text`` matched anywhere by LIKE/ILIKE, its ``%``, ``_`` and ``\\`` taken literally."""
-    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-
-
-def _search(q: str, arg: Callable[[Any], str]) -> str:
-    """The list's ``q``: the contact's name (any case), user id or phone number (typed in any format:
-    ``+1 999 000 0001`` finds ``19990000001``), or the text of one of the conversation's messages
-    (from :data:`MESSAGE_SEARCH_MIN` characters). From that length each branch uses its trigram index
-    (migrations 0013 and 0018) and the matches are fetched by id (``= ANY (ARRAY(…))``: joins or
-    ``OR``ed subqueries make PostgreSQL scan every conversation); shorter, no trigram helps, and the
-    contact's fields are filtered while the list is read in its order."""
-    like = arg(like_pattern(q))
-    contact = [f"profile_name ILIKE {like}", f"user_id LIKE {like}"]
-    if _PHONE.fullmatch(q):
-        contact.append(f"wa_id LIKE {arg(like_pattern(re.sub(r'[^0-9]', '', q)))}")
-    if len(q) < MESSAGE_SEARCH_MIN:
-        return "(" + " OR ".join(f"k.{c}" for c in contact) + ")"
-    found = [f"SELECT s.id FROM conversations s WHERE s.contact_id = ANY "
-             f"(ARRAY(SELECT id FROM contacts WHERE {' OR '.join(contact)}))",
-             f"SELECT m.conversation_id FROM messages m WHERE m.body ILIKE {like}"]
-    return f"c.id = ANY (ARRAY({' UNION '.join(found)}))"
-
-
-def list_counts(groups: list[tuple[str, int | None, int]], me: int) -> dict[str, int]:
-    """The list's ``meta.counts`` from counts per (status, owner): per status, all, mine, unassigned."""
-    counts = dict.fromkeys((*STATUSES, "all", "mine", "unassigned"), 0)
-    for status, owner, n in groups:
-        counts[status] += n
-        counts["all"] += n
-        if owner is None:
-            counts["unassigned"] += n
-        elif owner == me:
-            counts["mine"] += n
-    return counts
-
 
 async def conversation(conn: asyncpg.Connection, conversation_id: int, *,
                        include_deleted: bool = False) -> asyncpg.Record | None:
-    row = await conn.fetchrow(_SELECT + " WHERE c.id = $1", conversation_id)
+    row = await conn.fetchrow(SELECT + " WHERE c.id = $1", conversation_id)
     if row is None or (row["deleted_at"] is not None and not include_deleted):
         return None
     return row
@@ -327,7 +175,7 @@ async def detail(conn: asyncpg.Connection, row: asyncpg.Record, before: int | No
              AND o.state NOT IN ('sent', 'failed', 'dropped') ORDER BY o.id DESC LIMIT 20""", cid)
     if before is None and row["unread_count"]:
         await conn.execute("UPDATE conversations SET unread_count = 0 WHERE id = $1", cid)
-    out = _conversation_json(row)
+    out = conversation_json(row)
     out.update(
         ownership_version=row["ownership_version"],
         lead=None if row["lead_id"] is None else {

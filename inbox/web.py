@@ -20,7 +20,9 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from wacrm.inbox import api, auth
+from wacrm.inbox import auth
+from wacrm.inbox.keys import POOL, RULES, SETTINGS
+from wacrm.inbox.sessions import session_cookie
 from wacrm.storage import numbers as business_numbers
 
 HERE = Path(__file__).parent
@@ -64,11 +66,11 @@ async def favicon(request: web.Request) -> web.Response:
 
 
 async def _signed_in(request: web.Request, api_app: web.Application) -> auth.Session | None:
-    session_id = api._session_id(request)
+    session_id = session_cookie(request)
     if not session_id:
         return None
-    async with api_app[api.POOL].acquire() as conn:
-        return await auth.session_for(conn, session_id, api_app[api.SETTINGS].session_idle_s)
+    async with api_app[POOL].acquire() as conn:
+        return await auth.session_for(conn, session_id, api_app[SETTINGS].session_idle_s)
 
 
 def add_pages(root: web.Application, api_app: web.Application) -> None:
@@ -83,11 +85,11 @@ def add_pages(root: web.Application, api_app: web.Application) -> None:
         session = await _signed_in(request, api_app)
         if session is None:
             raise web.HTTPFound("/login")
-        async with api_app[api.POOL].acquire() as conn:
+        async with api_app[POOL].acquire() as conn:
             numbers = await business_numbers.list_numbers(conn)  # the number filter's choices
         response = aiohttp_jinja2.render_template(
             "inbox.html", request, {"user": session.user, "csrf_token": session.csrf_token,
-                                    "stages": ",".join(api_app[api.RULES].intelligence.stages),
+                                    "stages": ",".join(api_app[RULES].intelligence.stages),
                                     "numbers": numbers})
         response.headers["Cache-Control"] = "no-store"
         return response

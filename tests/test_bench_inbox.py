@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from bench.inbox import ROUTE_NAMES
-from wacrm.inbox import store
+from wacrm.inbox import listing
 from wacrm.storage.migrate import run_migrations
 
 CHECKOUT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ async def test_list_counts_equal_a_count_over_every_row(make_database: Callable[
     """The list's counts (grouped per status and owner since migration 0012) are the same numbers
     as counting every conversation, on the benchmark's mix of statuses, owners and deletions."""
     from bench.inbox import Seed, create_agents, seed
-    from wacrm.inbox import waiting
+    from wacrm.storage import waiting
 
     url = make_database()
     await run_migrations(url, 10.0, out=lambda m: None)
@@ -59,7 +59,8 @@ async def test_list_counts_equal_a_count_over_every_row(make_database: Callable[
         await seed(conn, Seed(600, 1200, agents=5, batch=250), users, lambda m: None)
         for deleted in (False, True):
             for me in users[:3]:
-                _, counts = await store.list_conversations(conn, store.ListQuery("all", "all", None, 1, deleted), me)
+                query = listing.ListQuery("all", "all", None, 1, deleted)
+                _, counts = await listing.list_conversations(conn, query, me)
                 expected = await conn.fetchrow(
                     """SELECT count(*) FILTER (WHERE inbox_status = 'open') open,
                               count(*) FILTER (WHERE inbox_status = 'pending') pending,

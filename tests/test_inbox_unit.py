@@ -105,7 +105,7 @@ def test_secrets_are_stored_as_hashes_and_passwords_as_argon2id() -> None:
 
 
 def test_list_counts_fold_groups_per_status_and_owner() -> None:
-    from wacrm.inbox.store import list_counts
+    from wacrm.inbox.listing import list_counts
 
     groups = [("open", None, 3), ("open", 7, 2), ("open", 8, 1), ("snoozed", 7, 4), ("resolved", None, 5)]
     assert list_counts(groups, 7) == {"open": 6, "pending": 0, "resolved": 5, "snoozed": 4, "all": 15,
@@ -115,7 +115,7 @@ def test_list_counts_fold_groups_per_status_and_owner() -> None:
 
 
 def test_the_list_statement_has_a_condition_only_for_each_filter_given() -> None:
-    from wacrm.inbox.store import ListQuery, list_sql
+    from wacrm.inbox.listing import ListQuery, list_sql
 
     sql, args = list_sql(ListQuery("all", "all", None, 1), me=7)
     assert "inbox_status =" not in sql and "assigned_user_id" not in sql.split("WHERE", 1)[1]
@@ -131,7 +131,7 @@ def test_the_list_statement_has_a_condition_only_for_each_filter_given() -> None
 async def test_the_counts_are_counted_once_per_stamp_while_lists_wait_for_them() -> None:
     import asyncio
 
-    from wacrm.inbox.store import CountsCache
+    from wacrm.inbox.listing import CountsCache
 
     calls = 0
 

@@ -1,10 +1,10 @@
-"""Meta's error codes in words (whatsapp.reasons) and why a conversation waits (inbox.waiting)."""
+"""Meta's error codes in words (whatsapp.reasons) and why a conversation waits (storage.waiting)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from wacrm.inbox import waiting
+from wacrm.storage import waiting
 from wacrm.whatsapp import reasons
 from wacrm.whatsapp.graph import PAUSING_CODES, RETRYABLE_CODES
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
 from wacrm.agents.errors import expected
-from wacrm.agents.ingest import WHATSAPP_TEXT_MAX_CHARS, split
+from wacrm.agents.ingest import split
 from wacrm.topics import INBOUND, RAW
 from wacrm.topics.records import (
     DEAD_LETTER_PREVIEW_CHARS,
@@ -30,6 +30,7 @@ from wacrm.topics.records import (
 )
 from wacrm.webhook.publisher import PublishError, PublishRejected, RawPublisher
 from wacrm.whatsapp import simulate
+from wacrm.whatsapp.limits import TEXT_MAX_CHARS
 
 # --- the storm limit ---------------------------------------------------------------------------
 
@@ -139,8 +140,8 @@ def _message(**fields: Any) -> dict[str, Any]:
 
 
 def test_a_text_beyond_whatsapp_limit_is_a_problem_and_the_rest_of_the_body_goes_on() -> None:
-    huge = _message(type="text", text={"body": "y" * (WHATSAPP_TEXT_MAX_CHARS + 1)})
-    fits = _message(type="text", text={"body": "z" * WHATSAPP_TEXT_MAX_CHARS})
+    huge = _message(type="text", text={"body": "y" * (TEXT_MAX_CHARS + 1)})
+    fits = _message(type="text", text={"body": "z" * TEXT_MAX_CHARS})
     out = split(_body(huge, fits), RawRef(RAW, 0, 7), time.time())
     ids = [m.message_id for m in out.messages]
     assert fits["id"] in ids and huge["id"] not in ids and len(ids) == 2

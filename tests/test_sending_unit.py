@@ -18,7 +18,7 @@ from wacrm.core.embedded import free_port
 from wacrm.orchestrator.rules import Template
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
-from wacrm.whatsapp import fake_meta, signature, webhook
+from wacrm.whatsapp import fake_meta, limits, signature, webhook
 from wacrm.whatsapp.graph import (
     AmbiguousGraphError,
     GraphClient,
@@ -68,7 +68,7 @@ def test_decide_sends_only_when_every_check_passes(i: SendIntent, c: sending.Che
                                                    attempt: int, template: Template | None, pair: float) -> None:
     row = sending.Row(1, state, attempts, i)
     d = sending.decide(row, c, NOW, attempt=attempt, template=template, pair_wait_s=pair)
-    window_open = c.last_inbound_at is not None and NOW - c.last_inbound_at <= sending.WINDOW
+    window_open = c.last_inbound_at is not None and NOW - c.last_inbound_at <= limits.SERVICE_WINDOW
     if state not in ("queued", "retry_wait"):
         assert isinstance(d, sending.Skip)
         assert d.outcome == {"sending": "in_flight", "ambiguous": "ambiguous",
@@ -87,7 +87,7 @@ def test_decide_sends_only_when_every_check_passes(i: SendIntent, c: sending.Che
     if isinstance(d, sending.Send):
         assert (c.paused_until is None or c.paused_until <= NOW) and c.earlier is None and pair == 0
         assert window_open or i.kind == "template"
-        assert i.kind == "template" or len(i.text) <= sending.MAX_TEXT_CHARS
+        assert i.kind == "template" or len(i.text) <= limits.TEXT_MAX_CHARS
     if c.paused_until is not None and c.paused_until > NOW:
         assert d == sending.Park(min(c.paused_until, NOW + sending.PARK_RECHECK), "number paused", "parked")
     elif c.earlier is not None:  # waits behind an earlier reply: never before it is due again
@@ -96,7 +96,7 @@ def test_decide_sends_only_when_every_check_passes(i: SendIntent, c: sending.Che
             assert d.until == min(c.earlier.next_attempt_at, NOW + sending.PARK_RECHECK)
     elif not window_open and i.kind != "template":
         assert d == sending.window_path(i, template)
-    elif i.kind != "template" and len(i.text) > sending.MAX_TEXT_CHARS:
+    elif i.kind != "template" and len(i.text) > limits.TEXT_MAX_CHARS:
         assert isinstance(d, sending.Fail) and d.kind == "text_too_long" and d.dead_letter
     elif pair:
         assert d == sending.Pace(NOW + timedelta(seconds=pair))

@@ -19,6 +19,7 @@ from typing import Any
 from wacrm.core import eventloop
 from wacrm.core.settings import Settings, SettingsError, load
 from wacrm.devstate import DEFAULT_STATE_DIR, read_state, with_running_dev
+from wacrm.whatsapp.limits import ACCESS_TOKEN_MAX_CHARS, is_access_token
 
 EXIT_FAIL, EXIT_CONFIG, EXIT_SCHEMA = 1, 2, 3
 
@@ -385,9 +386,9 @@ def cmd_numbers(args: argparse.Namespace) -> int:
             token = getpass.getpass("access token: ")
         else:
             token = sys.stdin.readline().strip()
-        if not token or len(token) > 4096 or any(c.isspace() for c in token):
-            raise CommandError("the access token on standard input must be one line of 1 to 4096 characters "
-                               "without spaces", EXIT_CONFIG)
+        if not is_access_token(token):
+            raise CommandError("the access token on standard input must be one line of 1 to "
+                               f"{ACCESS_TOKEN_MAX_CHARS} characters without spaces", EXIT_CONFIG)
     for line in asyncio.run(_numbers(args, s, token)):
         print(line)
     return 0

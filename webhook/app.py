@@ -42,9 +42,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from wacrm.core import metrics
+from wacrm.core.health import healthz, metrics_view, readiness, readiness_response
 from wacrm.core.logs import REQUEST_ID
 from wacrm.core.settings import Settings
 from wacrm.topics import RAW, catalogue
@@ -168,10 +168,6 @@ async def _receive(request: web.Request, rid: str) -> Outcome:
                    "accepted")
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
 async def broker_problems(app: web.Application) -> dict[str, str]:
     """What keeps the webhook from accepting: the broker unreachable, or topics missing (tansu loses
     them on restart). A fixed hint per problem; the exception itself (host names, credentials) is logged."""
@@ -185,23 +181,10 @@ async def broker_problems(app: web.Application) -> dict[str, str]:
     return {}
 
 
-def readiness(problems: dict[str, str]) -> dict[str, Any]:
-    """One server's (or one half's) readiness as ``/readyz`` tells it."""
-    return {"status": "not_ready", "problems": problems} if problems else {"status": "ready"}
-
-
-def readiness_response(report: dict[str, Any], ready: bool) -> web.Response:
-    return web.Response(status=200 if ready else 503, body=orjson.dumps(report), content_type="application/json")
-
-
 async def readyz(request: web.Request) -> web.Response:
     """200 when the broker has every topic; 503 naming what is not ready. The database is not asked."""
     problems = await broker_problems(request.app)
     return readiness_response(readiness(problems), not problems)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]

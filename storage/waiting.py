@@ -8,7 +8,7 @@ handing it back to the bot or a person's reply ends the wait: :func:`end` marks 
 (their notifications then read for everyone) in the caller's transaction; the database tells
 every open page (migration 0017's triggers).
 
-Like :mod:`inbox.store`, functions run inside the caller's transaction.
+Like :mod:`storage.repo`, functions run inside the caller's transaction.
 """
 
 from __future__ import annotations
