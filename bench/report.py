@@ -17,6 +17,7 @@ from bench.targets import E2E_P99_BOUND_S, TARGETS, WEBHOOK_P99_BOUND_S, best_e2
 
 
 def render(results: dict[str, Any]) -> str:
+    """The report of ``results`` (what a run, or a part of one, measured; a key absent: not measured)."""
     out = _head(results) + _machine(results)
     if results.get("only") == "inbox":  # `python -m bench --only inbox`: that phase alone
         return "\n".join(out + (inbox.inbox_section(results["inbox"]) if results.get("inbox") else []))
