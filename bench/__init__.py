@@ -1,10 +1,16 @@
 """The benchmark suite behind ``make bench`` (``python -m bench``): load generator, ceilings, probes, report.
 
-Layout: :mod:`bench.stats` (pure arithmetic: percentiles, lost/duplicate counting, memory
-growth, the rate search, profile summaries), :mod:`bench.bodies` (realistic signed webhook
-bodies), :mod:`bench.loadgen` (the open-loop HTTP load generator, run as its own process),
-:mod:`bench.bare` (the bare aiohttp handler: the HTTP ceiling), :mod:`bench.ceilings`
-(raw produce and PostgreSQL ceilings, each its own process), :mod:`bench.probes` (RSS,
-consumer lag, py-spy), :mod:`bench.report` (machine description and ``BENCHMARKS.md``) and
-:mod:`bench.run` (the orchestration: start everything, measure, stop everything).
+Layout, each module importing only those above it:
+
+- pure: :mod:`bench.stats` (percentiles, lost/duplicate counting, memory growth, the rate search, profile
+  summaries), :mod:`bench.targets` (the targets and the verdicts), :mod:`bench.plan` (how long each phase
+  runs), :mod:`bench.bodies` (signed webhook bodies), :mod:`bench.fmt` (the report's cells);
+- children run as processes of their own: :mod:`bench.loadgen` (the open-loop HTTP load generator),
+  :mod:`bench.bare` (the HTTP ceiling), :mod:`bench.ceilings` (produce and PostgreSQL ceilings),
+  :mod:`bench.minimal` (the minimal pipeline);
+- :mod:`bench.system` (the system under measurement: storage and processes), :mod:`bench.probes`
+  (RSS, CPU, py-spy), :mod:`bench.drive` (load offered and what reached the customer counted),
+  :mod:`bench.inbox` and :mod:`bench.inbox_people` (the inbox phase's seed and people), :mod:`bench.media`;
+- :mod:`bench.phases` (one module per phase), :mod:`bench.sections` and :mod:`bench.report`
+  (``BENCHMARKS.md``), :mod:`bench.plots`; :mod:`bench.run` (the order of the phases, the report written).
 """

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.inbox import Seed
+from bench.run import run
 from wacrm.core import eventloop
 
 
@@ -42,9 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and not 1 <= value <= 4:
             p.error(f"--{name.replace('_', '-')} must be from 1 to 4")
     eventloop.install()
-    from bench.inbox import Seed
-    from bench.run import run
-
     seed = Seed(args.seed, args.seed * 10) if args.seed is not None else None
     try:
         command = " ".join(["python -m bench" if args.only else "make bench", *sys.argv[1:]])

@@ -22,15 +22,19 @@ import time
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from bench import stats
 from bench.bodies import BodyFactory
 from wacrm.core import eventloop
+from wacrm.orchestrator.rules import load_rules
+from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import repo
+from wacrm.storage.db import create_pool
+from wacrm.topics.records import Customer, InboundMessage, RawRef, conversation_key
 
 
 async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    from aiokafka import AIOKafkaProducer
-
     factory = BodyFactory("ceiling")
     bodies = [factory.next().raw for _ in range(2000)]
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=1,
@@ -76,12 +80,6 @@ async def produce(bootstrap: str, topic: str, seconds: float, concurrency: int) 
 
 async def postgres(database_url: str, seconds: float, connections: int, customers: int,
                    batch: int) -> dict[str, Any]:
-    from wacrm.orchestrator.rules import load_rules
-    from wacrm.orchestrator.service import Orchestrator
-    from wacrm.storage import repo
-    from wacrm.storage.db import create_pool
-    from wacrm.topics.records import Customer, InboundMessage, RawRef, conversation_key
-
     pool = await create_pool(database_url, timeout=10, min_size=connections, max_size=connections)
     rng = random.Random(7)
     counter = 0

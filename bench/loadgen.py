@@ -24,6 +24,7 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -247,8 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="result JSON")
     p.add_argument("--ids-out", default=None, help="accepted inbound ids with their due wall time (TSV)")
     args = p.parse_args(argv)
-    from urllib.parse import urlsplit
-
     url = urlsplit(args.url)
     if url.hostname not in ("127.0.0.1", "localhost", "::1"):
         print("bench.loadgen sends to loopback only", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""The media phase of ``make bench`` (``python -m bench --only media``): customers' files downloaded.
+"""The media measure of ``make bench`` (``python -m bench --only media``; the phase: :mod:`bench.phases.media`).
 
 Two measures on a running pipeline (serve, worker, fake-meta as the Graph API and its media
 endpoint, the directory store): media downloads per second (images registered with fake-meta,

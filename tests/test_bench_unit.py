@@ -354,7 +354,7 @@ def test_sse_parser_reads_events_as_aiohttp_sse_writes_them() -> None:
 
 def test_inbox_aim_and_its_report() -> None:
     from bench.inbox import ROUTE_NAMES, aim_met, route_summary
-    from bench.report import inbox_section
+    from bench.sections.inbox import inbox_section
 
     fast = {n: route_summary([0.004] * 99 + [0.030], 0) for n in ROUTE_NAMES}
     sse = {"count": 100, "missed": 0, "p50": 0.005, "p99": 0.02, "max": 0.03}
