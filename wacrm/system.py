@@ -81,7 +81,7 @@ class Wiring:
     def worker_metrics(self) -> str:
         return metrics_url(self.worker_metrics_port, self.host)
 
-    def environ(self, base: Mapping[str, str] | None = None, **more: str) -> dict[str, str]:
+    def environ(self, base: Mapping[str, str] | None = None, /, **more: str) -> dict[str, str]:
         """A process's environment: ``base`` (this process's own when ``None``), the wiring, the
         caller's settings, then ``more``."""
         wiring = {"DATABASE_URL": self.database_url, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
