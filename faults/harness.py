@@ -3,9 +3,10 @@
 A :class:`Harness` owns one embedded PostgreSQL server for the whole run (it may be stopped
 or killed by a scenario and is started again). Each scenario gets a :class:`System`: a fresh
 database, a fresh embedded broker with every topic, ``wacrm fake-meta``, ``wacrm serve`` and
-one or more ``wacrm worker`` processes, and (when asked) the fake LLM in this process. The
-fault methods signal those processes as an operator or the kernel would. :meth:`System.count`
-reads the outcome from PostgreSQL, fake-meta's ``/__sent`` and the ``wa.dlq`` topic.
+one or more ``wacrm worker`` processes (launched by :mod:`wacrm.system`), and (when asked) the
+fake LLM in this process. The fault methods signal those processes as an operator or the kernel
+would. :meth:`System.count` reads the outcome from PostgreSQL, fake-meta's ``/__sent`` and the
+``wa.dlq`` topic.
 
 Blocking calls (waiting for a process to exit, starting PostgreSQL) run in a thread so the
 load generator in this event loop keeps its rate. Everything started here is stopped here.
@@ -34,10 +35,22 @@ import orjson
 from faults.count import Tally, answered_messages, ledger_rows, tally
 from faults.load import HOME
 from wacrm.core import procs
-from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.orchestrator.fake_llm import FakeLlm
 from wacrm.storage import repo
 from wacrm.storage.numbers import new_key
+from wacrm.system import (
+    LaunchError,
+    Processes,
+    Secrets,
+    Wiring,
+    create_topics_on,
+    fake_meta_cmd,
+    metrics_url,
+    serve_cmd,
+    wait_ready,
+    worker_cmd,
+)
 from wacrm.topics import DLQ
 
 # The pipeline's own deliberate waiting made short, so that a scenario measures delivery, not
@@ -45,7 +58,6 @@ from wacrm.topics import DLQ
 BASE_ENV = {"BURST_WINDOW_SECONDS": "0", "RATE_LIMIT_PER_SECOND": "1000", "PAIR_INTERVAL_SECONDS": "0",
             "RETRY_BASE_SECONDS": "0.5", "RETRY_MULTIPLIER": "2", "PAUSE_SECONDS": "3",
             "PUBLISH_TIMEOUT_SECONDS": "2", "BROKER_SESSION_TIMEOUT": "6", "LOG_LEVEL": "INFO",
-            "PYTHONUNBUFFERED": "1",
             # a send left in doubt by a kill is settled by its status or, past this, becomes a task
             "AMBIGUOUS_SETTLE_SECONDS": "20"}
 IN_FLIGHT = ("queued", "sending", "retry_wait", "ambiguous")
@@ -111,7 +123,7 @@ class System:
         self.broker = EmbeddedBroker(log_path=self.logs / "tansu.log")
         self.port, self.fake_port, self.metrics_port = free_port(), free_port(), free_port()
         self.group = f"wacrm-faults-{self.port}"
-        self.children: dict[str, subprocess.Popen] = {}
+        self.processes = Processes(self.logs)
         self.llm: FakeLlm | None = None
         self.letters: Counter[str] = Counter()  # wa.dlq by source topic and reason, as last counted
         self.token_key = new_key()  # TOKEN_ENCRYPTION_KEY: the added numbers' tokens are stored with it
@@ -133,13 +145,11 @@ class System:
 
     def env(self, **more: str) -> dict[str, str]:
         """A process's environment: the system's wiring, :data:`BASE_ENV`, the scenario's, ``more``."""
-        wiring = dict(
-            DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.broker.bootstrap,
-            WHATSAPP_APP_SECRET=self.secret, WHATSAPP_VERIFY_TOKEN="faults-verify",
-            WHATSAPP_ACCESS_TOKEN=HOME_TOKEN, WHATSAPP_API_BASE_URL=self.fake_meta, TOKEN_ENCRYPTION_KEY=self.token_key,
-            PORT=str(self.port), HOST="127.0.0.1", WORKER_METRICS_PORT=str(self.metrics_port),
-            KAFKA_GROUP_ID=self.group, MEDIA_DIR=str(self.media_dir))
-        return procs.env_with(**{**wiring, **BASE_ENV, **self.extra_env, **more})
+        wiring = Wiring(self.database_url, self.broker.bootstrap,
+                        Secrets(self.secret, "faults-verify", HOME_TOKEN, self.token_key), self.port, self.metrics_port,
+                        fake_meta_url=self.fake_meta, group_id=self.group, media_dir=self.media_dir,
+                        settings={**BASE_ENV, **self.extra_env})
+        return wiring.environ(**more)
 
     async def start(self, *, workers: int = 1, llm_delay_s: float | None = None,
                     numbers: Sequence[tuple[str, str]] = ()) -> None:
@@ -147,10 +157,7 @@ class System:
         ``numbers``: business numbers added (``wacrm numbers add``) beside the environment's one, each
         with a token of its own that fake-meta checks, as it checks the environment's."""
         await asyncio.to_thread(self.broker.start)
-        from wacrm.core.settings import load
-        from wacrm.topics.admin import create_topics
-
-        await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap}, "dev"), out=lambda m: None)
+        await create_topics_on(self.broker.bootstrap)
         if llm_delay_s is not None:
             await self._start_llm(llm_delay_s)
         # fake-meta posts Meta's signed sent/delivered/read statuses back to our webhook, as Meta does:
@@ -158,9 +165,9 @@ class System:
         self.tokens = {HOME_NUMBER[0]: HOME_TOKEN} if numbers else {}
         self.tokens |= {number: f"faults-{number}-{secrets.token_hex(12)}" for number, _ in numbers}
         checks = [f"--token={number}={value}" for number, value in self.tokens.items()]
-        self.spawn("fake-meta", procs.python_cmd("fake-meta", "--port", str(self.fake_port), "--webhook-url",
-                                                 self.webhook, "--app-secret", self.secret, *checks), self.fake_port)
-        self.spawn("serve", procs.python_cmd("serve"), self.port)
+        self.spawn("fake-meta", fake_meta_cmd(self.fake_port, self.webhook, "--app-secret", self.secret, *checks),
+                   self.fake_port)
+        self.spawn("serve", serve_cmd(), self.port)
         await self._wait_ready()
         for number, _ in numbers:
             await self.add_number(number, self.tokens[number])
@@ -181,11 +188,7 @@ class System:
 
     def spawn(self, name: str, cmd: list[str], port: int | None = None,
               env: dict[str, str] | None = None) -> subprocess.Popen:
-        proc = procs.spawn(cmd, log_path=self.logs / f"{name}.log", env=self.env(**(env or {})))
-        self.children[name] = proc
-        if port is not None:
-            wait_for_port(port, 60, proc)
-        return proc
+        return self.processes.start(name, cmd, self.env(**(env or {})), port=port)
 
     @staticmethod
     def worker_name(i: int) -> str:
@@ -198,45 +201,26 @@ class System:
         env = {"WORKER_METRICS_PORT": "0"} if i else {}
         if group:
             env["KAFKA_GROUP_ID"] = group
-        self.spawn(name, procs.python_cmd("worker"), env=env)
+        self.spawn(name, worker_cmd(), env=env)
         if i == 0 and wait:
             await self.wait_worker()
 
     async def wait_worker(self, timeout: float = 120) -> None:
-        from wacrm.core.procs import worker_joined
-
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
-            while time.monotonic() < deadline:
-                proc = self.children.get("worker")
-                if proc is None or proc.poll() is not None:
-                    raise HarnessError(f"the worker exited; see {self.logs / 'worker.log'}")
-                try:
-                    async with s.get(url) as r:
-                        if worker_joined(await r.text()):
-                            return
-                except (TimeoutError, aiohttp.ClientError):
-                    pass
-                await asyncio.sleep(0.3)
-        raise HarnessError(f"the worker did not join its group within {timeout:.0f}s; see {self.logs}")
+        try:
+            await wait_ready(self.processes, workers=[metrics_url(self.metrics_port)], watch=["worker"],
+                             timeout=timeout)
+        except LaunchError as exc:
+            raise HarnessError(f"the worker did not join its group: {exc}") from None
 
     async def _wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as s:
-            while time.monotonic() < deadline:
-                try:
-                    async with s.get(f"http://127.0.0.1:{self.port}/readyz") as r:
-                        if r.status == 200:
-                            return
-                except (TimeoutError, aiohttp.ClientError):
-                    pass
-                await asyncio.sleep(0.3)
-        raise HarnessError(f"wacrm serve not ready within {timeout:.0f}s; see {self.logs / 'serve.log'}")
+        try:
+            await wait_ready(self.processes, readyz=f"http://127.0.0.1:{self.port}/readyz", watch=["serve"],
+                             timeout=timeout)
+        except LaunchError as exc:
+            raise HarnessError(f"wacrm serve not ready: {exc}") from None
 
     async def stop(self) -> None:
-        for name in list(self.children)[::-1]:
-            await self.stop_child(name)
+        await asyncio.to_thread(self.processes.stop_all, 30)
         if self.broker.proc is not None and self.broker.proc.poll() is None:
             os.kill(self.broker.proc.pid, signal.SIGCONT)  # a paused broker cannot take its SIGTERM
         await asyncio.to_thread(self.broker.stop)
@@ -244,7 +228,7 @@ class System:
             await self.llm.stop()
 
     async def stop_child(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
-        return await asyncio.to_thread(procs.stop, self.children.pop(name, None), sig, timeout)
+        return await asyncio.to_thread(self.processes.stop, name, sig, timeout)
 
     async def add_number(self, number: str, token: str) -> None:
         """``wacrm numbers add NUMBER`` with ``token`` on standard input, as an operator does."""
@@ -259,16 +243,7 @@ class System:
 
     async def kill_worker(self, i: int = 0, sig: int = signal.SIGTERM) -> None:
         """Stop worker ``i`` with ``sig`` (SIGTERM: a graceful stop; SIGKILL: a crash) and wait for it."""
-        proc = self.children.pop(self.worker_name(i), None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(sig)
-        try:
-            await asyncio.to_thread(proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait)
+        await self.stop_child(self.worker_name(i), sig, 60)
 
     async def postgres_stop(self) -> None:
         """A clean stop (fast shutdown: clients rolled back and disconnected)."""

@@ -14,7 +14,6 @@ import contextlib
 import os
 import re
 import secrets
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -27,15 +26,23 @@ import aiohttp
 import asyncpg
 import pytest
 
-from wacrm.core import procs
-from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port, wait_for_port
-from wacrm.core.procs import worker_joined
-from wacrm.core.settings import load
+from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.received import ledger_rows, replies
 from wacrm.storage import repo
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
-from wacrm.topics.admin import create_topics
+from wacrm.system import (
+    LaunchError,
+    Processes,
+    Secrets,
+    Wiring,
+    create_topics_on,
+    fake_meta_cmd,
+    metrics_url,
+    serve_cmd,
+    wait_ready,
+    worker_cmd,
+)
 from wacrm.whatsapp import signature
 
 # The inbox tests' signed-in `agent` and `admin` fixtures live with the API client.
@@ -152,6 +159,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         b.stop()
 
 
+# The tests' settings: the pipeline's deliberate waits made short, a small body limit, the fixtures' account.
+TEST_SETTINGS = {"WEBHOOK_MAX_BODY_BYTES": str(256 * 1024), "PUBLISH_TIMEOUT_SECONDS": "2",
+                 "BROKER_SESSION_TIMEOUT": "6", "LOG_LEVEL": "INFO", "BURST_WINDOW_SECONDS": "1",
+                 "RETRY_BASE_SECONDS": "0.4", "RETRY_MULTIPLIER": "2", "WHATSAPP_BUSINESS_ACCOUNT_ID": WABA_ID}
+
+
 @dataclass
 class Stack:
     """One running wacrm: fake-meta, serve and worker processes against a database and a broker."""
@@ -163,7 +176,15 @@ class Stack:
     port: int = 0
     fake_port: int = 0
     worker_metrics_port: int = 0
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: Processes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.processes = Processes(self.logs)
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        """The running processes by name (``worker2``: a second worker of the group)."""
+        return self.processes.running
 
     @property
     def base(self) -> str:
@@ -183,52 +204,45 @@ class Stack:
 
     @property
     def worker_metrics(self) -> str:
-        return f"http://127.0.0.1:{self.worker_metrics_port}/metrics"
+        return metrics_url(self.worker_metrics_port)
+
+    def wiring(self) -> Wiring:
+        return Wiring(self.database_url, self.bootstrap, Secrets(APP_SECRET, VERIFY_TOKEN, ACCESS_TOKEN),
+                      self.port, self.worker_metrics_port, fake_meta_url=self.fake_meta,
+                      group_id=f"wacrm-test-{self.port}", media_dir=self.media_dir,
+                      settings={**TEST_SETTINGS, **self.extra_env})  # a test's own settings win
 
     def env(self) -> dict[str, str]:
-        return procs.env_with(**{**dict(
-            DATABASE_URL=self.database_url, KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            WHATSAPP_APP_SECRET=APP_SECRET, WHATSAPP_VERIFY_TOKEN=VERIFY_TOKEN, WHATSAPP_ACCESS_TOKEN=ACCESS_TOKEN,
-            WHATSAPP_API_BASE_URL=self.fake_meta, PORT=str(self.port), HOST="127.0.0.1",
-            WORKER_METRICS_PORT=str(self.worker_metrics_port), KAFKA_GROUP_ID=f"wacrm-test-{self.port}",
-            WEBHOOK_MAX_BODY_BYTES=str(256 * 1024), PUBLISH_TIMEOUT_SECONDS="2", BROKER_SESSION_TIMEOUT="6",
-            LOG_LEVEL="INFO", PYTHONUNBUFFERED="1", BURST_WINDOW_SECONDS="1", RETRY_BASE_SECONDS="0.4",
-            RETRY_MULTIPLIER="2", WHATSAPP_BUSINESS_ACCOUNT_ID=WABA_ID, MEDIA_DIR=str(self.media_dir)),
-            **self.extra_env})  # a test's own settings win
+        return self.wiring().environ()
 
     def start(self, *names: str, env_overrides: dict[str, str] | None = None) -> None:
         if not self.port:
             self.port, self.fake_port, self.worker_metrics_port = free_port(), free_port(), free_port()
-        self.logs.mkdir(parents=True, exist_ok=True)
-        commands = {"fake-meta": ["fake-meta", "--port", str(self.fake_port), "--webhook-url", self.webhook],
-                    "serve": ["serve"], "worker": ["worker"]}
+        commands = {"fake-meta": fake_meta_cmd(self.fake_port, self.webhook), "serve": serve_cmd(),
+                    "worker": worker_cmd()}
         for name in names or ("fake-meta", "serve", "worker"):
             env = self.env()
             if name.startswith("worker") and name != "worker":  # more workers of the same group, no metrics port
                 env["WORKER_METRICS_PORT"] = "0"
             env.update(env_overrides or {})
-            self.procs[name] = procs.spawn(procs.python_cmd(*commands[name.rstrip("0123456789")]),
-                                           log_path=self.logs / f"{name}.log", env=env)
+            self.processes.start(name, commands[name.rstrip("0123456789")], env)
         for name, port in (("fake-meta", self.fake_port), ("serve", self.port)):
             if name in (names or ("fake-meta", "serve")):
-                wait_for_port(port, 30, self.procs[name])
+                self.processes.wait_listening(name, port, 30)
 
     async def wait_worker(self, timeout: float = 60) -> None:
-        async def joined() -> bool:
-            if self.procs["worker"].poll() is not None:
-                raise AssertionError(f"worker exited with {self.procs['worker'].returncode}: "
-                                     f"{(self.logs / 'worker.log').read_text()[-3000:]}")
-            try:
-                async with aiohttp.ClientSession() as s, s.get(self.worker_metrics) as r:
-                    return worker_joined(await r.text())
-            except aiohttp.ClientError:
-                return False
-
-        await eventually(joined, timeout, "the worker to join its consumer group")
+        try:
+            await wait_ready(self.processes, workers=[self.worker_metrics], watch=["worker"], timeout=timeout)
+        except LaunchError as exc:
+            raise AssertionError(f"waiting for the worker to join its consumer group: {exc}: "
+                                 f"{self.processes.log('worker').read_text()[-3000:]}") from None
 
     def stop(self, *names: str) -> None:
-        for name in names or [n for n in ("serve", *sorted(self.procs), "fake-meta") if n in self.procs]:
-            procs.stop(self.procs.pop(name, None), signal.SIGTERM, 20)
+        """``names``, or every process (the last started first)."""
+        for name in names:
+            self.processes.stop(name)
+        if not names:
+            self.processes.stop_all()
 
     # --- helpers the tests use --------------------------------------------------------
 
@@ -282,7 +296,7 @@ async def own_stack(make_database: Callable[[], str], tmp: Path,
     broker.start()
     stack = Stack(url, broker.bootstrap, tmp / "logs", extra_env=dict(extra_env))
     try:
-        await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev"), out=lambda m: None)
+        await create_topics_on(broker.bootstrap)
         stack.start()
         await stack.wait_worker()
         yield stack, broker
@@ -294,8 +308,7 @@ async def own_stack(make_database: Callable[[], str], tmp: Path,
 @pytest.fixture(scope="session")
 def stack(database_url: str, broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The session's shared running system."""
-    settings = load({"KAFKA_BOOTSTRAP_SERVERS": broker}, "dev")
-    run_sync(create_topics(settings, out=lambda m: None))
+    run_sync(create_topics_on(broker))
     s = Stack(database_url, broker, tmp_path_factory.mktemp("stack"))
     s.start()
     try:

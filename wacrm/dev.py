@@ -22,22 +22,18 @@ import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wacrm.cli import CommandError, create_topics, run_migrations
-from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
-from wacrm.core.procs import worker_joined
-from wacrm.core.settings import SettingsError, load
+from wacrm.core.settings import Settings, SettingsError, load
 from wacrm.devstate import SECRETS_FILE, STATE_FILE
 from wacrm.storage.numbers import new_key
+from wacrm.system import LaunchError, Processes, Wiring, fake_meta_cmd, metrics_url, serve_cmd, wait_ready, worker_cmd
 from wacrm.whatsapp.fake_meta import WABA_ID as FAKE_WABA_ID
 
 RESTARTS_PER_MINUTE = 5
@@ -109,29 +105,6 @@ async def first_admin(database_url: str, state_dir: Path, timeout: float) -> tup
         return None
 
 
-@dataclass
-class Child:
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    log: Path
-    proc: subprocess.Popen | None = None
-    restarts: list[float] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.proc = procs.spawn(self.cmd, log_path=self.log, env=self.env)
-
-    def stop(self, timeout: float = 20.0) -> None:
-        procs.stop(self.proc, signal.SIGTERM, timeout)
-
-    def died(self) -> bool:
-        return self.proc is not None and self.proc.poll() is not None
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.proc.returncode if self.proc is not None else None
-
-
 class _Stop(Exception):
     pass
 
@@ -149,31 +122,6 @@ def busy_ports(host: str, port: int, worker_metrics_port: str | None) -> str | N
     return None
 
 
-def _wait_ready(url: str, worker_metrics: list[str], children: list[Child], timeout: float) -> None:
-    """Wait for the webhook's /readyz and for every worker to hold partitions (the group settled)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        for c in children:
-            if c.died():
-                raise CommandError(f"{c.name} exited with code {c.exit_code} during start; see {c.log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                ready = resp.status == 200
-            for metrics_url in worker_metrics:
-                with urllib.request.urlopen(metrics_url, timeout=2) as wm:
-                    ready = ready and worker_joined(wm.read().decode())
-            if ready:
-                return
-            last = "a worker has not joined its consumer group yet"
-        except urllib.error.HTTPError as exc:
-            last = exc.read().decode(errors="replace")
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.2)
-    raise CommandError(f"the system did not become ready within {timeout:.0f}s: {last}")
-
-
 def default_processes(cores: int | None = None) -> tuple[int, int]:
     """``wacrm serve --processes`` and the number of ``wacrm worker`` processes for this machine.
 
@@ -188,7 +136,9 @@ def default_processes(cores: int | None = None) -> tuple[int, int]:
     return (2 if cores >= 4 else 1, 2 if cores >= 2 else 1)
 
 
-def run_dev(state_dir: Path) -> int:
+def _lock(state_dir: Path) -> Any | None:
+    """``dev.lock`` held by this process, its pid written in it; ``None`` (and who holds it said) when
+    another ``wacrm dev`` holds it."""
     if not state_dir.exists():
         private_dir(state_dir)
     lock_file = open_private(state_dir / "dev.lock", "a+")
@@ -199,27 +149,26 @@ def run_dev(state_dir: Path) -> int:
         pid = lock_file.read().strip() or "?"
         print(f"wacrm dev: another `wacrm dev` (pid {pid}) is already running on {state_dir}/; "
               "stop it first (Ctrl-C in its terminal).", file=sys.stderr)
-        return 1
+        lock_file.close()
+        return None
     lock_file.seek(0)
     lock_file.truncate()
     lock_file.write(str(os.getpid()))
     lock_file.flush()
+    return lock_file
 
+
+def _environment(state_dir: Path) -> dict[str, str]:
+    """This process's environment with the state dir's secrets and media directory where it names none."""
     env = dict(os.environ)
     for key, value in _persistent_secrets(state_dir).items():
         env.setdefault(key, value)
     env.setdefault("MEDIA_DIR", str(state_dir / "media"))  # the customers' files, beside the database
-    try:
-        settings = load(env, "dev")
-    except SettingsError as exc:
-        print(f"wacrm dev: {exc}", file=sys.stderr)
-        return 2
+    return env
 
-    busy = busy_ports(settings.host, settings.port, env.get("WORKER_METRICS_PORT"))
-    if busy:
-        print(f"wacrm dev: {busy}", file=sys.stderr)
-        return 1
 
+def _stop_on_signals() -> None:
+    """Ctrl-C or SIGTERM raises :class:`_Stop` once; what comes while stopping is ignored."""
     stopping = False
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -231,86 +180,126 @@ def run_dev(state_dir: Path) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    logs = private_dir(state_dir / "logs")
+
+@dataclass
+class _Servers:
+    """The embedded PostgreSQL and broker this run started; ``None`` where the environment names its own."""
+
     pg: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
-    children: list[Child] = []
+
+    def stop(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+        if self.pg is not None:
+            self.pg.stop()
+
+
+def _start_servers(state_dir: Path, settings: Settings, servers: _Servers,
+                   logs: Path) -> tuple[Settings, tuple[str, str] | None]:
+    """PostgreSQL (migrated, with a first admin) and the broker (with every topic): the embedded ones
+    unless the environment names its own. The settings pointing at them, and the first admin."""
+    database_url = settings.database_url
+    if database_url is None:
+        pg_port, moved = remembered_port(state_dir / "pg" / "port")
+        if moved:
+            print(f"embedded PostgreSQL: {moved}", flush=True)
+        pg = servers.pg = EmbeddedPostgres(state_dir / "pg" / "data", port=pg_port)
+        print(f"starting embedded PostgreSQL (data in {pg.data_dir}) …", flush=True)
+        pg.start()
+        database_url = pg.url
+    asyncio.run(run_migrations(database_url, settings.db_timeout_s, out=lambda m: print(f"  migrate: {m}")))
+    admin = asyncio.run(first_admin(database_url, state_dir, settings.db_timeout_s))
+    bootstrap = settings.kafka_bootstrap_servers
+    if bootstrap is None:
+        broker = servers.broker = EmbeddedBroker(log_path=logs / "tansu.log")
+        print("starting embedded broker (tansu, in memory) …", flush=True)
+        broker.start()
+        bootstrap = broker.bootstrap
+    settings = settings.replace(database_url=database_url, kafka_bootstrap_servers=bootstrap)
+    print("creating topics …", flush=True)
+    asyncio.run(create_topics(settings, out=print))
+    return settings, admin
+
+
+def _wiring(env: dict[str, str], settings: Settings, fake_port: int | None) -> Wiring:
+    """The processes' wiring over ``env`` (which keeps the secrets): the servers, and the fake Graph API
+    on ``fake_port`` (with the account whose templates it serves) unless the environment names Meta's."""
+    assert settings.database_url is not None and settings.kafka_bootstrap_servers is not None
+    if fake_port is not None:
+        env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or FAKE_WABA_ID)
+    metrics_port = int(env.setdefault("WORKER_METRICS_PORT", str(free_port())))
+    return Wiring(settings.database_url, settings.kafka_bootstrap_servers, None, settings.port, metrics_port,
+                  fake_meta_url=None if fake_port is None else f"http://127.0.0.1:{fake_port}", host=settings.host)
+
+
+def _launch(processes: Processes, wiring: Wiring, env: dict[str, str], fake_port: int | None) -> list[str]:
+    """fake-meta (when wired), serve, and the workers of one group, each with its own metrics port;
+    the workers' metrics URLs."""
+    environ = wiring.environ(env)
+    if fake_port is not None:  # statuses flow back, as from Meta
+        processes.start("fake-meta", fake_meta_cmd(fake_port, wiring.webhook), environ)
+    serve_processes, workers = default_processes()
+    processes.start("serve", serve_cmd("--processes", str(serve_processes)), environ)
+    processes.start("worker", worker_cmd(), environ)
+    urls = [wiring.worker_metrics]
+    for n in range(2, workers + 1):
+        port = free_port()
+        processes.start(f"worker-{n}", worker_cmd(), {**environ, "WORKER_METRICS_PORT": str(port)})
+        urls.append(metrics_url(port, wiring.host))
+    return urls
+
+
+def _state(wiring: Wiring, env: dict[str, str], admin: tuple[str, str] | None) -> dict[str, Any]:
+    """What ``dev.json`` publishes to the commands run beside this dev (:mod:`wacrm.devstate`)."""
+    return {"pid": os.getpid(), "webhook_url": wiring.webhook, "base_url": wiring.base,
+            "app_secret": env["WHATSAPP_APP_SECRET"], "verify_token": env["WHATSAPP_VERIFY_TOKEN"],
+            "fake_meta_url": wiring.fake_meta_url, "database_url": wiring.database_url, "kafka": wiring.bootstrap,
+            "worker_metrics_url": wiring.worker_metrics, "inbox_url": f"{wiring.base}/",
+            "admin_email": admin[0] if admin else None, "admin_password": admin[1] if admin else None}
+
+
+def run_dev(state_dir: Path) -> int:
+    lock_file = _lock(state_dir)
+    if lock_file is None:
+        return 1
+    env = _environment(state_dir)
+    try:
+        settings = load(env, "dev")
+    except SettingsError as exc:
+        print(f"wacrm dev: {exc}", file=sys.stderr)
+        return 2
+    busy = busy_ports(settings.host, settings.port, env.get("WORKER_METRICS_PORT"))
+    if busy:
+        print(f"wacrm dev: {busy}", file=sys.stderr)
+        return 1
+
+    _stop_on_signals()
+    logs = private_dir(state_dir / "logs")
+    servers = _Servers()
+    processes = Processes(logs)
     started = time.monotonic()
     try:
-        database_url = settings.database_url
-        if database_url is None:
-            pg_port, moved = remembered_port(state_dir / "pg" / "port")
-            if moved:
-                print(f"embedded PostgreSQL: {moved}", flush=True)
-            pg = EmbeddedPostgres(state_dir / "pg" / "data", port=pg_port)
-            print(f"starting embedded PostgreSQL (data in {pg.data_dir}) …", flush=True)
-            pg.start()
-            database_url = pg.url
-        asyncio.run(run_migrations(database_url, settings.db_timeout_s, out=lambda m: print(f"  migrate: {m}")))
-        admin = asyncio.run(first_admin(database_url, state_dir, settings.db_timeout_s))
-        bootstrap = settings.kafka_bootstrap_servers
-        if bootstrap is None:
-            broker = EmbeddedBroker(log_path=logs / "tansu.log")
-            print("starting embedded broker (tansu, in memory) …", flush=True)
-            broker.start()
-            bootstrap = broker.bootstrap
-        settings = settings.replace(database_url=database_url, kafka_bootstrap_servers=bootstrap)
-        print("creating topics …", flush=True)
-        asyncio.run(create_topics(settings, out=print))
-
-        env.update(DATABASE_URL=database_url, KAFKA_BOOTSTRAP_SERVERS=bootstrap, PORT=str(settings.port),
-                   HOST=settings.host, PYTHONUNBUFFERED="1")
-        fake_meta_url = None
-        if "WHATSAPP_API_BASE_URL" not in os.environ:
-            fake_port = free_port()
-            fake_meta_url = f"http://127.0.0.1:{fake_port}"
-            env["WHATSAPP_API_BASE_URL"] = fake_meta_url
-            # the fake's account, whose template catalogue it serves
-            env.setdefault("WHATSAPP_BUSINESS_ACCOUNT_ID", settings.whatsapp_business_account_id or FAKE_WABA_ID)
-            # statuses flow back, as from Meta
-            webhook_url = f"http://{settings.host}:{settings.port}/webhooks/whatsapp"
-            children.append(Child("fake-meta", procs.python_cmd("fake-meta", "--port", str(fake_port),
-                                                                "--webhook-url", webhook_url),
-                                  env, logs / "fake-meta.log"))
-        env.setdefault("WORKER_METRICS_PORT", str(free_port()))
-        serve_processes, workers = default_processes()
-        children.append(Child("serve", procs.python_cmd("serve", "--processes", str(serve_processes)), env,
-                              logs / "serve.log"))
-        children.append(Child("worker", procs.python_cmd("worker"), env, logs / "worker.log"))
-        worker_metrics_urls = [f"http://{settings.host}:{env['WORKER_METRICS_PORT']}/metrics"]
-        for n in range(2, workers + 1):  # more workers of the same group, each with its own metrics port
-            port = str(free_port())
-            children.append(Child(f"worker-{n}", procs.python_cmd("worker"), {**env, "WORKER_METRICS_PORT": port},
-                                  logs / f"worker-{n}.log"))
-            worker_metrics_urls.append(f"http://{settings.host}:{port}/metrics")
-        for c in children:
-            c.start()
-        base = f"http://{settings.host}:{settings.port}"
-        worker_metrics = f"http://{settings.host}:{env['WORKER_METRICS_PORT']}/metrics"
-        _wait_ready(f"{base}/readyz", worker_metrics_urls, children, timeout=90)
-        state = {"pid": os.getpid(), "webhook_url": f"{base}/webhooks/whatsapp", "base_url": base,
-                 "app_secret": env["WHATSAPP_APP_SECRET"], "verify_token": env["WHATSAPP_VERIFY_TOKEN"],
-                 "fake_meta_url": fake_meta_url, "database_url": database_url, "kafka": bootstrap,
-                 "worker_metrics_url": worker_metrics, "inbox_url": f"{base}/",
-                 "admin_email": admin[0] if admin else None, "admin_password": admin[1] if admin else None}
+        settings, admin = _start_servers(state_dir, settings, servers, logs)
+        fake_port = None if "WHATSAPP_API_BASE_URL" in os.environ else free_port()
+        wiring = _wiring(env, settings, fake_port)
+        worker_metrics = _launch(processes, wiring, env, fake_port)
+        asyncio.run(wait_ready(processes, readyz=wiring.readyz, workers=worker_metrics, timeout=90))
+        state = _state(wiring, env, admin)
         write_private(state_dir / STATE_FILE, json.dumps(state, indent=2))
         _banner(state, logs, time.monotonic() - started)
-        _supervise(children, broker, settings)
+        _supervise(processes, servers.broker, settings)
     except _Stop:
         print("\nstopping …", flush=True)
-    except (CommandError, EmbeddedError) as exc:
+    except (CommandError, EmbeddedError, LaunchError) as exc:
         print(f"wacrm dev: {exc}", file=sys.stderr)
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         (state_dir / STATE_FILE).unlink(missing_ok=True)
-        for c in reversed(children):
-            c.stop()
-        if broker is not None:
-            broker.stop()
-        if pg is not None:
-            pg.stop()
+        processes.stop_all()
+        servers.stop()
         lock_file.close()
     print("stopped.", flush=True)
     return 0
@@ -344,8 +333,10 @@ def _banner(state: dict[str, Any], logs: Path, took: float) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _supervise(children: list[Child], broker: EmbeddedBroker | None, settings: Any) -> None:
-    worker = next(c for c in children if c.name == "worker")
+def _supervise(processes: Processes, broker: EmbeddedBroker | None, settings: Settings) -> None:
+    """Restart a process that exits (more than RESTARTS_PER_MINUTE times a minute ends the run), and the
+    embedded broker when it dies, with its topics and the worker."""
+    restarts: dict[str, list[float]] = {}
     while True:
         time.sleep(0.5)
         if broker is not None and broker.proc is not None and broker.proc.poll() is not None:
@@ -353,15 +344,16 @@ def _supervise(children: list[Child], broker: EmbeddedBroker | None, settings: A
                   "(its in-memory data is gone)", flush=True)
             # Stop the worker first: one that rejoins the new broker while being stopped leaves a
             # ghost member holding partitions that tansu never reassigns.
-            worker.stop()
+            processes.stop("worker")
             broker.start()
             asyncio.run(create_topics(settings, out=lambda m: None))
-            worker.start()
-        for c in children:
-            if c.died():
+            processes.restart("worker")
+        for name, proc in list(processes.running.items()):
+            if proc.poll() is not None:
                 now = time.monotonic()
-                c.restarts = [t for t in c.restarts if now - t < 60] + [now]
-                if len(c.restarts) > RESTARTS_PER_MINUTE:
-                    raise CommandError(f"{c.name} keeps exiting (code {c.exit_code}); see {c.log}")
-                print(f"{c.name} exited with code {c.exit_code}; restarting (log: {c.log})", flush=True)
-                c.start()
+                times = restarts[name] = [t for t in restarts.get(name, []) if now - t < 60] + [now]
+                if len(times) > RESTARTS_PER_MINUTE:
+                    raise CommandError(f"{name} keeps exiting (code {proc.returncode}); see {processes.log(name)}")
+                print(f"{name} exited with code {proc.returncode}; restarting (log: {processes.log(name)})",
+                      flush=True)
+                processes.restart(name)
