@@ -25,8 +25,7 @@ from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
-from wacrm.whatsapp.limits import SERVICE_WINDOW as WINDOW  # the periodic jobs read it here too
-from wacrm.whatsapp.limits import TEXT_MAX_CHARS
+from wacrm.whatsapp.limits import TEXT_MAX_CHARS, window_open
 
 __all__ = [
     "Checks",
@@ -182,7 +181,7 @@ def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: T
         until = min(e.next_attempt_at, now + PARK_RECHECK) if e.state == "retry_wait" \
             and e.next_attempt_at is not None and e.next_attempt_at > now else now + BEHIND_RECHECK
         return Park(until, f"behind reply {e.id} of the same conversation ({e.state})", "behind")
-    window_closed = checks.last_inbound_at is None or now - checks.last_inbound_at > WINDOW
+    window_closed = not window_open(checks.last_inbound_at, now)
     if window_closed and intent.kind != "template":
         return window_path(intent, template)
     if intent.kind != "template" and len(intent.text) > TEXT_MAX_CHARS:

@@ -28,7 +28,6 @@ from wacrm.agents import runner
 from wacrm.agents.context import Resources
 from wacrm.agents.errors import Next, classify
 from wacrm.agents.media import LEASE_S as MEDIA_LEASE_S
-from wacrm.agents.sending import WINDOW
 from wacrm.core import metrics
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.service import Orchestrator
@@ -36,6 +35,7 @@ from wacrm.storage import media as media_ledger
 from wacrm.storage import replies, repo
 from wacrm.topics.lag import LagProbe
 from wacrm.topics.records import encode
+from wacrm.whatsapp.limits import SERVICE_WINDOW
 
 log = logging.getLogger("wacrm.worker")
 # A claimed call is in flight at most GRAPH_TIMEOUT_SECONDS; recording its answer takes a moment more.
@@ -157,7 +157,7 @@ class Timers:
         try:
             async with self._res.pool.acquire() as conn:
                 health = await repo.delivery_health(conn)
-                awaiting = await replies.awaiting_reply(conn, WINDOW.total_seconds())
+                awaiting = await replies.awaiting_reply(conn, SERVICE_WINDOW.total_seconds())
             metrics.PAUSED_NUMBERS.set(health.paused_numbers)
             metrics.AMBIGUOUS_OPEN.labels("count").set(health.unsettled)
             metrics.AMBIGUOUS_OPEN.labels("oldest_seconds").set(health.oldest_unsettled_s)

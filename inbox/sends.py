@@ -24,7 +24,7 @@ from wacrm.inbox.template_api import checked_template, template_of, templates_an
 from wacrm.media import StoreUnavailable
 from wacrm.storage import replies, repo, waiting
 from wacrm.whatsapp import reasons
-from wacrm.whatsapp.limits import TEXT_MAX_CHARS, window_open_until
+from wacrm.whatsapp.limits import TEXT_MAX_CHARS, window_open
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -104,8 +104,7 @@ async def _queue(conn: asyncpg.Connection, cid: int, shown: str, request_id: str
 async def _refuse_closed_window(request: web.Request, conn: asyncpg.Connection, cid: int) -> None:
     """409 ``WINDOW_CLOSED`` when only a template may go to this conversation (free text, a file); 404
     when there is no such conversation."""
-    until = window_open_until((await conversation_or_404(conn, cid))["last_inbound_at"])
-    if until is None or until <= datetime.now(UTC):
+    if not window_open((await conversation_or_404(conn, cid))["last_inbound_at"], datetime.now(UTC)):
         raise ApiError(409, "WINDOW_CLOSED", "the 24-hour window is closed: only a template can be sent",
                        templates=(await templates_and_consent(request, conn, cid))["templates"],
                        next_step=reasons.words({"code": reasons.REENGAGEMENT})["next_step"])

@@ -23,6 +23,12 @@ def window_open_until(last_inbound_at: datetime | None) -> datetime | None:
     return last_inbound_at + SERVICE_WINDOW if last_inbound_at is not None else None
 
 
+def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    """Whether a free-form message may go now: the customer wrote at most :data:`SERVICE_WINDOW` ago."""
+    until = window_open_until(last_inbound_at)
+    return until is not None and now <= until
+
+
 def is_access_token(token: str) -> bool:
     """Whether ``token`` can be a business number's access token: 1 to
     :data:`ACCESS_TOKEN_MAX_CHARS` characters, none of them white space."""
