@@ -12,10 +12,7 @@ the records' offsets depend on:
 - an event fetched before the last rebalance (another consumer generation) or taken while flow
   control is suspended is dropped *unacked*: whoever owns its partition now (this worker again,
   after faust's seek to the committed offset, or another) reads it again. (``Stream`` acks such
-  an event as it skips it; an ack without the work lets the commit pass it, and a second
-  rebalance before the record is read again can lose it. One run of the fault suite's
-  ``rebalance`` lost two messages in 180 while skipped events were still acked; three reruns
-  of each variant did not repeat it, so that loss is not shown to come from this.)
+  an event as it skips it: an ack without the work lets the commit pass it.)
 - the queue's ``get``/``get_nowait`` keep faust's back-pressure (the conductor pauses fetching
   while the queue is full and resumes when it drains).
 
