@@ -123,15 +123,9 @@ def busy_ports(host: str, port: int, worker_metrics_port: str | None) -> str | N
 
 
 def default_processes(cores: int | None = None) -> tuple[int, int]:
-    """``wacrm serve --processes`` and the number of ``wacrm worker`` processes for this machine.
-
-    Measured with ``python -m bench`` on 2 cores (README, "Benchmarks"): one worker waits on
-    PostgreSQL and the broker for a third of its time, so two workers in one group drained a
-    backlog 40 % faster (532 and 461 against 377 and 347 messages/s); a second serve process
-    took the webhook alone from 3,800 to 6,000 requests/s but lost to one when a worker needed
-    the same cores (2,200 against 2,800). So: two workers from 2 cores, two serve processes
-    from 4; one of each on a single core.
-    """
+    """``wacrm serve --processes`` and the number of ``wacrm worker`` processes for this machine: two
+    workers from 2 cores, two serve processes from 4, one of each on a single core (why: README,
+    "Benchmarks")."""
     cores = cores or os.cpu_count() or 1
     return (2 if cores >= 4 else 1, 2 if cores >= 2 else 1)
 
