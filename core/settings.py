@@ -25,7 +25,7 @@ import os
 import secrets
 import ssl
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -480,3 +480,30 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+class Unset(SettingsError):
+    """A variable a command cannot run without (in any profile) has no value; the message names it alone."""
+
+    def __str__(self) -> str:
+        return self.problems[0]
+
+
+def environment() -> dict[str, str]:
+    """The process environment (a copy): what a command's settings are loaded from (:func:`for_command`)."""
+    return dict(os.environ)
+
+
+def env_value(name: str) -> str | None:
+    """A variable as :func:`load` reads it (None: unset or blank), for what a command takes beside its settings."""
+    return _str(os.environ, name)
+
+
+def for_command(env: Mapping[str, str], profile: Profile, needs: Iterable[str] = (), *,
+                require: Iterable[str] = ()) -> Settings:
+    """:func:`load`, then each of ``require`` (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``) must have a value."""
+    s = load(env, profile, needs=frozenset(needs))
+    values = {"DATABASE_URL": s.database_url, "KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers}
+    for name in (n for n in require if values[n] is None):
+        raise Unset([f"{name}: required by this command and not set"])
+    return s

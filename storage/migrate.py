@@ -16,6 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
+from wacrm.core.exits import EXIT_SCHEMA, CommandError
+
 # An arbitrary constant: the advisory lock key every wacrm migration runner takes.
 LOCK_KEY = 0x7761_6372_6D00  # "wacrm\0"
 FIX_COMMAND = "wacrm migrate"
@@ -23,8 +25,10 @@ FIX_COMMAND = "wacrm migrate"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class MigrationError(Exception):
-    """The migrations cannot be applied as they are; the message says why and what to do."""
+class MigrationError(CommandError):
+    """The migrations cannot be applied as they are; the message says why and what to do (exit 3)."""
+
+    code = EXIT_SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +167,7 @@ async def require_current(conn: asyncpg.Connection) -> None:
             f"({', '.join(m.name for m in todo)}). Run: {FIX_COMMAND}")
 
 
-class DatabaseUnreachable(Exception):
+class DatabaseUnreachable(CommandError):
     """The database did not answer; the message names the variable (DIRECT_URL or DATABASE_URL) and the cause."""
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wacrm.cli import parser
+from wacrm.cli.main import parser
 
 
 def commands(p: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...],

@@ -15,6 +15,7 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from wacrm.core.exits import CommandError
 from wacrm.core.settings import Settings
 from wacrm.topics import catalogue, partitions_for
 
@@ -63,8 +64,8 @@ async def ensure_topics(bootstrap_servers: str, partitions: int, replication_fac
         await admin.close()
 
 
-class TopicsError(Exception):
-    """The broker is unreachable or its topics disagree with the configuration."""
+class TopicsError(CommandError):
+    """The broker is unreachable or its topics disagree with the configuration (exit 1)."""
 
 
 async def create_topics(s: Settings, out: Callable[[str], None] = print) -> None:

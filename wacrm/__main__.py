@@ -1,3 +1,3 @@
-from wacrm.cli import main
+from wacrm.cli.main import main
 
 raise SystemExit(main())

@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wacrm.cli import CommandError, create_topics, run_migrations
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedError, EmbeddedPostgres, free_port, port_free, remembered_port
+from wacrm.core.exits import CommandError
 from wacrm.core.settings import Settings, SettingsError, load
 from wacrm.devstate import SECRETS_FILE, STATE_FILE
+from wacrm.storage.migrate import run_migrations
 from wacrm.storage.numbers import new_key
 from wacrm.system import LaunchError, Processes, Wiring, fake_meta_cmd, metrics_url, serve_cmd, wait_ready, worker_cmd
+from wacrm.topics.admin import create_topics
 from wacrm.whatsapp.fake_meta import WABA_ID as FAKE_WABA_ID
 
 RESTARTS_PER_MINUTE = 5
