@@ -78,9 +78,10 @@ def test_the_dashboards_are_generated_from_their_description() -> None:
 
 
 def test_the_image_installs_every_package_pyproject_maps() -> None:
-    mapping = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    for folder in {folder.split("/")[0] for folder in mapping.values()}:
+    # each package's top-level folder in the checkout (wacrm/agents is a link to agents/, and so on)
+    for folder in {(ROOT / p.replace(".", "/")).resolve().relative_to(ROOT).parts[0] for p in packages}:
         assert f"COPY {folder} {folder}" in dockerfile, folder
 
 
