@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 from wacrm.cli.shared import db_settings, direct_session, schema_behind
 from wacrm.core.exits import EXIT_CONFIG, CommandError
@@ -44,22 +47,32 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     nu.set_defaults(func=cmd_numbers)
 
 
-async def check_token_key(s: Settings) -> None:
-    """Every stored access token decrypts with ``TOKEN_ENCRYPTION_KEY``, or exit 2 naming it: a wrong key
-    stops a process at its start, not at its first send."""
+@contextlib.asynccontextmanager
+async def _session(s: Settings) -> AsyncIterator[Any]:
+    """A direct session for the numbers' table; a wrong ``TOKEN_ENCRYPTION_KEY`` exits 2 naming it, a table
+    missing says which migration command fixes it."""
     import asyncpg
 
     from wacrm.storage import numbers
 
     conn = await direct_session(s)
     try:
-        await numbers.check_tokens(conn, numbers.TokenCipher(s.token_encryption_key))
+        yield conn
     except numbers.TokenKeyError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
     except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
         raise schema_behind() from None
     finally:
         await conn.close()
+
+
+async def check_token_key(s: Settings) -> None:
+    """Every stored access token decrypts with ``TOKEN_ENCRYPTION_KEY``, or exit 2 naming it: a wrong key
+    stops a process at its start, not at its first send."""
+    from wacrm.storage import numbers
+
+    async with _session(s) as conn:
+        await numbers.check_tokens(conn, numbers.TokenCipher(s.token_encryption_key))
 
 
 def _rate(text: str) -> float:
@@ -74,12 +87,9 @@ def _rate(text: str) -> float:
 
 
 async def _numbers(args: argparse.Namespace, s: Settings, token: str | None) -> list[str]:
-    import asyncpg
-
     from wacrm.storage import numbers
 
-    conn = await direct_session(s)
-    try:
+    async with _session(s) as conn:
         if args.numbers_command == "add":
             assert token is not None
             cipher = numbers.TokenCipher(s.token_encryption_key)
@@ -106,12 +116,6 @@ async def _numbers(args: argparse.Namespace, s: Settings, token: str | None) -> 
                  f"{n.state}" + (f" ({n.state_reason})" if n.state != "active" and n.state_reason else "")
                  for n in rows]
         return [head, *lines, f"{len(rows)} business number(s)"]
-    except numbers.TokenKeyError as exc:
-        raise CommandError(str(exc), EXIT_CONFIG) from None
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise schema_behind() from None
-    finally:
-        await conn.close()
 
 
 def cmd_numbers(args: argparse.Namespace) -> int:
