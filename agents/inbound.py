@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
+from wacrm.core.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
 from wacrm.orchestrator.service import Orchestrator, auto_reply_key
