@@ -304,13 +304,17 @@ def _cafile(raw: str) -> str:
     return raw
 
 
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
+def is_loopback(netloc: str) -> bool:
+    """Whether a URL's network location or a Host header ("127.0.0.1:8080", "[::1]", "localhost")
+    names this machine."""
+    try:
+        name = urllib.parse.urlsplit(f"//{netloc}").hostname or ""
+    except ValueError:
         return False
-    if host == "localhost":
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -345,7 +349,7 @@ def _production_problems(s: Settings) -> list[str]:
     """What the ``prod`` profile refuses: plain HTTP to a remote Graph API, short secrets."""
     problems = []
     url = urllib.parse.urlsplit(s.whatsapp_api_base_url)
-    if url.scheme != "https" and not _is_loopback(url.hostname):
+    if url.scheme != "https" and not is_loopback(url.netloc):
         problems.append(f"WHATSAPP_API_BASE_URL: must be https:// in production (plain http:// only to a loopback "
                         f"host such as 127.0.0.1, e.g. a local stand-in); got {s.whatsapp_api_base_url!r}")
     values = {"WHATSAPP_APP_SECRET": s.whatsapp_app_secret, "WHATSAPP_ACCESS_TOKEN": s.whatsapp_access_token,
