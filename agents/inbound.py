@@ -49,7 +49,7 @@ class Inbound:
         self._orchestrator = orchestrator
         self._outbound = outbound
         # Answer in the same transaction only when nothing needs to wait: no burst window, no model.
-        self._inline = settings.burst_window_s == 0 and settings.llm_api_base_url is None
+        self._inline = settings.burst_window_s == 0 and settings.llm is None
         self._window = settings.burst_window_s
         self._lanes = settings.batch_lanes
 

@@ -34,6 +34,7 @@ from wacrm.core.secret import Secret
 Profile = Literal["dev", "prod", "tool"]
 
 GRAPH_API_DEFAULT = "https://graph.facebook.com"
+LLM_MODEL_DEFAULT = "gpt-4o-mini"
 
 DATABASE_POOLERS = ("none", "transaction")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -51,6 +52,16 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class LlmEndpoint:
+    """An OpenAI-compatible chat-completions endpoint: what the worker's replies and the inbox's
+    intelligence call (:attr:`Settings.llm`)."""
+
+    base_url: str
+    api_key: Secret | None
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +86,9 @@ class Settings:
     port: int
     host: str
     default_phone_region: str | None
-    llm_api_base_url: str | None
+    llm_api_base_url: str | None  # set: an LLM is configured (:attr:`llm`)
     llm_api_key: Secret | None  # shown masked (core.secret)
-    llm_model: str | None
+    llm_model: str
     # bus
     topic_partitions: int
     topic_replication_factor: int
@@ -154,6 +165,16 @@ class Settings:
     def direct_variable(self) -> str:
         """The variable ``direct_url`` came from, for messages."""
         return "DIRECT_URL" if self.direct_url != self.database_url else "DATABASE_URL"
+
+    @property
+    def llm(self) -> LlmEndpoint | None:
+        """The LLM that writes the replies and the inbox's intelligence, or None: the rules do.
+
+        The one rule for "is an LLM configured?": ``LLM_API_BASE_URL`` is set (``LLM_MODEL`` has
+        a default, :data:`LLM_MODEL_DEFAULT`; ``LLM_API_KEY`` is optional, a local server needs none)."""
+        if self.llm_api_base_url is None:
+            return None
+        return LlmEndpoint(self.llm_api_base_url, self.llm_api_key, self.llm_model)
 
     @property
     def graph_messages_url_base(self) -> str:
@@ -423,7 +444,7 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
         default_phone_region=get("DEFAULT_PHONE_REGION", _region, None),
         llm_api_base_url=get("LLM_API_BASE_URL", _url, None),
         llm_api_key=get("LLM_API_KEY", Secret, None),
-        llm_model=get("LLM_MODEL", str, None),
+        llm_model=get("LLM_MODEL", str, LLM_MODEL_DEFAULT),
         topic_partitions=get("TOPIC_PARTITIONS", _int(1, 1024), 4),
         topic_replication_factor=get("TOPIC_REPLICATION_FACTOR", _int(1, 16), 1),
         kafka_group_id=get("KAFKA_GROUP_ID", str, "wacrm"),
