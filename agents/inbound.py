@@ -32,8 +32,9 @@ from wacrm.core import metrics
 from wacrm.core.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
-from wacrm.orchestrator.service import Orchestrator, auto_reply_key
+from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import replies, repo, waiting
+from wacrm.storage.replies import auto_reply_key
 from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only

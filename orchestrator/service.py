@@ -27,14 +27,10 @@ from wacrm.core import metrics
 from wacrm.orchestrator.llm import LlmClient, LlmError, Turn
 from wacrm.orchestrator.rules import Decision, Rules, Situation, decide
 from wacrm.storage import replies
-from wacrm.storage.replies import ReplyContext
+from wacrm.storage.replies import ReplyContext, auto_reply_key
 from wacrm.topics.records import SendIntent
 
 log = logging.getLogger("wacrm.orchestrator")
-
-
-def auto_reply_key(message_id: str) -> str:
-    return f"auto:{message_id}"
 
 
 #: A customer message written this long after the last one the bot answered starts a new exchange.
