@@ -17,9 +17,6 @@ from pathlib import Path
 import asyncpg
 
 from wacrm.core.exits import EXIT_SCHEMA, CommandError
-
-# FIX_COMMAND is re-exported for wacrm/cli/db.py only, until it imports it from core.schema
-from wacrm.core.schema import FIX_COMMAND as FIX_COMMAND
 from wacrm.core.schema import pending_migrations
 
 # An arbitrary constant: the advisory lock key every wacrm migration runner takes.
