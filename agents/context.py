@@ -2,8 +2,9 @@
 
 :class:`Resources` opens the database pool, the HTTP session, the Graph API client and the
 business numbers' lookup (:class:`storage.numbers.Numbers`: each Graph call's token; the
-environment's number made a row first) and the media store (with the media endpoint's client)
-when the worker starts and closes them, with the lag probe, when it stops. Agents wait on
+environment's number made a row first), the media store (with the media endpoint's client) and
+the orchestrator's LLM client when one is configured (:attr:`core.settings.Settings.llm`) when the
+worker starts, and closes them, with the lag probe, when it stops. Agents wait on
 ``ready`` before their first event. While it runs, its timer beats the worker's
 :class:`~wacrm.core.liveness.Heartbeat` on the event loop (``/livez``).
 """
@@ -71,10 +72,10 @@ class Resources(Service):
             (s.whatsapp_phone_number_id, s.whatsapp_access_token) if s.whatsapp_access_token else None)
         self._media_store = await self._media.enter_async_context(open_store(s))
         self._media_client = MediaClient(self._session, s.graph_messages_url_base, timeout=s.graph_timeout_s)
-        if s.llm_api_base_url:
+        if (endpoint := s.llm) is not None:
             llm = self.orchestrator.rules.llm
-            self.orchestrator.llm = LlmClient(self._session, s.llm_api_base_url, reveal(s.llm_api_key),
-                                              s.llm_model or "gpt-4o-mini", timeout=llm.timeout_seconds,
+            self.orchestrator.llm = LlmClient(self._session, endpoint.base_url, reveal(endpoint.api_key),
+                                              endpoint.model, timeout=llm.timeout_seconds,
                                               max_reply_chars=llm.max_reply_chars)
         self.ready.set()
 

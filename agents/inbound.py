@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import faust
 
-from wacrm.agents.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
+from wacrm.core.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
-from wacrm.orchestrator.service import Orchestrator, auto_reply_key
+from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import replies, repo, waiting
+from wacrm.storage.replies import auto_reply_key
 from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
@@ -49,7 +50,7 @@ class Inbound:
         self._orchestrator = orchestrator
         self._outbound = outbound
         # Answer in the same transaction only when nothing needs to wait: no burst window, no model.
-        self._inline = settings.burst_window_s == 0 and settings.llm_api_base_url is None
+        self._inline = settings.burst_window_s == 0 and settings.llm is None
         self._window = settings.burst_window_s
         self._lanes = settings.batch_lanes
 

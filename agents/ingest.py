@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 import faust
 import orjson
 
-from wacrm.agents.errors import Poison
 from wacrm.agents.runner import Item, Outcome, dead_letter, produce
 from wacrm.core import metrics
+from wacrm.core.errors import Poison
 from wacrm.storage import templates as tstore
 from wacrm.topics import INBOUND, STATUS
 from wacrm.topics.records import (

@@ -3,14 +3,14 @@
 Batches: what is ready, up to ``BATCH_SIZE`` (waiting at most ``BATCH_WAIT_MS`` for more), in
 partition order, straight from the agent's channel (:func:`agents.batches.batches`).
 
-Failures, routed by :func:`agents.errors.classify`:
+Failures, routed by :func:`core.errors.classify`:
 
 - RETRY: the same batch again, with capped exponential backoff, for as long as the fault lasts
   (``wacrm_agent_stalled_seconds{agent}``: for how long; 0 while it flows);
 - otherwise a batch of several is split and each event handled alone; one that fails alone is
   dead-lettered to ``wa.dlq`` (DEAD_LETTER; AMBIGUOUS: a person decides; a bug, logged with its
   traceback) or dropped with a reason (STALE). A stage may also return a
-  :class:`~agents.errors.Poison` as an event's outcome: the runner dead-letters that event;
+  :class:`~core.errors.Poison` as an event's outcome: the runner dead-letters that event;
 - a storm of dead letters (:mod:`agents.dlqlimit`) stops the worker: the event that tripped the
   limit is neither dead-lettered nor acked.
 
@@ -38,8 +38,8 @@ import faust
 
 from wacrm.agents.batches import ack, batches
 from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
-from wacrm.agents.errors import Next, Poison, classify, expected
 from wacrm.core import metrics
+from wacrm.core.errors import Next, Poison, classify, expected
 from wacrm.core.logs import request_scope
 from wacrm.topics import DLQ
 from wacrm.topics.records import (
@@ -79,7 +79,7 @@ class Stage(Protocol):
     Before returning: every effect of every item is durable (committed in PostgreSQL, records acked by
     the broker), because the runner acks the batch as soon as ``handle`` returns; it returns one
     :data:`Outcome` per item, in order.
-    Raises: the runner routes the exception by :func:`agents.errors.classify`: RETRY handles the same
+    Raises: the runner routes the exception by :func:`core.errors.classify`: RETRY handles the same
     batch again, so effects must be idempotent; otherwise each item is handled again alone and the one
     that fails alone is dead-lettered (or dropped, STALE). It may be cancelled (a stop after
     ``STOP_GRACE_SECONDS``): the batch is then left unacked and read again after a restart.

@@ -35,10 +35,10 @@ import faust
 
 from wacrm.agents import sending, template_send, uploads
 from wacrm.agents.coalesce import Coalescer
-from wacrm.agents.errors import Next, Poison, classify
 from wacrm.agents.ratelimit import PairPacer, TokenBucket
 from wacrm.agents.runner import BACKOFF_FIRST_S, BACKOFF_MAX_S, Item, dead_letter, produce, publish
 from wacrm.core import metrics
+from wacrm.core.errors import Next, Poison, classify
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import numbers, replies, repo

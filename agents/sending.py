@@ -3,7 +3,7 @@
 - :func:`decide`: what to do with one intent before any Graph API call (send, skip, drop as
   stale, park, wait behind an earlier reply, pace, the window path, refuse);
 - :func:`route`: what to do after a Graph API error (retry, dead-letter, ambiguous, pause,
-  the window path), from :func:`agents.errors.classify` and the error's own flags;
+  the window path), from :func:`core.errors.classify` and the error's own flags;
 - :func:`window_path`: the one home of the 24-hour-window rule (re-engagement, Meta code
   131047): the configured template replaces a free-form intent, else a person decides.
   The sender (window closed at send time, or a synchronous 131047) and the status agent
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
-from wacrm.agents.errors import Next, classify
+from wacrm.core.errors import Next, classify
 from wacrm.orchestrator.rules import Template
 from wacrm.storage.replies import LedgerRow, SendChecks, template_body
 from wacrm.storage.repo import Earlier
@@ -271,7 +271,7 @@ def route(error: BaseException, attempts: int, max_attempts: int, delays: list[f
     """What happens after ``error`` on attempt number ``attempts`` (1-based) of ``max_attempts``.
 
     ``delays[n - 1]`` is the wait before retry number n; ``jitter`` in [0, 1) spreads it by ±20 %.
-    The error says itself what it is (:func:`agents.errors.classify`, duck-typed flags of
+    The error says itself what it is (:func:`core.errors.classify`, duck-typed flags of
     :mod:`whatsapp.graph`): a refused token (``token_rejected``) holds the number's sends until a
     new token, other ``pausing`` errors pause the number for a while, code 131047 takes the window
     path, ambiguous ones are never retried, retryable ones are retried until the attempts run out;

@@ -26,9 +26,9 @@ import faust
 
 from wacrm.agents import runner
 from wacrm.agents.context import Resources
-from wacrm.agents.errors import Next, classify
 from wacrm.agents.media import LEASE_S as MEDIA_LEASE_S
 from wacrm.core import metrics
+from wacrm.core.errors import Next, classify
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import media as media_ledger

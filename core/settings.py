@@ -13,12 +13,13 @@ Kafka security (every profile): ``KAFKA_SECURITY_PROTOCOL`` and its companions a
 together, and :meth:`Settings.kafka_security_kwargs` is the one place that turns them into
 client arguments (the webhook's producer, the CLI's admin client; the worker's faust
 credentials are built from the same fields and context).
+
+Rules with their one home here: :attr:`Settings.llm` ("is an LLM configured?") and
+:func:`is_loopback`. Single values are parsed by :mod:`core.parsers`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import ipaddress
 import os
@@ -27,15 +28,16 @@ import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
+from wacrm.core import parsers as parse
 from wacrm.core.secret import Secret
 
 Profile = Literal["dev", "prod", "tool"]
 
 GRAPH_API_DEFAULT = "https://graph.facebook.com"
+LLM_MODEL_DEFAULT = "gpt-4o-mini"
 
-DATABASE_POOLERS = ("none", "transaction")
 KAFKA_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 # A secret whose value a problem never repeats (the others are validated only for their length).
@@ -51,6 +53,16 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+@dataclass(frozen=True, slots=True)
+class LlmEndpoint:
+    """An OpenAI-compatible chat-completions endpoint: what the worker's replies and the inbox's
+    intelligence call (:attr:`Settings.llm`)."""
+
+    base_url: str
+    api_key: Secret | None
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +87,9 @@ class Settings:
     port: int
     host: str
     default_phone_region: str | None
-    llm_api_base_url: str | None
+    llm_api_base_url: str | None  # set: an LLM is configured (:attr:`llm`)
     llm_api_key: Secret | None  # shown masked (core.secret)
-    llm_model: str | None
+    llm_model: str
     # bus
     topic_partitions: int
     topic_replication_factor: int
@@ -156,6 +168,16 @@ class Settings:
         return "DIRECT_URL" if self.direct_url != self.database_url else "DATABASE_URL"
 
     @property
+    def llm(self) -> LlmEndpoint | None:
+        """The LLM that writes the replies and the inbox's intelligence, or None: the rules do.
+
+        The one rule for "is an LLM configured?": ``LLM_API_BASE_URL`` is set (``LLM_MODEL`` has
+        a default, :data:`LLM_MODEL_DEFAULT`; ``LLM_API_KEY`` is optional, a local server needs none)."""
+        if self.llm_api_base_url is None:
+            return None
+        return LlmEndpoint(self.llm_api_base_url, self.llm_api_key, self.llm_model)
+
+    @property
     def graph_messages_url_base(self) -> str:
         return f"{self.whatsapp_api_base_url.rstrip('/')}/{self.whatsapp_api_version}"
 
@@ -187,130 +209,17 @@ class Settings:
         return {"bootstrap_servers": self.kafka_bootstrap_servers, **self.kafka_security_kwargs()}
 
 
-def _str(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    return value or None
-
-
-N = TypeVar("N", int, float)
-
-
-def _bounded(kind: Callable[[str], N], lo: N, hi: N) -> Callable[[str], N]:
-    """A parser of ``kind`` (int, float) that accepts ``lo`` to ``hi`` inclusive."""
-    def parse(raw: str) -> N:
-        value = kind(raw)
-        if not lo <= value <= hi:
-            raise ValueError(f"must be between {lo} and {hi}")
-        return value
-
-    return parse
-
-
-def _int(lo: int, hi: int) -> Callable[[str], int]:
-    return _bounded(int, lo, hi)
-
-
-def _float(lo: float, hi: float) -> Callable[[str], float]:
-    return _bounded(float, lo, hi)
-
-
-def _url(raw: str) -> str:
-    if not raw.startswith(("http://", "https://")):
-        raise ValueError("must start with http:// or https://")
-    return raw.rstrip("/")
-
-
-def _database_url(raw: str) -> str:
-    if not raw.startswith(("postgres://", "postgresql://")):
-        raise ValueError("must be a postgresql:// URL")
-    return raw
-
-
-def _pooler(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in DATABASE_POOLERS:
-        raise ValueError("must be none (DATABASE_URL reaches PostgreSQL, or a session-mode pooler) or transaction "
-                         "(a transaction-mode pooler: PgBouncer pool_mode=transaction, Supabase's or Neon's pooled "
-                         "URL, RDS Proxy)")
-    return value
-
-
-def _bootstrap(raw: str) -> str:
-    for server in raw.split(","):
-        host, sep, port = server.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{server.strip()!r} is not host:port")
-    return raw
-
-
-def _region(raw: str) -> str:
-    if len(raw) != 2 or not raw.isalpha():
-        raise ValueError("must be a two-letter region code such as US or DE")
-    return raw.upper()
-
-
-def _fernet_key(raw: str) -> str:
-    # what cryptography's Fernet accepts (storage.numbers encrypts the tokens with it)
+def is_loopback(netloc: str) -> bool:
+    """Whether a URL's network location or a Host header ("127.0.0.1:8080", "[::1]", "localhost")
+    names this machine."""
     try:
-        decoded = base64.urlsafe_b64decode(raw.encode("ascii"))
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        decoded = b""
-    if len(decoded) != 32:
-        raise ValueError("must be 32 random bytes in url-safe base64 (a Fernet key; `wacrm dev` makes one, or: "
-                         "python -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')")
-    return raw
-
-
-def _version(raw: str) -> str:
-    if not raw.startswith("v"):
-        raise ValueError("must look like v25.0")
-    return raw
-
-
-def _ambiguous_policy(raw: str) -> str:
-    policy = raw.lower()
-    if policy not in {"task", "resend"}:
-        raise ValueError("must be task (a person checks an unsettled send) or resend (send it again once)")
-    return policy
-
-
-def _log_format(raw: str) -> str:
-    value = raw.strip().lower()
-    if value not in ("text", "json"):
-        raise ValueError("must be text (one readable line per event) or json (one JSON object per line)")
-    return value
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.upper()
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return value
-
-    return parse
-
-
-def _cafile(raw: str) -> str:
-    if not os.path.isfile(raw):
-        raise ValueError("no such file (a PEM bundle of the CA certificates that signed the brokers')")
-    try:
-        ssl.create_default_context(cafile=raw)
-    except (ssl.SSLError, OSError) as exc:
-        raise ValueError(f"cannot be read as PEM CA certificates ({exc})") from None
-    return raw
-
-
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
+        name = urllib.parse.urlsplit(f"//{netloc}").hostname or ""
+    except ValueError:
         return False
-    if host == "localhost":
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -345,7 +254,7 @@ def _production_problems(s: Settings) -> list[str]:
     """What the ``prod`` profile refuses: plain HTTP to a remote Graph API, short secrets."""
     problems = []
     url = urllib.parse.urlsplit(s.whatsapp_api_base_url)
-    if url.scheme != "https" and not _is_loopback(url.hostname):
+    if url.scheme != "https" and not is_loopback(url.netloc):
         problems.append(f"WHATSAPP_API_BASE_URL: must be https:// in production (plain http:// only to a loopback "
                         f"host such as 127.0.0.1, e.g. a local stand-in); got {s.whatsapp_api_base_url!r}")
     values = {"WHATSAPP_APP_SECRET": s.whatsapp_app_secret, "WHATSAPP_ACCESS_TOKEN": s.whatsapp_access_token,
@@ -357,19 +266,130 @@ def _production_problems(s: Settings) -> list[str]:
     return problems
 
 
-def _origins(raw: str) -> tuple[str, ...]:
-    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    for o in origins:
-        if not o.startswith(("http://", "https://")):
-            raise ValueError(f"{o!r} is not an origin such as https://inbox.example.com")
-    return origins
+def _str(env: Mapping[str, str], name: str) -> str | None:
+    """A variable's value, stripped; None when it is unset or blank."""
+    value = env.get(name)
+    return (value.strip() or None) if value is not None else None
 
 
-def _log_level(raw: str) -> str:
-    level = raw.upper()
-    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
-    return level
+class _Reader:
+    """Reads variables from ``env`` for one profile, collecting every problem instead of stopping at the first."""
+
+    def __init__(self, env: Mapping[str, str], profile: Profile, needs: frozenset[str]) -> None:
+        self.env, self.profile, self.needs = env, profile, needs
+        self.generated = profile != "prod"  # dev and tool: secrets are generated, not required
+        self.problems: list[str] = []
+
+    def get(self, name: str, kind: Callable[[str], Any], default: Any) -> Any:
+        """``name`` parsed, or ``default`` when it is unset (a problem if this process needs it) or invalid."""
+        raw = _str(self.env, name)
+        if raw is None:
+            if self.profile == "prod" and name in self.needs and default is None:
+                self.problems.append(f"{name}: required by this command and not set")
+            return default
+        try:
+            return kind(raw)
+        except ValueError as exc:
+            got = f"{len(raw)} characters" if name in UNECHOED else repr(raw)
+            self.problems.append(f"{name}: {exc} (got {got})")
+            return default
+
+    def secret(self, name: str, dev_default: str) -> str:
+        value = self.get(name, str, dev_default if self.generated else None)
+        return value if value is not None else ""
+
+
+def _whatsapp(r: _Reader) -> dict[str, Any]:
+    return dict(
+        whatsapp_app_secret=r.secret("WHATSAPP_APP_SECRET", secrets.token_hex(16)),
+        whatsapp_verify_token=r.secret("WHATSAPP_VERIFY_TOKEN", secrets.token_urlsafe(12)),
+        whatsapp_access_token=r.secret("WHATSAPP_ACCESS_TOKEN", "dev-access-token"),
+        whatsapp_phone_number_id=r.get("WHATSAPP_PHONE_NUMBER_ID", str, "200000000000001"),
+        whatsapp_business_account_id=r.get("WHATSAPP_BUSINESS_ACCOUNT_ID", str, None),
+        token_encryption_key=r.get("TOKEN_ENCRYPTION_KEY", parse.fernet_key, None),
+        whatsapp_api_base_url=r.get("WHATSAPP_API_BASE_URL", parse.url, GRAPH_API_DEFAULT),
+        whatsapp_api_version=r.get("WHATSAPP_API_VERSION", parse.api_version, "v25.0"),
+        port=r.get("PORT", parse.int_range(1, 65535), 8080),
+        host=r.get("HOST", str, "127.0.0.1" if r.generated else "0.0.0.0"),
+        default_phone_region=r.get("DEFAULT_PHONE_REGION", parse.region, None),
+        llm_api_base_url=r.get("LLM_API_BASE_URL", parse.url, None),
+        llm_api_key=r.get("LLM_API_KEY", Secret, None),
+        llm_model=r.get("LLM_MODEL", str, LLM_MODEL_DEFAULT),
+    )
+
+
+def _bus(r: _Reader) -> dict[str, Any]:
+    return dict(
+        topic_partitions=r.get("TOPIC_PARTITIONS", parse.int_range(1, 1024), 4),
+        topic_replication_factor=r.get("TOPIC_REPLICATION_FACTOR", parse.int_range(1, 16), 1),
+        kafka_group_id=r.get("KAFKA_GROUP_ID", str, "wacrm"),
+        broker_session_timeout_s=r.get("BROKER_SESSION_TIMEOUT", parse.float_range(3, 300), 8.0),
+        consumer_fetch_wait_ms=r.get("CONSUMER_FETCH_WAIT_MS", parse.int_range(1, 5000), 30),
+        consumer_fetch_min_bytes=r.get("CONSUMER_FETCH_MIN_BYTES", parse.int_range(1, 64 * 1024 * 1024), 16384),
+        batch_size=r.get("BATCH_SIZE", parse.int_range(1, 10000), 200),
+        batch_wait_ms=r.get("BATCH_WAIT_MS", parse.int_range(1, 1000), 20),
+        batch_lanes=r.get("BATCH_LANES", parse.int_range(1, 32), 4),
+        kafka_security_protocol=r.get("KAFKA_SECURITY_PROTOCOL", parse.choice(KAFKA_PROTOCOLS), "PLAINTEXT"),
+        kafka_sasl_mechanism=r.get("KAFKA_SASL_MECHANISM", parse.choice(KAFKA_SASL_MECHANISMS), None),
+        kafka_sasl_username=r.get("KAFKA_SASL_USERNAME", str, None),
+        kafka_sasl_password=r.get("KAFKA_SASL_PASSWORD", str, None),
+        kafka_ssl_cafile=r.get("KAFKA_SSL_CAFILE", parse.cafile, None),
+        # A storm of dead letters stops the worker instead of draining a topic into wa.dlq.
+        dlq_limit_consecutive=r.get("DLQ_LIMIT_CONSECUTIVE", parse.int_range(1, 1_000_000), 100),
+        dlq_limit_ratio=r.get("DLQ_LIMIT_RATIO", parse.float_range(0.01, 1.0), 0.5),
+        dlq_limit_window=r.get("DLQ_LIMIT_WINDOW", parse.int_range(10, 1_000_000), 1000),
+        stop_grace_s=r.get("STOP_GRACE_SECONDS", parse.float_range(0, 300), 10.0),
+    )
+
+
+def _processes(r: _Reader) -> dict[str, Any]:
+    """The webhook's and the worker's own settings."""
+    return dict(
+        webhook_max_body_bytes=r.get("WEBHOOK_MAX_BODY_BYTES", parse.int_range(1024, 64 * 1024 * 1024),
+                                     4 * 1024 * 1024),
+        webhook_body_timeout_s=r.get("WEBHOOK_BODY_TIMEOUT_SECONDS", parse.float_range(0.1, 300), 10.0),
+        webhook_max_unverified_bodies=r.get("WEBHOOK_MAX_UNVERIFIED_BODIES", parse.int_range(1, 10000), 64),
+        publish_timeout_s=r.get("PUBLISH_TIMEOUT_SECONDS", parse.float_range(0.1, 60), 5.0),
+        worker_metrics_port=r.get("WORKER_METRICS_PORT", parse.int_range(0, 65535), 9100),
+        graph_timeout_s=r.get("GRAPH_TIMEOUT_SECONDS", parse.float_range(0.1, 120), 10.0),
+        db_timeout_s=r.get("DB_TIMEOUT_SECONDS", parse.float_range(0.1, 120), 10.0),
+        log_level=r.get("LOG_LEVEL", parse.log_level, "INFO"),
+        log_format=r.get("LOG_FORMAT", parse.log_format, "text"),
+    )
+
+
+def _replies(r: _Reader) -> dict[str, Any]:
+    return dict(
+        rules_file=r.get("RULES_FILE", str, None),
+        burst_window_s=r.get("BURST_WINDOW_SECONDS", parse.float_range(0, 60), 2.0),
+        send_attempts=r.get("SEND_ATTEMPTS", parse.int_range(1, 10), 5),
+        retry_base_s=r.get("RETRY_BASE_SECONDS", parse.float_range(0.05, 3600), 15.0),
+        retry_multiplier=r.get("RETRY_MULTIPLIER", parse.float_range(1, 10), 3.0),
+        rate_limit_per_s=r.get("RATE_LIMIT_PER_SECOND", parse.float_range(1, 1000), 80.0),
+        pair_interval_s=r.get("PAIR_INTERVAL_SECONDS", parse.float_range(0, 600), 6.0),
+        pair_burst=r.get("PAIR_BURST", parse.int_range(1, 100), 3),
+        pause_s=r.get("PAUSE_SECONDS", parse.float_range(1, 86400), 900.0),
+        ambiguous_settle_s=r.get("AMBIGUOUS_SETTLE_SECONDS", parse.float_range(0.1, 7 * 86400), 600.0),
+        ambiguous_policy=r.get("AMBIGUOUS_POLICY", parse.ambiguous_policy, "task"),
+    )
+
+
+def _inbox_and_media(r: _Reader) -> dict[str, Any]:
+    return dict(
+        session_idle_s=r.get("SESSION_IDLE_SECONDS", parse.float_range(60, 30 * 86400), 8 * 3600.0),
+        session_max_s=r.get("SESSION_MAX_SECONDS", parse.float_range(60, 365 * 86400), 7 * 86400.0),
+        login_failures_per_account=r.get("LOGIN_FAILURES_PER_ACCOUNT", parse.int_range(1, 1000), 5),
+        login_failures_per_address=r.get("LOGIN_FAILURES_PER_ADDRESS", parse.int_range(1, 10000), 20),
+        inbox_origins=r.get("INBOX_ORIGINS", parse.origins, ()),
+        intelligence_every=r.get("INTELLIGENCE_EVERY_MESSAGES", parse.int_range(0, 10000), 10),
+        intelligence_timeout_s=r.get("INTELLIGENCE_TIMEOUT_SECONDS", parse.float_range(0.5, 120), 15.0),
+        template_sync_s=r.get("TEMPLATE_SYNC_SECONDS", parse.float_range(10, 7 * 86400), 3600.0),
+        media_dir=r.get("MEDIA_DIR", str, "media"),
+        media_s3_bucket=r.get("MEDIA_S3_BUCKET", str, None),
+        media_s3_endpoint_url=r.get("MEDIA_S3_ENDPOINT_URL", parse.url, None),
+        media_s3_region=r.get("AWS_REGION", str, None) or r.get("AWS_DEFAULT_REGION", str, None),
+        media_retention_days=r.get("MEDIA_RETENTION_DAYS", parse.int_range(1, 36500), None),
+    )
 
 
 def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[str] = frozenset()) -> Settings:
@@ -378,101 +398,17 @@ def load(env: Mapping[str, str], profile: Profile = "prod", *, needs: frozenset[
     ``needs`` names variables this process cannot run without (``prod`` profile only);
     in the ``dev`` profile, secrets are generated instead.
     """
-    problems: list[str] = []
-
-    def get(name: str, parse: Callable[[str], Any], default: Any) -> Any:
-        raw = _str(env, name)
-        if raw is None:
-            if profile == "prod" and name in needs and default is None:
-                problems.append(f"{name}: required by this command and not set")
-            return default
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            got = f"{len(raw)} characters" if name in UNECHOED else repr(raw)
-            problems.append(f"{name}: {exc} (got {got})")
-            return default
-
-    generated = profile != "prod"
-
-    def secret(name: str, dev_default: str) -> str:
-        value = get(name, str, dev_default if generated else None)
-        return value if value is not None else ""
-
-    database_url = get("DATABASE_URL", _database_url, None)
-    direct_url = get("DIRECT_URL", _database_url, None)
+    r = _Reader(env, profile, needs)
+    database_url = r.get("DATABASE_URL", parse.database_url, None)
+    direct_url = r.get("DIRECT_URL", parse.database_url, None)
     settings = Settings(
         database_url=database_url,
         direct_url=direct_url or database_url,
-        database_pooler=get("DATABASE_POOLER", _pooler, "none"),
-        kafka_bootstrap_servers=get("KAFKA_BOOTSTRAP_SERVERS", _bootstrap, None),
-        whatsapp_app_secret=secret("WHATSAPP_APP_SECRET", secrets.token_hex(16)),
-        whatsapp_verify_token=secret("WHATSAPP_VERIFY_TOKEN", secrets.token_urlsafe(12)),
-        whatsapp_access_token=secret("WHATSAPP_ACCESS_TOKEN", "dev-access-token"),
-        whatsapp_phone_number_id=get("WHATSAPP_PHONE_NUMBER_ID", str, "200000000000001"),
-        whatsapp_business_account_id=get("WHATSAPP_BUSINESS_ACCOUNT_ID", str, None),
-        token_encryption_key=get("TOKEN_ENCRYPTION_KEY", _fernet_key, None),
-        whatsapp_api_base_url=get("WHATSAPP_API_BASE_URL", _url, GRAPH_API_DEFAULT),
-        whatsapp_api_version=get("WHATSAPP_API_VERSION", _version, "v25.0"),
-        port=get("PORT", _int(1, 65535), 8080),
-        host=get("HOST", str, "127.0.0.1" if generated else "0.0.0.0"),
-        default_phone_region=get("DEFAULT_PHONE_REGION", _region, None),
-        llm_api_base_url=get("LLM_API_BASE_URL", _url, None),
-        llm_api_key=get("LLM_API_KEY", Secret, None),
-        llm_model=get("LLM_MODEL", str, None),
-        topic_partitions=get("TOPIC_PARTITIONS", _int(1, 1024), 4),
-        topic_replication_factor=get("TOPIC_REPLICATION_FACTOR", _int(1, 16), 1),
-        kafka_group_id=get("KAFKA_GROUP_ID", str, "wacrm"),
-        broker_session_timeout_s=get("BROKER_SESSION_TIMEOUT", _float(3, 300), 8.0),
-        consumer_fetch_wait_ms=get("CONSUMER_FETCH_WAIT_MS", _int(1, 5000), 30),
-        consumer_fetch_min_bytes=get("CONSUMER_FETCH_MIN_BYTES", _int(1, 64 * 1024 * 1024), 16384),
-        batch_size=get("BATCH_SIZE", _int(1, 10000), 200),
-        batch_wait_ms=get("BATCH_WAIT_MS", _int(1, 1000), 20),
-        batch_lanes=get("BATCH_LANES", _int(1, 32), 4),
-        kafka_security_protocol=get("KAFKA_SECURITY_PROTOCOL", _choice(KAFKA_PROTOCOLS), "PLAINTEXT"),
-        kafka_sasl_mechanism=get("KAFKA_SASL_MECHANISM", _choice(KAFKA_SASL_MECHANISMS), None),
-        kafka_sasl_username=get("KAFKA_SASL_USERNAME", str, None),
-        kafka_sasl_password=get("KAFKA_SASL_PASSWORD", str, None),
-        kafka_ssl_cafile=get("KAFKA_SSL_CAFILE", _cafile, None),
-        # A storm of dead letters stops the worker instead of draining a topic into wa.dlq.
-        dlq_limit_consecutive=get("DLQ_LIMIT_CONSECUTIVE", _int(1, 1_000_000), 100),
-        dlq_limit_ratio=get("DLQ_LIMIT_RATIO", _float(0.01, 1.0), 0.5),
-        dlq_limit_window=get("DLQ_LIMIT_WINDOW", _int(10, 1_000_000), 1000),
-        stop_grace_s=get("STOP_GRACE_SECONDS", _float(0, 300), 10.0),
-        webhook_max_body_bytes=get("WEBHOOK_MAX_BODY_BYTES", _int(1024, 64 * 1024 * 1024), 4 * 1024 * 1024),
-        webhook_body_timeout_s=get("WEBHOOK_BODY_TIMEOUT_SECONDS", _float(0.1, 300), 10.0),
-        webhook_max_unverified_bodies=get("WEBHOOK_MAX_UNVERIFIED_BODIES", _int(1, 10000), 64),
-        publish_timeout_s=get("PUBLISH_TIMEOUT_SECONDS", _float(0.1, 60), 5.0),
-        worker_metrics_port=get("WORKER_METRICS_PORT", _int(0, 65535), 9100),
-        graph_timeout_s=get("GRAPH_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
-        db_timeout_s=get("DB_TIMEOUT_SECONDS", _float(0.1, 120), 10.0),
-        log_level=get("LOG_LEVEL", _log_level, "INFO"),
-        log_format=get("LOG_FORMAT", _log_format, "text"),
-        rules_file=get("RULES_FILE", str, None),
-        burst_window_s=get("BURST_WINDOW_SECONDS", _float(0, 60), 2.0),
-        send_attempts=get("SEND_ATTEMPTS", _int(1, 10), 5),
-        retry_base_s=get("RETRY_BASE_SECONDS", _float(0.05, 3600), 15.0),
-        retry_multiplier=get("RETRY_MULTIPLIER", _float(1, 10), 3.0),
-        rate_limit_per_s=get("RATE_LIMIT_PER_SECOND", _float(1, 1000), 80.0),
-        pair_interval_s=get("PAIR_INTERVAL_SECONDS", _float(0, 600), 6.0),
-        pair_burst=get("PAIR_BURST", _int(1, 100), 3),
-        pause_s=get("PAUSE_SECONDS", _float(1, 86400), 900.0),
-        ambiguous_settle_s=get("AMBIGUOUS_SETTLE_SECONDS", _float(0.1, 7 * 86400), 600.0),
-        ambiguous_policy=get("AMBIGUOUS_POLICY", _ambiguous_policy, "task"),
-        session_idle_s=get("SESSION_IDLE_SECONDS", _float(60, 30 * 86400), 8 * 3600.0),
-        session_max_s=get("SESSION_MAX_SECONDS", _float(60, 365 * 86400), 7 * 86400.0),
-        login_failures_per_account=get("LOGIN_FAILURES_PER_ACCOUNT", _int(1, 1000), 5),
-        login_failures_per_address=get("LOGIN_FAILURES_PER_ADDRESS", _int(1, 10000), 20),
-        inbox_origins=get("INBOX_ORIGINS", _origins, ()),
-        intelligence_every=get("INTELLIGENCE_EVERY_MESSAGES", _int(0, 10000), 10),
-        intelligence_timeout_s=get("INTELLIGENCE_TIMEOUT_SECONDS", _float(0.5, 120), 15.0),
-        template_sync_s=get("TEMPLATE_SYNC_SECONDS", _float(10, 7 * 86400), 3600.0),
-        media_dir=get("MEDIA_DIR", str, "media"),
-        media_s3_bucket=get("MEDIA_S3_BUCKET", str, None),
-        media_s3_endpoint_url=get("MEDIA_S3_ENDPOINT_URL", _url, None),
-        media_s3_region=get("AWS_REGION", str, None) or get("AWS_DEFAULT_REGION", str, None),
-        media_retention_days=get("MEDIA_RETENTION_DAYS", _int(1, 36500), None),
+        database_pooler=r.get("DATABASE_POOLER", parse.pooler, "none"),
+        kafka_bootstrap_servers=r.get("KAFKA_BOOTSTRAP_SERVERS", parse.bootstrap, None),
+        **_whatsapp(r), **_bus(r), **_processes(r), **_replies(r), **_inbox_and_media(r),
     )
+    problems = r.problems
     problems += _kafka_security_problems(settings)
     problems += _pooler_problems(settings, direct_url is not None, needs)
     if profile == "prod":

@@ -24,7 +24,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from wacrm.core import metrics
-from wacrm.inbox.schema import is_drift
+from wacrm.core.schema import is_schema_behind
 from wacrm.storage.db import connect
 
 log = logging.getLogger("wacrm.inbox.events")
@@ -145,7 +145,7 @@ class Hub:
                 raise
             except Exception as exc:  # any failure: listen again after a pause
                 # A schema behind the code is reported (once a minute) by the schema guard.
-                level = logging.DEBUG if is_drift(exc) else logging.WARNING
+                level = logging.DEBUG if is_schema_behind(exc) else logging.WARNING
                 log.log(level, "inbox events: listening failed (%s: %s); again in %.1fs", type(exc).__name__, exc,
                         backoff)
             finally:

@@ -20,10 +20,10 @@ import asyncpg
 from aiohttp import web
 
 from wacrm.core import metrics
+from wacrm.core.schema import is_schema_behind, schema_behind
 from wacrm.inbox import auth, openapi, sessions
 from wacrm.inbox.keys import CSRF, HUB, POOL, SCHEMA, SETTINGS, USER
 from wacrm.inbox.protocol import ApiError, has_nul, invalid
-from wacrm.inbox.schema import is_drift
 from wacrm.inbox.sessions import CSRF_HEADER, origin_allowed, session_cookie
 
 log = logging.getLogger("wacrm.inbox")
@@ -65,11 +65,10 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if _bad_value(exc):  # a value the database cannot take (out of range, not text): the request's fault
             outcome = "INVALID"
             return invalid(f"a value in the request is out of range or not valid ({type(exc).__name__})").response()
-        if is_drift(exc):
+        if is_schema_behind(exc):
             request.app[SCHEMA].invalidate()
             outcome = "DB_MISMATCH"
-            return ApiError(500, "DB_MISMATCH", f"the database schema is behind this code ({type(exc).__name__}). "
-                            "Run: wacrm migrate").response()
+            return ApiError(500, "DB_MISMATCH", schema_behind(cause=type(exc).__name__)).response()
         if isinstance(exc, (OSError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
                             TimeoutError)):
             outcome = "UNAVAILABLE"

@@ -1,10 +1,10 @@
-"""Schema drift, loudly: is the database behind this code?
+"""Is the database behind this code? One cached answer per inbox process.
 
-:class:`SchemaGuard` answers from a cached check (pending migrations, and the columns the inbox
-reads), redone at most every :data:`RECHECK_S` seconds, or at once after a query failed on a
-missing table, column or function (:func:`is_drift`). While the schema is behind, every inbox
-route answers 500 ``DB_MISMATCH`` naming ``wacrm migrate``; the problem is logged once a minute,
-not once a request.
+:class:`SchemaGuard` answers from a check (pending migrations, and the columns the inbox reads,
+:data:`EXPECTED_COLUMNS`) redone at most every :data:`RECHECK_S` seconds, or at once after a query
+failed on a missing table, column or function (:func:`core.schema.is_schema_behind`). While the
+schema is behind, every inbox route answers 500 ``DB_MISMATCH`` naming ``wacrm migrate``; the
+problem is logged once a minute, not once a request.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 
 import asyncpg
 
-from wacrm.storage.migrate import FIX_COMMAND, MigrationError, pending
+from wacrm.core.schema import pending_migrations, schema_behind
+from wacrm.storage.migrate import MigrationError, pending
 
 log = logging.getLogger("wacrm.inbox")
 
@@ -32,12 +33,6 @@ EXPECTED_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def is_drift(exc: BaseException) -> bool:
-    """A query failed because the schema lacks something the code uses."""
-    return isinstance(exc, (asyncpg.UndefinedColumnError, asyncpg.UndefinedTableError,
-                            asyncpg.UndefinedFunctionError))
-
-
 async def problems(conn: asyncpg.Connection) -> str | None:
     """What is behind, in one line, or None."""
     try:
@@ -45,8 +40,7 @@ async def problems(conn: asyncpg.Connection) -> str | None:
     except MigrationError as exc:
         return str(exc)
     if todo:
-        return (f"the database schema is behind this code: {len(todo)} pending migration(s) "
-                f"({', '.join(m.name for m in todo)}). Run: {FIX_COMMAND}")
+        return pending_migrations([m.name for m in todo])
     rows = await conn.fetch(
         """SELECT x.t, x.c FROM unnest($1::text[], $2::text[]) AS x(t, c)
            WHERE NOT EXISTS (SELECT 1 FROM information_schema.columns i
@@ -54,7 +48,7 @@ async def problems(conn: asyncpg.Connection) -> str | None:
         [t for t, _ in EXPECTED_COLUMNS], [c for _, c in EXPECTED_COLUMNS])
     if rows:
         missing = ", ".join(f"{r['t']}.{r['c']}" for r in rows)
-        return f"the database schema is behind this code: missing {missing}. Run: {FIX_COMMAND}"
+        return schema_behind(f"missing {missing}")
     return None
 
 

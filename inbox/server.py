@@ -148,13 +148,12 @@ async def _end_streams(app: web.Application) -> None:
 async def _llm(app: web.Application) -> AsyncIterator[None]:
     """The LLM of conversation intelligence and its HTTP session; None when none is configured."""
     s = app[SETTINGS]
-    if not (s.llm_api_base_url and s.llm_model):
+    if (llm := s.llm) is None:
         app[LLM] = None
         yield
         return
     async with aiohttp.ClientSession() as session:
-        app[LLM] = (session, intelligence.LlmConfig(s.llm_api_base_url, s.llm_api_key, s.llm_model,
-                                                    s.intelligence_timeout_s))
+        app[LLM] = (session, intelligence.LlmConfig(llm.base_url, llm.api_key, llm.model, s.intelligence_timeout_s))
         yield
 
 

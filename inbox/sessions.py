@@ -10,13 +10,12 @@ or one of ``INBOX_ORIGINS``. Nothing here logs an email, a password or a session
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-import urllib.parse
 
 from aiohttp import web
 
 from wacrm.core import metrics
+from wacrm.core.settings import is_loopback
 from wacrm.inbox import auth
 from wacrm.inbox.keys import CSRF, POOL, SETTINGS, USER
 from wacrm.inbox.protocol import ApiError, body_of, invalid, ok, user_json
@@ -27,23 +26,9 @@ COOKIE_SECURE, COOKIE_PLAIN = "__Host-wacrm_session", "wacrm_session"
 CSRF_HEADER = "X-CSRF-Token"
 
 
-def _is_loopback(host: str) -> bool:
-    """Whether a Host header ("127.0.0.1:8080", "[::1]:8080", "localhost") names this machine."""
-    try:
-        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
-    except ValueError:
-        return False
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
 def cookie_name(request: web.Request) -> str:
     """Which session cookie this request's origin can keep (see the module docstring)."""
-    return COOKIE_SECURE if request.secure or _is_loopback(request.host) else COOKIE_PLAIN
+    return COOKIE_SECURE if request.secure or is_loopback(request.host) else COOKIE_PLAIN
 
 
 def session_cookie(request: web.Request) -> str | None:

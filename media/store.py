@@ -19,7 +19,7 @@ from typing import Protocol
 class StoreUnavailable(Exception):
     """The store cannot read or write now (permissions, disk, network); retry later."""
 
-    retryable = True  # read by agents.errors.classify: retry in place, never dead-letter
+    retryable = True  # read by core.errors.classify: retry in place, never dead-letter
 
 
 class ChecksumMismatch(Exception):

@@ -1,21 +1,15 @@
-"""The rules engine: a JSON file of greeting, FAQ, business hours, handover, opt-out and fallback,
-plus what the inbox reads from it (templates offered when the window is closed, lead stages and
-the keywords of the rules-based conversation intelligence).
+"""The rules engine: the rules file and the decision it makes.
 
-Pure: :func:`load_rules` validates a file (every problem reported with its path in the file),
-:func:`decide` turns a :class:`Situation` into a :class:`Decision`. Keywords match whole
-words, ignoring case and accents ("Envío" matches "envio"); opt-out and opt-in keywords
-match only a message that is that word alone ("STOP", not "don't stop").
+The file holds the greeting, FAQ, business hours, handover, opt-out and fallback, plus what the
+inbox reads from it (templates offered when the window is closed, lead stages, the keywords of
+the rules-based intelligence). Pure: :func:`load_rules` validates a file, every problem reported
+with its place in the file; :func:`decide` turns a :class:`Situation` into a :class:`Decision`.
 
-The greeting, FAQ answers and the out-of-hours message may be one text or one per language
-(``{"en": …, "es": …}``; a plain text is in the file's ``default_language``). The customer's
-language is guessed from their words (:func:`language_of`, the file's ``languages`` word lists).
-A reply is in one language (:func:`reply_language`): the customer's when every text it joins has
-it, else the default language, else another that all have. ``{hours}`` in any text is replaced by
-the business hours as configured, in that language (:func:`describe_hours`), so the FAQ cannot
-contradict them.
-A fallback whose message promises a follow-up (``"follow_up": true``) leaves the conversation
-pending with a task for a person (``Decision.extra["follow_up"]``).
+Keywords match whole words, ignoring case and accents; opt-out and opt-in keywords match only a
+message that is that word alone ("STOP", not "don't stop"). A text may be one per language
+(``{"en": …, "es": …}``); a reply is in one language (:func:`reply_language`), and ``{hours}`` is
+the configured hours in words (:func:`orchestrator.hours.describe_hours`). A fallback with
+``"follow_up": true`` leaves a task for a person (``Decision.extra["follow_up"]``).
 """
 
 from __future__ import annotations
@@ -30,8 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from wacrm.orchestrator.hours import DAYS, BusinessHours, describe_hours, hhmm
+
 Action = Literal["reply", "handover", "opt_out", "opt_in", "none"]
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Message types that never get an automatic answer (and never count in a burst).
 NO_REPLY_TYPES = frozenset({"reaction", "system", "unsupported", "unknown", "request_welcome", "ephemeral",
                             "edit", "revoke"})
@@ -102,19 +97,6 @@ class Intelligence:
 
 
 @dataclass(frozen=True, slots=True)
-class BusinessHours:
-    timezone: ZoneInfo
-    days: dict[str, tuple[tuple[time, time | None], ...]]  # None end = midnight
-    out_of_hours_message: Texts | None
-
-    def is_open(self, now: datetime) -> bool:
-        local = now.astimezone(self.timezone)
-        today = self.days.get(DAYS[local.weekday()], ())
-        t = local.time()
-        return any(start <= t and (end is None or t < end) for start, end in today)
-
-
-@dataclass(frozen=True, slots=True)
 class Template:
     name: str
     language: str
@@ -179,74 +161,6 @@ class Decision:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _hhmm(value: str) -> time | None:
-    if value == "24:00":
-        return None
-    hours, minutes = value.split(":")
-    return time(int(hours), int(minutes))
-
-
-@dataclass(frozen=True, slots=True)
-class _HoursWords:
-    days: tuple[str, ...]
-    every_day: str
-    always: str
-    days_span: str  # "{a} to {b}"
-    time_span: str
-    joined: str
-    closed: str
-
-
-#: The words of :func:`describe_hours` in the languages the shipped rules answer in; others get English.
-HOURS_WORDS = {
-    "en": _HoursWords(("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"), "every day",
-                      "around the clock", "{a} to {b}", "{a} to {b}", " and ", "by appointment only"),
-    "es": _HoursWords(("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"), "todos los días",
-                      "las 24 horas", "de {a} a {b}", "de {a} a {b}", " y ", "solo con cita previa"),
-    "pt": _HoursWords(("segunda-feira", "terça-feira", "quarta-feira", "quinta-feira", "sexta-feira", "sábado",
-                       "domingo"), "todos os dias", "24 horas por dia", "de {a} a {b}", "das {a} às {b}", " e ",
-                      "somente com hora marcada"),
-    "de": _HoursWords(("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"), "täglich",
-                      "rund um die Uhr", "{a} bis {b}", "{a} bis {b}", " und ", "nur nach Vereinbarung"),
-}
-
-
-def describe_hours(hours: BusinessHours | None, language: str = "en") -> str:
-    """The opening hours in words, from the configuration (one home for what the FAQ says), in
-    ``language`` where :data:`HOURS_WORDS` has it, else in English."""
-    w = HOURS_WORDS.get(language, HOURS_WORDS["en"])
-    if hours is None:
-        return f"{w.every_day}, {w.always}"
-
-    def span(s: tuple[time, time | None]) -> str:
-        start, end = s
-        if start == time(0) and end is None:
-            return w.always
-        return w.time_span.format(a=f"{start:%H:%M}", b="24:00" if end is None else f"{end:%H:%M}")
-
-    groups: list[tuple[list[str], str]] = []
-    for day in DAYS:
-        spans = hours.days.get(day, ())
-        text = w.joined.join(span(s) for s in spans)
-        if not text:
-            continue
-        if groups and groups[-1][1] == text and DAYS.index(groups[-1][0][-1]) == DAYS.index(day) - 1:
-            groups[-1][0].append(day)
-        else:
-            groups.append(([day], text))
-    if not groups:
-        return w.closed
-    names = dict(zip(DAYS, w.days, strict=True))
-    parts = []
-    for days, text in groups:
-        which = w.every_day if len(days) == 7 else names[days[0]] if len(days) == 1 else \
-            w.days_span.format(a=names[days[0]], b=names[days[-1]])
-        parts.append(f"{which}, {text}")
-    zone = "" if str(hours.timezone) == "UTC" and parts == [f"{w.every_day}, {w.always}"] else \
-        f" ({hours.timezone})"
-    return "; ".join(parts) + zone
-
-
 def language_of(texts: list[str] | tuple[str, ...], languages: tuple[tuple[str, frozenset[str]], ...],
                 default: str) -> str:
     """The language whose words the customer used most (ties: the file's order), else ``default``."""
@@ -259,28 +173,31 @@ def language_of(texts: list[str] | tuple[str, ...], languages: tuple[tuple[str, 
     return best
 
 
-def _parse(data: Any) -> Rules:
-    problems: list[str] = []
+class _Reader:
+    """Reads the parts of a rules file, collecting every problem with its place in the file."""
 
-    def obj(parent: Any, key: str, where: str) -> dict[str, Any]:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def obj(self, parent: Any, key: str, where: str) -> dict[str, Any]:
         value = parent.get(key, {}) if isinstance(parent, dict) else {}
         if value is None:
             return {}
         if not isinstance(value, dict):
-            problems.append(f"{where}{key}: must be an object")
+            self.problems.append(f"{where}{key}: must be an object")
             return {}
         return value
 
-    def text(parent: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
+    def text(self, parent: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
         value = parent.get(key)
         if value is None and not required:
             return None
         if not isinstance(value, str) or not value.strip():
-            problems.append(f"{where}{key}: must be a non-empty string")
+            self.problems.append(f"{where}{key}: must be a non-empty string")
             return None
         return value
 
-    def texts(parent: dict[str, Any], key: str, where: str) -> Texts | None:
+    def texts(self, parent: dict[str, Any], key: str, where: str) -> Texts | None:
         """One text, or one per language (``{"en": …, "es": …}``)."""
         value = parent.get(key)
         if value is None:
@@ -290,153 +207,169 @@ def _parse(data: Any) -> Rules:
         if isinstance(value, dict) and value and all(
                 isinstance(k, str) and k and isinstance(v, str) and v.strip() for k, v in value.items()):
             return dict(value)
-        problems.append(f"{where}{key}: must be a non-empty string or an object of language: text")
+        self.problems.append(f"{where}{key}: must be a non-empty string or an object of language: text")
         return None
 
-    def words(parent: dict[str, Any], key: str, where: str) -> frozenset[str]:
+    def words(self, parent: dict[str, Any], key: str, where: str) -> frozenset[str]:
         value = parent.get(key, [])
         if not isinstance(value, list) or not all(isinstance(w, str) and w.strip() for w in value):
-            problems.append(f"{where}{key}: must be a list of words")
+            self.problems.append(f"{where}{key}: must be a list of words")
             return frozenset()
         return frozenset(" ".join(_words(w)) for w in value)
 
-    if not isinstance(data, dict):
-        raise RulesError("the rules file must hold a JSON object")
-    faqs = []
-    raw_faq = data.get("faq", [])
-    if not isinstance(raw_faq, list):
-        problems.append("faq: must be a list")
-        raw_faq = []
-    for i, item in enumerate(raw_faq):
-        if not isinstance(item, dict):
-            problems.append(f"faq[{i}]: must be an object")
-            continue
-        kw = words(item, "keywords", f"faq[{i}].")
-        answers = texts(item, "answer", f"faq[{i}].")
-        if answers is None and item.get("answer") is None:
-            problems.append(f"faq[{i}].answer: must be a non-empty string or an object of language: text")
-        if kw and answers:
-            faqs.append(Faq(kw, answers))
-
-    hours = None
-    bh = obj(data, "business_hours", "")
-    if bh:
-        try:
-            tz = ZoneInfo(str(bh.get("timezone", "UTC")))
-        except (ZoneInfoNotFoundError, ValueError):
-            problems.append(f"business_hours.timezone: unknown time zone {bh.get('timezone')!r}")
-            tz = ZoneInfo("UTC")
-        days: dict[str, tuple[tuple[time, time | None], ...]] = {}
-        for day, spans in obj(bh, "days", "business_hours.").items():
-            if day not in DAYS:
-                problems.append(f"business_hours.days.{day}: not one of {', '.join(DAYS)}")
-                continue
-            parsed = []
-            for span in spans if isinstance(spans, list) else [spans]:
-                m = re.fullmatch(r"(\d\d:\d\d)-(\d\d:\d\d)", span) if isinstance(span, str) else None
-                try:
-                    if not m:
-                        raise ValueError
-                    parsed.append((_hhmm(m.group(1)) or time(0), _hhmm(m.group(2))))
-                except ValueError:
-                    problems.append(f"business_hours.days.{day}: {span!r} is not HH:MM-HH:MM")
-            days[day] = tuple(parsed)
-        hours = BusinessHours(tz, days, texts(bh, "out_of_hours_message", "business_hours."))
-
-    ho = obj(data, "handover", "")
-    oo = obj(data, "opt_out", "")
-    fb = obj(data, "fallback", "")
-    action = fb.get("action", "reply")
-    if action not in ("reply", "handover"):
-        problems.append("fallback.action: must be reply or handover")
-        action = "reply"
-    template = None
-    wt = obj(data, "window_template", "")
-    if wt:
-        name, lang = text(wt, "name", "window_template.", True), text(wt, "language", "window_template.", True)
-        params = wt.get("parameters", [])
-        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            problems.append("window_template.parameters: must be a list of strings")
-            params = []
-        if name and lang:
-            template = Template(name, lang, tuple(params))
-    templates: list[Template] = []
-    raw_templates = data.get("templates", [])
-    if not isinstance(raw_templates, list):
-        problems.append("templates: must be a list")
-        raw_templates = []
-    for i, t in enumerate(raw_templates):
-        where = f"templates[{i}]."
-        if not isinstance(t, dict):
-            problems.append(f"templates[{i}]: must be an object")
-            continue
-        name, lang = text(t, "name", where, True), text(t, "language", where, True)
+    def template(self, t: dict[str, Any], where: str) -> Template | None:
+        name, lang = self.text(t, "name", where, True), self.text(t, "language", where, True)
         params = t.get("parameters", [])
         if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            problems.append(f"{where}parameters: must be a list of strings")
+            self.problems.append(f"{where}parameters: must be a list of strings")
             params = []
-        if name and lang:
-            templates.append(Template(name, lang, tuple(params)))
-    languages: list[tuple[str, frozenset[str]]] = []
-    for lang, lang_words in obj(data, "languages", "").items():
-        languages.append((lang, words({lang: lang_words}, lang, "languages.")))
+        return Template(name, lang, tuple(params)) if name and lang else None
+
+
+def _faqs(r: _Reader, data: dict[str, Any]) -> tuple[Faq, ...]:
+    raw_faq = data.get("faq", [])
+    if not isinstance(raw_faq, list):
+        r.problems.append("faq: must be a list")
+        raw_faq = []
+    faqs = []
+    for i, item in enumerate(raw_faq):
+        if not isinstance(item, dict):
+            r.problems.append(f"faq[{i}]: must be an object")
+            continue
+        kw = r.words(item, "keywords", f"faq[{i}].")
+        answers = r.texts(item, "answer", f"faq[{i}].")
+        if answers is None and item.get("answer") is None:
+            r.problems.append(f"faq[{i}].answer: must be a non-empty string or an object of language: text")
+        if kw and answers:
+            faqs.append(Faq(kw, answers))
+    return tuple(faqs)
+
+
+def _spans(r: _Reader, day: str, spans: Any) -> tuple[tuple[time, time | None], ...]:
+    parsed = []
+    for span in spans if isinstance(spans, list) else [spans]:
+        m = re.fullmatch(r"(\d\d:\d\d)-(\d\d:\d\d)", span) if isinstance(span, str) else None
+        try:
+            if not m:
+                raise ValueError
+            parsed.append((hhmm(m.group(1)) or time(0), hhmm(m.group(2))))
+        except ValueError:
+            r.problems.append(f"business_hours.days.{day}: {span!r} is not HH:MM-HH:MM")
+    return tuple(parsed)
+
+
+def _business_hours(r: _Reader, data: dict[str, Any]) -> BusinessHours | None:
+    bh = r.obj(data, "business_hours", "")
+    if not bh:
+        return None
+    try:
+        tz = ZoneInfo(str(bh.get("timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        r.problems.append(f"business_hours.timezone: unknown time zone {bh.get('timezone')!r}")
+        tz = ZoneInfo("UTC")
+    days: dict[str, tuple[tuple[time, time | None], ...]] = {}
+    for day, spans in r.obj(bh, "days", "business_hours.").items():
+        if day not in DAYS:
+            r.problems.append(f"business_hours.days.{day}: not one of {', '.join(DAYS)}")
+            continue
+        days[day] = _spans(r, day, spans)
+    return BusinessHours(tz, days, r.texts(bh, "out_of_hours_message", "business_hours."))
+
+
+def _templates(r: _Reader, data: dict[str, Any]) -> tuple[Template | None, tuple[Template, ...]]:
+    """The window template and the others a person may send when the window is closed."""
+    wt = r.obj(data, "window_template", "")
+    window = r.template(wt, "window_template.") if wt else None
+    raw_templates = data.get("templates", [])
+    if not isinstance(raw_templates, list):
+        r.problems.append("templates: must be a list")
+        raw_templates = []
+    templates = []
+    for i, t in enumerate(raw_templates):
+        if not isinstance(t, dict):
+            r.problems.append(f"templates[{i}]: must be an object")
+        elif (template := r.template(t, f"templates[{i}].")) is not None:
+            templates.append(template)
+    return window, tuple(templates)
+
+
+def _intelligence(r: _Reader, data: dict[str, Any]) -> Intelligence:
+    intel = r.obj(data, "intelligence", "")
+    stages = intel.get("stages", ["new", "interested", "qualified", "won", "lost"])
+    if not isinstance(stages, list) or not stages or not all(isinstance(x, str) and x for x in stages):
+        r.problems.append("intelligence.stages: must be a non-empty list of stage names, in order")
+        stages = ["new"]
+    stage_keywords = []
+    for stage in r.obj(intel, "stage_keywords", "intelligence."):
+        if stage not in stages:
+            r.problems.append(f"intelligence.stage_keywords.{stage}: not one of intelligence.stages")
+            continue
+        stage_keywords.append((stage, r.words(intel["stage_keywords"], stage, "intelligence.stage_keywords.")))
+    scores = r.obj(intel, "stage_scores", "intelligence.")
+    for stage, score in scores.items():
+        if stage not in stages or not isinstance(score, int) or not 0 <= score <= 100:
+            r.problems.append(f"intelligence.stage_scores.{stage}: must name a stage and be 0 to 100")
+    intents = [(name, r.words(r.obj(intel, "intents", "intelligence."), name, "intelligence.intents."))
+               for name in r.obj(intel, "intents", "intelligence.")]
+    return Intelligence(tuple(stages), tuple(stage_keywords), dict(scores), tuple(intents),
+                        r.words(intel, "positive", "intelligence."), r.words(intel, "negative", "intelligence."))
+
+
+def _llm(r: _Reader, data: dict[str, Any]) -> LlmRules:
+    ll = r.obj(data, "llm", "")
+    history, chars, timeout = ll.get("history", 10), ll.get("max_reply_chars", 1000), ll.get("timeout_seconds", 8)
+    return LlmRules(
+        system_prompt=r.text(ll, "system_prompt", "llm.") or "You are a helpful assistant of a business on WhatsApp.",
+        history=int(history) if isinstance(history, int) else 10,
+        max_reply_chars=int(chars) if isinstance(chars, int) else 1000,
+        timeout_seconds=float(timeout) if isinstance(timeout, (int, float)) else 8.0)
+
+
+def _parse(data: Any) -> Rules:
+    """The rules of a parsed JSON file; :class:`RulesError` lists every problem, in the file's order."""
+    if not isinstance(data, dict):
+        raise RulesError("the rules file must hold a JSON object")
+    r = _Reader()
+    faq, hours = _faqs(r, data), _business_hours(r, data)
+    ho, oo, fb = r.obj(data, "handover", ""), r.obj(data, "opt_out", ""), r.obj(data, "fallback", "")
+    action = fb.get("action", "reply")
+    if action not in ("reply", "handover"):
+        r.problems.append("fallback.action: must be reply or handover")
+        action = "reply"
+    window_template, templates = _templates(r, data)
+    languages = tuple((lang, r.words({lang: lang_words}, lang, "languages."))
+                      for lang, lang_words in r.obj(data, "languages", "").items())
     default_language = data.get("default_language", "en")
     if not isinstance(default_language, str) or not default_language:
-        problems.append("default_language: must be a language code such as en")
+        r.problems.append("default_language: must be a language code such as en")
         default_language = "en"
     follow_up = fb.get("follow_up", False)
     if not isinstance(follow_up, bool):
-        problems.append("fallback.follow_up: must be true or false")
+        r.problems.append("fallback.follow_up: must be true or false")
         follow_up = False
-    intel = obj(data, "intelligence", "")
-    stages = intel.get("stages", ["new", "interested", "qualified", "won", "lost"])
-    if not isinstance(stages, list) or not stages or not all(isinstance(x, str) and x for x in stages):
-        problems.append("intelligence.stages: must be a non-empty list of stage names, in order")
-        stages = ["new"]
-    stage_keywords = []
-    for stage in obj(intel, "stage_keywords", "intelligence."):
-        if stage not in stages:
-            problems.append(f"intelligence.stage_keywords.{stage}: not one of intelligence.stages")
-            continue
-        stage_keywords.append((stage, words(intel["stage_keywords"], stage, "intelligence.stage_keywords.")))
-    scores = obj(intel, "stage_scores", "intelligence.")
-    for stage, score in scores.items():
-        if stage not in stages or not isinstance(score, int) or not 0 <= score <= 100:
-            problems.append(f"intelligence.stage_scores.{stage}: must name a stage and be 0 to 100")
-    intents = [(name, words(obj(intel, "intents", "intelligence."), name, "intelligence.intents."))
-               for name in obj(intel, "intents", "intelligence.")]
-    intelligence = Intelligence(tuple(stages), tuple(stage_keywords), dict(scores), tuple(intents),
-                                words(intel, "positive", "intelligence."), words(intel, "negative", "intelligence."))
-    ll = obj(data, "llm", "")
-    llm = LlmRules(
-        system_prompt=text(ll, "system_prompt", "llm.") or "You are a helpful assistant of a business on WhatsApp.",
-        history=int(ll.get("history", 10)) if isinstance(ll.get("history", 10), int) else 10,
-        max_reply_chars=int(ll.get("max_reply_chars", 1000)) if isinstance(ll.get("max_reply_chars", 1000), int)
-        else 1000,
-        timeout_seconds=float(ll.get("timeout_seconds", 8)) if isinstance(ll.get("timeout_seconds", 8), (int, float))
-        else 8.0)
+    intelligence, llm = _intelligence(r, data), _llm(r, data)
     rules = Rules(
-        greeting=texts(data, "greeting", ""),
-        faq=tuple(faqs),
+        greeting=r.texts(data, "greeting", ""),
+        faq=faq,
         business_hours=hours,
-        handover_keywords=words(ho, "keywords", "handover."),
-        handover_message=text(ho, "message", "handover."),
-        opt_out_keywords=words(oo, "keywords", "opt_out."),
-        opt_out_confirmation=text(oo, "confirmation", "opt_out.") or "You will not receive automatic messages.",
-        opt_in_keywords=words(oo, "opt_in_keywords", "opt_out."),
-        opt_in_confirmation=text(oo, "opt_in_confirmation", "opt_out.") or "You will receive our messages again.",
+        handover_keywords=r.words(ho, "keywords", "handover."),
+        handover_message=r.text(ho, "message", "handover."),
+        opt_out_keywords=r.words(oo, "keywords", "opt_out."),
+        opt_out_confirmation=r.text(oo, "confirmation", "opt_out.") or "You will not receive automatic messages.",
+        opt_in_keywords=r.words(oo, "opt_in_keywords", "opt_out."),
+        opt_in_confirmation=r.text(oo, "opt_in_confirmation", "opt_out.") or "You will receive our messages again.",
         fallback_action=action,
-        fallback_message=text(fb, "message", "fallback."),
-        window_template=template,
+        fallback_message=r.text(fb, "message", "fallback."),
+        window_template=window_template,
         llm=llm,
         fallback_follow_up=follow_up,
-        templates=tuple(templates),
+        templates=templates,
         default_language=default_language,
-        languages=tuple(languages),
+        languages=languages,
         intelligence=intelligence,
     )
-    if problems:
-        raise RulesError("invalid rules file:\n  " + "\n  ".join(problems))
+    if r.problems:
+        raise RulesError("invalid rules file:\n  " + "\n  ".join(r.problems))
     return rules
 
 

@@ -1,18 +1,15 @@
-"""The orchestrator: decides how a conversation's unanswered messages are answered, and records it.
+"""The orchestrator: how a conversation's unanswered messages are answered, recorded in one transaction.
 
-One reply per burst: it reads every customer message after the last one answered, asks the
-rules engine (and the LLM when one is configured), and in one transaction records the effects
-— the reply's intent in the ledger (dedupe key ``auto:{last message id}``), an opt-out, a
-handover with its task — and marks the messages answered. It returns the intents for the
+One reply per burst: the rules engine (and the LLM when one is configured) decides for every
+customer message after the last one answered. The effects — the reply's intent in the ledger
+(dedupe key :func:`storage.replies.auto_reply_key` of the last message), an opt-out, a handover
+with its task — are recorded with the messages marked answered; the intents are returned for the
 caller to publish after the commit.
 
-With an LLM, the model is called outside any transaction and without a pool connection
-(up to ``lease_due``'s limit of calls wait on models at once, more than the pool holds); the
-conversation's ownership version is read before and checked after, so a person who takes the
-conversation meanwhile is never talked over (the sender checks it once more at send time).
-The messages answered are those read before the call: any that arrive during it stay
-unanswered and get their own reply after this one. If the same messages were answered
-meanwhile (a lease that ran out), this answer is dropped, never sent a second time.
+An LLM is called outside any transaction, holding no pool connection. The ownership version read
+before is checked after, so a person who took the conversation meanwhile is never talked over;
+messages that arrive during the call get their own reply after this one, and messages answered
+meanwhile (a lease that ran out) are never answered twice.
 """
 
 from __future__ import annotations
@@ -27,14 +24,10 @@ from wacrm.core import metrics
 from wacrm.orchestrator.llm import LlmClient, LlmError, Turn
 from wacrm.orchestrator.rules import Decision, Rules, Situation, decide
 from wacrm.storage import replies
-from wacrm.storage.replies import ReplyContext
+from wacrm.storage.replies import ReplyContext, auto_reply_key
 from wacrm.topics.records import SendIntent
 
 log = logging.getLogger("wacrm.orchestrator")
-
-
-def auto_reply_key(message_id: str) -> str:
-    return f"auto:{message_id}"
 
 
 #: A customer message written this long after the last one the bot answered starts a new exchange.

@@ -17,10 +17,10 @@ from pathlib import Path
 import asyncpg
 
 from wacrm.core.exits import EXIT_SCHEMA, CommandError
+from wacrm.core.schema import pending_migrations
 
 # An arbitrary constant: the advisory lock key every wacrm migration runner takes.
 LOCK_KEY = 0x7761_6372_6D00  # "wacrm\0"
-FIX_COMMAND = "wacrm migrate"
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -162,9 +162,7 @@ async def require_current(conn: asyncpg.Connection) -> None:
     """Refuse to run against a schema that is behind the code (serve and worker call this)."""
     todo = await pending(conn)
     if todo:
-        raise MigrationError(
-            f"the database schema is behind this code: {len(todo)} pending migration(s) "
-            f"({', '.join(m.name for m in todo)}). Run: {FIX_COMMAND}")
+        raise MigrationError(pending_migrations([m.name for m in todo]))
 
 
 class DatabaseUnreachable(CommandError):

@@ -274,6 +274,11 @@ def template_body(template: dict[str, Any]) -> str:
     return f"{head} {' · '.join(params)}" if params else head
 
 
+def auto_reply_key(message_id: str) -> str:
+    """The ledger's dedupe key of the bot's reply to customer message ``message_id``."""
+    return f"auto:{message_id}"
+
+
 def manual_reply_key(request_id: str) -> str:
     return f"manual:{request_id}"
 
@@ -403,8 +408,8 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
         f"""SELECT m.id, c.reply_upto_message_id, {HUMAN_OWNED} AS human_owned, c.business_app_since, k.opted_out,
                   o.state AS ledger_state, o.error AS ledger_error
            FROM messages m JOIN conversations c ON c.id = m.conversation_id JOIN contacts k ON k.id = c.contact_id
-                LEFT JOIN outbound_log o ON o.dedupe_key = 'auto:' || $1
-           WHERE m.provider_message_id = $1 AND m.direction = 'inbound'""", message_id)
+                LEFT JOIN outbound_log o ON o.dedupe_key = $2
+           WHERE m.provider_message_id = $1 AND m.direction = 'inbound'""", message_id, auto_reply_key(message_id))
     if row is None:
         return None
     error = row["ledger_error"] if isinstance(row["ledger_error"], dict) else {}

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from wacrm.storage.migrate import FIX_COMMAND, Migration, discover, status
+from wacrm.core.schema import FIX_COMMAND
+from wacrm.storage.migrate import Migration, discover, status
 
 
 @dataclass(frozen=True, slots=True, order=True)

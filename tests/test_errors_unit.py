@@ -13,7 +13,7 @@ from aiokafka.errors import (
 )
 from faust.exceptions import ProducerSendError
 
-from wacrm.agents.errors import Ambiguous, Next, Poison, Raced, Stale, classify
+from wacrm.core.errors import Ambiguous, Next, Poison, Raced, Stale, classify
 from wacrm.topics.records import RecordError
 
 

@@ -9,8 +9,8 @@ import asyncio
 
 import pytest
 
-from wacrm.agents.errors import Next, Raced, classify
 from wacrm.agents.inbound import _store
+from wacrm.core.errors import Next, Raced, classify
 from wacrm.storage.db import connect
 from wacrm.topics.records import Customer, InboundMessage, RawRef
 

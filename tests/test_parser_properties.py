@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wacrm.agents.errors import Poison
 from wacrm.agents.ingest import split
+from wacrm.core.errors import Poison
 from wacrm.topics.records import RawRef, decode_inbound, decode_status, encode_bounded
 from wacrm.whatsapp import webhook
 

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wacrm.agents.dlqlimit import DlqLimit, DlqLimitConfig
-from wacrm.agents.errors import expected
 from wacrm.agents.ingest import split
+from wacrm.core.errors import expected
 from wacrm.topics import INBOUND, RAW
 from wacrm.topics.records import (
     DEAD_LETTER_PREVIEW_CHARS,

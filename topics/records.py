@@ -68,6 +68,8 @@ def request_id_of(headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | N
 class RecordError(ValueError):
     """A value on a topic is not the record it should be; retrying cannot fix it."""
 
+    retryable = False  # read by core.errors.classify: dead-letter it
+
 
 class RecordTooLarge(RecordError):
     """A record is larger than the bus accepts; it must be dead-lettered by reference."""

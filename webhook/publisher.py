@@ -3,7 +3,7 @@
 The producer is started lazily, so ``wacrm serve`` comes up (and answers 503) while the
 broker is down, and recovers by itself when it returns.
 
-Failures are routed by :func:`agents.errors.classify`:
+Failures are routed by :func:`core.errors.classify`:
 
 - :class:`PublishError` (RETRY: broker down or slow, timeouts): the caller answers 503 and
   Meta retries the body later;
@@ -24,8 +24,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from wacrm.agents.errors import Next, classify, expected
 from wacrm.core import metrics
+from wacrm.core.errors import Next, classify, expected
 from wacrm.topics.records import RAW_RECORD_MAX_BYTES, RAW_TOPIC_MAX_MESSAGE_BYTES, RecordTooLarge, check_size
 
 log = logging.getLogger("wacrm.webhook")

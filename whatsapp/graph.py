@@ -14,7 +14,7 @@ Exception tree (catch at the level you need)::
         └── TokenRejected      Meta refused the number's access token (401, code 190): its sends wait
                                for a new token
 
-Each class carries flags that :func:`agents.errors.classify` reads duck-typed: ``retryable``
+Each class carries flags that :func:`core.errors.classify` reads duck-typed: ``retryable``
 (bool), ``ambiguous`` (True only for :class:`AmbiguousGraphError`), and ``pausing`` and
 ``invalid_recipient`` and ``token_rejected`` for the sender's routes.
 

@@ -5,7 +5,7 @@ A download is ``GET /{version}/{media_id}?phone_number_id=`` (the number's token
 expires after five minutes: its 404 is :class:`UrlExpired`, and the caller asks for a fresh one.
 An upload is ``POST /{version}/{phone_number_id}/media`` (multipart: ``file``, ``type``,
 ``messaging_product``), answered with the media id a send names. Errors are the
-:mod:`whatsapp.graph` tree, so :func:`agents.errors.classify` reads them as it reads a send's;
+:mod:`whatsapp.graph` tree, so :func:`core.errors.classify` reads them as it reads a send's;
 neither call is ever ambiguous: a download is a plain GET, and an upload whose answer was lost
 only leaves an unused file at Meta, so a broken or timed-out one is retryable.
 """

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from wacrm.cli.shared import bus_settings, db_settings, direct_session, epoch, schema_behind, settings, when
-from wacrm.core.exits import EXIT_CONFIG, EXIT_SCHEMA, CommandError
+from wacrm.core.exits import EXIT_CONFIG, CommandError
 from wacrm.core.settings import Settings
 
 
@@ -266,8 +266,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     except CommandError:
         raise
     except asyncpg.UndefinedTableError:
-        raise CommandError("the database schema is behind this code (no dlq_redrives table). Run: wacrm migrate",
-                           EXIT_SCHEMA) from None
+        raise schema_behind(cause="no dlq_redrives table") from None
     except Exception as exc:
         raise CommandError(f"cannot read wa.dlq: {type(exc).__name__}: {exc}") from None
     for line in lines:

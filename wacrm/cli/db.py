@@ -45,7 +45,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 async def _migrate_status(s: Settings) -> int:
     """Applied and pending migrations with checksums; exit 1 when any is pending, edited or unknown."""
-    from wacrm.storage.migrate import FIX_COMMAND, status
+    from wacrm.core.schema import FIX_COMMAND
+    from wacrm.storage.migrate import status
 
     conn = await direct_session(s)
     try:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from wacrm.core import schema
 from wacrm.core.exits import EXIT_CONFIG, EXIT_SCHEMA, CommandError
 from wacrm.core.settings import Profile, Settings, SettingsError, environment, for_command
 from wacrm.devstate import DEFAULT_STATE_DIR, with_running_dev
@@ -39,9 +40,9 @@ def bus_settings(needs_db: bool) -> Settings:
     return settings("tool", needs, require=needs)
 
 
-def schema_behind() -> CommandError:
+def schema_behind(cause: str | None = None) -> CommandError:
     """What a command says when a table or column it reads is missing: the schema is behind the code."""
-    return CommandError("the database schema is behind this code. Run: wacrm migrate", EXIT_SCHEMA)
+    return CommandError(schema.schema_behind(cause=cause), EXIT_SCHEMA)
 
 
 def setup_logging(level: str, fmt: str = "text", *, batched: bool = False) -> None:

@@ -12,10 +12,12 @@ Every failure maps to one of four next steps (:class:`Next`)::
                  drop it with a reason
 
 Our own exceptions carry their next step (``Transient``, ``Poison``, ``Ambiguous``,
-``Stale``). Library errors are classified by what they say about themselves, not by a
+``Stale``). Other errors are classified by what they say about themselves, not by a
 list of types: aiokafka's ``retriable`` flag (also inside faust's ``ProducerSendError``,
-which wraps it), PostgreSQL's SQLSTATE class for asyncpg errors, and the Graph API
-errors' ``retryable``/``ambiguous`` (:mod:`whatsapp.graph`).
+which wraps it), PostgreSQL's SQLSTATE class for asyncpg errors, and an error's own
+``retryable``/``ambiguous`` flags, duck-typed so that this module imports no other layer
+(:mod:`whatsapp.graph`'s errors, the media store's, ``topics.records.RecordError``).
+The agents and the webhook's publisher route their failures through :func:`classify`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import enum
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from wacrm.topics.records import RecordError
+from wacrm.core.schema import SCHEMA_BEHIND_SQLSTATES
 
 
 class Next(enum.Enum):
@@ -63,8 +65,8 @@ _RETRY_SQLSTATES = frozenset({
     "40P01",  # deadlock_detected
     "55P03",  # lock_not_available
     "57014",  # query_canceled (statement timeout)
-    "42P01", "42703", "42883",  # undefined table/column/function: the schema is behind the code,
-    # `wacrm migrate` fixes it; dead-lettering would drain every event meanwhile
+    # the schema is behind the code: `wacrm migrate` fixes it; dead-lettering would drain every event meanwhile
+    *SCHEMA_BEHIND_SQLSTATES,
 })
 UNIQUE_VIOLATION = "23505"  # dead-lettered by default; a caller that knows it raced says so (Raced)
 _RETRY_CONNECTION_ERRORS = (OSError, ConnectionError, asyncio.TimeoutError, TimeoutError, KafkaTimeoutError)
@@ -90,7 +92,7 @@ def expected(exc: BaseException) -> bool:
 def _known(exc: BaseException) -> Next | None:
     if isinstance(exc, Transient):
         return Next.RETRY
-    if isinstance(exc, (Poison, RecordError)):
+    if isinstance(exc, Poison):
         return Next.DEAD_LETTER
     if isinstance(exc, Ambiguous):
         return Next.AMBIGUOUS
