@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from wacrm.cli.shared import bus_settings, db_settings, direct_session, epoch, schema_behind, settings, when
+from wacrm.cli.shared import bus_settings, db_settings, direct_session, epoch, schema_checked, settings, when
 from wacrm.core.exits import EXIT_CONFIG, CommandError
 from wacrm.core.settings import Settings
 
@@ -119,15 +119,12 @@ async def _bus_facts(s: Settings, rows: Any, request_id: str, timeout: float) ->
 
 
 async def _trace(s: Settings, request_id: str, use_bus: bool, timeout: float) -> list[str]:
-    import asyncpg
 
     from wacrm.storage import trace
 
     conn = await direct_session(s)
     try:
         rows = await trace.load(conn, request_id)
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise schema_behind() from None
     finally:
         await conn.close()
     bus = trace.BusFacts()
@@ -151,7 +148,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if valid_request_id(args.request_id) is None:
         raise CommandError("REQUEST_ID must be 1 to 128 printable characters without spaces", EXIT_CONFIG)
     use_bus = not args.no_bus and s.kafka_bootstrap_servers is not None
-    for line in asyncio.run(_trace(s, args.request_id, use_bus, args.bus_timeout)):
+    with schema_checked():
+        lines = asyncio.run(_trace(s, args.request_id, use_bus, args.bus_timeout))
+    for line in lines:
         print(line)
     return 0
 
@@ -258,15 +257,13 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    import asyncpg
 
     s = bus_settings(needs_db=args.dlq_command == "redrive")
     try:
-        lines = asyncio.run(_dlq(args, s))
+        with schema_checked(cause="no dlq_redrives table"):
+            lines = asyncio.run(_dlq(args, s))
     except CommandError:
         raise
-    except asyncpg.UndefinedTableError:
-        raise schema_behind(cause="no dlq_redrives table") from None
     except Exception as exc:
         raise CommandError(f"cannot read wa.dlq: {type(exc).__name__}: {exc}") from None
     for line in lines:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
-from wacrm.cli.shared import db_settings, direct_session, schema_behind
+from wacrm.cli.shared import db_settings, direct_session, schema_checked
 from wacrm.core.exits import EXIT_CONFIG, CommandError
 from wacrm.core.settings import Settings
 from wacrm.whatsapp.limits import ACCESS_TOKEN_MAX_CHARS, is_access_token
@@ -51,17 +51,14 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def _session(s: Settings) -> AsyncIterator[Any]:
     """A direct session for the numbers' table; a wrong ``TOKEN_ENCRYPTION_KEY`` exits 2 naming it, a table
     missing says which migration command fixes it."""
-    import asyncpg
-
     from wacrm.storage import numbers
 
     conn = await direct_session(s)
     try:
-        yield conn
+        with schema_checked():
+            yield conn
     except numbers.TokenKeyError as exc:
         raise CommandError(str(exc), EXIT_CONFIG) from None
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise schema_behind() from None
     finally:
         await conn.close()
 

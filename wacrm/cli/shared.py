@@ -3,9 +3,10 @@ session of their own with the database, the schema check, logging, and times on 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,18 @@ def bus_settings(needs_db: bool) -> Settings:
 def schema_behind(cause: str | None = None) -> CommandError:
     """What a command says when a table or column it reads is missing: the schema is behind the code."""
     return CommandError(schema.schema_behind(cause=cause), EXIT_SCHEMA)
+
+
+@contextlib.contextmanager
+def schema_checked(cause: str | None = None) -> Iterator[None]:
+    """A query in the block that names a table, column or function the database lacks exits 3 with the
+    command that fixes it (:func:`wacrm.core.schema.is_schema_behind`)."""
+    try:
+        yield
+    except Exception as exc:
+        if schema.is_schema_behind(exc):
+            raise schema_behind(cause) from None
+        raise
 
 
 def setup_logging(level: str, fmt: str = "text", *, batched: bool = False) -> None:

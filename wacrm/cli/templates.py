@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from wacrm.cli.shared import db_settings, schema_behind
+from wacrm.cli.shared import db_settings, schema_checked
 from wacrm.core.exits import EXIT_CONFIG, EXIT_FAIL, CommandError
 from wacrm.core.settings import Settings, env_value
 from wacrm.devstate import DEFAULT_STATE_DIR, read_state
@@ -48,7 +48,6 @@ def _template_params(parameters: dict[str, Any]) -> str:
 
 async def _templates(args: argparse.Namespace, s: Settings) -> int:
     import aiohttp
-    import asyncpg
 
     from wacrm.inbox import catalogue
     from wacrm.orchestrator.rules import RulesError, load_rules
@@ -93,8 +92,6 @@ async def _templates(args: argparse.Namespace, s: Settings) -> int:
                   f"{t['quality'] or '-':<8} {_template_params(t['parameters'])}")
         print(f"{len(rows)} template(s)")
         return 0
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise schema_behind() from None
     finally:
         await pool.close()
 
@@ -106,5 +103,6 @@ def cmd_templates(args: argparse.Namespace) -> int:
     state = read_state(DEFAULT_STATE_DIR)
     if not env_base and state and state.get("fake_meta_url") and s.database_url == state.get("database_url"):
         s = s.replace(whatsapp_api_base_url=state["fake_meta_url"])
-    return asyncio.run(_templates(args, s))
+    with schema_checked():
+        return asyncio.run(_templates(args, s))
 

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from wacrm.cli.shared import db_settings, direct_session, schema_behind
+from wacrm.cli.shared import db_settings, direct_session, schema_checked
 from wacrm.core.exits import EXIT_CONFIG, CommandError
 from wacrm.core.settings import Settings
 
@@ -68,8 +68,6 @@ async def _users(args: argparse.Namespace, s: Settings, password: str | None) ->
             for r in rows:
                 state = " disabled" if r["disabled_at"] else ""
                 print(f"{r['id']:>5}  {r['role']:<6} {r['email']:<40} tokens: {r['tokens']}{state}")
-    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
-        raise schema_behind() from None
     finally:
         await conn.close()
 
@@ -81,6 +79,7 @@ def cmd_users(args: argparse.Namespace) -> int:
         password = sys.stdin.readline().rstrip("\n") or None
         if password is not None and len(password) < 8:
             raise CommandError("the password on standard input must have at least 8 characters", EXIT_CONFIG)
-    asyncio.run(_users(args, s, password))
+    with schema_checked():
+        asyncio.run(_users(args, s, password))
     return 0
 
