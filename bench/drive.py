@@ -19,10 +19,11 @@ import asyncpg
 import orjson
 
 from bench import probes, stats
-from bench.system import CHECKOUT, Bench, BenchError
+from bench.system import Bench, BenchError
 from wacrm import received
 from wacrm.core import procs
 from wacrm.storage import repo
+from wacrm.system import LOCAL
 from wacrm.whatsapp import signature
 
 STATUSES_PER_REPLY = 3  # fake-meta posts sent, delivered and read for every send it takes, as Meta does
@@ -37,13 +38,12 @@ async def load(b: Bench, url_port: int, rate: float, seconds: float, *, tag: str
     statuses are the real ones fake-meta posts for each reply. ``during`` is awaited every 0.25 s."""
     out = b.work / f"load-{tag}.json"
     ids_out = b.work / f"ids-{tag}.tsv" if ids else None
-    cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"http://127.0.0.1:{url_port}/webhooks/whatsapp",
+    cmd = [sys.executable, "-m", "bench.loadgen", "--url", f"http://{LOCAL}:{url_port}/webhooks/whatsapp",
            "--secret", b.secret, "--rate", str(rate), "--duration", str(seconds), "--tag", tag,
            "--connections", str(connections), "--out", str(out)]
     if ids_out:
         cmd += ["--ids-out", str(ids_out), "--status-share", "0"]
-    proc = procs.spawn(cmd, log_path=b.logs / "loadgen.log", cwd=CHECKOUT)
-    b.children["loadgen"] = proc
+    proc = b.processes.start("loadgen", cmd, procs.env_with())
     limit = time.monotonic() + seconds + 90
     try:
         while proc.poll() is None:
@@ -55,7 +55,7 @@ async def load(b: Bench, url_port: int, rate: float, seconds: float, *, tag: str
     finally:
         b.stop("loadgen")
     if proc.returncode != 0 or not out.exists():
-        raise BenchError(f"the load generator failed (code {proc.returncode}); see {b.logs / 'loadgen.log'}")
+        raise BenchError(f"the load generator failed (code {proc.returncode}); see {b.processes.log('loadgen')}")
     return orjson.loads(out.read_bytes()), ids_out
 
 
@@ -110,7 +110,7 @@ async def fresh_pipeline(b: Bench, *, defaults: bool = False) -> None:
 async def e2e_step(b: Bench, rate: float, seconds: float, tag: str, connections: int = 32,
                    during: Any = None) -> dict[str, Any]:
     """The pipeline at ``rate`` bodies/s for ``seconds``, drained: delivery, latency and CPU a message."""
-    fake = f"http://127.0.0.1:{b.ports['fake-meta']}"
+    fake = b.url("fake-meta")
     await fake_meta_sent(fake, clear=True)
     sent_before = await metric(b, SENDS_METRIC, SENT)
     statuses_before = await metric(b, STATUS_METRIC, every_label=True)

@@ -106,8 +106,8 @@ def ensure_py_spy() -> str | None:
     return str(here) if result.returncode == 0 and here.exists() else None
 
 
-def start_profile(pid: int, seconds: float, out: Path, log: Path) -> subprocess.Popen | None:
-    """``py-spy record`` of ``pid`` for ``seconds`` into collapsed stacks at ``out``.
+def profile_cmd(pid: int, seconds: float, out: Path) -> list[str] | None:
+    """``py-spy record`` of ``pid`` for ``seconds`` into collapsed stacks at ``out`` (None: no py-spy).
 
     Only samples where the process's Python holds the GIL (``--gil``): its CPU, not its threads
     waiting in the event loop or in a socket call.
@@ -115,5 +115,5 @@ def start_profile(pid: int, seconds: float, out: Path, log: Path) -> subprocess.
     binary = ensure_py_spy()
     if binary is None:
         return None
-    return procs.spawn([binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
-                        "--gil", "--format", "raw", "--output", str(out), "--nonblocking"], log_path=log)
+    return [binary, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "100",
+            "--gil", "--format", "raw", "--output", str(out), "--nonblocking"]

@@ -31,6 +31,7 @@ from bench.plan import FULL, QUICK
 from bench.system import Bench, BenchError, log
 from harness.machine import machine
 from wacrm.dev import default_processes
+from wacrm.system import LaunchError
 
 INBOX_DEADLINE_S = 900  # seeding a million messages, migrations, the load
 ONLY_PIPELINE = ("pipeline", "budget", "webhook", "media")  # the parts without the inbox
@@ -78,7 +79,7 @@ def run(quick: bool, out: Path, command: str, only: str | None = None,
         ok = True
     except _Deadline:
         print(f"wacrm bench: the run overran its bound of {bound:.0f}s; stopped", file=sys.stderr)
-    except (BenchError, OSError, ValueError, asyncpg.PostgresError) as exc:
+    except (BenchError, LaunchError, OSError, ValueError, asyncpg.PostgresError) as exc:
         print(f"wacrm bench: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print("wacrm bench: interrupted", file=sys.stderr)

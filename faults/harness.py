@@ -22,7 +22,6 @@ import secrets
 import signal
 import subprocess
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import orjson
 
 from faults.count import Tally, answered_messages, ledger_rows, tally
 from faults.load import HOME
+from harness.databases import create_database
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.orchestrator.fake_llm import FakeLlm
@@ -97,17 +97,7 @@ class Harness:
         self._systems += 1
         if self.pg.proc is None or self.pg.proc.poll() is not None:
             await asyncio.to_thread(self.pg.start)
-        db = f"faults_{self._systems}_{name}"
-        conn = await asyncpg.connect(self.pg.url, timeout=30)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            await conn.execute(f'CREATE DATABASE "{db}"')
-        finally:
-            await conn.close()
-        url = urllib.parse.urlunsplit(urllib.parse.urlsplit(self.pg.url)._replace(path=f"/{db}"))
-        from wacrm.storage.migrate import run_migrations
-
-        await run_migrations(url, 30, out=lambda m: None)
+        url = await create_database(self.pg.url, f"faults_{self._systems}_{name}")
         return System(self, name, url, self.work / f"{self._systems:02d}-{name}", dict(env or {}))
 
 

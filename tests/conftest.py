@@ -16,7 +16,6 @@ import re
 import secrets
 import subprocess
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import aiohttp
 import asyncpg
 import pytest
 
+from harness.databases import create_database
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.received import ledger_rows, replies
 from wacrm.storage import repo
@@ -100,11 +100,6 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pg.stop()
 
 
-def _with_database(url: str, name: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    return urllib.parse.urlunsplit(parts._replace(path=f"/{name}"))
-
-
 @pytest.fixture(scope="session")
 def make_database(pg_server: str) -> Iterator[Callable[[], str]]:
     """A factory of fresh, empty databases on the test server, dropped at the end of the session."""
@@ -112,17 +107,9 @@ def make_database(pg_server: str) -> Iterator[Callable[[], str]]:
 
     def make() -> str:
         name = f"wacrm_test_{secrets.token_hex(4)}"
-
-        async def create() -> None:
-            conn = await asyncpg.connect(pg_server)
-            try:
-                await conn.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await conn.close()
-
-        run_sync(create())
+        url = run_sync(create_database(pg_server, name, migrate=False))
         created.append(name)
-        return _with_database(pg_server, name)
+        return url
 
     yield make
 

@@ -61,7 +61,7 @@ async def drain(b: Bench) -> None:
     rate, seconds = DRAIN_BACKLOG
     log(f"drain: a backlog of {rate * seconds} bodies with the workers stopped, then the replies/s")
     b.stop_workers()
-    await drive.fake_meta_sent(f"http://127.0.0.1:{b.ports['fake-meta']}", clear=True)
+    await drive.fake_meta_sent(b.url("fake-meta"), clear=True)
     load, ids_path = await drive.load(b, b.ports["serve"], rate, seconds, tag="drain", ids=True)
     assert ids_path is not None
     expected = len(ids_path.read_text().splitlines())
@@ -95,7 +95,7 @@ async def status_backlog(b: Bench) -> None:
               for x in sent if "id" in (x.get("answered") or {}) for st in ("sent", "delivered", "read")]
     log(f"status backlog: {len(bodies)} statuses of {expected} replies, put on the bus with the workers stopped")
     b.stop_workers()
-    await drive.post_all(f"http://127.0.0.1:{b.ports['serve']}/webhooks/whatsapp", bodies, b.secret)
+    await drive.post_all(b.url("serve", "/webhooks/whatsapp"), bodies, b.secret)
     b.start_workers(b.workers)
     await b.wait_workers()
     started = time.monotonic()
@@ -112,7 +112,7 @@ async def _replies_without_statuses(b: Bench) -> tuple[list[dict[str, Any]], int
     """Replies to :data:`STATUS_BACKLOG`'s messages, sent with fake-meta's statuses held back: (what
     fake-meta recorded, how many messages the webhook accepted)."""
     rate, seconds = STATUS_BACKLOG
-    fake = f"http://127.0.0.1:{b.ports['fake-meta']}"
+    fake = b.url("fake-meta")
     async with aiohttp.ClientSession() as s:
         async with s.post(f"{fake}/__statuses", json={"enabled": False}) as r:
             r.raise_for_status()

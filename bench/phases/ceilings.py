@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 from bench.system import Bench, BenchError, log
-from wacrm.core import procs
 
 
 def ceilings(b: Bench) -> None:
@@ -30,9 +29,8 @@ def ceilings(b: Bench) -> None:
 
 def _json_child(b: Bench, name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
     """Run a measuring child to completion (bounded); its last output line is its JSON result."""
-    log_path = b.logs / f"{name}.log"
-    proc = procs.spawn(cmd, log_path=log_path, env=b.env())
-    b.children[name] = proc
+    log_path = b.processes.log(name)
+    proc = b.start(name, cmd)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:

@@ -19,6 +19,7 @@ from bench.drive import brief_e2e, e2e_step, fresh_pipeline
 from bench.fmt import cpu_list
 from bench.system import Bench, log
 from bench.targets import e2e_passes
+from wacrm.core import procs
 from wacrm.core.settings import load as load_settings
 from wacrm.topics.lag import LagProbe
 
@@ -97,9 +98,9 @@ async def profile(b: Bench, rate: float) -> None:
     async def during() -> None:
         nonlocal profiler
         if profiler is None and time.monotonic() >= profile_at:
-            profiler = probes.start_profile(b.children["worker"].pid, p.profile_s, out, b.logs / "py-spy.log")
-            if profiler is not None:
-                b.children["py-spy"] = profiler
+            cmd = probes.profile_cmd(b.children["worker"].pid, p.profile_s, out)
+            if cmd is not None:
+                profiler = b.processes.start("py-spy", cmd, procs.env_with())
 
     try:
         b.results["profiled"] = await e2e_step(b, rate, p.profile_s + 4, "prof", during=during)

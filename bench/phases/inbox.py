@@ -10,10 +10,9 @@ import aiohttp
 import asyncpg
 
 from bench import inbox, inbox_people, probes
-from bench.system import CHECKOUT, Bench, log, wait_ready
-from wacrm.core import procs
-from wacrm.core.embedded import wait_for_port
-from wacrm.storage.migrate import run_migrations
+from bench.system import Bench, log
+from harness.databases import create_database
+from wacrm.system import serve_cmd
 
 
 async def inbox_phase(b: Bench, seed: inbox.Seed, load: inbox.Load) -> None:
@@ -24,20 +23,18 @@ async def inbox_phase(b: Bench, seed: inbox.Seed, load: inbox.Load) -> None:
     log(f"inbox: seeding {seed.conversations:,} conversations, {seed.messages:,} messages")
     dsn, tokens, seeded = await _seeded(b, seed)
     log(f"inbox: seeded in {seeded['seconds']:.0f}s")
-    port = b.ports["inbox"]
-    proc = procs.spawn(procs.python_cmd("serve", "--only", "inbox"), log_path=b.logs / "inbox.log",
-                       env={**b.env(), "DATABASE_URL": dsn, "PORT": str(port)}, cwd=CHECKOUT)
-    b.children["inbox"] = proc
+    proc = b.start("inbox", serve_cmd("--only", "inbox"),
+                   env={"DATABASE_URL": dsn, "PORT": str(b.ports["inbox"])})
     try:
-        wait_for_port(port, 60, proc)
-        await wait_ready(f"http://127.0.0.1:{port}/readyz")
+        b.processes.wait_listening("inbox", b.ports["inbox"])
+        await b.wait_ready("inbox")
         log(f"inbox: {seed.agents} people for {load.seconds:.0f}s")
         assert b.pg.proc is not None
-        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        metrics_url = b.url("inbox", "/metrics")
         before = await _text(metrics_url)
         cpu = probes.CpuMeter({"serve": [(proc.pid, False)], "postgres": [(b.pg.proc.pid, True)],
                                "bench": [(os.getpid(), False)]})
-        result = await inbox_people.run_load(f"http://127.0.0.1:{port}", tokens, dsn, seed, load)
+        result = await inbox_people.run_load(b.url("inbox"), tokens, dsn, seed, load)
         result["cpu_cores"] = cpu.cores()
         result["server"] = inbox.server_times(before, await _text(metrics_url))
     finally:
@@ -56,13 +53,7 @@ async def inbox_phase(b: Bench, seed: inbox.Seed, load: inbox.Load) -> None:
 async def _seeded(b: Bench, seed: inbox.Seed) -> tuple[str, list[str], dict[str, Any]]:
     """A database of its own, migrated and seeded: (its URL, the people's tokens, what was written)."""
     assert b.pg is not None
-    conn = await asyncpg.connect(b.pg.url)
-    try:
-        await conn.execute('CREATE DATABASE "wacrm_bench_inbox"')
-    finally:
-        await conn.close()
-    dsn = f"{b.pg.url.rsplit('/', 1)[0]}/wacrm_bench_inbox"
-    await run_migrations(dsn, 10, out=lambda m: None)
+    dsn = await create_database(b.pg.url, "wacrm_bench_inbox")
     conn = await asyncpg.connect(dsn)
     try:
         users, tokens = await inbox.create_agents(conn, seed.agents)

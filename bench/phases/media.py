@@ -13,8 +13,8 @@ async def media(b: Bench) -> None:
     await fresh_pipeline(b)
     images = 50 if b.plan.name == "quick" else 300
     log(f"media: {images} images downloaded at once, then one 100 MB document with the worker's RSS sampled")
-    result = await measure.measure(b.db_url, f"http://127.0.0.1:{b.ports['serve']}/webhooks/whatsapp",
-                                   f"http://127.0.0.1:{b.ports['fake-meta']}", b.secret,
+    result = await measure.measure(b.db_url, b.url("serve", "/webhooks/whatsapp"),
+                                   b.url("fake-meta"), b.secret,
                                    b.children["worker"].pid, images=images, timeout_s=180)
     b.results["media"] = result
     log(f"media: {result['downloads_per_s']:.0f} downloads/s ({result['stored']} of {images}); 100 MB "

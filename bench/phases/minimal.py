@@ -54,7 +54,7 @@ def _start_consumers(b: Bench) -> None:
         b.start(f"minimal-consumer-{n + 1}",
                 [sys.executable, "-m", "bench.minimal", "consumer", "--bootstrap", b.broker.bootstrap,
                  "--group", f"{b.group}-minimal", "--database-url", b.ceiling_db,
-                 "--graph", f"http://127.0.0.1:{b.ports['fake-meta-minimal']}"])
+                 "--graph", b.url("fake-meta-minimal")])
 
 
 def _tracked(b: Bench) -> probes.Tracked:
@@ -78,7 +78,7 @@ async def _counts(conn: asyncpg.Connection, tag: str) -> asyncpg.Record:
 async def minimal_step(b: Bench, rate: float, seconds: float, tag: str) -> dict[str, Any]:
     """As :func:`bench.drive.e2e_step`, against the minimal pipeline: every message answered once, its
     statuses stored."""
-    fake = f"http://127.0.0.1:{b.ports['fake-meta-minimal']}"
+    fake = b.url("fake-meta-minimal")
     await drive.fake_meta_sent(fake, clear=True)
     cpu = probes.CpuMeter(_tracked(b))
     load, ids_path = await drive.load(b, b.ports["minimal"], rate, seconds, tag=tag, ids=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 from bench import drive, probes, stats, wrk
 from bench.bodies import BodyFactory
-from bench.system import Bench, log, wait_ready
+from bench.system import Bench, log
 from bench.targets import ingest_passes
-from wacrm.core import procs
+from wacrm.system import serve_cmd
 
 WRK_CONNECTIONS = 32  # as the issue that set the webhook target measured it
 
@@ -52,8 +52,8 @@ async def http_ceiling(b: Bench) -> None:
 async def webhook(b: Bench) -> None:
     log("webhook ingest: wacrm serve alone, acks=all publish in the path; fresh broker")
     await b.new_broker()  # the produce ceiling filled the last one, and the embedded broker slows as it fills
-    b.start("serve", procs.python_cmd("serve"), b.ports["serve"])
-    await wait_ready(f"http://127.0.0.1:{b.ports['serve']}/readyz")
+    b.start("serve", serve_cmd(), b.ports["serve"])
+    await b.wait_ready("serve")
     try:
         b.results["webhook"] = await fixed_and_search(b, b.ports["serve"], "webhook")
     finally:
@@ -85,11 +85,10 @@ async def webhook_closed_loop(b: Bench) -> None:
 
 async def _wrk_serve(b: Bench, binary: str, lua: Path, processes: int, consuming: bool) -> dict[str, Any]:
     """wrk against ``serve --processes`` on a fresh broker (``consuming``: a worker beside it)."""
-    url = f"http://127.0.0.1:{b.ports['serve']}/webhooks/whatsapp"
+    url = b.url("serve", "/webhooks/whatsapp")
     await b.new_broker()
-    b.start("serve", procs.python_cmd("serve", "--only", "webhook", "--processes", str(processes)),
-            b.ports["serve"])
-    await wait_ready(f"http://127.0.0.1:{b.ports['serve']}/readyz")
+    b.start("serve", serve_cmd("--only", "webhook", "--processes", str(processes)), b.ports["serve"])
+    await b.wait_ready("serve")
     if consuming:
         b.ensure_fake_meta()
         b.start_workers(1)
@@ -117,7 +116,7 @@ async def _wrk_minimal(b: Bench, binary: str, lua: Path) -> dict[str, Any]:
     assert b.broker is not None and b.broker.proc is not None
     b.start("minimal", [sys.executable, "-m", "bench.minimal", "webhook", "--port", str(b.ports["minimal"]),
                         "--bootstrap", b.broker.bootstrap, "--secret", b.secret], b.ports["minimal"])
-    url = f"http://127.0.0.1:{b.ports['minimal']}/webhooks/whatsapp"
+    url = b.url("minimal", "/webhooks/whatsapp")
     try:
         await asyncio.to_thread(wrk.run, binary, url, lua, WRK_CONNECTIONS, 1, b.logs / "wrk.log")
         cpu = probes.CpuMeter({"minimal": [(b.children["minimal"].pid, False)],
