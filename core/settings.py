@@ -75,9 +75,10 @@ class Settings:
     direct_url: str | None
     database_pooler: str  # none | transaction (DATABASE_POOLER; storage.db turns off the statement cache)
     kafka_bootstrap_servers: str | None
-    whatsapp_app_secret: str
-    whatsapp_verify_token: str
-    whatsapp_access_token: str
+    # secrets: never in a repr (a settings object in a log line or a traceback shows no secret)
+    whatsapp_app_secret: str = dataclasses.field(repr=False)
+    whatsapp_verify_token: str = dataclasses.field(repr=False)
+    whatsapp_access_token: str = dataclasses.field(repr=False)
     whatsapp_phone_number_id: str
     whatsapp_business_account_id: str | None
     # business numbers' tokens are stored encrypted with it (storage.numbers); None: none can be stored

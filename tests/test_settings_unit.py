@@ -169,3 +169,16 @@ def test_an_existing_readable_state_file_is_made_private(tmp_path: Path, usual_u
     logs.mkdir(mode=0o755)
     private_dir(logs)
     assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+
+
+def test_no_secret_shows_in_the_settings_repr() -> None:
+    secrets = {"WHATSAPP_APP_SECRET": "app-secret-0123456789", "WHATSAPP_ACCESS_TOKEN": "access-token-0123456789",
+               "WHATSAPP_VERIFY_TOKEN": "verify-token-0123456789", "LLM_API_KEY": "llm-key-0123456789",
+               "LLM_API_BASE_URL": "http://127.0.0.1:9/v1"}
+    s = load(secrets, "dev")
+    assert s.whatsapp_app_secret == "app-secret-0123456789"  # kept, only not shown
+    shown = repr(s)
+    assert "whatsapp_phone_number_id" in shown
+    for value in secrets.values():
+        if "secret" in value or "token" in value or "key" in value:
+            assert value not in shown
