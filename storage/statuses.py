@@ -14,50 +14,55 @@ from wacrm.topics.records import StatusUpdate
 
 CHANNEL = "whatsapp"
 
-# One statement for a batch, with the outcomes of applying its statuses one after the other:
-# - each (message, status) is recorded once (the first of a batch's copies; a later one, or one seen
-#   before, is a duplicate); what Meta sent is on the raw topic, so the event keeps what is read of it;
+# One statement for a batch of distinct (message, status) pairs, with the outcomes of applying them
+# one after the other:
+# - each (message, status) is recorded once (one seen before is a duplicate); what Meta sent is on
+#   the raw topic, so the event keeps only what is read of it;
 # - a new status moves its message when it ranks above the message's status and above every new
 #   status of the same message earlier in the batch (a status never moves a message backwards);
 # - each message is updated once, to the last status that moves it (with the last errors given);
 # - ``known``: the message existed when the statement began (a status of an unknown one is kept in
 #   message_status_events and applied when the send is recorded, storage.repo's _RECORD_SENT).
+# Joins and windows (no subquery per row but the key lookups): a batch is hundreds of statuses.
 _APPLY = """
     WITH input AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
             WITH ORDINALITY AS i(message_id, status, occurred_at, errors, request_id, n)),
     inserted AS (
         INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, request_id)
-        SELECT 'whatsapp', message_id, status, occurred_at, errors::jsonb, request_id FROM input ORDER BY n
+        SELECT 'whatsapp', message_id, status, occurred_at, errors::jsonb, request_id FROM input
         ON CONFLICT (channel, provider_message_id, status) DO NOTHING
         RETURNING provider_message_id, status),
-    fresh AS (
-        SELECT i.*, wacrm_status_rank(i.status) AS rank FROM input i
-        JOIN inserted x ON x.provider_message_id = i.message_id AND x.status = i.status
-        WHERE i.n = (SELECT min(j.n) FROM input j WHERE j.message_id = i.message_id AND j.status = i.status)),
-    known AS (
-        SELECT provider_message_id, wacrm_status_rank(status) AS rank FROM messages
-        WHERE channel = 'whatsapp' AND provider_message_id IN (SELECT message_id FROM input)),
+    known AS (  -- a lookup by the unique key per message (= ANY() over many ids may plan as a scan)
+        SELECT DISTINCT i.message_id AS provider_message_id, m.rank FROM input i
+        JOIN LATERAL (SELECT wacrm_status_rank(status) AS rank FROM messages
+                      WHERE channel = 'whatsapp' AND provider_message_id = i.message_id LIMIT 1) m ON true),
     ranked AS (
-        SELECT f.*, k.provider_message_id IS NOT NULL AS known,
-               k.provider_message_id IS NOT NULL AND f.rank > GREATEST(k.rank, max(f.rank) OVER (
-                   PARTITION BY f.message_id ORDER BY f.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)) AS moves
-        FROM fresh f LEFT JOIN known k ON k.provider_message_id = f.message_id),
+        SELECT i.n, i.message_id, i.status, i.occurred_at, i.errors,
+               k.rank IS NOT NULL AND wacrm_status_rank(i.status) > GREATEST(k.rank, max(wacrm_status_rank(i.status))
+                   OVER (PARTITION BY i.message_id ORDER BY i.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING))
+                   AS moves
+        FROM input i JOIN inserted x ON x.provider_message_id = i.message_id AND x.status = i.status
+             LEFT JOIN known k ON k.provider_message_id = i.message_id),
+    last_errors AS (
+        SELECT DISTINCT ON (message_id) message_id, errors FROM ranked WHERE moves AND errors IS NOT NULL
+        ORDER BY message_id, n DESC),
     final AS (
-        SELECT DISTINCT ON (r.message_id) r.message_id, r.status, r.occurred_at,
-               (SELECT e.errors::jsonb FROM ranked e WHERE e.message_id = r.message_id AND e.moves AND e.errors IS NOT NULL
-                ORDER BY e.n DESC LIMIT 1) AS errors
-        FROM ranked r WHERE r.moves ORDER BY r.message_id, r.n DESC),
+        SELECT DISTINCT ON (r.message_id) r.message_id, r.status, r.occurred_at, e.errors
+        FROM ranked r LEFT JOIN last_errors e ON e.message_id = r.message_id WHERE r.moves
+        ORDER BY r.message_id, r.n DESC),
     moved AS (
-        UPDATE messages m SET status = f.status, status_at = f.occurred_at, error = COALESCE(f.errors, m.error)
+        UPDATE messages m SET status = f.status, status_at = f.occurred_at,
+            error = COALESCE(f.errors::jsonb, m.error)
         FROM final f
         WHERE m.channel = 'whatsapp' AND m.provider_message_id = f.message_id
           AND wacrm_status_rank(f.status) > wacrm_status_rank(m.status)
         RETURNING m.provider_message_id)
-    SELECT r.n IS NOT NULL AS inserted, COALESCE(r.moves, false)
-               AND EXISTS (SELECT 1 FROM moved WHERE moved.provider_message_id = i.message_id) AS moved,
-           COALESCE(r.known, EXISTS (SELECT 1 FROM known k WHERE k.provider_message_id = i.message_id)) AS known
-    FROM input i LEFT JOIN ranked r ON r.n = i.n ORDER BY i.n"""
+    SELECT r.n IS NOT NULL AS inserted, COALESCE(r.moves, false) AND d.provider_message_id IS NOT NULL AS moved,
+           k.rank IS NOT NULL AS known
+    FROM input i LEFT JOIN ranked r ON r.n = i.n LEFT JOIN known k ON k.provider_message_id = i.message_id
+         LEFT JOIN moved d ON d.provider_message_id = i.message_id
+    ORDER BY i.n"""
 
 
 def _ts(epoch: float | None) -> datetime | None:
@@ -75,9 +80,17 @@ async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate],
     """
     if not statuses:
         return []
-    rows = await conn.fetch(_APPLY, [st.message_id for st in statuses], [st.status for st in statuses],
-                            [_ts(st.timestamp) for st in statuses],
-                            [orjson.dumps(st.errors).decode() if st.errors else None for st in statuses],
-                            request_ids or [None] * len(statuses))
-    return ["duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] else "pending"
-            for r in rows]
+    first: dict[tuple[str, str], int] = {}  # a batch's later copies of a (message, status) are duplicates
+    for n, st in enumerate(statuses):
+        first.setdefault((st.message_id, st.status), n)
+    picked = [statuses[n] for n in first.values()]
+    ids = request_ids or [None] * len(statuses)
+    rows = await conn.fetch(_APPLY, [st.message_id for st in picked], [st.status for st in picked],
+                            [_ts(st.timestamp) for st in picked],
+                            [orjson.dumps(st.errors).decode() if st.errors else None for st in picked],
+                            [ids[n] for n in first.values()])
+    out = ["duplicate"] * len(statuses)
+    for n, r in zip(first.values(), rows, strict=True):
+        out[n] = "duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] \
+            else "pending"
+    return out
