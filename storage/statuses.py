@@ -14,17 +14,13 @@ from wacrm.topics.records import StatusUpdate
 
 CHANNEL = "whatsapp"
 
-# One statement for a batch of distinct (message, status) pairs, with the outcomes of applying them
-# one after the other:
-# - each (message, status) is recorded once (one seen before is a duplicate); what Meta sent is on
-#   the raw topic, so the event keeps only what is read of it;
-# - a new status moves its message when it ranks above the message's status and above every new
-#   status of the same message earlier in the batch (a status never moves a message backwards);
-# - each message is updated once, to the last status that moves it (with the last errors given);
-# - ``known``: the message existed when the statement began (a status of an unknown one is kept in
-#   message_status_events and applied when the send is recorded, storage.repo's _RECORD_SENT).
-# Joins and windows (no subquery per row but the key lookups): a batch is hundreds of statuses.
-_APPLY = """
+# The batch's distinct (message, status) pairs recorded once each (one seen before is a duplicate;
+# what Meta sent is on the raw topic, so the event keeps only what is read of it), with the rank of
+# each one's message as the statement began (NULL: no such message yet; such a status is kept and
+# applied when the send is recorded, storage.repo's _RECORD_SENT). A key lookup per status and one
+# hash of the inserted keys: no plan here rescans a CTE per row, which PostgreSQL chose for a
+# single statement that also ranked and moved the messages (seconds for a batch of 200).
+_RECORD = """
     WITH input AS (
         SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[])
             WITH ORDINALITY AS i(message_id, status, occurred_at, errors, request_id, n)),
@@ -32,48 +28,42 @@ _APPLY = """
         INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, request_id)
         SELECT 'whatsapp', message_id, status, occurred_at, errors::jsonb, request_id FROM input
         ON CONFLICT (channel, provider_message_id, status) DO NOTHING
-        RETURNING provider_message_id, status),
-    known AS (  -- a lookup by the unique key per message (= ANY() over many ids may plan as a scan)
-        SELECT DISTINCT i.message_id AS provider_message_id, m.rank FROM input i
-        JOIN LATERAL (SELECT wacrm_status_rank(status) AS rank FROM messages
-                      WHERE channel = 'whatsapp' AND provider_message_id = i.message_id LIMIT 1) m ON true),
-    ranked AS (
-        SELECT i.n, i.message_id, i.status, i.occurred_at, i.errors,
-               k.rank IS NOT NULL AND wacrm_status_rank(i.status) > GREATEST(k.rank, max(wacrm_status_rank(i.status))
-                   OVER (PARTITION BY i.message_id ORDER BY i.n ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING))
-                   AS moves
-        FROM input i JOIN inserted x ON x.provider_message_id = i.message_id AND x.status = i.status
-             LEFT JOIN known k ON k.provider_message_id = i.message_id),
-    last_errors AS (
-        SELECT DISTINCT ON (message_id) message_id, errors FROM ranked WHERE moves AND errors IS NOT NULL
-        ORDER BY message_id, n DESC),
-    final AS (
-        SELECT DISTINCT ON (r.message_id) r.message_id, r.status, r.occurred_at, e.errors
-        FROM ranked r LEFT JOIN last_errors e ON e.message_id = r.message_id WHERE r.moves
-        ORDER BY r.message_id, r.n DESC),
-    moved AS (
-        UPDATE messages m SET status = f.status, status_at = f.occurred_at,
-            error = COALESCE(f.errors::jsonb, m.error)
-        FROM final f
-        WHERE m.channel = 'whatsapp' AND m.provider_message_id = f.message_id
-          AND wacrm_status_rank(f.status) > wacrm_status_rank(m.status)
-        RETURNING m.provider_message_id)
-    SELECT r.n IS NOT NULL AS inserted, COALESCE(r.moves, false) AND d.provider_message_id IS NOT NULL AS moved,
-           k.rank IS NOT NULL AS known
-    FROM input i LEFT JOIN ranked r ON r.n = i.n LEFT JOIN known k ON k.provider_message_id = i.message_id
-         LEFT JOIN moved d ON d.provider_message_id = i.message_id
+        RETURNING provider_message_id, status)
+    SELECT x.provider_message_id IS NOT NULL AS inserted, m.id, wacrm_status_rank(m.status) AS rank
+    FROM input i LEFT JOIN inserted x ON x.provider_message_id = i.message_id AND x.status = i.status
+         LEFT JOIN LATERAL (SELECT id, status FROM messages
+                            WHERE channel = 'whatsapp' AND provider_message_id = i.message_id LIMIT 1) m ON true
     ORDER BY i.n"""
+
+# Each message moved once, to the last of the batch's statuses that moves it; never backwards (the
+# rank is checked again on the row, which another transaction may have moved meanwhile). The rows by
+# primary key with = ANY(), each one's values by its position: a join with the unnested arrays
+# planned as a scan of every message on a small table.
+_MOVE = """
+    UPDATE messages m SET status = ($2::text[])[array_position($1::bigint[], m.id)],
+        status_at = ($3::timestamptz[])[array_position($1::bigint[], m.id)],
+        error = COALESCE((($4::text[])[array_position($1::bigint[], m.id)])::jsonb, m.error)
+    WHERE m.id = ANY($1::bigint[])
+      AND wacrm_status_rank(($2::text[])[array_position($1::bigint[], m.id)]) > wacrm_status_rank(m.status)
+    RETURNING m.id"""
+
+#: wacrm_status_rank (migration 0001's function) in Python: what a status moves past.
+RANK = {"sent": 1, "delivered": 2, "read": 3, "played": 3, "failed": 4}
 
 
 def _ts(epoch: float | None) -> datetime | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=UTC)
 
 
+def _errors(st: StatusUpdate) -> str | None:
+    return orjson.dumps(st.errors).decode() if st.errors else None
+
+
 async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate],
                          request_ids: list[str | None] | None = None) -> list[str]:
     """Record each status once per (message, status) (with the request id of the webhook call that
-    brought it) and move its message forward, as if one after the other, in one statement; the
-    outcome of each, in order.
+    brought it) and move its message forward, with the outcomes of applying them one after the other,
+    in two statements for the batch; the outcome of each, in order.
 
     ``duplicate``: seen before. ``applied``: the message changed. ``stale``: an older state
     than the message has. ``pending``: no such message yet (kept, applied when it is stored).
@@ -83,14 +73,33 @@ async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate],
     first: dict[tuple[str, str], int] = {}  # a batch's later copies of a (message, status) are duplicates
     for n, st in enumerate(statuses):
         first.setdefault((st.message_id, st.status), n)
-    picked = [statuses[n] for n in first.values()]
+    picked = list(first.values())
     ids = request_ids or [None] * len(statuses)
-    rows = await conn.fetch(_APPLY, [st.message_id for st in picked], [st.status for st in picked],
-                            [_ts(st.timestamp) for st in picked],
-                            [orjson.dumps(st.errors).decode() if st.errors else None for st in picked],
-                            [ids[n] for n in first.values()])
+    rows = await conn.fetch(_RECORD, [statuses[n].message_id for n in picked], [statuses[n].status for n in picked],
+                            [_ts(statuses[n].timestamp) for n in picked], [_errors(statuses[n]) for n in picked],
+                            [ids[n] for n in picked])
     out = ["duplicate"] * len(statuses)
-    for n, r in zip(first.values(), rows, strict=True):
-        out[n] = "duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] \
-            else "pending"
+    rank: dict[int, int] = {}  # each known message's rank as the batch moves it, by message row id
+    moves: dict[int, tuple[StatusUpdate, str | None]] = {}  # row id -> its last moving status, the last errors
+    moving: list[tuple[int, int]] = []  # (status index, row id)
+    for n, r in zip(picked, rows, strict=True):
+        st, row_id = statuses[n], r["id"]
+        if not r["inserted"]:
+            continue
+        if row_id is None:
+            out[n] = "pending"
+            continue
+        if RANK.get(st.status, 0) <= rank.setdefault(row_id, r["rank"]):
+            out[n] = "stale"
+            continue
+        rank[row_id] = RANK.get(st.status, 0)
+        moves[row_id] = (st, _errors(st) or (moves[row_id][1] if row_id in moves else None))
+        moving.append((n, row_id))
+    moved: set[int] = set()
+    if moves:
+        moved = {r[0] for r in await conn.fetch(
+            _MOVE, list(moves), [st.status for st, _ in moves.values()],
+            [_ts(st.timestamp) for st, _ in moves.values()], [errors for _, errors in moves.values()])}
+    for n, row_id in moving:  # a status whose message another transaction moved past it meanwhile is stale
+        out[n] = "applied" if row_id in moved else "stale"
     return out
