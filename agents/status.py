@@ -1,7 +1,7 @@
 """Status agent: ``wa.status`` → the delivery state of a message we sent, and settled ambiguity.
 
 Input key: the conversation key; a batch at a time (one transaction, its statuses recorded and applied in
-one statement: :func:`storage.statuses.apply_statuses`), in partition order. Idempotency:
+two statements: :func:`storage.statuses.apply_statuses`), in partition order. Idempotency:
 ``message_status_events (channel, provider_message_id, status)``; the message's state only
 moves forward (sent < delivered < read/played; failed is terminal). A status for a message
 not stored yet is kept and applied when the message is recorded.

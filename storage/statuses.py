@@ -1,4 +1,4 @@
-"""The SQL behind delivery statuses: a batch of them recorded and applied in one statement.
+"""The SQL behind delivery statuses: a batch of them recorded and applied in two statements.
 
 Like :mod:`storage.repo`, it runs inside the caller's transaction.
 """
