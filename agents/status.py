@@ -1,6 +1,7 @@
 """Status agent: ``wa.status`` → the delivery state of a message we sent, and settled ambiguity.
 
-Input key: the conversation key; a batch at a time (one transaction), in partition order. Idempotency:
+Input key: the conversation key; a batch at a time (one transaction, its statuses recorded and applied in
+two statements: :func:`storage.statuses.apply_statuses`), in partition order. Idempotency:
 ``message_status_events (channel, provider_message_id, status)``; the message's state only
 moves forward (sent < delivered < read/played; failed is terminal). A status for a message
 not stored yet is kept and applied when the message is recorded.
@@ -29,6 +30,7 @@ from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.orchestrator.rules import Rules
 from wacrm.storage import replies, repo
+from wacrm.storage import statuses as sstore
 from wacrm.storage import templates as tstore
 from wacrm.topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
 from wacrm.whatsapp.templates import MARKETING_STOPPED
@@ -58,7 +60,7 @@ class Status:
             open_rows = await repo.unsettled(conn, sorted({i for i in named if i is not None}))
             if open_rows:  # the conversations first, in id order, as every multi-conversation writer does
                 await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
-            outcomes = await repo.apply_statuses(conn, statuses, request_ids)
+            outcomes = await sstore.apply_statuses(conn, statuses, request_ids)
             settled = await self._settle(conn, statuses, named, open_rows, outcomes, templates)
             for st, outcome in zip(statuses, outcomes, strict=True):
                 if outcome == "applied" and st.status == "failed":

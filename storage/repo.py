@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from wacrm.topics.records import InboundMessage, StatusUpdate
+from wacrm.topics.records import InboundMessage
 
 CHANNEL = "whatsapp"
 
@@ -474,41 +474,6 @@ async def create_task(conn: asyncpg.Connection, conversation_id: int | None, kin
     """A task for a human plus a notification, once per ``dedupe_key``; ``request_id``: the webhook call
     that caused it."""
     await conn.execute(_CREATE_TASK, conversation_id, kind, title, details, dedupe_key, request_id)
-
-
-# One statement per status: the event once per (message, status), the message moved forward only
-# by a new event, and whether the message exists (seen before the statement, as it began).
-_APPLY_STATUS = """
-    WITH inserted AS (
-        INSERT INTO message_status_events (channel, provider_message_id, status, occurred_at, errors, payload,
-                                           request_id)
-        VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (channel, provider_message_id, status) DO NOTHING
-        RETURNING id),
-    moved AS (
-        UPDATE messages SET status = $3, status_at = $4, error = COALESCE($5, error)
-        WHERE channel = $1 AND provider_message_id = $2 AND EXISTS (SELECT 1 FROM inserted)
-          AND wacrm_status_rank($3) > wacrm_status_rank(status)
-        RETURNING id)
-    SELECT EXISTS (SELECT 1 FROM inserted) AS inserted, EXISTS (SELECT 1 FROM moved) AS moved,
-           EXISTS (SELECT 1 FROM messages WHERE channel = $1 AND provider_message_id = $2) AS known"""
-
-
-async def apply_statuses(conn: asyncpg.Connection, statuses: list[StatusUpdate],
-                         request_ids: list[str | None] | None = None) -> list[str]:
-    """Record each status once per (message, status) (with the request id of the webhook call that
-    brought it) and move its message forward, in order, pipelined; the outcome of each.
-
-    ``duplicate``: seen before. ``applied``: the message changed. ``stale``: an older state
-    than the message has. ``pending``: no such message yet (kept, applied when it is stored).
-    """
-    if not statuses:
-        return []
-    ids = request_ids or [None] * len(statuses)
-    rows = await conn.fetchmany(_APPLY_STATUS, [
-        (CHANNEL, st.message_id, st.status, _ts(st.timestamp), st.errors or None, st.payload, rid)
-        for st, rid in zip(statuses, ids, strict=True)])
-    return ["duplicate" if not r["inserted"] else "applied" if r["moved"] else "stale" if r["known"] else "pending"
-            for r in rows]
 
 
 async def answered_messages(conn: asyncpg.Connection, ledger_ids: list[int]) -> dict[int, str]:

@@ -3,8 +3,8 @@
 What is expected is not a second, hand-kept list: every migration file is applied, in order, to a
 scratch schema inside a transaction that is rolled back, and the catalogue of that schema is read
 back. The live schema's catalogue is read the same way, and the two are compared item by item:
-tables, columns with their types and nullability, indexes, constraints (primary, unique, check,
-foreign keys), SQL functions and triggers. Nothing is left behind by the check.
+tables and their storage parameters (fillfactor), columns with their types and nullability, indexes,
+constraints (primary, unique, check, foreign keys), SQL functions and triggers. Nothing is left behind by the check.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from wacrm.storage.migrate import Migration, discover, status
 
 @dataclass(frozen=True, slots=True, order=True)
 class Item:
-    """One thing the code expects of the schema: ``kind`` (table, column, index, constraint,
+    """One thing the code expects of the schema: ``kind`` (table, storage, column, index, constraint,
     function, trigger), its ``name`` and what it must be (``shape``: a type, a definition)."""
 
     kind: str
@@ -49,6 +49,9 @@ class Check:
 _CATALOGUE = {
     "table": """SELECT 'table', c.relname, '' FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')""",
+    "storage": """SELECT 'storage', c.relname, array_to_string(c.reloptions, ', ')
+                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                  WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.reloptions IS NOT NULL""",
     "column": """SELECT 'column', c.relname || '.' || a.attname,
                         format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -145,6 +148,8 @@ def fix_for(item: Item, found: Item | None, migration: str | None) -> str:
         return f"run: ALTER TABLE {table} ADD COLUMN {column} {kind}{null}{source}"
     if item.kind == "table" and missing:
         return f"run `{FIX_COMMAND}` if a migration is pending, else restore the table{source}"
+    if item.kind == "storage":
+        return f"run: ALTER TABLE {item.name} SET ({item.shape})"
     return f"restore it as the migration wrote it{source}; `{FIX_COMMAND}` if a migration is pending"
 
 

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from wacrm.storage import replies, repo
+from wacrm.storage import replies, repo, statuses
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
-from wacrm.topics.records import SendIntent
+from wacrm.topics.records import RawRef, SendIntent, StatusUpdate
 
 
 @pytest.fixture(scope="module")
@@ -158,3 +158,48 @@ async def test_a_task_and_its_notification_are_recorded_once_whichever_path_make
     assert await _tasks_with_notifications(db, f"follow_up:{wamid}") == [
         ("follow_up", title, title, {"text": "when do you open?"})]
     assert await db.fetchval("SELECT inbox_status FROM conversations WHERE id = $1", conv) == "pending"
+
+
+def _status(wamid: str, status: str, errors: list[dict[str, object]] | None = None) -> StatusUpdate:
+    return StatusUpdate(conversation_key="200:x", phone_number_id="200", message_id=wamid, status=status,
+                        timestamp=int(time.time()), recipient_id="15550001111", errors=errors or [],
+                        biz_opaque_callback_data=None, payload={"status": status}, raw_ref=RawRef("wa.status", 0, 0))
+
+
+async def test_a_batch_of_statuses_has_the_outcomes_of_applying_them_one_after_the_other(
+        db: asyncpg.Connection) -> None:
+    conv = await _conversation(db)
+    wamids = []
+    for _ in range(3):
+        row_id, _ = await _row(db, conv)
+        await db.execute("UPDATE outbound_log SET state = 'sending' WHERE id = $1", row_id)
+        wamids.append(f"wamid.{uuid.uuid4().hex}")
+        assert await repo.record_sent_many(db, [_accepted(row_id, conv, wamids[-1])], settled_by="answer") == [
+            "recorded"]
+    a, b, c = wamids
+    unknown = f"wamid.{uuid.uuid4().hex}"
+    failed = [{"code": 131026, "title": "Message undeliverable"}]
+    events_before = await db.fetchval("SELECT count(*) FROM inbox_events WHERE kind = 'status' "
+                                      "AND conversation_id = $1", conv)
+    async with db.transaction():
+        outcomes = await statuses.apply_statuses(db, [
+            _status(a, "sent"), _status(a, "delivered"), _status(b, "read"), _status(b, "delivered"),
+            _status(a, "sent"), _status(unknown, "sent"), _status(c, "failed", failed), _status(c, "read"),
+            _status(a, "read")], [f"r{n}" for n in range(9)])
+    assert outcomes == ["applied", "applied", "applied", "stale", "duplicate", "pending", "applied", "stale",
+                        "applied"]
+    rows = {r["provider_message_id"]: r for r in await db.fetch(
+        "SELECT provider_message_id, status, error FROM messages WHERE provider_message_id = ANY($1)", wamids)}
+    assert [rows[w]["status"] for w in wamids] == ["read", "read", "failed"]
+    assert rows[c]["error"] == failed
+    # each message moved once, so the page hears of each once
+    assert await db.fetchval("SELECT count(*) FROM inbox_events WHERE kind = 'status' AND conversation_id = $1",
+                             conv) == events_before + 3
+    # every status is kept once (with its request id), the unknown message's too, for when it is stored
+    kept = await db.fetch("SELECT provider_message_id, status, request_id FROM message_status_events "
+                          "WHERE provider_message_id = ANY($1) ORDER BY id", [*wamids, unknown])
+    assert [(r["provider_message_id"], r["status"], r["request_id"]) for r in kept] == [
+        (a, "sent", "r0"), (a, "delivered", "r1"), (b, "read", "r2"), (b, "delivered", "r3"), (unknown, "sent", "r5"),
+        (c, "failed", "r6"), (c, "read", "r7"), (a, "read", "r8")]
+    # the same batch again: all seen before
+    assert set(await statuses.apply_statuses(db, [_status(a, "read"), _status(unknown, "sent")])) == {"duplicate"}

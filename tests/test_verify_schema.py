@@ -132,3 +132,11 @@ def test_compare_is_by_kind_name_and_shape() -> None:
         ("t.a", False, "is bigint"), ("t_a", False, "missing"), ("t", True, "")]
     pending = compare(want, have, {"t_a": "0002_x.sql"}, frozenset({"0002_x.sql"}))
     assert [c.fix for c in pending if not c.ok][-1] == "run: wacrm migrate (0002_x.sql is pending)"
+
+
+def test_a_table_whose_storage_parameters_drifted_is_told_how_to_set_them() -> None:
+    want = [Item("storage", "messages", "fillfactor=80"), Item("storage", "notes", "fillfactor=70")]
+    have = [Item("storage", "notes", "fillfactor=50")]
+    assert [(c.item.name, c.problem, c.fix) for c in compare(want, have)] == [
+        ("messages", "missing", "run: ALTER TABLE messages SET (fillfactor=80)"),
+        ("notes", "is fillfactor=50", "run: ALTER TABLE notes SET (fillfactor=70)")]
