@@ -24,7 +24,7 @@ from inbox_client import customer_says, latest_conversation, make_user, phone, s
 from test_inbox_api import _sse
 
 from wacrm.core import procs
-from wacrm.core.embedded import as_user_kwargs, free_port, wait_for_port
+from wacrm.core.embedded import EmbeddedBroker, as_user_kwargs, free_port, wait_for_port
 from wacrm.core.settings import load
 from wacrm.storage.db import connect, create_pool
 from wacrm.topics.admin import create_topics
@@ -112,17 +112,22 @@ async def test_the_same_statement_runs_on_different_server_connections(pooled_da
 
 
 @pytest.fixture
-async def pooled_stack(pooled_database: Pooled, broker: str, tmp_path: Path) -> AsyncIterator[Stack]:
+async def pooled_stack(pooled_database: Pooled, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The system on the pooled database, with a broker of its own: the session's broker holds every other
+    test's replies, which a worker of this fresh database would read from the start as intents without a row."""
     pooled, direct = pooled_database.url, pooled_database.direct_url
-    await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker}, "dev"), out=lambda m: None)
-    stack = Stack(direct, broker, tmp_path / "logs",
+    broker = EmbeddedBroker(log_path=tmp_path / "tansu.log")
+    broker.start()
+    stack = Stack(direct, broker.bootstrap, tmp_path / "logs",
                   extra_env={"DATABASE_URL": pooled, "DIRECT_URL": direct, "DATABASE_POOLER": "transaction"})
     try:
+        await create_topics(load({"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}, "dev"), out=lambda m: None)
         stack.start()
         await stack.wait_worker()
         yield stack
     finally:
         stack.stop()
+        broker.stop()
 
 
 async def test_the_whole_pipeline_runs_through_a_transaction_pooler(pooled_stack: Stack,
