@@ -135,7 +135,7 @@ _ANSWER = """
 async def answer_many(conn: asyncpg.Connection, answers: list[tuple[int, int, SendIntent | None]], *,
                       published: bool) -> list[bool]:
     """For each (conversation id, upto, intent or None): :func:`mark_answered` and, with an intent,
-    :func:`queue` (False: its dedupe key exists already), one statement each, pipelined."""
+    :func:`storage.ledger.queue` (False: its dedupe key exists already), one statement each, pipelined."""
     if not answers:
         return []
     args = [(*(queue_args(i, published) if i is not None else (None, c, None, False, False, None)), c, upto)
