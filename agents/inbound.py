@@ -33,8 +33,8 @@ from wacrm.core.errors import UNIQUE_VIOLATION, Raced, sqlstate
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import NO_REPLY_TYPES
 from wacrm.orchestrator.service import Orchestrator
-from wacrm.storage import replies, repo, waiting
-from wacrm.storage.replies import auto_reply_key
+from wacrm.storage import ledger, replies, repo, waiting
+from wacrm.storage.ledger import auto_reply_key
 from wacrm.topics.records import InboundMessage, SendIntent, decode_inbound, intent_from_dict
 
 if TYPE_CHECKING:  # the worker's resources; imported for the type only
@@ -87,7 +87,7 @@ class Inbound:
                 msg = msgs[n]
                 if msg.message_id in stored:  # a redelivery: changes nothing
                     metrics.DUPLICATES.labels("message").inc()
-                    pending = await repo.queued_intent(conn, auto_reply_key(msg.message_id))
+                    pending = await ledger.queued_intent(conn, auto_reply_key(msg.message_id))
                     if pending is not None:  # a crash between commit and publish: publish it again
                         intents[n].append(intent_from_dict(pending))
                     outcomes[n] = "duplicate_republished" if pending is not None else "duplicate"

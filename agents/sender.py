@@ -41,7 +41,7 @@ from wacrm.core import metrics
 from wacrm.core.errors import Next, Poison, classify
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import numbers, replies, repo
+from wacrm.storage import ledger, ledger_send, numbers, repo
 from wacrm.storage import templates as tstore
 from wacrm.topics import retry_topic
 from wacrm.topics.records import RawRef, SendIntent, decode_intent, encode
@@ -62,8 +62,8 @@ class _Job:
     value: bytes
     ref: RawRef
     event: SendIntent
-    row: replies.LedgerRow
-    checks: replies.SendChecks
+    row: ledger_send.LedgerRow
+    checks: ledger_send.SendChecks
 
     @property
     def intent(self) -> SendIntent:
@@ -88,7 +88,7 @@ class _Carry:
     @property
     def expected(self) -> tuple[str, ...]:
         """The states the row must be in for the change: waiting, or ``sending`` (claimed by this worker)."""
-        return repo.WAITING if self.claimed is None else ("sending",)
+        return ledger.WAITING if self.claimed is None else ("sending",)
 
     @property
     def guard(self) -> int | None:
@@ -114,9 +114,10 @@ class Sender:
         # the claims of the batch's conversations, made side by side, in one round trip
         self._claim = Coalescer(self._claim_many)
 
-    async def _claim_many(self, claims: list[tuple[int, int, list[int]]]) -> list[repo.Claimed | repo.Earlier | str]:
+    async def _claim_many(self, claims: list[tuple[int, int, list[int]]]
+                          ) -> list[ledger.Claimed | ledger.Earlier | str]:
         async with self._res.pool.acquire() as conn:
-            return await repo.claim_many(conn, claims)
+            return await ledger.claim_many(conn, claims)
 
     async def handle(self, items: list[Item]) -> list[str]:
         """Read the batch's rows and checks, then each intent: decide, claim, call (a conversation's in
@@ -131,7 +132,7 @@ class Sender:
         for n, e in enumerate(events):
             first.setdefault(e.dedupe_key, n)
         async with self._res.pool.acquire() as conn:
-            reads = await replies.send_reads_many(conn, list(first))
+            reads = await ledger_send.send_reads_many(conn, list(first))
         jobs: dict[int, _Job] = {}
         for (key, n), read in zip(first.items(), reads, strict=True):
             if read is None:
@@ -140,7 +141,7 @@ class Sender:
         by_conversation: dict[int, list[int]] = {}
         for n, job in jobs.items():
             by_conversation.setdefault(job.row.intent.conversation_id, []).append(n)
-        accepted: list[tuple[repo.Accepted, SendIntent]] = []
+        accepted: list[tuple[ledger_send.Accepted, SendIntent]] = []
 
         async def conversation(indices: list[int]) -> None:
             passed: list[int] = []  # rows of this conversation accepted in this batch, not recorded yet
@@ -158,7 +159,7 @@ class Sender:
                 raise result
         return outcomes
 
-    async def _one(self, job: _Job, passed: list[int], accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
+    async def _one(self, job: _Job, passed: list[int], accepted: list[tuple[ledger_send.Accepted, SendIntent]]) -> str:
         intent = job.intent
         decision = self._decide(job, job.checks)
         if isinstance(decision, sending.Send) and intent.kind == "template":
@@ -168,19 +169,19 @@ class Sender:
             self._pacer.try_send(intent.to)
             await self._wait_for_token(intent.phone_number_id)
             claimed = await self._claim((job.row.id, job.event.attempt, list(passed)))
-            if isinstance(claimed, repo.Claimed):
+            if isinstance(claimed, ledger.Claimed):
                 outcome = await self._call(job, intent, claimed.attempts, accepted)
                 if outcome == "sent":
                     passed.append(job.row.id)
                 return outcome
-            if isinstance(claimed, repo.Earlier):  # an earlier reply got in the way since the batch's read
+            if isinstance(claimed, ledger.Earlier):  # an earlier reply got in the way since the batch's read
                 decision = self._decide(job, dataclasses.replace(job.checks, earlier=claimed))
             else:
                 decision = self._decide(dataclasses.replace(job, row=dataclasses.replace(job.row, state=claimed)),
                                         job.checks)
         return await self._carry_out(decision, _Carry(job, intent))
 
-    def _decide(self, job: _Job, checks: replies.SendChecks) -> sending.Decision:
+    def _decide(self, job: _Job, checks: ledger_send.SendChecks) -> sending.Decision:
         return sending.decide(job.row, checks, datetime.now(UTC), attempt=job.event.attempt,
                               template=self._rules.window_template,
                               pair_wait_s=self._pacer.wait_s(job.row.intent.to))
@@ -215,7 +216,7 @@ class Sender:
     # --- carrying out what sending.decide / sending.route returned ----------------------------------
 
     async def _call(self, job: _Job, intent: SendIntent, attempts: int,
-                    accepted: list[tuple[repo.Accepted, SendIntent]]) -> str:
+                    accepted: list[tuple[ledger_send.Accepted, SendIntent]]) -> str:
         """The Graph API call of a claimed row (``sending``, ``attempts`` with this one)."""
         started = time.perf_counter()
         credentials: numbers.Credentials | None = None
@@ -248,7 +249,7 @@ class Sender:
         metrics.SEND_DURATION.labels("sent").observe(time.perf_counter() - started)
         log.info("sent %s ledger row %d attempt %d: message %s", intent.dedupe_key, job.row.id, attempts,
                  answer.message_id, extra={"request_id": intent.request_id})
-        accepted.append((repo.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body,
+        accepted.append((ledger_send.Accepted(job.row.id, intent.conversation_id, intent.text, answer.message_id, body,
                                        sent_at=time.time()), intent))
         return "sent"
 
@@ -295,7 +296,7 @@ class Sender:
     async def _maybe_sent(self, c: _Carry) -> str:
         """The call may have reached Meta: ``ambiguous``, settled later by its statuses (or a person)."""
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await repo.mark_ambiguous(conn, c.job.row.id, c.error)
+            done = await ledger.mark_ambiguous(conn, c.job.row.id, c.error)
         if not done:
             return self._raced(c, "ambiguous")
         metrics.AMBIGUOUS_SENDS.labels("marked").inc()
@@ -309,7 +310,7 @@ class Sender:
             how = await numbers.pause_for_token(conn, intent.phone_number_id, c.token_version, _reason(c.error))
             until = numbers.UNTIL_NEW_TOKEN if how != "stale" else \
                 datetime.fromtimestamp(time.time() + TOKEN_REPLACED_WAIT_S, tz=UTC)
-            done = await repo.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
+            done = await ledger.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
                                    on_topic=False) is not None
             if how == "paused":
                 log.warning("business number %s: Meta refused its access token; its sends wait for a new "
@@ -323,15 +324,15 @@ class Sender:
         intent = c.intent
         until = datetime.fromtimestamp(time.time() + self._s.pause_s, tz=UTC)
         async with self._res.pool.acquire() as conn, conn.transaction():
-            await replies.pause_number(conn, intent.phone_number_id, _reason(c.error), self._s.pause_s,
+            await ledger_send.pause_number(conn, intent.phone_number_id, _reason(c.error), self._s.pause_s,
                                        intent.conversation_id)
-            done = await repo.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
+            done = await ledger.wait(conn, c.job.row.id, c.expected, until, c.error, refund=True,
                                    on_topic=False) is not None
         return self._done(c, "parked") if done else self._raced(c, "parked")
 
     async def _drop(self, step: sending.Drop, c: _Carry) -> str:
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await repo.finish(conn, c.job.row.id, c.expected, "dropped", {"error": step.reason},
+            done = await ledger.finish(conn, c.job.row.id, c.expected, "dropped", {"error": step.reason},
                                      attempts=c.guard)
         return self._done(c, step.outcome) if done else self._raced(c, step.outcome)
 
@@ -339,7 +340,7 @@ class Sender:
         """The row waits until ``until`` (park, pace, retry); with a retry ``topic`` (1-based), the
         delivery goes on that topic, due then; without, the outbox sweep publishes it then."""
         async with self._res.pool.acquire() as conn, conn.transaction():
-            left = await repo.wait(conn, c.job.row.id, c.expected, until, c.error or {"error": why}, refund=False,
+            left = await ledger.wait(conn, c.job.row.id, c.expected, until, c.error or {"error": why}, refund=False,
                                    on_topic=topic > 0, attempts=c.guard)
         if left is None:
             return self._raced(c, outcome)
@@ -353,9 +354,9 @@ class Sender:
     async def _use_template(self, step: sending.UseTemplate, c: _Carry) -> str:
         """Outside the window: this row is dropped and the template's row queued and published instead."""
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await repo.finish(conn, c.job.row.id, c.expected, "dropped",
+            done = await ledger.finish(conn, c.job.row.id, c.expected, "dropped",
                                      {"error": "24-hour window closed; template sent"}, attempts=c.guard)
-            fresh = done and await replies.queue(conn, step.replacement, published=True)
+            fresh = done and await ledger.queue(conn, step.replacement, published=True)
         if not done:
             return self._raced(c, "window_template")
         if fresh:
@@ -366,7 +367,7 @@ class Sender:
         """Never sent: ``failed``, a task for a person, and a dead letter when the step asks for one."""
         intent, row = c.intent, c.job.row
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await repo.record_failed(conn, row.id, c.expected, step.error, intent.conversation_id,
+            done = await ledger.record_failed(conn, row.id, c.expected, step.error, intent.conversation_id,
                                             step.kind, step.title, attempts=c.guard, request_id=intent.request_id)
         if not done:
             return self._raced(c, step.kind)
@@ -392,7 +393,7 @@ class Sender:
                  extra={"request_id": c.intent.request_id})
         return outcome
 
-    async def _record_as_accepted(self, accepted: list[tuple[repo.Accepted, SendIntent]],
+    async def _record_as_accepted(self, accepted: list[tuple[ledger_send.Accepted, SendIntent]],
                                   finished: asyncio.Event) -> None:
         """Record accepted sends every ``RECORD_EVERY_S`` while the batch runs, and the rest when it is
         finished: a crash leaves unrecorded (ambiguous, settled by statuses) only the calls in flight
@@ -406,7 +407,7 @@ class Sender:
             if finished.is_set() and not accepted:
                 return
 
-    async def _record(self, accepted: list[tuple[repo.Accepted, SendIntent]]) -> None:
+    async def _record(self, accepted: list[tuple[ledger_send.Accepted, SendIntent]]) -> None:
         """Record accepted sends, retrying in place: the customer has them, a batch retry would not help."""
         delay = BACKOFF_FIRST_S
         outcomes: list[str] = []
@@ -414,7 +415,7 @@ class Sender:
             try:
                 async with self._res.pool.acquire() as conn, conn.transaction():
                     await repo.lock_conversations(conn, ids=sorted({a.conversation_id for a, _ in accepted}))
-                    outcomes = await repo.record_sent_many(conn, [a for a, _ in accepted], settled_by="answer")
+                    outcomes = await ledger_send.record_sent_many(conn, [a for a, _ in accepted], settled_by="answer")
                 break
             except Exception as exc:
                 if classify(exc) is not Next.RETRY:
@@ -426,7 +427,7 @@ class Sender:
         for (a, intent), outcome in zip(accepted, outcomes, strict=True):
             metrics.SEND_RECORDS.labels(outcome).inc()
             if outcome in ("conflict", "second_copy"):
-                log.error("send %s: message %s %s", intent.dedupe_key, a.wamid, repo.RECORD_PROBLEMS[outcome])
+                log.error("send %s: message %s %s", intent.dedupe_key, a.wamid, ledger_send.RECORD_PROBLEMS[outcome])
             if intent.automatic and intent.customer_timestamp:
                 metrics.REPLY_LATENCY.observe(max(0.0, now - intent.customer_timestamp))
             if intent.automatic and intent.accepted_at:

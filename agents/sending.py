@@ -21,8 +21,9 @@ from typing import Any, ClassVar
 
 from wacrm.core.errors import Next, classify
 from wacrm.orchestrator.rules import Template
-from wacrm.storage.replies import LedgerRow, SendChecks, template_body
-from wacrm.storage.repo import Earlier
+from wacrm.storage.ledger import WAITING, Earlier
+from wacrm.storage.ledger_send import LedgerRow, SendChecks
+from wacrm.storage.replies import template_body
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT, GraphClient
 from wacrm.whatsapp.limits import TEXT_MAX_CHARS, window_open
@@ -146,8 +147,6 @@ class Fail:
 
 Decision = Send | Skip | Drop | Park | Pace | UseTemplate | Fail
 
-_WAITING = ("queued", "retry_wait")
-
 
 def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: Template | None,
            pair_wait_s: float = 0.0) -> Decision:
@@ -162,7 +161,7 @@ def decide(row: Row, checks: Checks, now: datetime, *, attempt: int, template: T
     could change its meaning); the pair limit paces it (``pair_wait_s``: how long the recipient's
     pair limit asks to wait); else it is sent.
     """
-    if row.state not in _WAITING:
+    if row.state not in WAITING:
         return Skip({"sending": "in_flight", "ambiguous": "ambiguous", "unconfirmed": "ambiguous",
                      "superseded": "superseded"}.get(row.state, "duplicate"))
     if row.attempts != attempt:

@@ -10,11 +10,11 @@ Settling: every send names its ledger row in ``biz_opaque_callback_data`` (``ol:
 ``sent``/``delivered``/``read``/``played`` status naming a row that Meta may have taken without
 our record (``sending``, ``ambiguous``, ``unconfirmed``) proves Meta took it: the row becomes
 ``sent`` (``settled_by = 'status'``) with the wamid, and the outbound message is stored exactly as
-the sender stores it (:func:`storage.repo.record_sent_many`). A ``failed`` status naming such a
+the sender stores it (:func:`storage.ledger_send.record_sent_many`). A ``failed`` status naming such a
 row fails it with a task. A ``failed`` status of a stored message leaves a task for a person;
 131047 (the window closed before delivery) takes the window path (:func:`agents.sending.window_path`:
 the configured template, else the task); any other ``failed`` status of a stored message also fails its
-ledger row (``sent`` -> ``failed``, :func:`storage.repo.fail_sent`), so a person can retry it.
+ledger row (``sent`` -> ``failed``, :func:`storage.ledger.fail_sent`), so a person can retry it.
 Commit: after the transaction and the publish of any template.
 """
 
@@ -29,7 +29,7 @@ from wacrm.agents import sending
 from wacrm.agents.runner import Item, publish
 from wacrm.core import metrics
 from wacrm.orchestrator.rules import Rules
-from wacrm.storage import replies, repo
+from wacrm.storage import ledger, ledger_send, repo
 from wacrm.storage import statuses as sstore
 from wacrm.storage import templates as tstore
 from wacrm.topics.records import SendIntent, StatusUpdate, decode_status, intent_from_dict
@@ -57,7 +57,7 @@ class Status:
         named = [sending.ledger_id(st.biz_opaque_callback_data) for st in statuses]
         templates: list[SendIntent] = []
         async with self._res.pool.acquire() as conn, conn.transaction():
-            open_rows = await repo.unsettled(conn, sorted({i for i in named if i is not None}))
+            open_rows = await ledger_send.unsettled(conn, sorted({i for i in named if i is not None}))
             if open_rows:  # the conversations first, in id order, as every multi-conversation writer does
                 await repo.lock_conversations(conn, ids=sorted({r.conversation_id for r in open_rows.values()}))
             outcomes = await sstore.apply_statuses(conn, statuses, request_ids)
@@ -79,10 +79,10 @@ class Status:
         return outcomes
 
     async def _settle(self, conn: asyncpg.Connection, statuses: list[StatusUpdate], named: list[int | None],
-                      open_rows: dict[int, repo.Unsettled], outcomes: list[str],
+                      open_rows: dict[int, ledger_send.Unsettled], outcomes: list[str],
                       templates: list[SendIntent]) -> list[str]:
         """Settle the open rows these statuses name (each once); the metric steps of those that were ambiguous."""
-        taken: list[tuple[repo.Accepted, repo.Unsettled]] = []
+        taken: list[tuple[ledger_send.Accepted, ledger_send.Unsettled]] = []
         steps: list[str] = []
         for n, (st, row_id) in enumerate(zip(statuses, named, strict=True)):
             row = open_rows.pop(row_id, None) if row_id is not None else None
@@ -94,7 +94,7 @@ class Status:
                     body = sending.payload(self._res.graph, row.id, intent)
                 except Exception:  # the stored intent cannot be rebuilt as a request; the text still is recorded
                     body = {"type": intent.kind if intent.kind != "notice" else "text"}
-                taken.append((repo.Accepted(row.id, row.conversation_id, intent.text, st.message_id, body,
+                taken.append((ledger_send.Accepted(row.id, row.conversation_id, intent.text, st.message_id, body,
                                             sent_at=float(st.timestamp) if st.timestamp else None), row))
                 outcomes[n] = "settled"
             elif st.status == "failed":
@@ -109,21 +109,22 @@ class Status:
                         f"A message was not delivered (codes {sorted(c for c in codes if c)})",
                         dead_letter=False)
                 if isinstance(decision, sending.UseTemplate):
-                    if await repo.finish(conn, row.id, repo.UNSETTLED, "failed", error) and \
-                            await replies.queue(conn, decision.replacement, published=True):
+                    if await ledger.finish(conn, row.id, ledger.UNSETTLED, "failed", error) and \
+                            await ledger.queue(conn, decision.replacement, published=True):
                         templates.append(decision.replacement)
                 else:
                     assert isinstance(decision, sending.Fail)
-                    await repo.record_failed(conn, row.id, repo.UNSETTLED, error, row.conversation_id,
+                    await ledger.record_failed(conn, row.id, ledger.UNSETTLED, error, row.conversation_id,
                                              decision.kind, decision.title, request_id=intent.request_id)
                 outcomes[n] = "settled_failed"
                 if row.state != "sending":
                     steps.append("settled_failed")
-        results = await repo.record_sent_many(conn, [a for a, _ in taken], settled_by="status")
+        results = await ledger_send.record_sent_many(conn, [a for a, _ in taken], settled_by="status")
         for (a, row), result in zip(taken, results, strict=True):
             metrics.SEND_RECORDS.labels(result).inc()
-            if result in repo.RECORD_PROBLEMS:
-                log.error("ledger row %d: message %s %s", a.outbound_log_id, a.wamid, repo.RECORD_PROBLEMS[result])
+            if result in ledger_send.RECORD_PROBLEMS:
+                log.error("ledger row %d: message %s %s", a.outbound_log_id, a.wamid,
+                          ledger_send.RECORD_PROBLEMS[result])
             if row.state != "sending":
                 steps.append("settled_status")
         return steps
@@ -142,10 +143,10 @@ class Status:
         if sending.REENGAGEMENT in codes and row["intent"] is not None:
             decision = sending.window_path(intent_from_dict(row["intent"]), self._rules.window_template)
             if isinstance(decision, sending.UseTemplate):
-                queued = await replies.queue(conn, decision.replacement, published=True)
+                queued = await ledger.queue(conn, decision.replacement, published=True)
                 return decision.replacement if queued else None
         if row["ledger_id"] is not None:  # a person can retry it (POST /api/v1/outbound/{id}/retry)
-            await repo.fail_sent(conn, row["ledger_id"], st.message_id,
+            await ledger.fail_sent(conn, row["ledger_id"], st.message_id,
                                  {"error": "Meta reported the send failed", "errors": st.errors,
                                   "provider_message_id": st.message_id})
         await repo.create_task(conn, row["conversation_id"], "delivery_failed",

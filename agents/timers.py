@@ -31,8 +31,8 @@ from wacrm.core import metrics
 from wacrm.core.errors import Next, classify
 from wacrm.core.settings import Settings
 from wacrm.orchestrator.service import Orchestrator
+from wacrm.storage import ledger, ledger_send, replies
 from wacrm.storage import media as media_ledger
-from wacrm.storage import replies, repo
 from wacrm.topics.lag import LagProbe
 from wacrm.topics.records import encode
 from wacrm.whatsapp.limits import SERVICE_WINDOW
@@ -99,7 +99,7 @@ class Timers:
         """Intents in the ledger not (or no longer) on the bus: manual replies, crashes, overdue retries."""
         try:
             async with self._res.pool.acquire() as conn, conn.transaction():
-                intents = await replies.due_for_publishing(conn, 200)
+                intents = await ledger.due_for_publishing(conn, 200)
             await runner.publish(self._outbound, intents)
         except Exception as exc:
             _failed("the outbox sweep", exc)
@@ -121,8 +121,9 @@ class Timers:
         s = self._s
         try:
             async with self._res.pool.acquire() as conn, conn.transaction():
-                stuck = await repo.in_flight_too_long(conn, self._in_flight_after_s, 200)
-                overdue = await repo.settle_overdue(conn, s.ambiguous_settle_s, s.ambiguous_policy == "resend", 200)
+                stuck = await ledger_send.in_flight_too_long(conn, self._in_flight_after_s, 200)
+                overdue = await ledger_send.settle_overdue(conn, s.ambiguous_settle_s,
+                                                           s.ambiguous_policy == "resend", 200)
             if stuck:
                 log.warning("%d send(s) were in flight when their worker stopped: ambiguous, not resent (ids %s)",
                             len(stuck), stuck[:20])
@@ -156,7 +157,7 @@ class Timers:
     async def _sample_delivery(self) -> None:
         try:
             async with self._res.pool.acquire() as conn:
-                health = await repo.delivery_health(conn)
+                health = await ledger_send.delivery_health(conn)
                 awaiting = await replies.awaiting_reply(conn, SERVICE_WINDOW.total_seconds())
             metrics.PAUSED_NUMBERS.set(health.paused_numbers)
             metrics.AMBIGUOUS_OPEN.labels("count").set(health.unsettled)

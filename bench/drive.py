@@ -22,7 +22,7 @@ from bench import probes, stats
 from bench.system import Bench, BenchError
 from wacrm import received
 from wacrm.core import procs
-from wacrm.storage import repo
+from wacrm.storage import ledger_send
 from wacrm.system import LOCAL
 from wacrm.whatsapp import signature
 
@@ -155,7 +155,7 @@ async def _answered(b: Bench, sent: list[dict[str, Any]], due: dict[str, float],
     message; how many messages without a reply of their own a later message's reply covered)."""
     conn = await asyncpg.connect(b.db_url)
     try:
-        answers = await repo.answered_messages(conn, received.ledger_rows(sent))
+        answers = await ledger_send.answered_messages(conn, received.ledger_rows(sent))
         replies = [(message_id, x["received_at"]) for x, message_id in received.replies(sent, answers)]
         rows = await conn.fetch(
             """SELECT provider_message_id, count(*) AS n FROM messages

@@ -37,7 +37,7 @@ from harness.databases import create_database
 from wacrm.core import procs
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.orchestrator.fake_llm import FakeLlm
-from wacrm.storage import repo
+from wacrm.storage import ledger_send
 from wacrm.storage.numbers import new_key
 from wacrm.system import (
     LaunchError,
@@ -303,7 +303,7 @@ class System:
 
     async def replies_to(self, conn: asyncpg.Connection, sent: list[dict[str, Any]]) -> list[str]:
         """The message each send Meta took answers, from the ledger rows the sends name."""
-        return answered_messages(sent, await repo.answered_messages(conn, ledger_rows(sent)))
+        return answered_messages(sent, await ledger_send.answered_messages(conn, ledger_rows(sent)))
 
     async def drain(self, units: Sequence[Sequence[str]], timeout: float, quiet_s: float = 4.0,
                     stall_s: float = 20.0) -> float:

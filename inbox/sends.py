@@ -1,7 +1,7 @@
 """A person's replies: ``POST conversations/{id}/messages`` (a text, a template or a file) and
 ``POST outbound/{id}/retry``.
 
-Every reply goes through the ledger like the bot's (:func:`storage.replies.queue_manual_reply`),
+Every reply goes through the ledger like the bot's (:func:`storage.ledger.queue_manual_reply`),
 once per idempotency key, and ends the customer's wait; the sender agent sends it. Free text and
 files need the customer-service window open (409 ``WINDOW_CLOSED`` lists the templates that may go
 instead); a template is checked against the catalogue (:mod:`inbox.template_api`).
@@ -22,7 +22,7 @@ from wacrm.inbox.keys import POOL, USER
 from wacrm.inbox.protocol import ApiError, body_of, conversation_or_404, invalid, not_found, ok, path_id
 from wacrm.inbox.template_api import checked_template, template_of, templates_and_consent
 from wacrm.media import StoreUnavailable
-from wacrm.storage import replies, repo, waiting
+from wacrm.storage import ledger, waiting
 from wacrm.whatsapp import reasons
 from wacrm.whatsapp.limits import TEXT_MAX_CHARS, window_open
 
@@ -92,13 +92,13 @@ async def _queue(conn: asyncpg.Connection, cid: int, shown: str, request_id: str
                  template: dict[str, Any] | None = None, media: dict[str, Any] | None = None) -> web.Response:
     """Queue a person's reply in the ledger (once per ``request_id``) and end the customer's wait: 202
     with the ledger row; 422 when the idempotency key was used in another conversation."""
-    created = await replies.queue_manual_reply(conn, cid, shown, request_id, user_id, template, media)
-    ledger = await store.ledger_row(conn, replies.manual_reply_key(request_id))
-    assert ledger is not None
-    if ledger["conversation_id"] != cid:
+    created = await ledger.queue_manual_reply(conn, cid, shown, request_id, user_id, template, media)
+    row = await store.ledger_row(conn, ledger.manual_reply_key(request_id))
+    assert row is not None
+    if row["conversation_id"] != cid:
         raise invalid("this idempotency_key was used for a reply in another conversation")
     await waiting.end(conn, cid)  # a person answered: the customer no longer waits
-    return ok(202, outbound={"id": ledger["id"], "state": ledger["state"]}, created=created)
+    return ok(202, outbound={"id": row["id"], "state": row["state"]}, created=created)
 
 
 async def _refuse_closed_window(request: web.Request, conn: asyncpg.Connection, cid: int) -> None:
@@ -116,7 +116,7 @@ async def retry_outbound(request: web.Request) -> web.Response:
     oid = path_id(request)
     user: User = request[USER]
     async with request.app[POOL].acquire() as conn, conn.transaction():
-        result = await repo.retry_failed(conn, oid, user.id)
+        result = await ledger.retry_failed(conn, oid, user.id)
     if result.state is None:
         raise not_found("reply")
     if not result.requeued:

@@ -2,7 +2,7 @@
 
 One reply per burst: the rules engine (and the LLM when one is configured) decides for every
 customer message after the last one answered. The effects — the reply's intent in the ledger
-(dedupe key :func:`storage.replies.auto_reply_key` of the last message), an opt-out, a handover
+(dedupe key :func:`storage.ledger.auto_reply_key` of the last message), an opt-out, a handover
 with its task — are recorded with the messages marked answered; the intents are returned for the
 caller to publish after the commit.
 
@@ -23,8 +23,9 @@ import asyncpg
 from wacrm.core import metrics
 from wacrm.orchestrator.llm import LlmClient, LlmError, Turn
 from wacrm.orchestrator.rules import Decision, Rules, Situation, decide
-from wacrm.storage import replies
-from wacrm.storage.replies import ReplyContext, auto_reply_key
+from wacrm.storage import ledger, replies
+from wacrm.storage.ledger import auto_reply_key
+from wacrm.storage.replies import ReplyContext
 from wacrm.topics.records import SendIntent
 
 log = logging.getLogger("wacrm.orchestrator")
@@ -133,7 +134,7 @@ class Orchestrator:
         intent = await self._prepare(conn, ctx, decision, accepted_at, follow_ups)
         await replies.promise_follow_ups(conn, follow_ups)
         await replies.mark_answered(conn, ctx.conversation_id, ctx.pending[-1].id)
-        if intent is None or not await replies.queue(conn, intent, published=True):
+        if intent is None or not await ledger.queue(conn, intent, published=True):
             return []  # nothing to send, or answered before (a replay): the ledger already has it
         return [intent]
 

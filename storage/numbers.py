@@ -32,6 +32,8 @@ from typing import Any
 import asyncpg
 from cryptography.fernet import Fernet, InvalidToken
 
+from wacrm.storage.ledger import RETRY_WAIT
+
 log = logging.getLogger("wacrm.numbers")
 
 CACHE_S = 2.0  # how long a process trusts its copy of the table
@@ -250,8 +252,8 @@ async def resume(conn: asyncpg.Connection, phone_number_id: str) -> int:
     # every reply of the number that waits: held for the token, or parked by the sender for the pause
     # (a park looks again within sending.PARK_RECHECK, so one written just after this is not lost)
     done = await conn.execute(
-        """UPDATE outbound_log SET next_attempt_at = now(), published_at = NULL
-           WHERE state = 'retry_wait' AND next_attempt_at > now() AND intent->>'phone_number_id' = $1""",
+        f"""UPDATE outbound_log SET next_attempt_at = now(), published_at = NULL
+            WHERE state = '{RETRY_WAIT}' AND next_attempt_at > now() AND intent->>'phone_number_id' = $1""",
         phone_number_id)
     return int(done.split()[-1])
 

@@ -1,13 +1,11 @@
-"""The SQL behind replies: unanswered messages, ownership (handover, assignment), opt-out,
-the outbox (publishing queued intents), retries waiting in the ledger, and number pauses.
+"""The SQL behind replies: unanswered messages, ownership (handover, assignment), opt-out, and why a
+message got no reply. The send ledger itself (queueing, the outbox, its states) is :mod:`storage.ledger`.
 
 Like :mod:`storage.repo`, functions run inside the caller's transaction.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,8 +13,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from wacrm.storage.repo import Earlier, create_task, tasks_from
-from wacrm.topics.records import SendIntent, intent_from_dict
+from wacrm.storage.ledger import FAILED, NOT_SENT, UNFINISHED, auto_reply_key, queue_args, sql_in
+from wacrm.storage.repo import create_task, tasks_from
+from wacrm.topics.records import SendIntent
 from wacrm.whatsapp.graph import REENGAGEMENT
 
 #: A person owns conversation ``c`` (assigned, handed over, the bot paused, or answered from the WhatsApp
@@ -136,10 +135,10 @@ _ANSWER = """
 async def answer_many(conn: asyncpg.Connection, answers: list[tuple[int, int, SendIntent | None]], *,
                       published: bool) -> list[bool]:
     """For each (conversation id, upto, intent or None): :func:`mark_answered` and, with an intent,
-    :func:`queue` (False: its dedupe key exists already), one statement each, pipelined."""
+    :func:`storage.ledger.queue` (False: its dedupe key exists already), one statement each, pipelined."""
     if not answers:
         return []
-    args = [(*(_queue_args(i, published) if i is not None else (None, c, None, False, False, None)), c, upto)
+    args = [(*(queue_args(i, published) if i is not None else (None, c, None, False, False, None)), c, upto)
             for c, upto, i in answers]
     return [r[0] for r in await conn.fetchmany(_ANSWER, args)]
 
@@ -243,28 +242,6 @@ async def release(conn: asyncpg.Connection, conversation_id: int) -> int:
            WHERE id = $1 RETURNING ownership_version""", conversation_id))
 
 
-# One row whether it inserted or not, so that a pipelined batch's results line up with its intents.
-_QUEUE = """
-    WITH inserted AS (
-        INSERT INTO outbound_log (dedupe_key, conversation_id, intent, automatic, published_at, request_id)
-        VALUES ($1, $2, $3, $4, CASE WHEN $5 THEN now() END, $6)
-        ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
-    SELECT EXISTS (SELECT 1 FROM inserted)"""
-
-
-def _queue_args(intent: SendIntent, published: bool) -> tuple[Any, ...]:
-    # the jsonb codec serialises the dataclass itself (orjson), without asdict's deep copy
-    return intent.dedupe_key, intent.conversation_id, intent, intent.automatic, published, intent.request_id
-
-
-async def queue(conn: asyncpg.Connection, intent: SendIntent, *, published: bool) -> bool:
-    """Put an intent in the ledger (state ``queued``); False if its dedupe key exists already.
-
-    ``published``: the caller publishes it right after the commit; otherwise the outbox sweep does.
-    """
-    return bool(await conn.fetchval(_QUEUE, *_queue_args(intent, published)))
-
-
 def template_body(template: dict[str, Any]) -> str:
     """The stored text of a template message (``{"name", "language", "parameters"}``), as the thread
     shows what the customer got. Template texts are not known here (no catalogue yet), so it is the
@@ -272,131 +249,6 @@ def template_body(template: dict[str, Any]) -> str:
     params = [str(p) for p in template.get("parameters") or ()]
     head = f"[template {template.get('name')} ({template.get('language')})]"
     return f"{head} {' · '.join(params)}" if params else head
-
-
-def auto_reply_key(message_id: str) -> str:
-    """The ledger's dedupe key of the bot's reply to customer message ``message_id``."""
-    return f"auto:{message_id}"
-
-
-def manual_reply_key(request_id: str) -> str:
-    return f"manual:{request_id}"
-
-
-async def queue_manual_reply(conn: asyncpg.Connection, conversation_id: int, text: str, request_id: str,
-                             user_id: int | None = None, template: dict[str, Any] | None = None,
-                             media: dict[str, Any] | None = None) -> bool:
-    """A person's reply: same ledger, limits and retries as the bot's; published by the outbox sweep.
-
-    ``template`` ({"name", "language", "parameters"}) sends an approved template instead of ``text``;
-    ``media`` (:attr:`SendIntent.media`) a file in the media store, ``text`` then being its line in the
-    thread; ``user_id`` is recorded as the reply's author.
-    """
-    row = await conn.fetchrow(
-        """SELECT c.conversation_key, c.phone_number_id, COALESCE(k.wa_id, k.user_id) customer
-           FROM conversations c JOIN contacts k ON k.id = c.contact_id WHERE c.id = $1""", conversation_id)
-    if row is None:
-        raise LookupError(f"no conversation {conversation_id}")
-    intent = SendIntent(dedupe_key=manual_reply_key(request_id), conversation_key=row["conversation_key"],
-                        conversation_id=conversation_id, phone_number_id=row["phone_number_id"],
-                        to=row["customer"], text=text, automatic=False, accepted_at=time.time(),
-                        kind="template" if template else "media" if media else "text", template=template,
-                        media=media)
-    new = await queue(conn, intent, published=False)
-    if new and user_id is not None:
-        await conn.execute("UPDATE outbound_log SET author_user_id = $2 WHERE dedupe_key = $1",
-                           intent.dedupe_key, user_id)
-    return new
-
-
-REPUBLISH_AFTER_S = 60  # a queued intent whose publish was not followed by a claim is published again
-RETRY_GRACE_S = 30  # a retry the retry topic did not deliver in time is published by the sweep
-
-
-async def due_for_publishing(conn: asyncpg.Connection, limit: int) -> list[SendIntent]:
-    """The outbox: queued intents never (or long ago) published, and retries overdue; marked published."""
-    rows = await conn.fetch(
-        """UPDATE outbound_log SET published_at = now()
-           WHERE id IN (SELECT id FROM outbound_log
-                        WHERE (state = 'queued' AND (published_at IS NULL
-                                                     OR published_at < now() - make_interval(secs => $2)))
-                           OR (state = 'retry_wait' AND published_at IS NULL AND next_attempt_at <= now())
-                           OR (state = 'retry_wait' AND next_attempt_at < now() - make_interval(secs => $3)
-                               AND published_at < now() - make_interval(secs => $3))
-                        ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-           RETURNING intent, attempts""", limit, REPUBLISH_AFTER_S, RETRY_GRACE_S)
-    return [dataclasses.replace(intent_from_dict(r["intent"]), attempt=r["attempts"], not_before=None) for r in rows]
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRow:
-    """An intent's row in ``outbound_log``: its state and the stored intent, which is what gets sent."""
-
-    id: int
-    state: str
-    attempts: int
-    intent: SendIntent
-
-
-@dataclass(frozen=True, slots=True)
-class SendChecks:
-    """What the sender checks at send time."""
-
-    ownership_version: int
-    human_owned: bool
-    opted_out: bool
-    last_inbound_at: datetime | None
-    paused_until: datetime | None
-    earlier: Earlier | None = None  # an earlier unfinished reply of the conversation (outside the batch)
-
-
-# One row per dedupe key, in order, NULLs when it has no ledger row. The earlier unfinished reply
-# ignores the batch's own rows: they are handled in order before this one (the claim looks again).
-_SEND_READS = f"""
-    SELECT l.id, l.state, l.attempts, l.intent, c.ownership_version,
-           {HUMAN_OWNED} AS human, k.opted_out, c.last_inbound_at,
-           (SELECT until FROM number_pauses p WHERE p.phone_number_id = c.phone_number_id AND p.until > now()) paused,
-           e.id AS e_id, e.state AS e_state, e.next_attempt_at AS e_next
-    FROM unnest($1::text[]) WITH ORDINALITY AS x(key, n)
-         LEFT JOIN outbound_log l ON l.dedupe_key = x.key
-         LEFT JOIN conversations c ON c.id = l.conversation_id
-         LEFT JOIN contacts k ON k.id = c.contact_id
-         LEFT JOIN LATERAL (SELECT e.id, e.state, e.next_attempt_at FROM outbound_log e
-                            WHERE e.conversation_id = l.conversation_id AND e.id < l.id
-                              AND e.state IN ('queued', 'retry_wait', 'sending') AND e.dedupe_key <> ALL($1::text[])
-                            ORDER BY e.id DESC LIMIT 1) e ON true
-    ORDER BY x.n"""
-
-
-async def send_reads_many(conn: asyncpg.Connection,
-                          keys: list[str]) -> list[tuple[LedgerRow, SendChecks] | None]:
-    """For each dedupe key of a batch, its ledger row and the send-time checks (``None``: no row),
-    in one statement."""
-    if not keys:
-        return []
-    out: list[tuple[LedgerRow, SendChecks] | None] = []
-    for r in await conn.fetch(_SEND_READS, keys):
-        if r["id"] is None:
-            out.append(None)
-            continue
-        earlier = None if r["e_id"] is None else Earlier(r["e_id"], r["e_state"], r["e_next"])
-        out.append((LedgerRow(r["id"], r["state"], r["attempts"], intent_from_dict(r["intent"])),
-                    SendChecks(r["ownership_version"], r["human"], r["opted_out"], r["last_inbound_at"],
-                               r["paused"], earlier)))
-    return out
-
-
-async def pause_number(conn: asyncpg.Connection, phone_number_id: str, reason: str, seconds: float,
-                       conversation_id: int | None) -> None:
-    """Stop sending from a business number for a while, and alert a human once per pause."""
-    created = await conn.fetchval(
-        """INSERT INTO number_pauses (phone_number_id, reason, until) VALUES ($1, $2, now() + make_interval(secs => $3))
-           ON CONFLICT (phone_number_id) DO UPDATE SET reason = $2, until = now() + make_interval(secs => $3),
-               created_at = CASE WHEN number_pauses.until < now() THEN now() ELSE number_pauses.created_at END
-           RETURNING extract(epoch FROM created_at)::bigint""", phone_number_id, reason, seconds)
-    await create_task(conn, conversation_id, "sending_paused",
-                      f"Sending from {phone_number_id} is paused: {reason}", {"phone_number_id": phone_number_id},
-                      dedupe_key=f"pause:{phone_number_id}:{created}")
 
 
 async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[bool, str] | None:
@@ -413,10 +265,10 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
     if row is None:
         return None
     error = row["ledger_error"] if isinstance(row["ledger_error"], dict) else {}
-    if row["ledger_state"] == "failed" and error.get("code") == REENGAGEMENT:
+    if row["ledger_state"] == FAILED and error.get("code") == REENGAGEMENT:
         return True, ("the 24-hour window had closed (the customer wrote more than 24 hours ago), so only an "
                       "approved template may be sent: a task asks a person for one")
-    if row["ledger_state"] in ("failed", "dropped", "ambiguous", "unconfirmed"):
+    if row["ledger_state"] in NOT_SENT:
         why = f": {error['error']}" if error.get("error") else ""
         return False, f"the reply is {row['ledger_state']} in the send ledger{why}"
     if row["ledger_state"] is not None or (row["reply_upto_message_id"] or 0) < row["id"]:
@@ -435,7 +287,7 @@ async def silence_reason(conn: asyncpg.Connection, message_id: str) -> tuple[boo
 _AWAITING_REPLY = f"""
     WITH candidates AS (
         SELECT id FROM conversations WHERE reply_due_at IS NOT NULL
-        UNION SELECT conversation_id FROM outbound_log WHERE state IN ('queued', 'retry_wait', 'sending')
+        UNION SELECT conversation_id FROM outbound_log WHERE state IN {sql_in(UNFINISHED)}
         UNION SELECT conversation_id FROM outbound_log WHERE state = 'ambiguous')
     SELECT count(*) FROM candidates x JOIN conversations c ON c.id = x.id JOIN contacts k ON k.id = c.contact_id
     WHERE c.last_inbound_at > now() - make_interval(secs => $1)

@@ -19,6 +19,7 @@ import orjson
 
 from wacrm.core.settings import Settings
 from wacrm.storage import numbers
+from wacrm.storage.ledger import WAITING, sql_in
 from wacrm.whatsapp import templates as wt
 from wacrm.whatsapp.updates import AccountEvent, Preference, TemplateChange
 
@@ -304,11 +305,13 @@ async def account_state(conn: asyncpg.Connection, waba_id: str, *, events: int =
 
 # --- what a template send checks -------------------------------------------------------------
 
+_COMPLETE_INTENT = f"UPDATE outbound_log SET intent = $2 WHERE id = $1 AND state IN {sql_in(WAITING)}"
+
+
 async def complete_intent(conn: asyncpg.Connection, outbound_log_id: int, intent: Any) -> None:
     """Store a template intent completed from the catalogue (components, the text the customer sees) in its
     ledger row while the row still waits to be sent."""
-    await conn.execute("UPDATE outbound_log SET intent = $2 WHERE id = $1 AND state IN ('queued', 'retry_wait')",
-                       outbound_log_id, intent)
+    await conn.execute(_COMPLETE_INTENT, outbound_log_id, intent)
 
 
 @dataclass(frozen=True, slots=True)

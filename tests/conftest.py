@@ -28,7 +28,7 @@ import pytest
 from harness.databases import create_database
 from wacrm.core.embedded import EmbeddedBroker, EmbeddedPostgres, free_port
 from wacrm.received import ledger_rows, replies
-from wacrm.storage import repo
+from wacrm.storage import ledger_send
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
 from wacrm.system import (
@@ -256,7 +256,7 @@ class Stack:
         sent = await self.sent()
         conn = await connect(self.database_url, timeout=10)
         try:
-            answers = await repo.answered_messages(conn, ledger_rows(sent))
+            answers = await ledger_send.answered_messages(conn, ledger_rows(sent))
         finally:
             await conn.close()
         return [(dict(x), message_id) for x, message_id in replies(sent, answers)]

@@ -21,8 +21,8 @@ from conftest import Stack, eventually, own_stack
 from test_inbound_fidelity import stored
 from test_replies import ledger, say, script, sends_to
 
-from wacrm.storage import replies
 from wacrm.storage.db import connect
+from wacrm.storage.ledger import queue, queue_manual_reply
 from wacrm.topics import OUTBOUND, retry_topic
 from wacrm.topics.records import SendIntent, encode
 
@@ -123,7 +123,7 @@ async def test_replies_of_a_conversation_leave_in_the_order_they_were_decided(
     conv_id = (await stored(ddb, first))["conversation_id"]
     await script(dstack, [{"to": f"+{wa_id}", "code": 130429, "http_status": 429}] * 3)
     async with ddb.transaction():
-        await replies.queue_manual_reply(ddb, conv_id, "One: your order shipped.", f"one-{wa_id}")
+        await queue_manual_reply(ddb, conv_id, "One: your order shipped.", f"one-{wa_id}")
 
     async def one_failed_once() -> bool:
         return any(x["body"]["text"]["body"].startswith("One:") and "error" in (x.get("answered") or {})
@@ -131,7 +131,7 @@ async def test_replies_of_a_conversation_leave_in_the_order_they_were_decided(
 
     await eventually(one_failed_once, what="reply one's first (throttled) attempt")
     async with ddb.transaction():  # decided after reply one, while it waits to retry
-        await replies.queue_manual_reply(ddb, conv_id, "Two: here is the tracking link.", f"two-{wa_id}")
+        await queue_manual_reply(ddb, conv_id, "Two: here is the tracking link.", f"two-{wa_id}")
 
     async def both_went_out() -> list[str]:
         texts = [x["body"]["text"]["body"] for x in await _accepted(dstack, wa_id)]
@@ -161,7 +161,7 @@ async def _queued_row(db: asyncpg.Connection, conv_id: int, wa_id: str, text: st
                         phone_number_id=conv["phone_number_id"], to=wa_id, text=text, automatic=False,
                         accepted_at=time.time())
     async with db.transaction():
-        assert await replies.queue(db, intent, published=True)
+        assert await queue(db, intent, published=True)
     return intent
 
 

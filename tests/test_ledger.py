@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from wacrm.storage import replies, repo, statuses
+from wacrm.storage import ledger, ledger_send, replies, repo, statuses
 from wacrm.storage.db import connect
 from wacrm.storage.migrate import run_migrations
 from wacrm.topics.records import RawRef, SendIntent, StatusUpdate
@@ -45,29 +45,29 @@ async def _conversation(db: asyncpg.Connection) -> int:
 async def _row(db: asyncpg.Connection, conv: int, text: str = "hi") -> tuple[int, SendIntent]:
     intent = SendIntent(dedupe_key=f"test:{uuid.uuid4().hex}", conversation_key="200:x", conversation_id=conv,
                         phone_number_id="200", to="15550001111", text=text, automatic=False, accepted_at=time.time())
-    assert await replies.queue(db, intent, published=True)
+    assert await ledger.queue(db, intent, published=True)
     return await db.fetchval("SELECT id FROM outbound_log WHERE dedupe_key = $1", intent.dedupe_key), intent
 
 
-def _accepted(row_id: int, conv: int, wamid: str) -> repo.Accepted:
-    return repo.Accepted(row_id, conv, "hi", wamid, {"type": "text", "text": {"body": "hi"}})
+def _accepted(row_id: int, conv: int, wamid: str) -> ledger_send.Accepted:
+    return ledger_send.Accepted(row_id, conv, "hi", wamid, {"type": "text", "text": {"body": "hi"}})
 
 
 async def test_a_sent_row_is_never_moved_back(db: asyncpg.Connection) -> None:
     conv = await _conversation(db)
     row_id, _ = await _row(db, conv)
-    assert isinstance(await repo.claim(db, row_id, 0, []), repo.Claimed)
+    assert isinstance(await ledger.claim(db, row_id, 0, []), ledger.Claimed)
     wamid = f"wamid.{uuid.uuid4().hex}"
-    assert await repo.record_sent_many(db, [_accepted(row_id, conv, wamid)], settled_by="answer") == ["recorded"]
+    assert await ledger_send.record_sent_many(db, [_accepted(row_id, conv, wamid)], settled_by="answer") == ["recorded"]
     until = datetime.now(UTC) + timedelta(seconds=5)
-    assert not await repo.finish(db, row_id, repo.UNSETTLED + repo.WAITING, "failed", {"error": "x"})
-    assert not await repo.mark_ambiguous(db, row_id, {"error": "x"})
-    assert await repo.wait(db, row_id, ("sending",), until, {}, refund=False, on_topic=False) is None
-    assert await repo.claim(db, row_id, 1, []) == "sent"
+    assert not await ledger.finish(db, row_id, ledger.UNSETTLED + ledger.WAITING, "failed", {"error": "x"})
+    assert not await ledger.mark_ambiguous(db, row_id, {"error": "x"})
+    assert await ledger.wait(db, row_id, ("sending",), until, {}, refund=False, on_topic=False) is None
+    assert await ledger.claim(db, row_id, 1, []) == "sent"
     row = await db.fetchrow("SELECT * FROM outbound_log WHERE id = $1", row_id)
     assert row["state"] == "sent" and row["provider_message_id"] == wamid and row["settled_by"] is None
     # the same record again (a replay) changes nothing and says so
-    assert await repo.record_sent_many(db, [_accepted(row_id, conv, wamid)], settled_by="status") == ["already"]
+    assert await ledger_send.record_sent_many(db, [_accepted(row_id, conv, wamid)], settled_by="status") == ["already"]
 
 
 async def test_a_message_id_of_another_row_is_a_conflict_kept_in_a_task(db: asyncpg.Connection) -> None:
@@ -76,8 +76,8 @@ async def test_a_message_id_of_another_row_is_a_conflict_kept_in_a_task(db: asyn
     wamid = f"wamid.{uuid.uuid4().hex}"
     for row_id in (a, b):
         await db.execute("UPDATE outbound_log SET state = 'sending' WHERE id = $1", row_id)
-    assert await repo.record_sent_many(db, [_accepted(a, conv, wamid)], settled_by="answer") == ["recorded"]
-    (outcome,) = await repo.record_sent_many(db, [_accepted(b, conv, wamid)], settled_by="answer")
+    assert await ledger_send.record_sent_many(db, [_accepted(a, conv, wamid)], settled_by="answer") == ["recorded"]
+    (outcome,) = await ledger_send.record_sent_many(db, [_accepted(b, conv, wamid)], settled_by="answer")
     assert outcome == "conflict"
     task = await db.fetchrow("SELECT * FROM tasks WHERE conversation_id = $1 AND kind = 'send_unrecorded'", conv)
     assert task["details"]["outbound_log_id"] == b and task["details"]["provider_message_id"] == wamid
@@ -88,8 +88,9 @@ async def test_a_row_settled_by_a_status_then_answered_with_another_message_keep
     row_id, _ = await _row(db, conv)
     await db.execute("UPDATE outbound_log SET state = 'ambiguous', ambiguous_since = now() WHERE id = $1", row_id)
     first, second = f"wamid.{uuid.uuid4().hex}", f"wamid.{uuid.uuid4().hex}"
-    assert await repo.record_sent_many(db, [_accepted(row_id, conv, first)], settled_by="status") == ["recorded"]
-    assert await repo.record_sent_many(db, [_accepted(row_id, conv, second)], settled_by="answer") == ["second_copy"]
+    assert await ledger_send.record_sent_many(db, [_accepted(row_id, conv, first)], settled_by="status") == ["recorded"]
+    assert await ledger_send.record_sent_many(db, [_accepted(row_id, conv, second)],
+                                              settled_by="answer") == ["second_copy"]
     assert {r["provider_message_id"] for r in await db.fetch(
         "SELECT provider_message_id FROM messages WHERE outbound_log_id = $1", row_id)} == {first, second}
     row = await db.fetchrow("SELECT * FROM outbound_log WHERE id = $1", row_id)
@@ -100,11 +101,11 @@ async def test_a_later_reply_is_not_claimed_while_an_earlier_one_waits(db: async
     conv = await _conversation(db)
     (one, _), (two, _) = await _row(db, conv), await _row(db, conv)
     until = datetime.now(UTC) + timedelta(seconds=30)
-    assert await repo.wait(db, one, repo.WAITING, until, {}, refund=False, on_topic=True, attempts=0) == 0
-    behind = await repo.claim(db, two, 0, [])
-    assert isinstance(behind, repo.Earlier) and (behind.id, behind.state, behind.next_attempt_at) == \
+    assert await ledger.wait(db, one, ledger.WAITING, until, {}, refund=False, on_topic=True, attempts=0) == 0
+    behind = await ledger.claim(db, two, 0, [])
+    assert isinstance(behind, ledger.Earlier) and (behind.id, behind.state, behind.next_attempt_at) == \
         (one, "retry_wait", until)
-    assert isinstance(await repo.claim(db, two, 0, [one]), repo.Claimed)  # one counts as done (accepted in a batch)
+    assert isinstance(await ledger.claim(db, two, 0, [one]), ledger.Claimed)  # one counts as done (accepted in a batch)
 
 
 async def test_the_settle_timer_makes_stuck_sends_ambiguous_then_tasks_or_resends(db: asyncpg.Connection) -> None:
@@ -112,11 +113,11 @@ async def test_the_settle_timer_makes_stuck_sends_ambiguous_then_tasks_or_resend
     (stuck, _), (resent, _) = await _row(db, conv), await _row(db, conv)
     await db.execute("UPDATE outbound_log SET state = 'sending', claimed_at = now() - interval '1 hour' "
                      "WHERE id = ANY($1::bigint[])", [stuck, resent])
-    assert set(await repo.in_flight_too_long(db, 60, 1000)) >= {stuck, resent}
+    assert set(await ledger_send.in_flight_too_long(db, 60, 1000)) >= {stuck, resent}
     await db.execute("UPDATE outbound_log SET finished_at = now() - interval '1 hour' WHERE id = ANY($1::bigint[])",
                      [stuck, resent])
     await db.execute("UPDATE outbound_log SET settled_by = NULL WHERE id = $1", resent)
-    overdue = dict(await repo.settle_overdue(db, 60, True, 1000))
+    overdue = dict(await ledger_send.settle_overdue(db, 60, True, 1000))
     assert overdue[stuck] == overdue[resent] == "resend"
     rows = {r["id"]: r for r in await db.fetch("SELECT * FROM outbound_log WHERE id = ANY($1::bigint[])",
                                                 [stuck, resent])}
@@ -124,13 +125,13 @@ async def test_the_settle_timer_makes_stuck_sends_ambiguous_then_tasks_or_resend
     # resent and ambiguous again: a person checks (never resent twice)
     await db.execute("UPDATE outbound_log SET state = 'ambiguous', finished_at = now() - interval '1 hour' "
                      "WHERE id = $1", stuck)
-    assert dict(await repo.settle_overdue(db, 60, True, 1000))[stuck] == "task"
+    assert dict(await ledger_send.settle_overdue(db, 60, True, 1000))[stuck] == "task"
     row = await db.fetchrow("SELECT * FROM outbound_log WHERE id = $1", stuck)
     assert (row["state"], row["settled_by"]) == ("unconfirmed", "task")
     assert await db.fetchval("SELECT count(*) FROM tasks WHERE dedupe_key = $1", f"outbound:{stuck}:ambiguous") == 1
     # a late status still settles it, and closes the person's task
     wamid = f"wamid.{uuid.uuid4().hex}"
-    assert await repo.record_sent_many(db, [_accepted(stuck, conv, wamid)], settled_by="status") == ["recorded"]
+    assert await ledger_send.record_sent_many(db, [_accepted(stuck, conv, wamid)], settled_by="status") == ["recorded"]
     assert await db.fetchval("SELECT status FROM tasks WHERE dedupe_key = $1", f"outbound:{stuck}:ambiguous") == "done"
 
 
@@ -174,7 +175,7 @@ async def test_a_batch_of_statuses_has_the_outcomes_of_applying_them_one_after_t
         row_id, _ = await _row(db, conv)
         await db.execute("UPDATE outbound_log SET state = 'sending' WHERE id = $1", row_id)
         wamids.append(f"wamid.{uuid.uuid4().hex}")
-        assert await repo.record_sent_many(db, [_accepted(row_id, conv, wamids[-1])], settled_by="answer") == [
+        assert await ledger_send.record_sent_many(db, [_accepted(row_id, conv, wamids[-1])], settled_by="answer") == [
             "recorded"]
     a, b, c = wamids
     unknown = f"wamid.{uuid.uuid4().hex}"

@@ -14,6 +14,7 @@ from test_inbound_fidelity import META, contact, envelope, settled, stored, text
 
 from wacrm.storage import replies
 from wacrm.storage.db import connect
+from wacrm.storage.ledger import queue_manual_reply
 from wacrm.storage.migrate import run_migrations
 
 
@@ -104,8 +105,8 @@ async def test_manual_reply_goes_through_the_ledger_even_when_a_person_owns_it(s
                                 f"{wa_id}@example.com")
     async with db.transaction():
         await replies.assign(db, conv_id, user_id)
-        assert await replies.queue_manual_reply(db, conv_id, "Hello, this is Ana from the team.", "req-" + wa_id)
-        assert not await replies.queue_manual_reply(db, conv_id, "Hello, this is Ana from the team.", "req-" + wa_id)
+        assert await queue_manual_reply(db, conv_id, "Hello, this is Ana from the team.", "req-" + wa_id)
+        assert not await queue_manual_reply(db, conv_id, "Hello, this is Ana from the team.", "req-" + wa_id)
 
     async def manual_sent() -> list:
         return [x for x in await sends_to(stack, wa_id) if x["body"]["text"]["body"].startswith("Hello, this is Ana")]
@@ -195,7 +196,7 @@ async def test_outside_the_window_no_free_text_is_sent(stack: Stack, db: asyncpg
     conv_id = (await stored(db, first))["conversation_id"]
     await db.execute("UPDATE conversations SET last_inbound_at = now() - interval '25 hours' WHERE id = $1", conv_id)
     async with db.transaction():
-        await replies.queue_manual_reply(db, conv_id, "Are you still interested?", "late-" + wa_id)
+        await queue_manual_reply(db, conv_id, "Are you still interested?", "late-" + wa_id)
 
     async def closed() -> asyncpg.Record | None:
         row = await ledger(db, f"manual:late-{wa_id}")

@@ -25,6 +25,7 @@ from wacrm.orchestrator.rules import load_rules
 from wacrm.orchestrator.service import Orchestrator
 from wacrm.storage import replies
 from wacrm.storage.db import connect, create_pool
+from wacrm.storage.ledger import queue_manual_reply
 from wacrm.storage.migrate import run_migrations
 from wacrm.storage.numbers import new_key
 
@@ -135,7 +136,7 @@ async def test_outside_the_window_the_template_is_sent(llm_stack: Stack, ldb: as
     conv_id = (await stored(ldb, first))["conversation_id"]
     await ldb.execute("UPDATE conversations SET last_inbound_at = now() - interval '30 hours' WHERE id = $1", conv_id)
     async with ldb.transaction():
-        await replies.queue_manual_reply(ldb, conv_id, "Still interested?", "late-" + wa_id)
+        await queue_manual_reply(ldb, conv_id, "Still interested?", "late-" + wa_id)
 
     async def template_sent() -> list:
         return [x for x in await sends_to(llm_stack, wa_id) if x["body"]["type"] == "template"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from wacrm.agents import sending
 from wacrm.core.embedded import free_port
 from wacrm.orchestrator.rules import Template
-from wacrm.storage.repo import Earlier
+from wacrm.storage.ledger import Earlier
 from wacrm.topics.records import SendIntent
 from wacrm.whatsapp import fake_meta, limits, signature, webhook
 from wacrm.whatsapp.graph import (

@@ -9,7 +9,7 @@ each letter is redriven at most once.
 
 A sender's letter names a ledger row (its send intent's dedupe key), and the ledger, not the event,
 decides what is sent: the row is ``failed``, so the event alone would be skipped. Its redrive queues
-the row again instead (``requeue``, :func:`storage.repo.redrive_ledger_row`, in the same transaction)
+the row again instead (``requeue``, :func:`storage.ledger.redrive_ledger_row`, in the same transaction)
 and the outbox sweep sends it; a row that is not ``failed`` any more is skipped, the letter not marked.
 """
 

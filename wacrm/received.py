@@ -2,7 +2,7 @@
 ``GET /__sent``) took, tied to the customer messages they answer. Pure functions; the one home of
 "what reached the customer as a reply", for ``wacrm simulate``, the tests, the fault suite and the
 bench. A send names its ledger row (``biz_opaque_callback_data``), whose intent says which message
-it answers (:func:`wacrm.storage.repo.answered_messages`): the bot quotes only the first answer of an
+it answers (:func:`wacrm.storage.ledger_send.answered_messages`): the bot quotes only the first answer of an
 exchange, so ``context.message_id`` is not on every reply.
 """
 
@@ -25,13 +25,13 @@ def ledger_row(record: Mapping[str, Any]) -> int | None:
 
 
 def ledger_rows(sent: Iterable[Mapping[str, Any]]) -> list[int]:
-    """The ledger rows the sends Meta took name: what to ask :func:`storage.repo.answered_messages`."""
+    """The ledger rows the sends Meta took name: what to ask :func:`storage.ledger_send.answered_messages`."""
     return [row for row in map(ledger_row, sent) if row is not None]
 
 
 def replies(sent: Iterable[Mapping[str, Any]], answers: Mapping[int, str]) -> list[tuple[Mapping[str, Any], str]]:
     """Each send Meta took that answers a customer message, with that message's id (``answers``:
-    ledger row → message id, from :func:`storage.repo.answered_messages`), oldest first."""
+    ledger row → message id, from :func:`storage.ledger_send.answered_messages`), oldest first."""
     pairs = ((record, ledger_row(record)) for record in sent)
     return [(record, answers[row]) for record, row in pairs if row is not None and row in answers]
 

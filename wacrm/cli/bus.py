@@ -242,13 +242,13 @@ async def _dlq(args: argparse.Namespace, s: Settings) -> list[str]:
                 f"request id: {x.request_id or '-'}",
                 *([f"reduced:    the letter kept the start of a {x.details.get('value_chars')}-character value"]
                   if x.reduced else []), "value:", x.value]
-    from wacrm.storage import repo
+    from wacrm.storage import ledger
 
     conn = await direct_session(s)
     try:
         results = await dlq.redrive(client, conn, _dlq_filter(args), args.dry_run, args.bus_timeout,
                                     lambda r: print(f"{r.letter.id:<10} {r.letter.origin:<28} {r.outcome}"),
-                                    requeue=repo.redrive_ledger_row)
+                                    requeue=ledger.redrive_ledger_row)
     finally:
         await conn.close()
     verb = "would redrive" if args.dry_run else "redrove"

@@ -168,12 +168,12 @@ async def _received(conn: Any, sent: list[dict[str, Any]], message_id: str, reci
     """The texts of the sends Meta took that answer ``message_id`` (by their ledger rows; without a
     database, the sends to ``recipient``)."""
     from wacrm import received
-    from wacrm.storage import repo
+    from wacrm.storage import ledger_send
 
     if conn is None:
         return [received.what_was_sent(x["body"]) for x in sent if isinstance(x.get("body"), dict)
                 and recipient in (x["body"].get("to"), x["body"].get("recipient"))][:1]
-    answers = await repo.answered_messages(conn, received.ledger_rows(sent))
+    answers = await ledger_send.answered_messages(conn, received.ledger_rows(sent))
     return [received.what_was_sent(x["body"]) for x, answered in received.replies(sent, answers)
             if answered == message_id]
 
