@@ -88,7 +88,7 @@ class _Carry:
     @property
     def expected(self) -> tuple[str, ...]:
         """The states the row must be in for the change: waiting, or ``sending`` (claimed by this worker)."""
-        return ledger.WAITING if self.claimed is None else ("sending",)
+        return ledger.WAITING if self.claimed is None else (ledger.SENDING,)
 
     @property
     def guard(self) -> int | None:
@@ -332,7 +332,7 @@ class Sender:
 
     async def _drop(self, step: sending.Drop, c: _Carry) -> str:
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await ledger.finish(conn, c.job.row.id, c.expected, "dropped", {"error": step.reason},
+            done = await ledger.finish(conn, c.job.row.id, c.expected, ledger.DROPPED, {"error": step.reason},
                                      attempts=c.guard)
         return self._done(c, step.outcome) if done else self._raced(c, step.outcome)
 
@@ -354,7 +354,7 @@ class Sender:
     async def _use_template(self, step: sending.UseTemplate, c: _Carry) -> str:
         """Outside the window: this row is dropped and the template's row queued and published instead."""
         async with self._res.pool.acquire() as conn, conn.transaction():
-            done = await ledger.finish(conn, c.job.row.id, c.expected, "dropped",
+            done = await ledger.finish(conn, c.job.row.id, c.expected, ledger.DROPPED,
                                      {"error": "24-hour window closed; template sent"}, attempts=c.guard)
             fresh = done and await ledger.queue(conn, step.replacement, published=True)
         if not done:

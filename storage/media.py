@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from wacrm.storage import ledger
 from wacrm.topics.records import MediaJob
 
 #: The states the inbox shows (``downloading`` is shown as ``pending``).
@@ -154,9 +155,9 @@ async def expire(conn: asyncpg.Connection, days: int, *, dry_run: bool = False) 
     return Pruned(len(rows), [k for k in keys if k not in still])
 
 
-_UNSENT_FILES = """
+_UNSENT_FILES = f"""
     SELECT DISTINCT intent -> 'media' ->> 'sha256' AS sha256 FROM outbound_log
-    WHERE intent ->> 'kind' = 'media' AND state NOT IN ('sent', 'dropped')
+    WHERE intent ->> 'kind' = 'media' AND state NOT IN {ledger.sql_in((ledger.SENT, ledger.DROPPED))}
       AND intent -> 'media' ->> 'sha256' = ANY($1)"""
 
 
