@@ -69,8 +69,7 @@ def scan() -> Tree:
     tree = Tree()
     for prefix, folder in _packages():
         for file in sorted(folder.rglob("*.py")):
-            if any(p.is_symlink() for p in file.relative_to(folder).parents if p != Path(".")) or \
-                    any((folder / p).is_symlink() for p in file.relative_to(folder).parents):
+            if any((folder / p).is_symlink() for p in file.relative_to(folder).parents):
                 continue  # a link to a folder counted as its own package
             tree.modules[_module_name(prefix, folder, file)] = file
     for name, file in tree.modules.items():

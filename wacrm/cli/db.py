@@ -24,7 +24,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "(needs DATABASE_URL)",
                         description="Applies every migration to a scratch schema inside a transaction that is "
                         "rolled back, then compares its tables, columns and types, indexes, constraints, foreign "
-                        "keys, functions and triggers with the live schema's. One line per item (✓, or ✗ with "
+                        "keys, functions, triggers and tables' storage parameters with the live schema's. "
+                        "One line per item (✓, or ✗ with "
                         "the fix); exit 1 on any gap. Changes nothing.")
     vs.add_argument("--quiet", action="store_true", help="print only the gaps and the summary")
     vs.set_defaults(func=cmd_verify_schema)
